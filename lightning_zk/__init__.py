@@ -1,0 +1,1 @@
+"""lightning-zk: verifiable training for PyTorch Lightning."""
