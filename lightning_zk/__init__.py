@@ -1,1 +1,28 @@
-"""lightning-zk: verifiable training for PyTorch Lightning."""
+"""lightning-zk: verifiable neural-network training for PyTorch Lightning.
+
+Importing the package registers ``VerifiableStrategy`` under the strategy name ``"verifiable"``.
+The lower layers (``rounding``, ``fixed``, ``ledger``, ``zk``) do not import Lightning.
+"""
+
+from importlib import metadata as _metadata
+
+try:
+    __version__ = _metadata.version("lightning-zk")
+except _metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0+local"
+
+from .ledger.rundir import RunDirectory, RunDirectoryError  # noqa: E402
+from .rounding.precision import GridSpec, PrecisionError  # noqa: E402
+from .rounding.threshold import ThresholdError, ThresholdPolicy  # noqa: E402
+from .strategies import VerifiableStrategy  # noqa: E402
+
+__all__ = [
+    "GridSpec",
+    "PrecisionError",
+    "RunDirectory",
+    "RunDirectoryError",
+    "ThresholdError",
+    "ThresholdPolicy",
+    "VerifiableStrategy",
+    "__version__",
+]

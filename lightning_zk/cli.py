@@ -1,0 +1,66 @@
+"""The ``lightning-zk`` command line.
+
+``lightning-zk fit|validate|test|predict ...`` is a LightningCLI: model, data and trainer come from
+YAML configs or flags, exactly as with ``LightningCLI``. When the trainer runs under
+:class:`~lightning_zk.VerifiableStrategy`, the resolved config is saved as ``RUN/config.yaml`` so
+an auditor can rebuild model and data from the run directory alone.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+
+from lightning.pytorch import LightningDataModule, LightningModule
+from lightning.pytorch.cli import LightningCLI
+
+from .strategies.verifiable import VerifiableStrategy
+
+LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
+
+
+class VerifiableCLI(LightningCLI):
+    """LightningCLI that hands the resolved config to the VerifiableStrategy's run directory."""
+
+    def before_fit(self) -> None:
+        strategy = self.trainer.strategy
+        if isinstance(strategy, VerifiableStrategy):
+            config = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
+            strategy.cli_config = config
+
+
+def _lightning_cli(args: Sequence[str]) -> int:
+    # Model and data classes are named by import path in configs: resolve them from the current
+    # directory too, as ``python -m`` would.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    VerifiableCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=None,
+        args=list(args),
+        auto_configure_optimizers=True,
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lightning-zk`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(
+            "usage: lightning-zk {fit,validate,test,predict} [--config CONFIG.yaml] [options]\n\n"
+            "  fit/validate/test/predict   LightningCLI subcommands (see `lightning-zk fit --help`)"
+        )
+        return 0
+    if args[0] in LIGHTNING_SUBCOMMANDS:
+        return _lightning_cli(args)
+    print(f"lightning-zk: unknown command {args[0]!r}; see `lightning-zk --help`", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""Canonical training state: flatten model + optimizer state, hash it, save and restore it.
+
+The state committed after a step is every tensor of the model's ``state_dict`` and of each
+optimizer's state, under flat names::
+
+    model/<state_dict key>
+    optim/<i>/state/<param index>/<key>
+    optim/<i>/group/<g>/<hyperparameter>      (numeric hyperparameters as float64 scalars)
+
+plus a JSON ``meta`` (non-numeric optimizer settings, original dtypes). Floating tensors in the
+compute dtype are stored in the committed dtype (float32): values are on the committed grid, so
+this is exact, and the digest does not depend on the compute dtype.
+
+Digest: SHA-256 over a domain tag, then for each name in sorted order: name, dtype, shape and the
+little-endian bytes, all length-prefixed; then the canonical JSON of ``meta``. Safetensors files
+hold the same tensors and meta; nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .atomic import atomic_write_bytes
+
+STATE_DIGEST_TAG = b"lightning-zk/state/v1"
+BATCH_DIGEST_TAG = b"lightning-zk/batch/v1"
+_META_KEY = "lightning_zk"
+
+
+class StateError(ValueError):
+    """A state file or a model/optimizer that does not match the committed state."""
+
+
+@dataclass
+class StateSnapshot:
+    """Flat tensors (CPU, committed dtypes) and JSON metadata of one training state."""
+
+    tensors: dict[str, torch.Tensor]
+    meta: dict[str, object]
+
+    def digest(self) -> str:
+        return state_digest(self.tensors, self.meta)
+
+
+def _canonical_json(obj: object) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":")).encode("utf-8")
+
+
+def _le_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bool:
+        t = t.to(torch.uint8)
+    # Tensors are little-endian on every platform torch supports; view as bytes without copying.
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
+
+
+def _feed(h, data: bytes) -> None:
+    h.update(struct.pack("<Q", len(data)))
+    h.update(data)
+
+
+def tensor_record(h, name: str, t: torch.Tensor) -> None:
+    """Hash one named tensor: name, dtype, shape, bytes (each length-prefixed)."""
+    _feed(h, name.encode("utf-8"))
+    _feed(h, str(t.dtype).removeprefix("torch.").encode("ascii"))
+    _feed(h, struct.pack(f"<{t.dim()}Q", *t.shape))
+    _feed(h, _le_bytes(t))
+
+
+def state_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object]) -> str:
+    h = hashlib.sha256(STATE_DIGEST_TAG)
+    _feed(h, struct.pack("<Q", len(tensors)))
+    for name in sorted(tensors):
+        tensor_record(h, name, tensors[name])
+    _feed(h, _canonical_json(meta))
+    return h.hexdigest()
+
+
+def batch_digest(batch: object) -> str:
+    """Digest of a collated batch: its tensors in pytree order with their paths, and other leaves."""
+    h = hashlib.sha256(BATCH_DIGEST_TAG)
+    leaves, spec = torch.utils._pytree.tree_flatten(batch)
+    _feed(h, str(spec).encode("utf-8"))
+    for i, leaf in enumerate(leaves):
+        if isinstance(leaf, torch.Tensor):
+            tensor_record(h, str(i), leaf)
+        else:
+            _feed(h, repr(leaf).encode("utf-8"))
+    return h.hexdigest()
+
+
+def _committed(t: torch.Tensor, compute_dtype: torch.dtype) -> torch.Tensor:
+    t = t.detach().to("cpu")
+    if t.dtype == compute_dtype and compute_dtype != torch.float32:
+        return t.to(torch.float32)
+    return t.clone() if t.dtype == torch.float32 else t
+
+
+def _json_safe(value: object) -> bool:
+    return value is None or isinstance(value, (bool, str))
+
+
+def snapshot(
+    model: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer],
+    compute_dtype: torch.dtype = torch.float64,
+) -> StateSnapshot:
+    """The canonical state of ``model`` and ``optimizers`` (see module doc)."""
+    tensors: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, str] = {}
+    settings: dict[str, object] = {}
+    for key, value in model.state_dict().items():
+        tensors[f"model/{key}"] = _committed(value, compute_dtype)
+        dtypes[f"model/{key}"] = str(value.dtype).removeprefix("torch.")
+    for i, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        for pid, pstate in sd["state"].items():
+            for key, value in pstate.items():
+                name = f"optim/{i}/state/{pid}/{key}"
+                if not isinstance(value, torch.Tensor):
+                    value = torch.tensor(value, dtype=torch.float64)
+                tensors[name] = _committed(value, compute_dtype)
+                dtypes[name] = str(value.dtype).removeprefix("torch.")
+        for g, group in enumerate(sd["param_groups"]):
+            for key, value in group.items():
+                if key == "params":
+                    settings[f"optim/{i}/group/{g}/params"] = list(value)
+                elif isinstance(value, (int, float)) and not isinstance(value, bool):
+                    tensors[f"optim/{i}/group/{g}/{key}"] = torch.tensor(float(value), dtype=torch.float64)
+                elif isinstance(value, (tuple, list)) and all(isinstance(v, (int, float)) for v in value):
+                    tensors[f"optim/{i}/group/{g}/{key}"] = torch.tensor([float(v) for v in value], dtype=torch.float64)
+                elif _json_safe(value):
+                    settings[f"optim/{i}/group/{g}/{key}"] = value
+                else:
+                    settings[f"optim/{i}/group/{g}/{key}"] = repr(value)
+        settings[f"optim/{i}/class"] = type(opt).__qualname__
+    meta = {"dtypes": dtypes, "settings": settings, "num_optimizers": len(optimizers)}
+    return StateSnapshot(tensors=tensors, meta=meta)
+
+
+def save_snapshot(path: Path, snap: StateSnapshot) -> str:
+    """Write ``snap`` as safetensors (atomically); returns its digest, also stored in the file."""
+    digest = snap.digest()
+    meta = {_META_KEY: json.dumps({"meta": snap.meta, "digest": digest}, sort_keys=True)}
+    tensors = {k: v.contiguous() for k, v in snap.tensors.items()}
+    tmp = Path(path).with_name(f".{Path(path).name}.partial")
+    save_file(tensors, str(tmp), metadata=meta)
+    data = tmp.read_bytes()
+    tmp.unlink()
+    atomic_write_bytes(Path(path), data)
+    return digest
+
+
+def load_snapshot(path: Path) -> StateSnapshot:
+    """Read a safetensors state file and check it against its recorded digest."""
+    path = Path(path)
+    if not path.is_file():
+        raise StateError(f"state file {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as handle:
+            header_len = struct.unpack("<Q", handle.read(8))[0]
+            header = json.loads(handle.read(header_len))
+        stored = json.loads(header["__metadata__"][_META_KEY])
+        meta, digest = stored["meta"], stored["digest"]
+    except (SafetensorError, OSError, KeyError, ValueError, struct.error) as err:
+        raise StateError(f"state file {path} is not a valid lightning-zk safetensors file: {err}") from err
+    snap = StateSnapshot(tensors=dict(tensors), meta=meta)
+    actual = snap.digest()
+    if actual != digest:
+        raise StateError(
+            f"state file {path} is corrupted: its tensors hash to {actual[:16]}…, but the file "
+            f"records {digest[:16]}…"
+        )
+    return snap
+
+
+def restore(
+    snap: StateSnapshot,
+    model: torch.nn.Module,
+    optimizers: Sequence[torch.optim.Optimizer] = (),
+) -> None:
+    """Load ``snap`` into ``model`` (and ``optimizers``), keeping each tensor's current dtype."""
+    current = model.state_dict()
+    wanted = {k.removeprefix("model/") for k in snap.tensors if k.startswith("model/")}
+    if set(current) != wanted:
+        missing = sorted(wanted - set(current))[:5]
+        extra = sorted(set(current) - wanted)[:5]
+        raise StateError(
+            f"model does not match the committed state: committed-only entries {missing}, "
+            f"model-only entries {extra}"
+        )
+    new_sd = {}
+    for key, value in current.items():
+        stored = snap.tensors[f"model/{key}"]
+        if tuple(stored.shape) != tuple(value.shape):
+            raise StateError(
+                f"model entry {key!r} has shape {tuple(value.shape)}, committed state has "
+                f"{tuple(stored.shape)}"
+            )
+        new_sd[key] = stored.to(dtype=value.dtype)
+    model.load_state_dict(new_sd)
+    _restore_optimizers(snap, optimizers)
+
+
+def _restore_optimizers(snap: StateSnapshot, optimizers: Sequence[torch.optim.Optimizer]) -> None:
+    count = int(snap.meta.get("num_optimizers", 0))  # type: ignore[arg-type]
+    if optimizers and count != len(optimizers):
+        raise StateError(f"committed state has {count} optimizers, the run configures {len(optimizers)}")
+    dtypes: Mapping[str, str] = snap.meta["dtypes"]  # type: ignore[assignment]
+    settings: Mapping[str, object] = snap.meta["settings"]  # type: ignore[assignment]
+    for i, opt in enumerate(optimizers):
+        sd = opt.state_dict()
+        state: dict[int, dict[str, object]] = {}
+        prefix = f"optim/{i}/state/"
+        for name, value in snap.tensors.items():
+            if not name.startswith(prefix):
+                continue
+            pid, key = name[len(prefix):].split("/", 1)
+            dtype = getattr(torch, dtypes[name])
+            state.setdefault(int(pid), {})[key] = value.to(dtype=dtype)
+        for g, group in enumerate(sd["param_groups"]):
+            for key in list(group):
+                tname = f"optim/{i}/group/{g}/{key}"
+                if tname in snap.tensors:
+                    value = snap.tensors[tname]
+                    group[key] = type(group[key])(value.item()) if value.dim() == 0 else tuple(value.tolist())
+                elif f"optim/{i}/group/{g}/{key}" in settings and key != "params":
+                    stored = settings[f"optim/{i}/group/{g}/{key}"]
+                    if _json_safe(stored):
+                        group[key] = stored
+        sd["state"] = state
+        # load_state_dict casts floating state to each parameter's dtype and device.
+        opt.load_state_dict(sd)
+
+
+def named_state_tensors(
+    model: torch.nn.Module, optimizers: Iterable[torch.optim.Optimizer]
+) -> list[tuple[str, torch.Tensor]]:
+    """Live tensors of model and optimizer state (for in-place rounding after a step)."""
+    named = [(f"model/{k}", v) for k, v in model.state_dict(keep_vars=True).items()]
+    for i, opt in enumerate(optimizers):
+        index = {id(p): j for j, p in enumerate(p for g in opt.param_groups for p in g["params"])}
+        for param, pstate in opt.state.items():
+            for key, value in pstate.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    named.append((f"optim/{i}/state/{index.get(id(param), -1)}/{key}", value))
+    return named

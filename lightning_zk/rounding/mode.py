@@ -1,0 +1,287 @@
+"""Op-level interception: round every hardware-dependent result, record or replay the log.
+
+:class:`RoundingMode` is a ``TorchDispatchMode``: it sees each ATen op after autograd, so forward
+ops, functional ops inside modules, autograd's backward ops, parameter gradients and the optimizer
+update are all covered (module hooks miss the last three). Per op call it:
+
+1. serves random ops from the device-independent stream (:mod:`.rng`);
+2. runs the op;
+3. rounds every floating output and every mutated argument to the committed grid (unless the op
+   only moves or selects values), logging elements within τ of a midpoint (recording), or forcing
+   the logged elements the trainer's way (replaying). Single IEEE operations (add, mul, div, sqrt)
+   are rounded with τ = 0: their result is the same on every device, so they never need a log.
+
+Rounded outputs are numbered per step (``op_seq``) in execution order; a replay must run the same
+sequence of rounded ops, which it checks against the op names stored in the log.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .log import LogEntry, StepLog, StepLogBuilder
+from .ops import OpClass, classify
+from .precision import GridSpec, apply_directions, round_to_grid
+from .rng import StepRandom
+from .threshold import ResolvedThresholds
+
+
+class ReplayDivergenceError(RuntimeError):
+    """The replay did not run the ops the trainer's log describes, or the log cannot be honest."""
+
+    def __init__(self, step: int, message: str) -> None:
+        super().__init__(f"step {step}: {message}")
+        self.step = step
+
+
+@dataclass
+class ReplayStats:
+    """What replaying one step's log did."""
+
+    corrections: int = 0  # logged elements whose forced direction differs from local rounding
+    logged: int = 0
+    max_distance: float = 0.0  # largest local distance of a logged element from its midpoint (ulp)
+
+
+@dataclass
+class _StepState:
+    step: int
+    random: StepRandom
+    builder: StepLogBuilder | None
+    replay: Iterator[LogEntry] | None
+    pending: LogEntry | None = None
+    op_seq: int = 0
+    ops_rounded: int = 0
+    elements_rounded: int = 0
+    stats: ReplayStats = field(default_factory=ReplayStats)
+
+
+def _tensors_of(value) -> Iterable[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            if isinstance(item, torch.Tensor):
+                yield item
+
+
+def _targets(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out) -> list[torch.Tensor]:
+    """Mutated arguments (schema ``a!``) then fresh outputs: every tensor the op wrote."""
+    found: list[torch.Tensor] = []
+    seen: set[int] = set()
+    schema = func._schema
+    for i, arg in enumerate(schema.arguments):
+        if arg.alias_info is not None and arg.alias_info.is_write:
+            value = args[i] if i < len(args) else kwargs.get(arg.name)
+            for t in _tensors_of(value):
+                if id(t) not in seen:
+                    seen.add(id(t))
+                    found.append(t)
+    # One declared return may itself be a list (``Tensor[]`` of the _foreach ops).
+    outs = (out,) if len(schema.returns) == 1 else tuple(out)
+    for ret, value in zip(schema.returns, outs, strict=True):
+        if ret.alias_info is not None:
+            continue
+        for t in _tensors_of(value):
+            if id(t) not in seen:
+                seen.add(id(t))
+                found.append(t)
+    return found
+
+
+class RoundingMode(TorchDispatchMode):
+    """Rounds hardware-dependent op results to the committed grid; records or replays the log.
+
+    Args:
+        spec: compute dtype and kept mantissa bits.
+        thresholds: τ per op (:meth:`ThresholdPolicy.resolve`).
+        seed: key of the device-independent random stream.
+
+    Use :meth:`begin_step` / :meth:`end_step` around a training step and :meth:`active` around the
+    code to intercept (it may be entered several times per step, e.g. for forward and optimizer).
+    """
+
+    def __init__(self, spec: GridSpec, thresholds: ResolvedThresholds, seed: int) -> None:
+        super().__init__()
+        self.spec = spec
+        self.thresholds = thresholds
+        self.seed = seed
+        self._state: _StepState | None = None
+        self._depth = 0
+        self._warned: set[str] = set()
+
+    # --- step lifecycle ----------------------------------------------------------------------
+    def begin_step(self, step: int, replay_log: StepLog | None = None) -> None:
+        """Start step ``step``: record a new log, or replay ``replay_log`` (the trainer's)."""
+        if self._state is not None:
+            raise RuntimeError(f"begin_step({step}) while step {self._state.step} is open")
+        replay = None
+        if replay_log is not None:
+            if replay_log.step != step:
+                raise ReplayDivergenceError(step, f"log file is for step {replay_log.step}")
+            replay = iter(replay_log.entries)
+        self._state = _StepState(
+            step=step,
+            random=StepRandom(self.seed, step),
+            builder=None if replay is not None else StepLogBuilder(step),
+            replay=replay,
+        )
+        if replay is not None:
+            self._state.pending = next(replay, None)
+
+    def end_step(self) -> tuple[StepLog | None, ReplayStats]:
+        """Close the step: the recorded log (``None`` when replaying) and the replay statistics."""
+        state = self._require_state()
+        self._state = None
+        if state.replay is not None:
+            if state.pending is not None:
+                e = state.pending
+                raise ReplayDivergenceError(
+                    state.step,
+                    f"the log has an entry for rounded op #{e.op_seq} ({e.op_name}) but the "
+                    f"replay ran only {state.op_seq} rounded ops",
+                )
+            return None, state.stats
+        assert state.builder is not None
+        return state.builder.build(), state.stats
+
+    def end_step_discard(self) -> None:
+        """Abandon the open step (an exception interrupted it): nothing is returned or kept."""
+        self._state = None
+
+    @property
+    def in_step(self) -> bool:
+        return self._state is not None
+
+    def _require_state(self) -> _StepState:
+        if self._state is None:
+            raise RuntimeError("RoundingMode used outside begin_step()/end_step()")
+        return self._state
+
+    @contextmanager
+    def active(self) -> Iterator[None]:
+        """Intercept ops in this block (re-entrant: nested uses are no-ops)."""
+        if self._depth:
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+            return
+        self._require_state()
+        self._depth = 1
+        try:
+            with self:
+                yield
+        finally:
+            self._depth = 0
+
+    # --- rounding ----------------------------------------------------------------------------
+    def round_named(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Round state tensors in place (parameters, buffers, optimizer state) as logged ops."""
+        tau = self.thresholds.tau("state", "state")
+        with torch.no_grad():
+            for name, t in named:
+                if t.is_floating_point() and t.dtype == self.spec.compute_dtype:
+                    self._round_into(f"state:{name}", 0, t, tau)
+
+    def _round_into(self, op_name: str, index: int, t: torch.Tensor, tau: float) -> None:
+        state = self._require_state()
+        seq = state.op_seq
+        state.op_seq += 1
+        state.ops_rounded += 1
+        state.elements_rounded += t.numel()
+        pending = state.pending
+        if state.replay is not None and pending is not None and pending.op_seq == seq:
+            rounded = self._replay_entry(state, op_name, index, t, pending, tau)
+            state.pending = next(state.replay, None)
+        else:
+            result = round_to_grid(t, self.spec, tau if state.builder is not None else 0.0)
+            rounded = result.rounded
+            if state.builder is not None:
+                state.builder.count_rounded(t.numel())
+                if tau > 0:
+                    near = result.near.reshape(-1)
+                    positions = near.nonzero().squeeze(1)
+                    if positions.numel():
+                        away = result.away.reshape(-1)[positions]
+                        state.builder.add(
+                            seq, op_name, index, t.numel(),
+                            positions.cpu().numpy().astype(np.int64), away.cpu().numpy(),
+                        )
+        t.copy_(rounded)
+
+    def _replay_entry(
+        self, state: _StepState, op_name: str, index: int, t: torch.Tensor, entry: LogEntry,
+        tau: float,
+    ) -> torch.Tensor:
+        if entry.op_name != op_name or entry.output_index != index or entry.numel != t.numel():
+            raise ReplayDivergenceError(
+                state.step,
+                f"rounded op #{entry.op_seq}: the log expects {entry.op_name} output "
+                f"{entry.output_index} with {entry.numel} elements, the replay ran {op_name} "
+                f"output {index} with {t.numel()} elements",
+            )
+        positions = torch.tensor(entry.positions, device=t.device)
+        away = torch.tensor(entry.away, device=t.device)
+        rounded, distance, natural = apply_directions(t, self.spec, positions, away)
+        ulp_units = float(1 << self.spec.dropped_bits)
+        worst = float(distance.max()) / ulp_units if distance.numel() else 0.0
+        # An honest trainer logs only elements within τ of a midpoint; hardware divergence moves
+        # this machine's value by less than τ, so anything beyond 2τ cannot come from honest logs.
+        limit = 2 * tau
+        if worst >= max(limit, 2.0 ** -self.spec.dropped_bits):
+            raise ReplayDivergenceError(
+                state.step,
+                f"rounded op #{entry.op_seq} ({op_name}): a logged element lies {worst:.3g} ulp "
+                f"from its rounding midpoint here, beyond 2τ = {limit:.3g}: the log is not the "
+                "trainer's honest record (tampered log or different computation)",
+            )
+        state.stats.logged += int(positions.numel())
+        state.stats.corrections += int((natural != away).sum())
+        state.stats.max_distance = max(state.stats.max_distance, worst)
+        return rounded
+
+    # --- dispatch ----------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        state = self._state
+        if state is None:
+            return func(*args, **kwargs)
+        kind = classify(func, kwargs)
+        if kind is OpClass.RANDOM:
+            out = state.random.call(func, args, kwargs)
+        else:
+            out = func(*args, **kwargs)
+            if kind is OpClass.EXACT:
+                return out
+        name = str(func)
+        # IEEE results are identical on every device: rounded onto the grid, never logged.
+        tau = 0.0 if kind is OpClass.IEEE else self.thresholds.tau(name, kind)
+        with torch.no_grad():
+            for index, t in enumerate(_targets(func, args, kwargs, out)):
+                if not t.is_floating_point():
+                    continue
+                if t.dtype != self.spec.compute_dtype:
+                    self._warn_dtype(name, t.dtype)
+                    continue
+                self._round_into(name, index, t, tau)
+        return out
+
+    def _warn_dtype(self, name: str, dtype: torch.dtype) -> None:
+        if name not in self._warned:
+            self._warned.add(name)
+            warnings.warn(
+                f"{name} produced a {dtype} tensor under compute_dtype={self.spec.compute_dtype}; "
+                "it is not rounded, so if it feeds the model state the run may not replay "
+                "bit-exactly on other hardware. HINT: keep training math in the compute dtype.",
+                stacklevel=2,
+            )
+

@@ -1,0 +1,275 @@
+"""One verifiable training run inside a Trainer: open the run directory, commit every step.
+
+Order of writes per step (crash safety): the rounding log file first (atomic), then the step record
+(fsynced append). A record therefore always has its log; a killed run leaves a consistent prefix.
+Resuming from a Lightning checkpoint re-executes the steps after it; where the run directory
+already holds records for those steps (the run was killed after the checkpoint), the recomputed
+steps must match them exactly, which re-verifies the log instead of duplicating it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from pathlib import Path
+from typing import Any
+
+import lightning_zk
+
+from ..ledger.atomic import atomic_write_bytes
+from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
+from ..ledger.state import batch_digest, named_state_tensors, save_snapshot, snapshot
+from ..rounding.log import encode_step_log, step_log_path
+from ..rounding.mode import RoundingMode
+from ..rounding.precision import round_to_grid
+from . import manifest as mf
+from .data import BatchOrder
+
+
+def _default_run_dir(trainer, marker: dict[str, Any] | None) -> Path:
+    if marker and marker.get("run_dir") and Path(marker["run_dir"]).is_dir():
+        return Path(marker["run_dir"])
+    base = Path(trainer.default_root_dir) / "verifiable"
+    n = 0
+    while (base / f"run_{n}").exists():
+        n += 1
+    return base / f"run_{n}"
+
+
+class TrainingSession:
+    """The trainer's side of a run: records logs, digests and the manifest."""
+
+    def __init__(self, strategy, trainer, run: RunDirectory, batch_order: BatchOrder | None) -> None:
+        self.strategy = strategy
+        self.trainer = trainer
+        self.run = run
+        self.batch_order = batch_order
+        self.mode = RoundingMode(strategy.spec, strategy.thresholds, strategy.seed)
+        self.manifest: dict[str, Any] = {}
+        self.next_step = 0
+        self._expected: list[StepRecord] = []  # committed records to re-verify after a resume
+        self._stepped = False
+        self._pending: dict[str, Any] | None = None
+
+    # --- opening -----------------------------------------------------------------------------
+    @classmethod
+    def open(cls, strategy, trainer, batch_order: BatchOrder | None) -> TrainingSession:
+        marker = getattr(strategy, "_resume_marker", None)
+        path = strategy.run_dir or _default_run_dir(trainer, marker)
+        session = cls(strategy, trainer, RunDirectory(path), batch_order)
+        resuming = trainer.ckpt_path is not None or trainer.global_step > 0
+        if resuming:
+            session._resume(marker)
+        else:
+            session._start()
+        return session
+
+    @property
+    def model(self):
+        return self.strategy.model
+
+    @property
+    def optimizers(self):
+        return self.strategy.optimizers
+
+    def _identity(self) -> dict[str, Any]:
+        dataset = getattr(self.trainer.train_dataloader, "dataset", None)
+        return {
+            "strategy": self.strategy.config_json(),
+            "model": mf.model_fingerprint(self.model),
+            "data": {
+                "dataset_class": type(dataset).__qualname__ if dataset is not None else None,
+                "order": self.batch_order.to_json() if self.batch_order else None,
+            },
+            "optimizers": mf.optimizer_summary(self.optimizers),
+        }
+
+    def _start(self) -> None:
+        run = self.run
+        identity = self._identity()
+        fp = mf.fingerprint(identity)
+        if run.exists():
+            old = run.read_manifest()
+            steps = len(run.read_steps())
+            if old.get("fingerprint") != fp:
+                raise RunDirectoryError(
+                    f"run_dir {run.path} belongs to another run (run_id {old.get('run_id')}, a "
+                    "different model, data or strategy configuration). HINT: choose a new run_dir."
+                )
+            if steps:
+                raise RunDirectoryError(
+                    f"run_dir {run.path} already holds {steps} committed steps of run "
+                    f"{old.get('run_id')}. HINT: choose a new run_dir, or resume that run with "
+                    "trainer.fit(..., ckpt_path=...)."
+                )
+        elif not run.is_empty():
+            raise RunDirectoryError(
+                f"run_dir {run.path} is not empty and holds no lightning-zk run; refusing to mix "
+                "files. HINT: choose a new or empty run_dir."
+            )
+        run.prepare()
+        self._round_initial_state()
+        initial = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype)
+        initial_path = run.checkpoint_path(0)
+        initial_digest = save_snapshot(initial_path, initial)
+        self.manifest = {
+            "run_id": uuid.uuid4().hex,
+            "fingerprint": fp,
+            "created": mf.now_utc(),
+            "versions": mf.package_versions(),
+            "hardware": mf.hardware(self.strategy.root_device),
+            **identity,
+            "hyperparameters": {
+                "module": mf.json_safe(dict(getattr(self.strategy.lightning_module, "hparams", {}))),
+                "trainer": mf.trainer_summary(self.trainer),
+            },
+            "initial_state": {"file": str(initial_path.relative_to(run.path)), "digest": initial_digest},
+            "steps_committed": 0,
+            "final_state_digest": None,
+        }
+        run.write_manifest(self.manifest)
+        config = getattr(self.strategy, "cli_config", None)
+        if config:
+            atomic_write_bytes(run.path / "config.yaml", config.encode("utf-8"))
+
+    def _resume(self, marker: dict[str, Any] | None) -> None:
+        run = self.run
+        self.manifest = run.read_manifest()
+        if marker and marker.get("run_id") not in (None, self.manifest.get("run_id")):
+            raise RunDirectoryError(
+                f"the checkpoint belongs to run {marker.get('run_id')}, but run_dir {run.path} holds "
+                f"run {self.manifest.get('run_id')}. HINT: pass the run_dir the checkpoint came from."
+            )
+        if self.manifest.get("fingerprint") != mf.fingerprint(self._identity()):
+            raise RunDirectoryError(
+                f"cannot resume into {run.path}: the model, data or strategy configuration differs "
+                "from the committed run's."
+            )
+        run.repair_torn_tail()
+        records = run.read_steps()
+        step = self.trainer.global_step
+        if step > len(records):
+            raise RunDirectoryError(
+                f"the checkpoint is at step {step}, but {run.path} commits only {len(records)} steps: "
+                "the steps in between were never committed and cannot be resumed over."
+            )
+        if step > 0:
+            digest = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype).digest()
+            if digest != records[step - 1].state_digest:
+                raise RunDirectoryError(
+                    f"the checkpoint's state differs from the state committed after step {step - 1} "
+                    f"in {run.path}: refusing to resume from an uncommitted state."
+                )
+        self.next_step = step
+        self._expected = records[step:]
+
+    def _round_initial_state(self) -> None:
+        """Put the initial weights on the committed grid (exact for float32 weights and b = 23)."""
+        import torch
+
+        spec = self.strategy.spec
+        with torch.no_grad():
+            for _, t in named_state_tensors(self.model, self.optimizers):
+                if t.is_floating_point() and t.dtype == spec.compute_dtype:
+                    t.copy_(round_to_grid(t, spec).rounded)
+
+    # --- per step ----------------------------------------------------------------------------
+    @property
+    def in_step(self) -> bool:
+        return self.mode.in_step
+
+    @property
+    def stepped(self) -> bool:
+        return self._stepped
+
+    def mark_stepped(self) -> None:
+        self._stepped = True
+
+    def begin_step(self, batch: Any, batch_idx: int) -> None:
+        if self.mode.in_step:  # the previous batch made no optimizer step
+            raise RuntimeError(
+                f"training batch {self._pending['batch_idx'] if self._pending else '?'} ended without "
+                "an optimizer step; VerifiableStrategy commits one optimizer update per batch."
+            )
+        step = self.next_step
+        if self.trainer.global_step != step:
+            raise RuntimeError(
+                f"Trainer.global_step is {self.trainer.global_step} at committed step {step}: each "
+                "training batch must make exactly one optimizer step (one optimizer, no skipped "
+                "steps) under VerifiableStrategy."
+            )
+        epoch = self.trainer.current_epoch
+        self._pending = {
+            "epoch": epoch,
+            "batch_idx": batch_idx,
+            "batch_indices": self.batch_order.indices(epoch, batch_idx) if self.batch_order else None,
+            "batch_digest": batch_digest(batch),
+        }
+        self._stepped = False
+        self.mode.begin_step(step)
+
+    def finish_step(self) -> None:
+        step = self.next_step
+        self.mode.round_named(named_state_tensors(self.model, self.optimizers))
+        log, _ = self.mode.end_step()
+        data = encode_step_log(log)
+        log_path = step_log_path(self.run.rounding_dir, step)
+        digest = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype).digest()
+        pending = self._pending or {}
+        record = StepRecord(
+            step=step,
+            epoch=pending.get("epoch", -1),
+            batch_idx=pending.get("batch_idx", -1),
+            batch_indices=pending.get("batch_indices"),
+            batch_digest=pending.get("batch_digest", ""),
+            state_digest=digest,
+            log_file=str(log_path.relative_to(self.run.path)),
+            log_sha256=hashlib.sha256(data).hexdigest(),
+            log_bytes=len(data),
+            logged_elements=log.logged_elements,
+            rounded_elements=log.elements_rounded,
+        )
+        self._commit(record, log_path, data)
+        self.next_step = step + 1
+        self._stepped = False
+        self._pending = None
+
+    def _commit(self, record: StepRecord, log_path: Path, data: bytes) -> None:
+        if self._expected:
+            committed = self._expected.pop(0)
+            if not committed.same_commitment(record):
+                raise RunDirectoryError(
+                    f"resumed training diverged from the committed run at step {record.step}: "
+                    f"committed state {committed.state_digest[:16]}…, recomputed "
+                    f"{record.state_digest[:16]}…"
+                )
+            return
+        atomic_write_bytes(log_path, data)
+        self.run.append_step(record)
+
+    # --- closing -----------------------------------------------------------------------------
+    def close(self) -> None:
+        if self.mode.in_step:
+            self.abort()
+        final = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype).digest()
+        self.manifest.update(
+            steps_committed=self.next_step + len(self._expected),
+            final_state_digest=final if not self._expected else self.manifest.get("final_state_digest"),
+            updated=mf.now_utc(),
+            lightning_zk_version=lightning_zk.__version__,
+        )
+        self.run.write_manifest(self.manifest)
+
+    def abort(self) -> None:
+        """Drop an unfinished step: nothing of it was committed."""
+        if self.mode.in_step:
+            self.mode.end_step_discard()
+        self._pending = None
+        self._stepped = False
+
+    def checkpoint_marker(self) -> dict[str, Any]:
+        return {
+            "run_id": self.manifest.get("run_id"),
+            "run_dir": str(self.run.path.resolve()),
+            "step": self.next_step,
+        }

@@ -1,0 +1,237 @@
+"""VerifiableStrategy: train any LightningModule so that another machine can replay it bit-exactly.
+
+The strategy is a :class:`~lightning.pytorch.strategies.SingleDeviceStrategy` that
+
+- computes in ``compute_dtype`` and rounds every hardware-dependent op result, the parameters and
+  the optimizer state to the committed grid (float32 with ``mantissa_bits`` mantissa bits),
+  logging the few roundings other hardware could decide differently (:mod:`lightning_zk.rounding`);
+- fixes and records the data order, and serves dropout and other random draws from a
+  device-independent stream keyed by ``(seed, step)``;
+- owns the run directory (:mod:`lightning_zk.ledger.rundir`): manifest, initial state, one step
+  record (batch, state and log digests) and one rounding log per step.
+
+The heavy lifting per step lives in :class:`~lightning_zk.strategies.session.TrainingSession`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
+from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
+from lightning.pytorch.trainer.states import RunningStage
+
+from ..rounding.precision import GridSpec, PrecisionError
+from ..rounding.threshold import ThresholdPolicy
+from .data import make_deterministic
+from .determinism import DeterministicFlags
+from .precision import VerifiablePrecision, check_user_precision
+from .session import TrainingSession
+
+_DTYPES = {"float64": torch.float64, "float32": torch.float32, "64": torch.float64, "32": torch.float32}
+
+
+def _parse_dtype(value: str | torch.dtype) -> torch.dtype:
+    if isinstance(value, torch.dtype):
+        return value
+    key = str(value).removeprefix("torch.")
+    if key not in _DTYPES:
+        raise PrecisionError(
+            f"VerifiableStrategy(compute_dtype={value!r}) is not supported; use 'float64' (default) "
+            "or 'float32'."
+        )
+    return _DTYPES[key]
+
+
+def _parse_threshold(value: ThresholdPolicy | float | Mapping[str, Any] | None) -> ThresholdPolicy:
+    if isinstance(value, ThresholdPolicy):
+        return value
+    if value is None:
+        return ThresholdPolicy()
+    if isinstance(value, Mapping):
+        return ThresholdPolicy.from_json(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ThresholdPolicy(tau=float(value))
+    raise TypeError(
+        f"VerifiableStrategy(threshold={value!r}): expected a float τ, a dict with keys "
+        "tau/per_kind/per_op, a ThresholdPolicy, or None for the safe default."
+    )
+
+
+class VerifiableStrategy(SingleDeviceStrategy):
+    """Single-device training whose every step can be replayed bit-for-bit on other hardware.
+
+    Args:
+        run_dir: where the run is committed; default ``<default_root_dir>/verifiable/run_<N>``.
+        seed: keys the data order and every random draw (dropout, ...). The model's initial weights
+            are committed as they are, so seed them yourself (``lightning.seed_everything``).
+        compute_dtype: ``"float64"`` (default) or ``"float32"`` (then ``mantissa_bits < 23``).
+        mantissa_bits: float32 mantissa bits kept in committed values: 23 = float32, 7 = the
+            bfloat16 grid, 10 = the float16 mantissa.
+        threshold: logging threshold τ as a fraction of the committed ulp: a float, a dict
+            ``{"tau": ..., "per_kind": {...}, "per_op": {...}}``, a :class:`ThresholdPolicy`,
+            or ``None`` for the safe default (see :func:`~lightning_zk.rounding.threshold.default_tau`).
+        device: the device to train on; default: the Trainer's accelerator (``cuda:0`` or ``cpu``).
+
+    Raises:
+        PrecisionError: unsupported ``compute_dtype``/``mantissa_bits`` combination.
+        ThresholdError: τ outside [0, 0.5].
+        ValueError: a conflicting ``Trainer(precision=...)`` or other unsupported Trainer setting.
+        RunDirectoryError: an unwritable run directory, or one that belongs to another run.
+
+    Example::
+
+        trainer = Trainer(strategy=VerifiableStrategy(run_dir="runs/digits", seed=7), max_steps=50)
+        trainer.fit(model, datamodule=data)
+    """
+
+    strategy_name = "verifiable"
+
+    def __init__(
+        self,
+        run_dir: str | Path | None = None,
+        seed: int = 0,
+        compute_dtype: str | torch.dtype = "float64",
+        mantissa_bits: int = 23,
+        threshold: ThresholdPolicy | float | dict[str, Any] | None = None,
+        device: str | torch.device | None = None,
+    ) -> None:
+        if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+            raise ValueError(f"VerifiableStrategy(seed={seed!r}): seed must be an int in [0, 2**63).")
+        self.spec = GridSpec(_parse_dtype(compute_dtype), mantissa_bits)
+        self.threshold_policy = _parse_threshold(threshold)
+        self.thresholds = self.threshold_policy.resolve(self.spec)
+        self.seed = seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self._explicit_device = device is not None
+        super().__init__(device=device if device is not None else "cpu")
+        self.session: TrainingSession | None = None
+        self._flags = DeterministicFlags()
+        self._scope_depth = 0
+        self._batch_order = None
+
+    # --- configuration -----------------------------------------------------------------------
+    def config_json(self) -> dict[str, object]:
+        """Everything about the strategy an auditor needs to reproduce the arithmetic."""
+        return {
+            "mode": "rounded",
+            **self.spec.to_json(),
+            "seed": self.seed,
+            "threshold_policy": self.threshold_policy.to_json(),
+            "thresholds": self.thresholds.to_json(),
+        }
+
+    def setup_environment(self) -> None:
+        check_user_precision(self.precision_plugin, self.spec.compute_dtype)
+        self.precision_plugin = VerifiablePrecision(self.spec.compute_dtype)
+        if not self._explicit_device:
+            if isinstance(self.accelerator, CUDAAccelerator):
+                self._root_device = torch.device("cuda", torch.cuda.current_device())
+            elif not isinstance(self.accelerator, CPUAccelerator):
+                raise ValueError(
+                    f"VerifiableStrategy does not support accelerator "
+                    f"{type(self.accelerator).__name__}: it needs float64 arithmetic (CPU or CUDA)."
+                )
+        self._flags.enable()
+        super().setup_environment()
+
+    def setup(self, trainer) -> None:
+        super().setup(trainer)
+        if trainer.accumulate_grad_batches != 1:
+            raise ValueError(
+                f"`Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})` is not "
+                "supported by VerifiableStrategy: every committed step must be one optimizer "
+                "update. HINT: raise the batch size instead."
+            )
+
+    def process_dataloader(self, dataloader: object) -> object:
+        trainer = self.lightning_module.trainer if self.lightning_module is not None else None
+        if trainer is None or trainer.state.stage != RunningStage.TRAINING:
+            return dataloader
+        dataloader, self._batch_order = make_deterministic(dataloader, self.seed)
+        return dataloader
+
+    # --- training lifecycle ------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        trainer = self.lightning_module.trainer
+        self.session = TrainingSession.open(
+            strategy=self, trainer=trainer, batch_order=self._batch_order
+        )
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(batch, batch_idx)
+        if self.session is not None:
+            self.session.begin_step(batch, batch_idx)
+
+    @contextmanager
+    def _intercepted(self) -> Generator[None, None, None]:
+        """Run a training-step scope under the rounding mode; close the step when it ends."""
+        session = self.session
+        if session is None or not session.in_step:
+            yield
+            return
+        self._scope_depth += 1
+        try:
+            with session.mode.active():
+                yield
+        finally:
+            self._scope_depth -= 1
+        if self._scope_depth == 0 and session.stepped:
+            session.finish_step()
+
+    def training_step(self, *args: Any, **kwargs: Any):
+        with self._intercepted():
+            return super().training_step(*args, **kwargs)
+
+    def backward(self, closure_loss, optimizer, *args: Any, **kwargs: Any):
+        with self._intercepted():
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
+
+    def optimizer_step(self, optimizer, closure, model=None, **kwargs: Any):
+        with self._intercepted():
+            out = super().optimizer_step(optimizer, closure, model, **kwargs)
+            if self.session is not None and self.session.in_step:
+                self.session.mark_stepped()
+        return out
+
+    def on_train_end(self) -> None:
+        if self.session is not None:
+            self.session.close()
+        super().on_train_end()
+
+    def on_exception(self, exception: BaseException) -> None:
+        if self.session is not None:
+            self.session.abort()
+        super().on_exception(exception)
+
+    def teardown(self) -> None:
+        self._flags.restore()
+        super().teardown()
+
+    # --- checkpoints carry the run's identity ------------------------------------------------
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
+        if self.session is not None:
+            checkpoint["lightning_zk"] = self.session.checkpoint_marker()
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        self._resume_marker = checkpoint.get("lightning_zk")
+        return checkpoint
+
+    @classmethod
+    def register_strategies(cls, strategy_registry) -> None:
+        strategy_registry.register(
+            cls.strategy_name,
+            cls,
+            description="Verifiable training: rounded precision, rounding log, run directory",
+        )
+
+
+if VerifiableStrategy.strategy_name not in StrategyRegistry:
+    VerifiableStrategy.register_strategies(StrategyRegistry)
