@@ -85,7 +85,8 @@ def _targets(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out) -> lis
                     seen.add(id(t))
                     found.append(t)
     # One declared return may itself be a list (``Tensor[]`` of the _foreach ops).
-    outs = (out,) if len(schema.returns) == 1 else tuple(out)
+    n_returns = len(schema.returns)
+    outs = () if n_returns == 0 else (out,) if n_returns == 1 else tuple(out)
     for ret, value in zip(schema.returns, outs, strict=True):
         if ret.alias_info is not None:
             continue
