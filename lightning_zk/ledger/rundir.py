@@ -60,15 +60,11 @@ class StepRecord:
     def from_json(cls, data: Mapping[str, object]) -> StepRecord:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})  # type: ignore[arg-type]
 
-    def same_commitment(self, other: StepRecord) -> bool:
-        """Equal in everything a replay must reproduce (statistics aside)."""
-        return (
-            self.step == other.step
-            and self.batch_digest == other.batch_digest
-            and self.state_digest == other.state_digest
-            and self.log_sha256 == other.log_sha256
-            and self.batch_indices == other.batch_indices
-        )
+    COMMITTED_FIELDS = ("step", "batch_indices", "batch_digest", "log_sha256", "state_digest")
+
+    def differences(self, other: StepRecord) -> list[str]:
+        """Committed fields (not statistics) in which ``other`` differs, in commitment order."""
+        return [f for f in self.COMMITTED_FIELDS if getattr(self, f) != getattr(other, f)]
 
 
 class RunDirectory:
@@ -126,6 +122,8 @@ class RunDirectory:
             ) from err
 
     def is_empty(self) -> bool:
+        if self.path.exists() and not self.path.is_dir():
+            raise RunDirectoryError(f"run_dir {self.path} exists and is not a directory")
         return not self.path.exists() or not any(self.path.iterdir())
 
     # --- manifest ------------------------------------------------------------------------

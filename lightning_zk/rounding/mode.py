@@ -116,6 +116,7 @@ class RoundingMode(TorchDispatchMode):
         self.seed = seed
         self._state: _StepState | None = None
         self._depth = 0
+        self._paused = 0
         self._warned: set[str] = set()
 
     # --- step lifecycle ----------------------------------------------------------------------
@@ -183,6 +184,16 @@ class RoundingMode(TorchDispatchMode):
                 yield
         finally:
             self._depth = 0
+
+    @contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run ops untouched and unnumbered: for side computations (metric logging) whose ops
+        depend on framework state rather than on the training step, and never feed the state."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
 
     # --- rounding ----------------------------------------------------------------------------
     def round_named(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
@@ -254,7 +265,7 @@ class RoundingMode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         state = self._state
-        if state is None:
+        if state is None or self._paused:
             return func(*args, **kwargs)
         kind = classify(func, kwargs)
         if kind is OpClass.RANDOM:
@@ -271,7 +282,8 @@ class RoundingMode(TorchDispatchMode):
                 if not t.is_floating_point():
                     continue
                 if t.dtype != self.spec.compute_dtype:
-                    self._warn_dtype(name, t.dtype)
+                    if kind is not OpClass.IEEE:  # IEEE results are device-independent anyway
+                        self._warn_dtype(name, t.dtype)
                     continue
                 self._round_into(name, index, t, tau)
         return out

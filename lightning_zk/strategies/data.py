@@ -28,9 +28,18 @@ class VerifiableSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """Fast-forward: the next pass over ``epoch`` starts after its first ``skip`` samples.
+
+        Lightning resumes mid-epoch with the batch counter restored but a fresh iterator; without
+        this the resumed steps would see the epoch's first batches again.
+        """
+        self._resume = (epoch, skip)
 
     def order(self, epoch: int | None = None) -> np.ndarray:
         epoch = self.epoch if epoch is None else epoch
@@ -40,7 +49,11 @@ class VerifiableSampler(Sampler[int]):
         return np.argsort(keys, kind="stable").astype(np.int64)
 
     def __iter__(self):
-        return iter(self.order().tolist())
+        order = self.order()
+        if self._resume is not None and self._resume[0] == self.epoch:
+            order = order[self._resume[1] :]
+            self._resume = None
+        return iter(order.tolist())
 
     def __len__(self) -> int:
         return self.length

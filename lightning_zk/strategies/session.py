@@ -52,6 +52,33 @@ class TrainingSession:
         self._pending: dict[str, Any] | None = None
 
     # --- opening -----------------------------------------------------------------------------
+    def _pause_metric_logging(self) -> None:
+        """Keep ``self.log``/``self.log_dict`` out of the rounded op sequence.
+
+        Lightning's metric aggregation runs ops whose number depends on its internal state (which
+        differs, e.g., after restoring a checkpoint); they never feed the training state.
+        """
+        module = self.strategy.lightning_module
+        self._unpatched = {}
+        for name in ("log", "log_dict"):
+            original = getattr(module, name)
+            self._unpatched[name] = module.__dict__.get(name)
+
+            def paused(*args, _original=original, **kwargs):
+                with self.mode.paused():
+                    return _original(*args, **kwargs)
+
+            setattr(module, name, paused)
+
+    def _restore_metric_logging(self) -> None:
+        module = self.strategy.lightning_module
+        for name, previous in getattr(self, "_unpatched", {}).items():
+            if previous is None:
+                module.__dict__.pop(name, None)
+            else:
+                setattr(module, name, previous)
+        self._unpatched = {}
+
     @classmethod
     def open(cls, strategy, trainer, batch_order: BatchOrder | None) -> TrainingSession:
         marker = getattr(strategy, "_resume_marker", None)
@@ -62,6 +89,7 @@ class TrainingSession:
             session._resume(marker)
         else:
             session._start()
+        session._pause_metric_logging()
         return session
 
     @property
@@ -162,6 +190,12 @@ class TrainingSession:
                 )
         self.next_step = step
         self._expected = records[step:]
+        # Lightning's progress counters differ by one depending on where the checkpoint was
+        # saved; the committed records say exactly how many batches of this epoch were consumed.
+        epoch = self.trainer.current_epoch
+        done_in_epoch = sum(1 for r in records[:step] if r.epoch == epoch)
+        if self.batch_order is not None and done_in_epoch:
+            self.batch_order.sampler.resume_at(epoch, done_in_epoch * self.batch_order.batch_size)
 
     def _round_initial_state(self) -> None:
         """Put the initial weights on the committed grid (exact for float32 weights and b = 23)."""
@@ -237,11 +271,13 @@ class TrainingSession:
     def _commit(self, record: StepRecord, log_path: Path, data: bytes) -> None:
         if self._expected:
             committed = self._expected.pop(0)
-            if not committed.same_commitment(record):
+            differing = committed.differences(record)
+            if differing:
                 raise RunDirectoryError(
                     f"resumed training diverged from the committed run at step {record.step}: "
-                    f"committed state {committed.state_digest[:16]}…, recomputed "
-                    f"{record.state_digest[:16]}…"
+                    f"{', '.join(differing)} differ (committed "
+                    f"{[getattr(committed, f) for f in differing]!s:.200}, recomputed "
+                    f"{[getattr(record, f) for f in differing]!s:.200})"
                 )
             return
         atomic_write_bytes(log_path, data)
@@ -249,6 +285,7 @@ class TrainingSession:
 
     # --- closing -----------------------------------------------------------------------------
     def close(self) -> None:
+        self._restore_metric_logging()
         if self.mode.in_step:
             self.abort()
         final = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype).digest()
@@ -262,6 +299,7 @@ class TrainingSession:
 
     def abort(self) -> None:
         """Drop an unfinished step: nothing of it was committed."""
+        self._restore_metric_logging()
         if self.mode.in_step:
             self.mode.end_step_discard()
         self._pending = None
