@@ -80,6 +80,10 @@ def _to_torch(values: np.ndarray, like_shape: Sequence[int], dtype: torch.dtype,
     )
 
 
+# Schema defaults of these are enum integers, not torch objects: the samplers pick their own.
+_NO_SCHEMA_DEFAULT = {"dtype", "layout", "device", "memory_format", "pin_memory"}
+
+
 def _bind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict:
     """Map positional and keyword arguments to the schema's argument names."""
     bound = {}
@@ -88,7 +92,7 @@ def _bind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict:
             bound[arg.name] = args[i]
         elif arg.name in kwargs:
             bound[arg.name] = kwargs[arg.name]
-        elif arg.has_default_value():
+        elif arg.has_default_value() and arg.name not in _NO_SCHEMA_DEFAULT:
             bound[arg.name] = arg.default_value
     return bound
 

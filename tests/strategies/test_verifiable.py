@@ -13,8 +13,10 @@ from lightning_zk.rounding.log import read_step_log
 from lightning_zk.rounding.precision import GridSpec, round_to_grid
 from tests.models import loader, make_model, train, trainer_kwargs
 
+FLOAT32_GRID = GridSpec()
 
-def _on_grid(model, spec=GridSpec()) -> bool:
+
+def _on_grid(model, spec: GridSpec = FLOAT32_GRID) -> bool:
     return all(torch.equal(round_to_grid(p.detach(), spec).rounded, p.detach()) for p in model.parameters())
 
 

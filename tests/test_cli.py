@@ -1,0 +1,42 @@
+"""The lightning-zk command line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from lightning_zk import RunDirectory
+from lightning_zk.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "examples" / "configs" / "digits_mlp.yaml"
+
+
+def test_fit_from_yaml_writes_run_with_config(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    code = main(["fit", "--config", str(CONFIG), "--trainer.max_steps", "3",
+                 "--trainer.strategy.init_args.run_dir", str(run_dir),
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                 "--trainer.enable_model_summary", "false"])
+    assert code == 0
+    run = RunDirectory(run_dir)
+    assert len(run.read_steps()) == 3
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert config["model"]["class_path"] == "examples.digits_mlp.DigitsMLP"
+    assert config["trainer"]["strategy"]["init_args"]["seed"] == 0
+
+
+def test_console_script_help():
+    out = subprocess.run([sys.executable, "-m", "lightning_zk.cli", "--help"], capture_output=True,
+                         text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert "fit" in out.stdout
+
+
+def test_unknown_command(capsys):
+    assert main(["frobnicate"]) == 2
+    assert "unknown command 'frobnicate'" in capsys.readouterr().err
