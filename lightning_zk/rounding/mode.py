@@ -72,29 +72,58 @@ def _tensors_of(value) -> Iterable[torch.Tensor]:
                 yield item
 
 
-def _targets(func: torch._ops.OpOverload, args: tuple, kwargs: dict, out) -> list[torch.Tensor]:
-    """Mutated arguments (schema ``a!``) then fresh outputs: every tensor the op wrote."""
-    found: list[torch.Tensor] = []
-    seen: set[int] = set()
-    schema = func._schema
-    for i, arg in enumerate(schema.arguments):
-        if arg.alias_info is not None and arg.alias_info.is_write:
-            value = args[i] if i < len(args) else kwargs.get(arg.name)
+@dataclass(frozen=True)
+class _OpInfo:
+    """What the mode needs to know about an op overload, computed once per overload."""
+
+    name: str
+    kind: OpClass
+    has_alpha: bool
+    mutated: tuple[tuple[int, str], ...]  # (position, name) of arguments the op writes
+    n_returns: int
+    fresh_returns: tuple[int, ...]  # returns that do not alias an input
+
+    @classmethod
+    def of(cls, func: torch._ops.OpOverload) -> _OpInfo:
+        schema = func._schema
+        mutated = tuple(
+            (i, a.name) for i, a in enumerate(schema.arguments)
+            if a.alias_info is not None and a.alias_info.is_write
+        )
+        fresh = tuple(i for i, r in enumerate(schema.returns) if r.alias_info is None)
+        return cls(
+            name=str(func),
+            kind=classify(func, {}),
+            has_alpha=any(a.name == "alpha" for a in schema.arguments),
+            mutated=mutated,
+            n_returns=len(schema.returns),
+            fresh_returns=fresh,
+        )
+
+    def kind_of_call(self, kwargs: dict) -> OpClass:
+        if self.has_alpha and self.kind is OpClass.IEEE and kwargs.get("alpha", 1) != 1:
+            return OpClass.FUSED  # a + alpha*b may be one FMA on a GPU
+        return self.kind
+
+    def targets(self, args: tuple, kwargs: dict, out) -> list[torch.Tensor]:
+        """Mutated arguments (schema ``a!``) then fresh outputs: every tensor the op wrote."""
+        found: list[torch.Tensor] = []
+        seen: set[int] = set()
+
+        def add(value) -> None:
             for t in _tensors_of(value):
                 if id(t) not in seen:
                     seen.add(id(t))
                     found.append(t)
-    # One declared return may itself be a list (``Tensor[]`` of the _foreach ops).
-    n_returns = len(schema.returns)
-    outs = () if n_returns == 0 else (out,) if n_returns == 1 else tuple(out)
-    for ret, value in zip(schema.returns, outs, strict=True):
-        if ret.alias_info is not None:
-            continue
-        for t in _tensors_of(value):
-            if id(t) not in seen:
-                seen.add(id(t))
-                found.append(t)
-    return found
+
+        for i, name in self.mutated:
+            add(args[i] if i < len(args) else kwargs.get(name))
+        if self.fresh_returns:
+            # One declared return may itself be a list (``Tensor[]`` of the _foreach ops).
+            outs = (out,) if self.n_returns == 1 else tuple(out)
+            for i in self.fresh_returns:
+                add(outs[i])
+        return found
 
 
 class RoundingMode(TorchDispatchMode):
@@ -118,6 +147,7 @@ class RoundingMode(TorchDispatchMode):
         self._depth = 0
         self._paused = 0
         self._warned: set[str] = set()
+        self._ops: dict[torch._ops.OpOverload, _OpInfo] = {}
 
     # --- step lifecycle ----------------------------------------------------------------------
     def begin_step(self, step: int, replay_log: StepLog | None = None) -> None:
@@ -219,15 +249,11 @@ class RoundingMode(TorchDispatchMode):
             rounded = result.rounded
             if state.builder is not None:
                 state.builder.count_rounded(t.numel())
-                if tau > 0:
-                    near = result.near.reshape(-1)
-                    positions = near.nonzero().squeeze(1)
-                    if positions.numel():
-                        away = result.away.reshape(-1)[positions]
-                        state.builder.add(
-                            seq, op_name, index, t.numel(),
-                            positions.cpu().numpy().astype(np.int64), away.cpu().numpy(),
-                        )
+                if result.positions.numel():
+                    state.builder.add(
+                        seq, op_name, index, t.numel(),
+                        result.positions.cpu().numpy().astype(np.int64), result.away.cpu().numpy(),
+                    )
         t.copy_(rounded)
 
     def _replay_entry(
@@ -267,25 +293,27 @@ class RoundingMode(TorchDispatchMode):
         state = self._state
         if state is None or self._paused:
             return func(*args, **kwargs)
-        kind = classify(func, kwargs)
+        info = self._ops.get(func)
+        if info is None:
+            info = self._ops[func] = _OpInfo.of(func)
+        kind = info.kind_of_call(kwargs)
         if kind is OpClass.RANDOM:
             out = state.random.call(func, args, kwargs)
         else:
             out = func(*args, **kwargs)
             if kind is OpClass.EXACT:
                 return out
-        name = str(func)
         # IEEE results are identical on every device: rounded onto the grid, never logged.
-        tau = 0.0 if kind is OpClass.IEEE else self.thresholds.tau(name, kind)
+        tau = 0.0 if kind is OpClass.IEEE else self.thresholds.tau(info.name, kind)
         with torch.no_grad():
-            for index, t in enumerate(_targets(func, args, kwargs, out)):
+            for index, t in enumerate(info.targets(args, kwargs, out)):
                 if not t.is_floating_point():
                     continue
                 if t.dtype != self.spec.compute_dtype:
                     if kind is not OpClass.IEEE:  # IEEE results are device-independent anyway
-                        self._warn_dtype(name, t.dtype)
+                        self._warn_dtype(info.name, t.dtype)
                     continue
-                self._round_into(name, index, t, tau)
+                self._round_into(info.name, index, t, tau)
         return out
 
     def _warn_dtype(self, name: str, dtype: torch.dtype) -> None:

@@ -78,12 +78,11 @@ class GridSpec:
 
 @dataclass
 class RoundingResult:
-    """Rounded values plus what a log needs: which elements were close to a midpoint."""
+    """Rounded values plus what a log needs: the elements close to a midpoint, and their way."""
 
     rounded: torch.Tensor
-    near: torch.Tensor  # bool, element within τ of a midpoint
-    away: torch.Tensor  # bool, element rounded away from zero (larger magnitude)
-    distance: torch.Tensor  # int, |dropped - half| in units of 2^-dropped_bits committed ulp
+    positions: torch.Tensor  # int64 flat indices of elements within τ of a midpoint
+    away: torch.Tensor  # bool per position: rounded away from zero (larger magnitude)
 
 
 def _int_view_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -103,45 +102,79 @@ def _split(x: torch.Tensor, spec: GridSpec) -> tuple[torch.Tensor, ...]:
             shift = tiny
             mag_x = torch.where(tiny, mag_x + 2.0**_F32_MIN_NORMAL_EXP, mag_x)
     bits = mag_x.view(_int_view_dtype(x.dtype))
-    low_mask = (1 << drop) - 1
-    low = bits & low_mask
+    low = bits & ((1 << drop) - 1)
     trunc = bits - low
-    return bits, low, trunc, shift, drop
+    half = 1 << (drop - 1)
+    up = (low > half) | ((low == half) & (((trunc >> drop) & 1) == 1))
+    return trunc, low, up, shift
 
 
 def _assemble(
     x: torch.Tensor, trunc: torch.Tensor, up: torch.Tensor, shift, spec: GridSpec
 ) -> torch.Tensor:
     drop = spec.dropped_bits
-    mag_bits = trunc + (up.to(trunc.dtype) << drop)
-    mag = mag_bits.view(x.dtype)
+    mag = (trunc + (up.to(trunc.dtype) << drop)).view(x.dtype)
     if shift is not None:
         mag = torch.where(shift, mag - 2.0**_F32_MIN_NORMAL_EXP, mag)
     if spec.compute_dtype == torch.float64:
         mag = torch.where(mag >= 2.0 ** (_F32_MAX_EXP + 1), torch.inf, mag)
-    finite = torch.isfinite(x)
     out = torch.where(torch.signbit(x), -mag, mag)
-    return torch.where(finite, out, x)
+    return torch.where(torch.isfinite(x), out, x)
+
+
+def _round_generic(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    trunc, _, up, shift = _split(x, spec)
+    return _assemble(x, trunc, up, shift, spec)
+
+
+def round_values(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """``x`` rounded to the committed grid, nearest-even (no log information)."""
+    if x.dtype != spec.compute_dtype:
+        raise PrecisionError(f"expected a {spec.compute_dtype} tensor, got {x.dtype}")
+    if spec.compute_dtype == torch.float64 and spec.mantissa_bits == FLOAT32_MANTISSA_BITS:
+        # IEEE float64 -> float32 conversion is exactly this rounding (subnormals, overflow too).
+        return x.to(torch.float32).to(torch.float64)
+    return _round_generic(x, spec)
+
+
+def midpoint_distance(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """|dropped bits − half| per element, in units of 2^-dropped_bits committed ulp."""
+    _, low, _, _ = _split(x, spec)
+    return (low - (1 << (spec.dropped_bits - 1))).abs()
+
+
+def _fast_distance(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
+    """Midpoint distance from the raw bits: four passes, exact unless |x| < 2^-126 (float64)."""
+    drop = spec.dropped_bits
+    low = x.contiguous().view(_int_view_dtype(x.dtype)) & ((1 << drop) - 1)
+    return (low - (1 << (drop - 1))).abs_()
 
 
 def round_to_grid(x: torch.Tensor, spec: GridSpec, tau: float = 0.0) -> RoundingResult:
     """Round ``x`` (in ``spec.compute_dtype``) to the committed grid, nearest-even.
 
-    ``tau`` is the logging threshold as a fraction of the committed ulp: an element is ``near``
-    when the exact value lies less than ``tau`` ulp from the midpoint of its two candidates
-    (exact ties are always near when ``tau > 0``).
+    ``tau`` is the logging threshold as a fraction of the committed ulp: an element is reported
+    when its exact value lies less than ``tau`` ulp from the midpoint of its two candidates
+    (exact ties are always reported when ``tau > 0``).
     """
-    if x.dtype != spec.compute_dtype:
-        raise PrecisionError(f"expected a {spec.compute_dtype} tensor, got {x.dtype}")
-    bits, low, trunc, shift, drop = _split(x, spec)
-    half = 1 << (drop - 1)
-    lsb = (trunc >> drop) & 1
-    up = (low > half) | ((low == half) & (lsb == 1))
-    distance = (low - half).abs()
-    tau_units = tau * float(1 << drop)
-    near = (distance < tau_units) & torch.isfinite(x) if tau > 0 else torch.zeros_like(up)
-    rounded = _assemble(x, trunc, up, shift, spec)
-    return RoundingResult(rounded=rounded, near=near, away=up, distance=distance)
+    rounded = round_values(x, spec)
+    if tau <= 0:
+        empty = torch.empty(0, dtype=torch.int64, device=x.device)
+        return RoundingResult(rounded, empty, torch.empty(0, dtype=torch.bool, device=x.device))
+    tau_units = tau * float(1 << spec.dropped_bits)
+    if spec.compute_dtype == torch.float64 and bool(
+        ((x.abs() < 2.0**_F32_MIN_NORMAL_EXP) & (x != 0)).any()
+    ):
+        distance = midpoint_distance(x, spec)  # exact below float32's normal range too
+    else:
+        distance = _fast_distance(x, spec)
+    positions = (distance < tau_units).reshape(-1).nonzero().squeeze(1)
+    xs = x.reshape(-1)[positions]
+    finite = torch.isfinite(xs)
+    if not bool(finite.all()):
+        positions, xs = positions[finite], xs[finite]
+    away = rounded.reshape(-1)[positions].abs() > xs.abs()
+    return RoundingResult(rounded, positions, away)
 
 
 def apply_directions(
@@ -149,19 +182,17 @@ def apply_directions(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Round ``x`` nearest-even except at flat ``positions``, which go the logged way.
 
-    Returns the rounded tensor and, for each logged position, the distance of *this* machine's
-    value from the midpoint (in units of 2^-dropped_bits ulp), so a replayer can reject log entries
-    that no honest hardware difference explains, and the direction this machine alone would take.
+    Returns the rounded tensor; for each logged position the distance of *this* machine's value
+    from the midpoint (in units of 2^-dropped_bits ulp), so a replayer can reject log entries that
+    no honest hardware difference explains; and the direction this machine alone would take.
     """
-    bits, low, trunc, shift, drop = _split(x, spec)
-    half = 1 << (drop - 1)
-    lsb = (trunc >> drop) & 1
-    up = (low > half) | ((low == half) & (lsb == 1))
-    flat_up = up.reshape(-1)
-    natural = flat_up[positions].clone()
-    flat_up[positions] = away
-    distance = (low.reshape(-1)[positions] - half).abs()
-    return _assemble(x, trunc, flat_up.view_as(up), shift, spec), distance, natural
+    rounded = round_values(x, spec)
+    xs = x.reshape(-1)[positions]
+    trunc, low, natural, shift = _split(xs, spec)
+    forced = _assemble(xs, trunc, away, shift, spec)
+    rounded.reshape(-1)[positions] = forced
+    distance = (low - (1 << (spec.dropped_bits - 1))).abs()
+    return rounded, distance, natural
 
 
 def round_scalar_reference(value: float, mantissa_bits: int) -> float:

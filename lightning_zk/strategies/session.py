@@ -21,7 +21,7 @@ from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
 from ..ledger.state import batch_digest, named_state_tensors, save_snapshot, snapshot
 from ..rounding.log import encode_step_log, step_log_path
 from ..rounding.mode import RoundingMode
-from ..rounding.precision import round_to_grid
+from ..rounding.precision import round_values
 from . import manifest as mf
 from .data import BatchOrder
 
@@ -205,7 +205,7 @@ class TrainingSession:
         with torch.no_grad():
             for _, t in named_state_tensors(self.model, self.optimizers):
                 if t.is_floating_point() and t.dtype == spec.compute_dtype:
-                    t.copy_(round_to_grid(t, spec).rounded)
+                    t.copy_(round_values(t, spec))
 
     # --- per step ----------------------------------------------------------------------------
     @property
