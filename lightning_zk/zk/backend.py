@@ -1,0 +1,233 @@
+"""Array backends: NumPy on CPU, CuPy on GPU, chosen once and used by every kernel.
+
+This is the only module that imports CuPy (or numba). Every other module writes its math against
+the array module ``xp`` of its inputs, so one implementation serves both devices; only the
+64x64->128-bit field multiplication has device-specific kernels:
+
+* NumPy: 32-bit limb split in uint64 arithmetic (pure NumPy, always available), or a numba JIT
+  kernel when numba is importable (optional; see ``docs/zk_core.md`` for the measurement).
+* CuPy: an ``ElementwiseKernel`` using ``__umul64hi``.
+
+``get_backend("auto")`` picks CuPy only when ``import cupy`` succeeds *and*
+``cupy.is_available()`` is true (``import cupy`` succeeds on machines without a GPU).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ParameterError
+
+__all__ = [
+    "Backend",
+    "get_backend",
+    "array_module",
+    "backend_of",
+    "cupy_available",
+    "numba_available",
+    "to_numpy",
+]
+
+P = 0xFFFF_FFFF_0000_0001
+EPS = 0xFFFF_FFFF  # 2^64 mod p
+M32 = 0xFFFF_FFFF
+
+MulKernel = Callable[[Any, Any], Any]
+
+
+def _mul_limbs(a: Any, b: Any) -> Any:
+    """Goldilocks a*b for uint64 arrays of any module: 32-bit limb split, then reduce mod p.
+
+    64x64->128: a = a1*2^32 + a0, b = b1*2^32 + b0; no partial sum below overflows uint64.
+    Reduction of hi*2^64 + lo uses 2^64 = 2^32 - 1 and 2^96 = -1 (mod p).
+    """
+    a0 = a & M32
+    a1 = a >> 32
+    b0 = b & M32
+    b1 = b >> 32
+    t = a0 * b0
+    m1 = a1 * b0
+    m1 += t >> 32
+    m2 = a0 * b1
+    m2 += m1 & M32
+    t &= M32
+    lo = m2 << 32
+    lo |= t
+    hi = a1 * b1
+    hi += m1 >> 32
+    hi += m2 >> 32
+    return reduce128(hi, lo)
+
+
+def reduce128(hi: Any, lo: Any) -> Any:
+    """Reduce hi*2^64 + lo (two uint64 arrays) to the canonical representative in [0, p)."""
+    xp = array_module(lo)
+    hh = hi >> 32
+    hl = hi & M32
+    t0 = lo - hh
+    t0 = xp.where(lo < hh, t0 - EPS, t0)  # borrow: add 2^64 == subtract eps; cannot underflow
+    t1 = hl << 32
+    t1 -= hl  # hl * (2^32 - 1) < 2^64
+    t2 = t0 + t1
+    t2 = xp.where(t2 < t1, t2 + EPS, t2)  # carry: 2^64 == eps; cannot overflow again
+    return xp.where(t2 >= P, t2 - P, t2)
+
+
+_CUDA_MUL_BODY = r"""
+unsigned long long lo = a * b;
+unsigned long long hi = __umul64hi(a, b);
+unsigned long long hh = hi >> 32;
+unsigned long long hl = hi & 0xFFFFFFFFull;
+unsigned long long t0 = lo - hh;
+if (lo < hh) { t0 -= 0xFFFFFFFFull; }
+unsigned long long t1 = (hl << 32) - hl;
+unsigned long long t2 = t0 + t1;
+if (t2 < t1) { t2 += 0xFFFFFFFFull; }
+if (t2 >= 0xFFFFFFFF00000001ull) { t2 -= 0xFFFFFFFF00000001ull; }
+c = t2;
+"""
+
+
+@dataclass
+class Backend:
+    """An array module plus its field-multiplication kernel.
+
+    Attributes:
+        name: ``"numpy"`` or ``"cupy"``.
+        xp: the array module.
+        mul: elementwise Goldilocks multiplication of two uint64 arrays (broadcasting).
+        mul_impl: which kernel ``mul`` is (``"limbs"``, ``"numba"``, ``"cuda"``).
+    """
+
+    name: str
+    xp: Any
+    mul: MulKernel
+    mul_impl: str
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def asarray(self, a: Any) -> Any:
+        """Move ``a`` to this backend as a uint64 array (no copy when already there)."""
+        if self.name == "cupy":
+            return self.xp.asarray(a, dtype=self.xp.uint64)
+        return np.asarray(to_numpy(a), dtype=np.uint64)
+
+    def describe(self) -> str:
+        return f"{self.name} (field mul: {self.mul_impl})"
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees a usable GPU."""
+    try:
+        import cupy  # noqa: F401
+    except Exception:  # ImportError, CUDA driver errors at import time
+        return False
+    try:
+        return bool(cupy.is_available())
+    except Exception:
+        return False
+
+
+def numba_available() -> bool:
+    """True when numba imports (optional CPU JIT kernel) and it is not disabled."""
+    if os.environ.get("LIGHTNING_ZK_NUMBA", "1") == "0":
+        return False
+    try:
+        import numba  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+_CACHE: dict[str, Backend] = {}
+
+
+def _numpy_backend(use_numba: bool | None) -> Backend:
+    key = f"numpy-{use_numba}"
+    if key in _CACHE:
+        return _CACHE[key]
+    want = numba_available() if use_numba is None else use_numba
+    if want:
+        from ._numba_kernels import numba_mul
+
+        be = Backend("numpy", np, numba_mul, "numba")
+    else:
+        be = Backend("numpy", np, _mul_limbs, "limbs")
+    _CACHE[key] = be
+    return be
+
+
+def _cupy_backend() -> Backend:
+    if "cupy" in _CACHE:
+        return _CACHE["cupy"]
+    import cupy
+
+    kernel = cupy.ElementwiseKernel(
+        "uint64 a, uint64 b", "uint64 c", _CUDA_MUL_BODY, "goldilocks_mul"
+    )
+
+    def mul(a: Any, b: Any) -> Any:
+        return kernel(cupy.asarray(a, dtype=cupy.uint64), cupy.asarray(b, dtype=cupy.uint64))
+
+    be = Backend("cupy", cupy, mul, "cuda")
+    _CACHE["cupy"] = be
+    return be
+
+
+def get_backend(name: str = "auto", *, use_numba: bool | None = None) -> Backend:
+    """Return the backend called ``name``: ``"auto"``, ``"numpy"`` or ``"cupy"``.
+
+    ``"auto"`` is CuPy only when a GPU is usable, else NumPy. ``use_numba`` forces the CPU
+    multiplication kernel (``None``: numba when importable, since it measured faster).
+
+    Raises:
+        ParameterError: unknown name, or ``"cupy"`` requested where CuPy has no GPU.
+
+    Example::
+
+        >>> get_backend("numpy").name
+        'numpy'
+    """
+    if name == "auto":
+        return _cupy_backend() if cupy_available() else _numpy_backend(use_numba)
+    if name == "numpy":
+        return _numpy_backend(use_numba)
+    if name == "cupy":
+        if not cupy_available():
+            raise ParameterError(
+                "get_backend('cupy'): CuPy is not installed or cupy.is_available() is False. "
+                "HINT: use get_backend('auto') or 'numpy' on machines without a GPU."
+            )
+        return _cupy_backend()
+    raise ParameterError(f"get_backend(name={name!r}): name must be 'auto', 'numpy' or 'cupy'")
+
+
+def _is_cupy_array(a: Any) -> bool:
+    cp = sys.modules.get("cupy")
+    return cp is not None and isinstance(a, cp.ndarray)
+
+
+def array_module(a: Any) -> Any:
+    """The array module (numpy or cupy) that owns ``a``."""
+    if _is_cupy_array(a):
+        return sys.modules["cupy"]
+    return np
+
+
+def backend_of(a: Any) -> Backend:
+    """The backend whose kernels operate on ``a`` (CuPy arrays -> CuPy, anything else -> NumPy)."""
+    if _is_cupy_array(a):
+        return _cupy_backend()
+    return _numpy_backend(None)
+
+
+def to_numpy(a: Any) -> np.ndarray:
+    """Host copy of ``a`` (no copy for NumPy input)."""
+    if _is_cupy_array(a):
+        return sys.modules["cupy"].asnumpy(a)
+    return np.asarray(a)

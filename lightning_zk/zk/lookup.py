@@ -1,0 +1,375 @@
+"""logUp range checks: values in [0, 2^bits) via lookups into the table {0, ..., 2^16 - 1}.
+
+logUp (Haboeck, ePrint 2022/1530): a_1..a_N all lie in a table T iff, for multiplicities m_j,
+    sum_i 1/(beta + a_i) = sum_j m_j/(beta + T_j)              (as rational functions)
+provided char F = p > N (each pole -a_i then has a nonzero residue). The prover commits m,
+gets beta, commits h_i = 1/(beta + a_i) and q_j = m_j/(beta + T_j), claims S = sum h = sum q,
+and two zero-knowledge sumchecks prove, with fresh alpha, tau:
+
+  A-domain:  sum_y [ h(y) + a1 eq(tau_A, y) (h(y)(beta + A(y)) - 1)
+                    + a2 eq(tau_x, x) (sum_c W(c) A(x, c) - v(x) [c = 0]) ] = S
+  T-domain:  sum_j [ q(j) + a3 eq(tau_T, j) (q(j)(beta + T(j)) - m(j)) ] = S
+
+Limb decomposition for [0, 2^bits): A(x, c) holds the 16-bit limbs of v(x) (c < L) plus, when
+the top limb has b < 16 bits, its shift A(x, L) = 2^(16-b) A(x, L-1), so both fit 16 bits iff
+the top limb fits b bits. W(c) = 2^(16c) (c < L) + a_w (2^(16-b) [c = L-1] - [c = L]). With
+bits == 16 the lookup runs on v itself (A = v, no decomposition).
+
+The gadget reduces everything to one claim on the caller's committed v: a masked evaluation
+v^(point) (:class:`RangeClaim`), which the caller checks with its own opening.
+
+Soundness error: (N_A + 2^16)/p^2 (beta, cleared denominators) + (n_A + n + 16)/p^2 (zero
+checks) + 3/p^2 (alpha combinations) + two sumcheck errors + four commitment openings
+(<= 2^-100 each): dominated by the openings. Zero knowledge: h, q, m, A are hiding
+commitments opened only at masked points; both sumchecks are Libra-masked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import field as F
+from .backend import P, to_numpy
+from .errors import LookupError_, ParameterError
+from .extension import Fp2, e_add, e_const, e_from_base, e_inv, e_mul_base, e_sum
+from .ligero import Ligero, LigeroProof
+from .multilinear import eq_eval, eq_table, num_vars_of
+from .pcs import Commitment
+from .randomness import as_rng
+from .sumcheck import SumcheckProof, SumcheckSpec, prove_sumcheck, verify_sumcheck
+from .transcript import Transcript
+
+__all__ = ["TABLE_BITS", "RangeLayout", "RangeProof", "RangeClaim", "prove_range", "verify_range"]
+
+TABLE_BITS = 16
+TABLE_SIZE = 1 << TABLE_BITS
+
+
+@dataclass(frozen=True)
+class RangeLayout:
+    """Public limb layout for a range check of 2^num_vars values in [0, 2^bits)."""
+
+    num_vars: int
+    bits: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.bits <= 63:
+            raise ParameterError(f"range check bits={self.bits}: must be in [1, 63]")
+        if self.num_vars < 1:
+            raise ParameterError(f"range check num_vars={self.num_vars}: need >= 1")
+
+    @property
+    def direct(self) -> bool:
+        return self.bits == TABLE_BITS
+
+    @property
+    def limbs(self) -> int:
+        return -(-self.bits // TABLE_BITS)
+
+    @property
+    def shift(self) -> int:
+        top = self.bits - TABLE_BITS * (self.limbs - 1)
+        return TABLE_BITS - top
+
+    @property
+    def columns(self) -> int:
+        return 1 if self.direct else self.limbs + (1 if self.shift else 0)
+
+    @property
+    def col_vars(self) -> int:
+        return (self.columns - 1).bit_length()
+
+    @property
+    def a_vars(self) -> int:
+        return self.num_vars + self.col_vars
+
+    def weights(self, alpha_w: Fp2) -> list[Fp2]:
+        """W(c) over the 2^col_vars columns."""
+        w = [Fp2(0)] * (1 << self.col_vars)
+        for c in range(self.limbs):
+            w[c] = Fp2(pow(2, TABLE_BITS * c, P))
+        if self.shift:
+            w[self.limbs - 1] = w[self.limbs - 1] + alpha_w * pow(2, self.shift, P)
+            w[self.limbs] = w[self.limbs] - alpha_w
+        return w
+
+
+@dataclass
+class RangeClaim:
+    """The caller must check v^(point) == value with its own commitment to v."""
+
+    point: list[Fp2]
+    value: Fp2
+
+
+@dataclass
+class RangeProof:
+    limb_commitment: Commitment | None
+    mult_commitment: Commitment
+    h_commitment: Commitment
+    q_commitment: Commitment
+    logup_sum: Fp2
+    main: SumcheckProof
+    table: SumcheckProof
+    limb_opening: LigeroProof | None
+    h_opening: LigeroProof
+    q_opening: LigeroProof
+    mult_opening: LigeroProof
+
+
+def _limbs(values: np.ndarray, lay: RangeLayout) -> np.ndarray:
+    """A(x, c) flattened as index x * 2^col_vars + c."""
+    n_cols = 1 << lay.col_vars
+    a = np.zeros((values.shape[0], n_cols), dtype=np.uint64)
+    for c in range(lay.limbs):
+        a[:, c] = (values >> np.uint64(TABLE_BITS * c)) & np.uint64(TABLE_SIZE - 1)
+    if lay.limbs * TABLE_BITS < 64:
+        a[:, lay.limbs - 1] = values >> np.uint64(TABLE_BITS * (lay.limbs - 1))  # keep overflow
+    if lay.shift:
+        a[:, lay.limbs] = F.mul(a[:, lay.limbs - 1], np.uint64(1 << lay.shift))
+    return a.reshape(-1)
+
+
+def _specs(lay: RangeLayout, ch: dict[str, Any]) -> tuple[SumcheckSpec, SumcheckSpec]:
+    a1, a2, a3, beta = ch["a1"], ch["a2"], ch["a3"], ch["beta"]
+    terms: list[tuple[Fp2 | int, Sequence[int]]] = [
+        (1, [0]),
+        (a1, [1, 0, 2]),
+        (a1 * beta, [1, 0]),
+        (-a1, [1]),
+    ]
+    masked = [True, False, True]
+    if not lay.direct:
+        terms += [(a2, [3, 4, 2]), (-a2, [3, 5])]
+        masked += [False, False, True]
+    main = SumcheckSpec.of(lay.a_vars, len(masked), terms, zk=True, masked=masked)
+    table = SumcheckSpec.of(
+        TABLE_BITS,
+        4,
+        [(1, [0]), (a3, [1, 0, 2]), (a3 * beta, [1, 0]), (-a3, [1, 3])],
+        zk=True,
+        masked=[True, False, False, True],
+    )
+    return main, table
+
+
+def _challenges(tr: Transcript, lay: RangeLayout, beta: Fp2) -> dict[str, Any]:
+    # soundness: alphas 1/p^2 each; eq zero-checks n/p^2 each
+    a1, a2, a3, aw = tr.challenge_ext_list("logup.alpha", 4)
+    return {
+        "beta": beta,
+        "a1": a1,
+        "a2": a2,
+        "a3": a3,
+        "aw": aw,
+        "tau_a": tr.challenge_ext_list("logup.tau_a", lay.a_vars),
+        "tau_x": tr.challenge_ext_list("logup.tau_x", lay.num_vars),
+        "tau_t": tr.challenge_ext_list("logup.tau_t", TABLE_BITS),
+    }
+
+
+def _table_values() -> np.ndarray:
+    return np.arange(TABLE_SIZE, dtype=np.uint64)
+
+
+def prove_range(
+    transcript: Transcript,
+    values: Any,
+    *,
+    bits: int,
+    value_mask: Any = None,
+    pcs: Ligero | None = None,
+    rng: Any = None,
+    strict: bool = True,
+) -> tuple[RangeProof, RangeClaim]:
+    """Prove every entry of ``values`` (field elements, length 2^n) lies in [0, 2^bits).
+
+    Args:
+        values: the caller's committed table v (host or device uint64 array).
+        value_mask: round-1 mask of v's commitment (``pcs.round1_mask(state, j)``); the returned
+            claim is then the masked value v^_j(point). None: a plain evaluation (not hiding).
+        strict: raise ParameterError on out-of-range input (``False`` only for soundness tests,
+            which build a cheating proof that the verifier must reject).
+    """
+    pcs = pcs or Ligero()
+    rng = as_rng(rng)
+    v = np.asarray(to_numpy(values), dtype=np.uint64).reshape(-1)
+    lay = RangeLayout(num_vars_of(v.shape[0], "prove_range values"), bits)
+    if strict and bool((v >= np.uint64(1 << bits)).any()):
+        bad = int(v[v >= np.uint64(1 << bits)][0])
+        raise ParameterError(f"prove_range: value {bad} is outside [0, 2^{bits})")
+    a = v if lay.direct else _limbs(v, lay)
+    mult = np.bincount(np.minimum(a, TABLE_SIZE - 1).astype(np.int64), minlength=TABLE_SIZE)
+    mult = mult.astype(np.uint64)
+
+    transcript.absorb_u64("logup.layout", lay.num_vars, lay.bits, TABLE_BITS)
+    limb_com = limb_state = None
+    if not lay.direct:
+        limb_com, limb_state = pcs.commit(a, num_points=1, rng=rng)
+        limb_com.absorb_into(transcript, "logup.limbs")
+    m_com, m_state = pcs.commit(mult, num_points=1, rng=rng)
+    m_com.absorb_into(transcript, "logup.mult")
+    beta = transcript.challenge_ext("logup.beta")  # soundness: (N_A + 2^16)/p^2
+    inv_a = e_inv(e_add(e_from_base(a), e_const(beta, a.shape[0])))
+    inv_t = e_inv(e_add(e_from_base(_table_values()), e_const(beta, TABLE_SIZE)))
+    q = e_mul_base(inv_t, mult)
+    h_com, h_state = pcs.commit(inv_a, num_points=1, rng=rng)
+    q_com, q_state = pcs.commit(q, num_points=1, rng=rng)
+    s = e_sum(inv_a)
+    h_com.absorb_into(transcript, "logup.h")
+    q_com.absorb_into(transcript, "logup.q")
+    transcript.absorb_ext("logup.sum", s)
+    ch = _challenges(transcript, lay, beta)
+    main_spec, table_spec = _specs(lay, ch)
+
+    tables = [inv_a, eq_table(ch["tau_a"]), a]
+    masks: list[Any] = [pcs.round1_mask(h_state, 0), None]
+    if lay.direct:
+        masks.append(value_mask)
+    else:
+        masks.append(pcs.round1_mask(limb_state, 0))
+        n_cols = 1 << lay.col_vars
+        wts = lay.weights(ch["aw"])
+        w_arr = np.array([[x.c0 for x in wts], [x.c1 for x in wts]], dtype=np.uint64)
+        vt = np.zeros(a.shape[0], dtype=np.uint64)
+        vt[::n_cols] = v
+        tables += [
+            np.repeat(eq_table(ch["tau_x"]), n_cols, axis=1),
+            np.tile(w_arr, (1, v.shape[0])),
+            vt,
+        ]
+        vt_mask = None
+        if value_mask is not None:
+            vm = np.asarray(to_numpy(value_mask))
+            vt_mask = np.zeros((2, vm.shape[1] * n_cols), dtype=np.uint64)
+            vt_mask[:, ::n_cols] = vm
+        masks += [None, None, vt_mask]
+    main_spec = _with_value_mask(main_spec, lay, value_mask is not None)
+    main, main_claim = prove_sumcheck(
+        main_spec, tables, transcript, claimed_sum=s, masks=masks, pcs=pcs, rng=rng
+    )
+    table, table_claim = prove_sumcheck(
+        table_spec,
+        [q, eq_table(ch["tau_t"]), _table_values(), mult],
+        transcript,
+        claimed_sum=s,
+        masks=[pcs.round1_mask(q_state, 0), None, None, pcs.round1_mask(m_state, 0)],
+        pcs=pcs,
+        rng=rng,
+    )
+    limb_open = pcs.open(limb_state, [main_claim.point], transcript) if limb_state else None
+    proof = RangeProof(
+        limb_com,
+        m_com,
+        h_com,
+        q_com,
+        s,
+        main,
+        table,
+        limb_open,
+        pcs.open(h_state, [main_claim.point], transcript),
+        pcs.open(q_state, [table_claim.point], transcript),
+        pcs.open(m_state, [table_claim.point], transcript),
+    )
+    return proof, _value_claim(lay, main_claim.point, main_claim.evaluations)
+
+
+def _with_value_mask(spec: SumcheckSpec, lay: RangeLayout, masked: bool) -> SumcheckSpec:
+    """The main spec with v's table flagged as masked (or not) by the caller's choice."""
+    flags = list(spec.masked)
+    flags[2 if lay.direct else 5] = masked
+    return SumcheckSpec(spec.num_vars, spec.num_tables, spec.terms, spec.zk, tuple(flags))
+
+
+def _value_claim(lay: RangeLayout, point: list[Fp2], evals: Sequence[Fp2]) -> RangeClaim:
+    if lay.direct:
+        return RangeClaim(point, evals[2])
+    x_pt, c_pt = point[: lay.num_vars], point[lay.num_vars :]
+    sel = eq_eval(c_pt, [0] * lay.col_vars)
+    if sel.is_zero():
+        raise LookupError_("column selector eq(0, r_c) is zero", got=sel)
+    return RangeClaim(x_pt, evals[5] / sel)
+
+
+def verify_range(
+    transcript: Transcript,
+    proof: RangeProof,
+    *,
+    num_vars: int,
+    bits: int,
+    value_masked: bool = True,
+    pcs: Ligero | None = None,
+) -> RangeClaim:
+    """Check a range proof; return the claim on v that the caller must check itself.
+
+    Raises:
+        LookupError_: a public evaluation (eq, table, weights) does not match.
+        SumcheckError / CommitmentError / ShapeMismatchError: from the sub-protocols.
+    """
+    pcs = pcs or Ligero()
+    lay = RangeLayout(num_vars, bits)
+    transcript.absorb_u64("logup.layout", lay.num_vars, lay.bits, TABLE_BITS)
+    if lay.direct != (proof.limb_commitment is None) or lay.direct != (proof.limb_opening is None):
+        raise LookupError_(
+            "limb commitment presence",
+            expected=not lay.direct,
+            got=proof.limb_commitment is not None,
+        )
+    if proof.limb_commitment is not None:
+        proof.limb_commitment.expect(
+            num_vars=lay.a_vars, extension=False, num_points=1, what="limb commitment"
+        )
+        proof.limb_commitment.absorb_into(transcript, "logup.limbs")
+    proof.mult_commitment.expect(
+        num_vars=TABLE_BITS, extension=False, num_points=1, what="multiplicity commitment"
+    )
+    proof.mult_commitment.absorb_into(transcript, "logup.mult")
+    beta = transcript.challenge_ext("logup.beta")
+    proof.h_commitment.expect(
+        num_vars=lay.a_vars, extension=True, num_points=1, what="h commitment"
+    )
+    proof.q_commitment.expect(
+        num_vars=TABLE_BITS, extension=True, num_points=1, what="q commitment"
+    )
+    proof.h_commitment.absorb_into(transcript, "logup.h")
+    proof.q_commitment.absorb_into(transcript, "logup.q")
+    transcript.absorb_ext("logup.sum", proof.logup_sum)
+    ch = _challenges(transcript, lay, beta)
+    main_spec, table_spec = _specs(lay, ch)
+    main_spec = _with_value_mask(main_spec, lay, value_masked)
+    mc = verify_sumcheck(main_spec, proof.main, transcript, proof.logup_sum, pcs=pcs)
+    tc = verify_sumcheck(table_spec, proof.table, transcript, proof.logup_sum, pcs=pcs)
+    # public tables: the verifier evaluates them itself
+    _expect("eq(tau_A, r)", eq_eval(ch["tau_a"], mc.point), mc.evaluations[1])
+    _expect("eq(tau_T, r)", eq_eval(ch["tau_t"], tc.point), tc.evaluations[1])
+    t_eval = sum((r * pow(2, TABLE_BITS - 1 - b, P) for b, r in enumerate(tc.point)), Fp2(0))
+    _expect("table T(r)", t_eval, tc.evaluations[2])
+    if not lay.direct:
+        x_pt, c_pt = mc.point[: lay.num_vars], mc.point[lay.num_vars :]
+        _expect("eq(tau_x, r_x)", eq_eval(ch["tau_x"], x_pt), mc.evaluations[3])
+        wts = lay.weights(ch["aw"])
+        w_eval = sum((w * eq_eval(c_pt, _bits(c, lay.col_vars)) for c, w in enumerate(wts)), Fp2(0))
+        _expect("limb weights W(r_c)", w_eval, mc.evaluations[4])
+        pcs.verify(
+            proof.limb_commitment, [mc.point], [mc.evaluations[2]], proof.limb_opening, transcript
+        )
+    # committed tables: their masked openings
+    pcs.verify(proof.h_commitment, [mc.point], [mc.evaluations[0]], proof.h_opening, transcript)
+    pcs.verify(proof.q_commitment, [tc.point], [tc.evaluations[0]], proof.q_opening, transcript)
+    pcs.verify(
+        proof.mult_commitment, [tc.point], [tc.evaluations[3]], proof.mult_opening, transcript
+    )
+    return _value_claim(lay, mc.point, mc.evaluations)
+
+
+def _bits(c: int, width: int) -> list[int]:
+    return [(c >> (width - 1 - j)) & 1 for j in range(width)]
+
+
+def _expect(check: str, expected: Fp2, got: Fp2) -> None:
+    if expected != got:
+        raise LookupError_(check, expected=expected, got=got)

@@ -1,0 +1,134 @@
+"""Multilinear polynomials as evaluation tables over the Boolean hypercube.
+
+Convention (used everywhere in the engine): a table T of length 2^n holds f(x) at index
+i = sum_j x_j * 2^(n-j), i.e. x_1 is the *most significant* bit. Folding the first variable
+therefore pairs the two contiguous halves: f(r, x') = T[:h] + r * (T[h:] - T[:h]).
+A row-major (m, k) matrix view of T has the first log2(m) variables as its row index and the
+last log2(k) variables as its column index, which is what the commitment relies on.
+
+Tables are extension arrays of shape (2, 2^n) (base-field tables are lifted with
+``e_from_base``); points are sequences of :class:`Fp2` scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from . import field as F
+from .backend import P, array_module
+from .errors import ParameterError
+from .extension import Fp2, e_add, e_const, e_from_base, e_get, e_scale, e_sub
+
+__all__ = [
+    "num_vars_of",
+    "as_ext_table",
+    "eq_table",
+    "eq_eval",
+    "fold",
+    "evaluate",
+    "ref_evaluate",
+    "tile_mask",
+    "masked_ref_evaluate",
+]
+
+
+def num_vars_of(length: int, who: str = "table") -> int:
+    if length < 1 or length & (length - 1):
+        raise ParameterError(f"{who}: length {length} is not a power of two")
+    return length.bit_length() - 1
+
+
+def as_ext_table(table: Any) -> Any:
+    """Return ``table`` as an extension array (2, N); base arrays (N,) are lifted."""
+    xp = array_module(table)
+    t = xp.asarray(table, dtype=xp.uint64)
+    if t.ndim == 1:
+        return e_from_base(t)
+    if t.ndim == 2 and t.shape[0] == 2:
+        return t
+    raise ParameterError(f"as_ext_table: expected shape (N,) or (2, N), got {t.shape}")
+
+
+def eq_table(point: Sequence[Fp2 | int], xp: Any = np) -> Any:
+    """eq(z, x) = prod_j (z_j x_j + (1 - z_j)(1 - x_j)) for every x, as a (2, 2^n) table."""
+    t = e_const(1, 1, xp)
+    for z in point:
+        hi = e_scale(t, Fp2.lift(z))
+        lo = e_sub(t, hi)
+        t = xp.stack([lo, hi], axis=-1).reshape(2, -1)
+    return t
+
+
+def eq_eval(a: Sequence[Fp2 | int], b: Sequence[Fp2 | int]) -> Fp2:
+    """eq(a, b) for two points (scalar, O(n))."""
+    if len(a) != len(b):
+        raise ParameterError(f"eq_eval: points have {len(a)} and {len(b)} coordinates")
+    acc = Fp2(1)
+    for x, y in zip(a, b, strict=False):
+        x, y = Fp2.lift(x), Fp2.lift(y)
+        acc = acc * (x * y + (1 - x) * (1 - y))
+    return acc
+
+
+def fold(table: Any, r: Fp2 | int) -> Any:
+    """Bind the first variable to r: T[:h] + r * (T[h:] - T[:h])."""
+    t = as_ext_table(table)
+    h = t.shape[1] // 2
+    if h == 0:
+        raise ParameterError("fold: table has no variable left")
+    lo, hi = t[:, :h], t[:, h:]
+    return e_add(lo, e_scale(e_sub(hi, lo), Fp2.lift(r)))
+
+
+def evaluate(table: Any, point: Sequence[Fp2 | int]) -> Fp2:
+    """f(point) for the multilinear extension of ``table`` (length must be 2^len(point))."""
+    t = as_ext_table(table)
+    n = num_vars_of(t.shape[1], "evaluate")
+    if n != len(point):
+        raise ParameterError(f"evaluate: table has {n} variables, point has {len(point)}")
+    for r in point:
+        t = fold(t, r)
+    return e_get(t, 0)
+
+
+def ref_evaluate(values: Sequence[int | Fp2], point: Sequence[Fp2 | int]) -> Fp2:
+    """Pure-Python reference: sum_x f(x) eq(point, x), big-endian indexing."""
+    n = len(point)
+    acc = Fp2(0)
+    for i, v in enumerate(values):
+        bits = [(i >> (n - 1 - j)) & 1 for j in range(n)]
+        acc = acc + Fp2.lift(v) * eq_eval(point, bits)
+    return acc
+
+
+def tile_mask(mask_cols: Any, num_vars: int) -> Any:
+    """Round-1 mask table M(x_2..x_n) = mu(x_col) for a mask over the last log2(k) variables.
+
+    ``mask_cols`` is the (2, k) extension table of mu. The result has length 2^(num_vars-1):
+    the column variables are the low bits, so mu is repeated over the remaining row bits.
+    """
+    xp = array_module(mask_cols)
+    k = mask_cols.shape[1]
+    reps = (1 << (num_vars - 1)) // k
+    if reps < 1 or reps * k != 1 << (num_vars - 1):
+        raise ParameterError(
+            f"tile_mask: mask over {k} columns does not fit {num_vars - 1} remaining variables"
+        )
+    return xp.tile(mask_cols, (1, reps))
+
+
+def masked_ref_evaluate(
+    values: Sequence[int | Fp2], mask_cols: Sequence[Fp2], point: Sequence[Fp2 | int]
+) -> Fp2:
+    """Reference for P^(z) = P(z) + z_1 (1 - z_1) mu(z_col) (the masked evaluation)."""
+    nc = num_vars_of(len(mask_cols), "mask")
+    z1 = Fp2.lift(point[0])
+    return ref_evaluate(values, point) + z1 * (1 - z1) * ref_evaluate(
+        mask_cols, point[len(point) - nc :]
+    )
+
+
+_ = (F, P)  # re-exported constants used by callers via this module's namespace

@@ -1,0 +1,499 @@
+"""Sumcheck for sums of products of multilinear polynomials, with Libra-style zero knowledge.
+
+Statement: H = sum_{x in {0,1}^n} f(x), f(x) = sum_t c_t prod_{k in S_t} P_k(x), where the P_k
+are multilinear tables and d = max |S_t| (any degree; d >= 3 for logUp and Hadamard relations).
+Reduction (Lund-Fortnow-Karloff-Nisan): round i sends s_i(X) (evaluations at 0..D_i), the
+verifier checks s_i(0) + s_i(1) = claim, draws r_i and continues with claim = s_i(r_i); the
+last claim must equal f(r) evaluated on the prover's final values P_k(r), which the *caller*
+checks (commitment openings or public evaluations): :class:`SumcheckClaim`.
+
+Zero knowledge (``spec.zk``), following Libra (Xie et al., CRYPTO'19, section 4):
+
+* masking polynomial g(x) = sum_i g_i(x_i), g_i random of the round's degree, committed
+  (with its evaluation mask mu_g) by a :class:`LinearFormCommitment`; the prover sends
+  G = sum_x g(x), the verifier draws rho, and the sumcheck runs on f + rho * g^ with claim
+  H + rho G, where g^ = g + x_n (1 - x_n) mu_g (equal to g on the hypercube). The final value
+  g^(r) is opened as the masked linear form <C + lam mu_g, (r_i^e)> with lam = r_n (1 - r_n).
+* masked final evaluations: table k may carry a round-1 mask M_k, i.e. the sumcheck runs on
+  P^_k(x) = P_k(x) + x_1 (1 - x_1) M_k(x_2..x_n) (same hypercube sum); its final value
+  P^_k(r) is what a hiding commitment opens (see :mod:`.pcs`), so no plain evaluation of a
+  committed polynomial reaches the verifier. Round 1 then has degree up to 2d.
+
+Soundness error (F = F_p2, |F| = p^2 ~ 2^128): 1/p^2 for rho plus D_i/p^2 per round (the
+opened form zeroes g's coefficients above each round's degree, so f^ + rho g^ has degree <= D_i
+in round i whatever was committed): eps <= (1 + sum_i D_i)/p^2, plus the mask opening's PCS
+error (<= 2^-100 by its parameters).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import field as F
+from .backend import P, array_module
+from .errors import ParameterError, ShapeMismatchError, SumcheckError
+from .extension import Fp2, e_add, e_mul, e_scale, e_sum
+from .ligero import Ligero, LigeroProof
+from .multilinear import as_ext_table, fold, num_vars_of
+from .pcs import LAYOUT_VECTOR, Commitment, LinearFormCommitment
+from .randomness import as_rng
+from .transcript import Transcript
+
+__all__ = [
+    "Term",
+    "SumcheckSpec",
+    "SumcheckProof",
+    "SumcheckClaim",
+    "prove_sumcheck",
+    "verify_sumcheck",
+    "interpolate",
+]
+
+
+@dataclass(frozen=True)
+class Term:
+    """c * prod_{k in factors} P_k."""
+
+    coeff: Fp2
+    factors: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class SumcheckSpec:
+    """Public structure of one sumcheck: variables, tables, terms, which tables are masked."""
+
+    num_vars: int
+    num_tables: int
+    terms: tuple[Term, ...]
+    zk: bool = True
+    masked: tuple[bool, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.num_vars < 1:
+            raise ParameterError(f"SumcheckSpec(num_vars={self.num_vars}): need >= 1 variable")
+        if not self.terms:
+            raise ParameterError("SumcheckSpec: at least one term is required")
+        for t in self.terms:
+            if not t.factors or any(not 0 <= k < self.num_tables for k in t.factors):
+                raise ParameterError(f"SumcheckSpec: term {t} refers to a missing table")
+        masked = self.masked or (False,) * self.num_tables
+        if len(masked) != self.num_tables:
+            raise ParameterError(
+                f"SumcheckSpec: masked has {len(masked)} flags for {self.num_tables} tables"
+            )
+        if any(masked) and not self.zk:
+            raise ParameterError("SumcheckSpec: masked tables require zk=True")
+        object.__setattr__(self, "masked", tuple(bool(m) for m in masked))
+        object.__setattr__(
+            self, "terms", tuple(Term(Fp2.lift(t.coeff), tuple(t.factors)) for t in self.terms)
+        )
+
+    @staticmethod
+    def of(
+        num_vars: int,
+        num_tables: int,
+        terms: Sequence[tuple[Fp2 | int, Sequence[int]]],
+        *,
+        zk: bool = True,
+        masked: Sequence[bool] = (),
+    ) -> SumcheckSpec:
+        """Convenience constructor from (coeff, factor indices) pairs."""
+        return SumcheckSpec(
+            num_vars,
+            num_tables,
+            tuple(Term(Fp2.lift(c), tuple(f)) for c, f in terms),
+            zk,
+            tuple(masked),
+        )
+
+    @property
+    def degree(self) -> int:
+        return max(len(t.factors) for t in self.terms)
+
+    def f_degrees(self) -> list[int]:
+        """Degree of f^ in each round's variable (round 1 doubles for masked factors)."""
+        d1 = max(len(t.factors) + sum(self.masked[k] for k in t.factors) for t in self.terms)
+        return [d1] + [self.degree] * (self.num_vars - 1)
+
+    def round_degrees(self) -> list[int]:
+        """Degree bound D_i of each round message (the last round adds 2 for g^ under zk)."""
+        degs = self.f_degrees()
+        if self.zk:
+            degs[-1] += 2
+        return degs
+
+    def mask_width(self) -> int:
+        """Coefficients per g_i (max f-degree + 1)."""
+        return max(self.f_degrees()) + 1
+
+    def mask_vector_len(self) -> int:
+        n = self.num_vars * self.mask_width()
+        return 1 << (n - 1).bit_length()
+
+    def absorb(self, tr: Transcript) -> None:
+        tr.absorb_u64(
+            "sumcheck.spec", self.num_vars, self.num_tables, len(self.terms), int(self.zk)
+        )
+        for t in self.terms:
+            tr.absorb_ext("sumcheck.term.coeff", t.coeff)
+            tr.absorb_u64("sumcheck.term.factors", len(t.factors), *t.factors)
+        tr.absorb_u64("sumcheck.masked", *[int(m) for m in self.masked])
+
+
+@dataclass
+class SumcheckProof:
+    """Round messages, final values and (zk) the masking polynomial's commitment and opening."""
+
+    round_polys: list[list[Fp2]]
+    final_evals: list[Fp2]
+    mask_commitment: Commitment | None = None
+    mask_sum: Fp2 | None = None
+    mask_eval: Fp2 | None = None
+    mask_opening: LigeroProof | None = None
+
+
+@dataclass
+class SumcheckClaim:
+    """What a sumcheck reduces to: P^_k(point) == evaluations[k] for every table k.
+
+    The sumcheck verifier has checked the rounds; the caller must still check every entry
+    (commitment opening for committed tables, direct evaluation for public ones).
+    """
+
+    point: list[Fp2]
+    evaluations: list[Fp2]
+
+
+# ---- polynomial helpers ---------------------------------------------------------------------
+
+
+def interpolate(evals: Sequence[Fp2], r: Fp2) -> Fp2:
+    """Value at r of the polynomial of degree < len(evals) with values evals[i] at X = i."""
+    n = len(evals)
+    r = Fp2.lift(r)
+    for i in range(n):
+        if r == i:
+            return evals[i]
+    diffs = [r - i for i in range(n)]
+    prefix = [Fp2(1)]
+    for d in diffs:
+        prefix.append(prefix[-1] * d)
+    suffix = [Fp2(1)] * (n + 1)
+    for i in range(n - 1, -1, -1):
+        suffix[i] = suffix[i + 1] * diffs[i]
+    acc = Fp2(0)
+    fact = [1] * (n + 1)
+    for i in range(1, n + 1):
+        fact[i] = fact[i - 1] * i % P
+    for i in range(n):
+        denom = fact[i] * fact[n - 1 - i] % P
+        if (n - 1 - i) % 2:
+            denom = (-denom) % P
+        acc = acc + evals[i] * prefix[i] * suffix[i + 1] * pow(denom, P - 2, P)
+    return acc
+
+
+def _horner(coeffs: Sequence[Fp2 | int], x: Fp2) -> Fp2:
+    acc = Fp2(0)
+    for c in reversed(coeffs):
+        acc = acc * x + c
+    return acc
+
+
+def _eval_f(spec: SumcheckSpec, values: Sequence[Fp2]) -> Fp2:
+    acc = Fp2(0)
+    for t in spec.terms:
+        prod = t.coeff
+        for k in t.factors:
+            prod = prod * values[k]
+        acc = acc + prod
+    return acc
+
+
+# ---- the masking polynomial g ---------------------------------------------------------------
+
+
+class _Mask:
+    """Prover view of g (base coefficients C) and its evaluation mask mu_g (extension)."""
+
+    def __init__(self, spec: SumcheckSpec, pcs: LinearFormCommitment, rng: Any) -> None:
+        n, width = spec.num_vars, spec.mask_width()
+        coeffs = rng.field((n, width))
+        for i, deg in enumerate(spec.f_degrees()):
+            coeffs[i, deg + 1 :] = 0  # g_i has exactly the round's degree
+        vec = np.zeros(spec.mask_vector_len(), dtype=np.uint64)
+        vec[: n * width] = coeffs.reshape(-1)
+        self.commitment, self.state = pcs.commit_vector(vec, num_points=1, rng=rng)
+        mu = np.asarray(pcs.vector_mask(self.state, 0))[:, : n * width].reshape(2, n, width)
+        degs = spec.f_degrees()
+        self.c = [[int(v) for v in coeffs[i, : degs[i] + 1]] for i in range(n)]
+        # only coefficients up to the round's degree are ever queried (see _mask_query)
+        self.mu = [
+            [Fp2(int(mu[0, i, e]), int(mu[1, i, e])) for e in range(degs[i] + 1)] for i in range(n)
+        ]
+        self.n = n
+
+    def total(self) -> Fp2:
+        half = pow(2, self.n - 1, P)
+        return Fp2(sum(half * (2 * row[0] + sum(row[1:])) for row in self.c))
+
+    def round_values(self, i: int, rs: Sequence[Fp2], degree: int) -> list[Fp2]:
+        """Evaluations at X = 0..degree of the round-i polynomial of g^ (0-based i)."""
+        n = self.n
+        fixed = sum((_horner(self.c[j], rs[j]) for j in range(i)), Fp2(0))
+        out = []
+        for x in range(degree + 1):
+            X = Fp2(x)
+            gi = _horner(self.c[i], X)
+            if i < n - 1:
+                rest = sum(
+                    (Fp2(2 * self.c[j][0] + sum(self.c[j][1:])) for j in range(i + 1, n)), Fp2(0)
+                )
+                val = (fixed + gi) * pow(2, n - 1 - i, P) + rest * pow(2, n - 2 - i, P)
+            else:
+                mu_fixed = sum((_horner(self.mu[j], rs[j]) for j in range(i)), Fp2(0))
+                val = fixed + gi + X * (1 - X) * (mu_fixed + _horner(self.mu[i], X))
+            out.append(val)
+        return out
+
+    def final(self, rs: Sequence[Fp2]) -> Fp2:
+        lam = rs[-1] * (1 - rs[-1])
+        return sum(
+            (_horner(self.c[j], rs[j]) + lam * _horner(self.mu[j], rs[j]) for j in range(self.n)),
+            Fp2(0),
+        )
+
+
+def _mask_query(spec: SumcheckSpec, rs: Sequence[Fp2]) -> tuple[np.ndarray, Fp2]:
+    """Weights w[i, e] = r_i^e for e <= deg_i (0 elsewhere) and lam = r_n (1 - r_n).
+
+    Then g^(r) = <C + lam mu, w>; zero weights above each round's degree keep the committed
+    g^ within the degree bound the verifier enforces, whatever the prover committed there.
+    """
+    width = spec.mask_width()
+    degs = spec.f_degrees()
+    w = np.zeros((2, spec.mask_vector_len()), dtype=np.uint64)
+    for i, r in enumerate(rs):
+        pw = Fp2(1)
+        for e in range(degs[i] + 1):
+            w[0, i * width + e], w[1, i * width + e] = pw.c0, pw.c1
+            pw = pw * r
+    return w, rs[-1] * (1 - rs[-1])
+
+
+# ---- prover ---------------------------------------------------------------------------------
+
+
+def _round_evals(spec: SumcheckSpec, tables: list[Any], masks: list[Any], degree: int) -> list[Fp2]:
+    half = tables[0].shape[1] // 2
+    lo = [t[:, :half] for t in tables]
+    diff = [F.sub(t[:, half:], t[:, :half]) for t in tables]
+    cur = list(lo)
+    evals = []
+    for x in range(degree + 1):
+        if x:
+            cur = [e_add(c, d) for c, d in zip(cur, diff, strict=False)]
+        vals = cur
+        if x >= 2 and any(m is not None for m in masks):
+            s = Fp2(x * (1 - x))
+            vals = [
+                c if m is None else e_add(c, e_scale(m, s))
+                for c, m in zip(cur, masks, strict=False)
+            ]
+        total = Fp2(0)
+        for t in spec.terms:
+            prod = vals[t.factors[0]]
+            for k in t.factors[1:]:
+                prod = e_mul(prod, vals[k])
+            total = total + t.coeff * e_sum(prod)
+        evals.append(total)
+    return evals
+
+
+def prove_sumcheck(
+    spec: SumcheckSpec,
+    tables: Sequence[Any],
+    transcript: Transcript,
+    *,
+    claimed_sum: Fp2 | int | None = None,
+    masks: Sequence[Any | None] | None = None,
+    pcs: LinearFormCommitment | None = None,
+    rng: Any = None,
+) -> tuple[SumcheckProof, SumcheckClaim]:
+    """Prove sum_x f^(x) = H and return (proof, the claim it reduces to).
+
+    Args:
+        spec: public structure.
+        tables: one table per P_k, (2^n,) base or (2, 2^n) extension, NumPy or CuPy.
+        transcript: already holding the statement; the same object the verifier rebuilds.
+        claimed_sum: H; computed when omitted.
+        masks: per table, the round-1 mask M_k (2, 2^(n-1)) or None (zk only).
+        pcs: commitment for g (default :class:`Ligero`).
+        rng: prover randomness (None: OS CSPRNG; an int seed for tests only).
+    """
+    n = spec.num_vars
+    if len(tables) != spec.num_tables:
+        raise ParameterError(
+            f"prove_sumcheck: {len(tables)} tables for spec.num_tables={spec.num_tables}"
+        )
+    tabs = [as_ext_table(t) for t in tables]
+    for k, t in enumerate(tabs):
+        if num_vars_of(t.shape[1], f"table {k}") != n:
+            raise ParameterError(f"prove_sumcheck: table {k} has length {t.shape[1]}, need 2^{n}")
+    masks = list(masks) if masks is not None else [None] * spec.num_tables
+    if len(masks) != spec.num_tables:
+        raise ParameterError("prove_sumcheck: one mask entry (or None) per table")
+    for k, m in enumerate(masks):
+        if (m is not None) != spec.masked[k]:
+            raise ParameterError(
+                f"prove_sumcheck: table {k} mask presence differs from spec.masked"
+            )
+        if m is not None and tuple(m.shape) != (2, 1 << (n - 1)):
+            raise ParameterError(f"prove_sumcheck: mask {k} must have shape (2, {1 << (n - 1)})")
+    if claimed_sum is None:
+        claimed_sum = _eval_sum(spec, tabs)
+    rng = as_rng(rng)
+    pcs = pcs or Ligero()
+
+    spec.absorb(transcript)
+    transcript.absorb_ext("sumcheck.claim", Fp2.lift(claimed_sum))
+    proof = SumcheckProof([], [])
+    claim = Fp2.lift(claimed_sum)
+    rho = Fp2(0)
+    g: _Mask | None = None
+    if spec.zk:
+        g = _Mask(spec, pcs, rng)
+        g.commitment.absorb_into(transcript, "sumcheck.mask")
+        proof.mask_commitment, proof.mask_sum = g.commitment, g.total()
+        transcript.absorb_ext("sumcheck.mask_sum", proof.mask_sum)
+        rho = transcript.challenge_ext("sumcheck.rho")  # soundness: 1/p^2
+        claim = claim + rho * proof.mask_sum
+    rs: list[Fp2] = []
+    for i, degree in enumerate(spec.round_degrees()):
+        evals = _round_evals(spec, tabs, masks if i == 0 else [None] * len(tabs), degree)
+        if g is not None:
+            gv = g.round_values(i, rs, degree)
+            evals = [e + rho * v for e, v in zip(evals, gv, strict=False)]
+        proof.round_polys.append(evals)
+        transcript.absorb_ext("sumcheck.round", evals)
+        r = transcript.challenge_ext("sumcheck.r")  # soundness: D_i/p^2
+        rs.append(r)
+        claim = interpolate(evals, r)
+        new = []
+        for k, t in enumerate(tabs):
+            ft = fold(t, r)
+            if i == 0 and masks[k] is not None:
+                ft = e_add(ft, e_scale(masks[k], r * (1 - r)))
+            new.append(ft)
+        tabs = new
+    finals = [Fp2(int(t[0, 0]), int(t[1, 0])) for t in tabs]
+    proof.final_evals = finals
+    transcript.absorb_ext("sumcheck.final", finals)
+    if g is not None:
+        proof.mask_eval = g.final(rs)
+        transcript.absorb_ext("sumcheck.mask_eval", proof.mask_eval)
+        w, lam = _mask_query(spec, rs)
+        proof.mask_opening = pcs.open_linear(g.state, [(w, lam)], transcript)
+    return proof, SumcheckClaim(rs, finals)
+
+
+def _eval_sum(spec: SumcheckSpec, tabs: list[Any]) -> Fp2:
+    total = Fp2(0)
+    for t in spec.terms:
+        prod = tabs[t.factors[0]]
+        for k in t.factors[1:]:
+            prod = e_mul(prod, tabs[k])
+        total = total + t.coeff * e_sum(prod)
+    return total
+
+
+# ---- verifier -------------------------------------------------------------------------------
+
+
+def verify_sumcheck(
+    spec: SumcheckSpec,
+    proof: SumcheckProof,
+    transcript: Transcript,
+    claimed_sum: Fp2 | int,
+    *,
+    pcs: LinearFormCommitment | None = None,
+) -> SumcheckClaim:
+    """Check every round, the final claim and (zk) the mask opening; return the reduced claim.
+
+    Raises:
+        SumcheckError: a round sum, the final claim, or a message length is wrong.
+        CommitmentError: the masking polynomial's opening is wrong.
+    """
+    pcs = pcs or Ligero()
+    degrees = spec.round_degrees()
+    if len(proof.round_polys) != spec.num_vars:
+        raise ShapeMismatchError(
+            "number of sumcheck rounds", expected=spec.num_vars, got=len(proof.round_polys)
+        )
+    if len(proof.final_evals) != spec.num_tables:
+        raise ShapeMismatchError(
+            "number of final evaluations", expected=spec.num_tables, got=len(proof.final_evals)
+        )
+    spec.absorb(transcript)
+    transcript.absorb_ext("sumcheck.claim", Fp2.lift(claimed_sum))
+    claim = Fp2.lift(claimed_sum)
+    rho = Fp2(0)
+    if spec.zk:
+        if (
+            proof.mask_commitment is None
+            or proof.mask_sum is None
+            or proof.mask_eval is None
+            or proof.mask_opening is None
+        ):
+            raise ShapeMismatchError("zk sumcheck mask fields", expected="present", got="missing")
+        proof.mask_commitment.expect(
+            num_vars=num_vars_of(spec.mask_vector_len()),
+            extension=False,
+            num_points=1,
+            layout=LAYOUT_VECTOR,
+            what="sumcheck mask commitment",
+        )
+        proof.mask_commitment.absorb_into(transcript, "sumcheck.mask")
+        transcript.absorb_ext("sumcheck.mask_sum", proof.mask_sum)
+        rho = transcript.challenge_ext("sumcheck.rho")
+        claim = claim + rho * proof.mask_sum
+    elif any(
+        x is not None
+        for x in (proof.mask_commitment, proof.mask_sum, proof.mask_eval, proof.mask_opening)
+    ):
+        raise ShapeMismatchError("non-zk sumcheck mask fields", expected="absent", got="present")
+    rs: list[Fp2] = []
+    for i, (evals, degree) in enumerate(zip(proof.round_polys, degrees, strict=False)):
+        if len(evals) != degree + 1:
+            raise ShapeMismatchError(
+                "round polynomial length", round=i, expected=degree + 1, got=len(evals)
+            )
+        got = evals[0] + evals[1]
+        if got != claim:
+            raise SumcheckError("round sum s(0)+s(1)", round=i, expected=claim, got=got)
+        transcript.absorb_ext("sumcheck.round", evals)
+        r = transcript.challenge_ext("sumcheck.r")
+        rs.append(r)
+        claim = interpolate(evals, r)
+    transcript.absorb_ext("sumcheck.final", proof.final_evals)
+    expected = _eval_f(spec, proof.final_evals)
+    if spec.zk:
+        transcript.absorb_ext("sumcheck.mask_eval", proof.mask_eval)
+        expected = expected + rho * proof.mask_eval
+    if expected != claim:
+        raise SumcheckError(
+            "final claim f(r) + rho g(r)", round=spec.num_vars, expected=claim, got=expected
+        )
+    if spec.zk:
+        w, lam = _mask_query(spec, rs)
+        pcs.verify_linear(
+            proof.mask_commitment, [(w, lam)], [proof.mask_eval], proof.mask_opening, transcript
+        )
+    return SumcheckClaim(rs, list(proof.final_evals))
+
+
+_ = array_module  # kept for backends: tables may be CuPy arrays
