@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
+from . import commands
 from .strategies.verifiable import VerifiableStrategy
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -47,17 +48,27 @@ def _lightning_cli(args: Sequence[str]) -> int:
     return 0
 
 
+def _usage() -> str:
+    lines = [
+        "usage: lightning-zk COMMAND [options]",
+        "",
+        "  fit, validate, test, predict   LightningCLI subcommands (`lightning-zk fit --help`)",
+    ]
+    for name, text in commands.available().items():
+        lines.append(f"  {name:<30} {text}")
+    return "\n".join(lines)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``lightning-zk`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] in ("-h", "--help"):
-        print(
-            "usage: lightning-zk {fit,validate,test,predict} [--config CONFIG.yaml] [options]\n\n"
-            "  fit/validate/test/predict   LightningCLI subcommands (see `lightning-zk fit --help`)"
-        )
+        print(_usage())
         return 0
     if args[0] in LIGHTNING_SUBCOMMANDS:
         return _lightning_cli(args)
+    if args[0] in commands.available():
+        return commands.run(args[0], args[1:])
     print(f"lightning-zk: unknown command {args[0]!r}; see `lightning-zk --help`", file=sys.stderr)
     return 2
 

@@ -50,6 +50,7 @@ class TrainingSession:
         self._expected: list[StepRecord] = []  # committed records to re-verify after a resume
         self._stepped = False
         self._pending: dict[str, Any] | None = None
+        self.last_record: StepRecord | None = None  # the step committed (or re-verified) last
 
     # --- opening -----------------------------------------------------------------------------
     def _pause_metric_logging(self) -> None:
@@ -264,6 +265,7 @@ class TrainingSession:
             rounded_elements=log.elements_rounded,
         )
         self._commit(record, log_path, data)
+        self.last_record = record
         self.next_step = step + 1
         self._stepped = False
         self._pending = None
@@ -282,6 +284,10 @@ class TrainingSession:
             return
         atomic_write_bytes(log_path, data)
         self.run.append_step(record)
+
+    def snapshot(self):
+        """The current canonical state (model + optimizers), as committed after a step."""
+        return snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype)
 
     # --- closing -----------------------------------------------------------------------------
     def close(self) -> None:
