@@ -73,18 +73,19 @@ def _tensors_of(value) -> Iterable[torch.Tensor]:
 
 
 @dataclass(frozen=True)
-class _OpInfo:
+class OpInfo:
     """What the mode needs to know about an op overload, computed once per overload."""
 
     name: str
     kind: OpClass
     has_alpha: bool
+    accumulate_at: int | None  # position of an ``accumulate`` flag (index_put: exact unless set)
     mutated: tuple[tuple[int, str], ...]  # (position, name) of arguments the op writes
     n_returns: int
     fresh_returns: tuple[int, ...]  # returns that do not alias an input
 
     @classmethod
-    def of(cls, func: torch._ops.OpOverload) -> _OpInfo:
+    def of(cls, func: torch._ops.OpOverload) -> OpInfo:
         schema = func._schema
         mutated = tuple(
             (i, a.name) for i, a in enumerate(schema.arguments)
@@ -95,14 +96,22 @@ class _OpInfo:
             name=str(func),
             kind=classify(func, {}),
             has_alpha=any(a.name == "alpha" for a in schema.arguments),
+            accumulate_at=next(
+                (i for i, a in enumerate(schema.arguments) if a.name == "accumulate"), None
+            ),
             mutated=mutated,
             n_returns=len(schema.returns),
             fresh_returns=fresh,
         )
 
-    def kind_of_call(self, kwargs: dict) -> OpClass:
+    def kind_of_call(self, args: tuple, kwargs: dict) -> OpClass:
         if self.has_alpha and self.kind is OpClass.IEEE and kwargs.get("alpha", 1) != 1:
             return OpClass.FUSED  # a + alpha*b may be one FMA on a GPU
+        if self.accumulate_at is not None:
+            i = self.accumulate_at
+            accumulate = args[i] if i < len(args) else kwargs.get("accumulate", False)
+            if not accumulate:
+                return OpClass.EXACT  # index_put without accumulation only places values
         return self.kind
 
     def targets(self, args: tuple, kwargs: dict, out) -> list[torch.Tensor]:
@@ -147,7 +156,7 @@ class RoundingMode(TorchDispatchMode):
         self._depth = 0
         self._paused = 0
         self._warned: set[str] = set()
-        self._ops: dict[torch._ops.OpOverload, _OpInfo] = {}
+        self._ops: dict[torch._ops.OpOverload, OpInfo] = {}
 
     # --- step lifecycle ----------------------------------------------------------------------
     def begin_step(self, step: int, replay_log: StepLog | None = None) -> None:
@@ -295,8 +304,8 @@ class RoundingMode(TorchDispatchMode):
             return func(*args, **kwargs)
         info = self._ops.get(func)
         if info is None:
-            info = self._ops[func] = _OpInfo.of(func)
-        kind = info.kind_of_call(kwargs)
+            info = self._ops[func] = OpInfo.of(func)
+        kind = info.kind_of_call(args, kwargs)
         if kind is OpClass.RANDOM:
             out = state.random.call(func, args, kwargs)
         else:

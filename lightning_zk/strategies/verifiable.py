@@ -25,6 +25,7 @@ from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import RunningStage
 
+from ..ledger.rundir import RunDirectory
 from ..rounding.precision import GridSpec, PrecisionError
 from ..rounding.threshold import ThresholdPolicy
 from .data import make_deterministic
@@ -110,9 +111,34 @@ class VerifiableStrategy(SingleDeviceStrategy):
         self._explicit_device = device is not None
         super().__init__(device=device if device is not None else "cpu")
         self.session: TrainingSession | None = None
+        self.replay_source: RunDirectory | None = None  # set by lightning_zk.audit.replay
         self._flags = DeterministicFlags()
         self._scope_depth = 0
         self._batch_order = None
+
+    @classmethod
+    def from_manifest(
+        cls,
+        manifest: Mapping[str, Any],
+        run_dir: str | Path | None = None,
+        device: str | torch.device | None = None,
+    ) -> VerifiableStrategy:
+        """The strategy a committed run was trained with (its arithmetic, τ and seed)."""
+        config = manifest["strategy"]
+        strategy = cls(
+            run_dir=run_dir,
+            seed=int(config["seed"]),
+            compute_dtype=str(config["compute_dtype"]),
+            mantissa_bits=int(config["mantissa_bits"]),
+            threshold=ThresholdPolicy.from_json(config["threshold_policy"]),
+            device=device,
+        )
+        if strategy.thresholds.to_json() != config.get("thresholds"):
+            raise ValueError(
+                f"the run's resolved thresholds {config.get('thresholds')} differ from what this "
+                f"lightning-zk resolves from its policy ({strategy.thresholds.to_json()})"
+            )
+        return strategy
 
     # --- configuration -----------------------------------------------------------------------
     def config_json(self) -> dict[str, object]:
@@ -159,9 +185,12 @@ class VerifiableStrategy(SingleDeviceStrategy):
     def on_train_start(self) -> None:
         super().on_train_start()
         trainer = self.lightning_module.trainer
-        self.session = TrainingSession.open(
-            strategy=self, trainer=trainer, batch_order=self._batch_order
-        )
+        if self.replay_source is not None:
+            from .replay import ReplaySession
+
+            self.session = ReplaySession.open(self, trainer, self._batch_order)
+        else:
+            self.session = TrainingSession.open(self, trainer, self._batch_order)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)

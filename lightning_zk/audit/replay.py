@@ -1,0 +1,152 @@
+"""Bit-exact audit replay: re-run a committed run on this machine and compare every step."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+from ..ledger.atomic import atomic_write_json
+from ..ledger.rundir import RunDirectory
+from ..rounding.mode import ReplayDivergenceError
+from ..strategies.manifest import hardware, now_utc
+from ..strategies.replay import AuditConfigError, AuditInputError, ReplaySession
+from ..strategies.verifiable import VerifiableStrategy
+
+__all__ = ["AuditConfigError", "AuditInputError", "AuditReport", "replay"]
+
+
+@dataclass
+class AuditReport:
+    """The outcome of a replay.
+
+    ``ok`` holds only when every committed step was replayed and matched bit for bit.
+    ``corrections`` counts logged elements whose rounding the trainer's log decided differently
+    from what this machine alone would have done.
+    """
+
+    ok: bool
+    run_dir: str
+    steps_committed: int
+    steps_checked: int
+    first_mismatch_step: int | None
+    mismatch: dict[str, Any] | None
+    corrections: int
+    logged_elements: int
+    per_step: list[dict[str, int]] = field(default_factory=list)
+    audit_dir: str | None = None
+    elapsed_s: float = 0.0
+    hardware: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, self.to_json())
+        return path
+
+    def summary(self) -> str:
+        if self.ok:
+            return (f"OK: all {self.steps_checked} steps replayed bit-for-bit "
+                    f"({self.corrections} corrections from {self.logged_elements} logged elements)")
+        m = self.mismatch or {}
+        return (f"MISMATCH at step {self.first_mismatch_step}: {', '.join(m.get('fields', []))}"
+                f"{' — ' + m['detail'] if m.get('detail') else ''} "
+                f"({self.steps_checked} of {self.steps_committed} steps checked)")
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _trainer_kwargs(manifest: dict[str, Any], steps: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    committed = (manifest.get("hyperparameters") or {}).get("trainer") or {}
+    kwargs: dict[str, Any] = dict(
+        max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
+        limit_val_batches=0,
+        gradient_clip_val=committed.get("gradient_clip_val"),
+        gradient_clip_algorithm=committed.get("gradient_clip_algorithm"),
+    )
+    kwargs.update(overrides)
+    return kwargs
+
+
+def replay(
+    run_dir: str | Path,
+    model: L.LightningModule,
+    datamodule: L.LightningDataModule | None = None,
+    train_dataloaders: Any = None,
+    audit_dir: str | Path | None = None,
+    device: str | None = None,
+    callbacks: list[L.Callback] | None = None,
+    **trainer_kwargs: Any,
+) -> AuditReport:
+    """Replay the committed run in ``run_dir`` with ``model`` and data; compare every step.
+
+    The replay uses the run's own arithmetic (compute dtype, mantissa bits, τ, seed) from
+    ``manifest.json``, starts from the committed initial state, feeds each step the trainer's
+    rounding log, and stops at the first step whose batch, log or resulting state differs from
+    the trainer's record. With ``audit_dir`` the auditor commits its own run directory.
+
+    Raises:
+        RunDirectoryError: not a run directory, or an incompatible format version.
+        AuditInputError: a missing, truncated or corrupted log or checkpoint (names file, step).
+        AuditConfigError: the model, data or configuration differs from the committed run's.
+
+    Example::
+
+        report = replay("runs/digits", DigitsMLP(), datamodule=DigitsDataModule())
+        assert report.ok, report.summary()
+    """
+    source = RunDirectory(run_dir)
+    manifest = source.read_manifest()
+    records = source.read_steps()
+    if not records:
+        raise AuditInputError(f"{source.path} commits no steps: nothing to replay")
+    strategy = VerifiableStrategy.from_manifest(manifest, run_dir=audit_dir, device=device)
+    strategy.replay_source = source
+    trainer = L.Trainer(strategy=strategy, callbacks=callbacks or [],
+                        **_trainer_kwargs(manifest, len(records), trainer_kwargs))
+    started = time.perf_counter()
+    try:
+        trainer.fit(model, datamodule=datamodule, train_dataloaders=train_dataloaders)
+    except ReplayDivergenceError as err:
+        session = strategy.session
+        if not isinstance(session, ReplaySession):
+            raise
+        session.record_failure(err.step, str(err))
+    session = strategy.session
+    if not isinstance(session, ReplaySession):
+        raise AuditInputError("the replay did not start (no training batch was run)")
+    result = session.result
+    mismatch = result.mismatch
+    ok = mismatch is None and result.steps_checked == len(records)
+    if mismatch is None and result.steps_checked < len(records):
+        mismatch_json: dict[str, Any] | None = {
+            "step": result.steps_checked, "fields": ["missing_steps"], "committed": {}, "replayed": {},
+            "detail": f"the data ran out after {result.steps_checked} of {len(records)} steps",
+        }
+    else:
+        mismatch_json = json.loads(json.dumps(mismatch.__dict__, default=str)) if mismatch else None
+    return AuditReport(
+        ok=ok,
+        run_dir=str(source.path),
+        steps_committed=len(records),
+        steps_checked=result.steps_checked,
+        first_mismatch_step=None if ok else (mismatch_json or {}).get("step"),
+        mismatch=mismatch_json,
+        corrections=result.corrections,
+        logged_elements=result.logged_elements,
+        per_step=result.per_step,
+        audit_dir=str(audit_dir) if audit_dir is not None else None,
+        elapsed_s=time.perf_counter() - started,
+        hardware=hardware(strategy.root_device),
+        created=now_utc(),
+    )
