@@ -15,6 +15,7 @@ from .ledger.rundir import RunDirectory, RunDirectoryError  # noqa: E402
 from .rounding.precision import GridSpec, PrecisionError  # noqa: E402
 from .rounding.threshold import ThresholdError, ThresholdPolicy  # noqa: E402
 from .strategies import VerifiableStrategy  # noqa: E402
+from .strategies.calibrate import calibrate_threshold  # noqa: E402
 
 __all__ = [
     "GridSpec",
@@ -25,4 +26,5 @@ __all__ = [
     "ThresholdPolicy",
     "VerifiableStrategy",
     "__version__",
+    "calibrate_threshold",
 ]

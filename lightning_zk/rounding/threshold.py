@@ -52,6 +52,8 @@ class ThresholdPolicy:
         per_kind: τ per op kind: ``reduction``, ``transcendental``, ``fused``, ``random``,
             ``other`` and ``state`` (parameters/optimizer state rounded after each step).
         per_op: τ per ATen overload name, e.g. as calibrated by measurement.
+        calibration: provenance of a calibrated policy (method, safety factor, measurements);
+            recorded in the manifest, not used for rounding.
 
     Example::
 
@@ -61,6 +63,7 @@ class ThresholdPolicy:
     tau: float | None = None
     per_kind: Mapping[str, float] = field(default_factory=dict)
     per_op: Mapping[str, float] = field(default_factory=dict)
+    calibration: Mapping[str, object] | None = None  # how per_kind/per_op were measured
 
     KINDS = ("reduction", "transcendental", "fused", "random", "other", "state")
 
@@ -81,7 +84,8 @@ class ThresholdPolicy:
         return ResolvedThresholds(base, dict(self.per_kind), dict(self.per_op))
 
     def to_json(self) -> dict[str, object]:
-        return {"tau": self.tau, "per_kind": dict(self.per_kind), "per_op": dict(self.per_op)}
+        return {"tau": self.tau, "per_kind": dict(self.per_kind), "per_op": dict(self.per_op),
+                "calibration": dict(self.calibration) if self.calibration else None}
 
     @classmethod
     def from_json(cls, data: Mapping[str, object]) -> ThresholdPolicy:
@@ -89,6 +93,7 @@ class ThresholdPolicy:
             tau=data.get("tau"),  # type: ignore[arg-type]
             per_kind=dict(data.get("per_kind") or {}),  # type: ignore[arg-type]
             per_op=dict(data.get("per_op") or {}),  # type: ignore[arg-type]
+            calibration=data.get("calibration"),  # type: ignore[arg-type]
         )
 
 

@@ -151,6 +151,14 @@ class ReplaySession(TrainingSession):
             "batch_indices": self.batch_order.indices(epoch, batch_idx) if self.batch_order else None,
             "batch_digest": batch_digest(batch),
         }
+        # The batch is known before the step runs: a different batch is the precise finding
+        # (running the step would only surface it later as implausible log entries).
+        batch_fields = [f for f in ("batch_indices", "batch_digest")
+                        if getattr(record, f) != self._pending[f]]
+        if batch_fields:
+            self._mismatch(step, batch_fields, {f: getattr(record, f) for f in batch_fields},
+                           {f: self._pending[f] for f in batch_fields},
+                           "the replay's batch differs from the committed one")
         self._stepped = False
         self.mode.begin_step(step, replay_log=log)
 

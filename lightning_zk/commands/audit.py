@@ -1,0 +1,61 @@
+"""``lightning-zk audit RUN``: replay a committed run on this machine, step by step."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "replay a committed run bit-for-bit and report the first mismatching step"
+
+
+def _print_summary(report) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"audit of {report.run_dir}", show_header=False)
+    table.add_row("result", "[green]OK[/green]" if report.ok else "[red]MISMATCH[/red]")
+    table.add_row("steps checked", f"{report.steps_checked} / {report.steps_committed}")
+    table.add_row("first mismatching step", str(report.first_mismatch_step))
+    if report.mismatch:
+        table.add_row("what differs", ", ".join(report.mismatch.get("fields", [])))
+        if report.mismatch.get("detail"):
+            table.add_row("detail", report.mismatch["detail"])
+    table.add_row("logged elements used", str(report.logged_elements))
+    table.add_row("corrections", str(report.corrections))
+    table.add_row("replay time", f"{report.elapsed_s:.1f} s")
+    Console().print(table)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-zk audit", description=HELP)
+    parser.add_argument("run", type=Path, help="the trainer's run directory")
+    parser.add_argument("--config", type=Path, help="config with model/data (default: RUN/config.yaml)")
+    parser.add_argument("--out", type=Path, help="commit the auditor's own run directory here")
+    parser.add_argument("--report", type=Path, help="JSON report path (default: OUT/audit_report.json "
+                        "or ./audit-<run name>.json)")
+    parser.add_argument("--device", help="device to replay on (default: cuda if available, else cpu)")
+    args = parser.parse_args(argv)
+
+    from ..audit.config import ConfigError, load_model_and_data
+    from ..audit.replay import AuditConfigError, AuditInputError, replay
+    from ..ledger.rundir import RunDirectoryError
+    from ..ledger.state import StateError
+    from ..rounding.log import RoundingLogError
+
+    config = args.config or args.run / "config.yaml"
+    try:
+        model, data = load_model_and_data(config)
+        accelerator = "cpu" if (args.device or "cpu").startswith("cpu") else "gpu"
+        report = replay(args.run, model, datamodule=data, audit_dir=args.out, device=args.device,
+                        accelerator=accelerator)
+    except (ConfigError, AuditConfigError, AuditInputError, RunDirectoryError, StateError,
+            RoundingLogError) as err:
+        print(f"lightning-zk audit: {err}", file=sys.stderr)
+        return 2
+    report_path = args.report or (args.out / "audit_report.json" if args.out else
+                                  Path(f"audit-{args.run.resolve().name}.json"))
+    report.save(report_path)
+    _print_summary(report)
+    print(f"report: {report_path}")
+    return 0 if report.ok else 1
