@@ -58,7 +58,7 @@ def digits_data(n: int | None = None) -> TensorDataset:
 def make_family(name: str, seed: int = 0):
     """(LightningModule, dataset, batch size) of one benchmark family."""
     L.seed_everything(seed, verbose=False)
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator().manual_seed(0)  # the data are fixed; only the model init follows seed
     if name == "mlp":
         net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, 256),
                             nn.ReLU(), nn.Linear(256, 10))

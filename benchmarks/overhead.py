@@ -2,9 +2,10 @@
 
     python benchmarks/overhead.py [--steps 30] [--families mlp cnn transformer]
 
-Per family: median step time of plain float32, plain float64 and VerifiableStrategy (ratio to
-float32), rounding-log bytes per step and per rounded element, and the fraction of rounded
-elements that was logged.
+Per family: median step time of plain float32, plain float64, VerifiableStrategy and the
+auditor's replay (ratios to float32), rounding-log bytes per step and per rounded element, the
+fraction of rounded elements that was logged, and the replay's corrections per step (replayed
+under a NondeterminismEmulator, so that the log has roundings to decide).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 from common import FAMILIES, StepTimer, loader, machine, make_family, print_table, quiet_trainer
 
 from lightning_zk import RunDirectory, VerifiableStrategy
+from lightning_zk.audit import replay
+from lightning_zk.testing import NondeterminismEmulator
 
 
 def plain(family: str, steps: int, precision: str) -> float:
@@ -35,6 +38,16 @@ def verifiable(family: str, steps: int, run_dir: Path, **strategy_kwargs) -> tup
     return timer.median(), RunDirectory(run_dir)
 
 
+def audit(family: str, run_dir: Path) -> tuple[float, float]:
+    model, data, bs = make_family(family, seed=1)
+    timer = StepTimer()
+    with NondeterminismEmulator(ulps=8, seed=7):
+        report = replay(run_dir, model, train_dataloaders=loader(data, bs), callbacks=[timer])
+    if not report.ok:
+        raise SystemExit(f"replay of {family} failed: {report.summary()}")
+    return timer.median(), report.corrections / report.steps_checked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
@@ -46,19 +59,22 @@ def main() -> None:
             t32 = plain(family, args.steps, "32-true")
             t64 = plain(family, args.steps, "64-true")
             tv, run = verifiable(family, args.steps, Path(tmp) / family)
+            ta, corrections = audit(family, Path(tmp) / family)
             records = run.read_steps()
             log_bytes = sum(r.log_bytes for r in records)
             rounded = sum(r.rounded_elements for r in records)
             logged = sum(r.logged_elements for r in records)
             rows.append([
                 family, f"{t32 * 1e3:.2f}", f"{t64 * 1e3:.2f} ({t64 / t32:.2f}x)",
-                f"{tv * 1e3:.2f} ({tv / t32:.2f}x)", f"{log_bytes / len(records):.0f}",
-                f"{log_bytes / rounded:.2e}", f"{logged / rounded:.2e}",
+                f"{tv * 1e3:.2f} ({tv / t32:.2f}x)", f"{ta * 1e3:.2f} ({ta / t32:.2f}x)",
+                f"{log_bytes / len(records):.0f}", f"{log_bytes / rounded:.2e}",
+                f"{logged / rounded:.2e}", f"{corrections:.1f}",
             ])
     print_table(
         f"VerifiableStrategy overhead ({args.steps} steps, median step time; {machine()})",
-        ["model", "float32 ms", "float64 ms (x f32)", "verifiable ms (x f32)", "log B/step",
-         "log B/rounded elem", "logged fraction"],
+        ["model", "float32 ms", "float64 ms (x f32)", "verifiable ms (x f32)",
+         "audit ms (x f32)", "log B/step", "log B/rounded elem", "logged fraction",
+         "corrections/step"],
         rows,
     )
 
