@@ -1,5 +1,9 @@
-"""Auditing committed runs: bit-exact replay (and, on top of it, the dispute game)."""
+"""Auditing committed runs: bit-exact replay and, on top of it, the dispute game."""
 
-from .replay import AuditConfigError, AuditInputError, AuditReport, replay
+from .dispute import DisputeError, Verdict, dispute
+from .replay import AuditConfigError, AuditInputError, AuditReport, ReplayStart, replay
 
-__all__ = ["AuditConfigError", "AuditInputError", "AuditReport", "replay"]
+__all__ = [
+    "AuditConfigError", "AuditInputError", "AuditReport", "DisputeError", "ReplayStart", "Verdict",
+    "dispute", "replay",
+]

@@ -10,14 +10,15 @@ from typing import Any
 
 import lightning as L
 
+from ..callbacks.commit import CommitCallback
 from ..ledger.atomic import atomic_write_json
-from ..ledger.rundir import RunDirectory
+from ..ledger.rundir import RunDirectory, StepRecord
 from ..rounding.mode import ReplayDivergenceError
 from ..strategies.manifest import hardware, now_utc
-from ..strategies.replay import AuditConfigError, AuditInputError, ReplaySession
+from ..strategies.replay import AuditConfigError, AuditInputError, ReplaySession, ReplayStart
 from ..strategies.verifiable import VerifiableStrategy
 
-__all__ = ["AuditConfigError", "AuditInputError", "AuditReport", "replay"]
+__all__ = ["AuditConfigError", "AuditInputError", "AuditReport", "ReplayStart", "replay"]
 
 
 @dataclass
@@ -42,9 +43,10 @@ class AuditReport:
     elapsed_s: float = 0.0
     hardware: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    records: list[StepRecord] = field(default_factory=list, repr=False)  # what the replay computed
 
     def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return {k: v for k, v in self.__dict__.items() if k != "records"}
 
     def save(self, path: str | Path) -> Path:
         path = Path(path)
@@ -86,6 +88,8 @@ def replay(
     audit_dir: str | Path | None = None,
     device: str | None = None,
     callbacks: list[L.Callback] | None = None,
+    start: ReplayStart | None = None,
+    stop: int | None = None,
     **trainer_kwargs: Any,
 ) -> AuditReport:
     """Replay the committed run in ``run_dir`` with ``model`` and data; compare every step.
@@ -93,7 +97,8 @@ def replay(
     The replay uses the run's own arithmetic (compute dtype, mantissa bits, τ, seed) from
     ``manifest.json``, starts from the committed initial state, feeds each step the trainer's
     rounding log, and stops at the first step whose batch, log or resulting state differs from
-    the trainer's record. With ``audit_dir`` the auditor commits its own run directory.
+    the trainer's record. With ``audit_dir`` the auditor commits its own run directory, with a
+    Merkle ledger (a :class:`~lightning_zk.CommitCallback` is added unless one is given).
 
     Raises:
         RunDirectoryError: not a run directory, or an incompatible format version.
@@ -110,10 +115,18 @@ def replay(
     records = source.read_steps()
     if not records:
         raise AuditInputError(f"{source.path} commits no steps: nothing to replay")
+    start = start or ReplayStart()
+    stop = len(records) if stop is None else min(stop, len(records))
     strategy = VerifiableStrategy.from_manifest(manifest, run_dir=audit_dir, device=device)
     strategy.replay_source = source
-    trainer = L.Trainer(strategy=strategy, callbacks=callbacks or [],
-                        **_trainer_kwargs(manifest, len(records), trainer_kwargs))
+    strategy.replay_start = start
+    callbacks = list(callbacks or [])
+    if audit_dir is not None and not any(isinstance(c, CommitCallback) for c in callbacks):
+        # The auditor's run gets its own ledger and checkpoints: what a dispute needs.
+        every = (manifest.get("ledger") or {}).get("checkpoint_every_n_steps", 100)
+        callbacks.append(CommitCallback(checkpoint_every_n_steps=every))
+    trainer = L.Trainer(strategy=strategy, callbacks=callbacks,
+                        **_trainer_kwargs(manifest, stop - start.step, trainer_kwargs))
     started = time.perf_counter()
     try:
         trainer.fit(model, datamodule=datamodule, train_dataloaders=train_dataloaders)
@@ -122,16 +135,28 @@ def replay(
         if not isinstance(session, ReplaySession):
             raise
         session.record_failure(err.step, str(err))
+        if audit_dir is not None:
+            # Publish what the auditor did verify (records, ledger root, manifest): the step it
+            # could not complete is then the disputed one. No final checkpoint: the aborted step
+            # left the model half-updated.
+            for callback in callbacks:
+                if isinstance(callback, CommitCallback):
+                    keep, callback.save_last = callback.save_last, False
+                    callback.on_train_end(trainer, model)
+                    callback.save_last = keep
+            session.close()
     session = strategy.session
     if not isinstance(session, ReplaySession):
         raise AuditInputError("the replay did not start (no training batch was run)")
     result = session.result
     mismatch = result.mismatch
-    ok = mismatch is None and result.steps_checked == len(records)
-    if mismatch is None and result.steps_checked < len(records):
+    expected = stop - start.step
+    ok = mismatch is None and result.steps_checked == expected
+    if mismatch is None and result.steps_checked < expected:
         mismatch_json: dict[str, Any] | None = {
-            "step": result.steps_checked, "fields": ["missing_steps"], "committed": {}, "replayed": {},
-            "detail": f"the data ran out after {result.steps_checked} of {len(records)} steps",
+            "step": start.step + result.steps_checked, "fields": ["missing_steps"], "committed": {},
+            "replayed": {},
+            "detail": f"the data ran out after {result.steps_checked} of {expected} steps",
         }
     else:
         mismatch_json = json.loads(json.dumps(mismatch.__dict__, default=str)) if mismatch else None
@@ -149,4 +174,5 @@ def replay(
         elapsed_s=time.perf_counter() - started,
         hardware=hardware(strategy.root_device),
         created=now_utc(),
+        records=list(session.replayed),
     )

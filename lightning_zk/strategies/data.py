@@ -28,10 +28,11 @@ class VerifiableSampler(Sampler[int]):
         self.shuffle = shuffle
         self.seed = seed
         self.epoch = 0
+        self.epoch_offset = 0  # a replay that starts mid-run counts Lightning's epochs from here
         self._resume: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self.epoch = epoch + self.epoch_offset
 
     def resume_at(self, epoch: int, skip: int) -> None:
         """Fast-forward: the next pass over ``epoch`` starts after its first ``skip`` samples.

@@ -29,6 +29,17 @@ class AuditConfigError(ValueError):
     """The replay's model, data or configuration is not the committed run's."""
 
 
+@dataclass(frozen=True)
+class ReplayStart:
+    """Where a replay starts: after ``step`` committed steps, at ``(epoch, batch_idx)``."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_idx: int = 0
+    checkpoint: str | None = None  # state after ``step`` steps; default the initial state
+    digest: str | None = None  # its expected digest (the agreed state)
+
+
 @dataclass
 class Mismatch:
     """Where and how the replay first disagreed with the trainer's commitments."""
@@ -67,8 +78,11 @@ class ReplaySession(TrainingSession):
         self.source = source
         self.source_manifest = source.read_manifest()
         self.records = source.read_steps()
+        self.start: ReplayStart = getattr(strategy, "replay_start", None) or ReplayStart()
         self.result = ReplayResult(steps_committed=len(self.records))
+        self.replayed: list[StepRecord] = []
         self._trainer_record: StepRecord | None = None
+        self.next_step = self.start.step
 
     @classmethod
     def open(cls, strategy, trainer, batch_order) -> ReplaySession:
@@ -93,17 +107,26 @@ class ReplaySession(TrainingSession):
 
     def _load_initial_state(self) -> None:
         info = self.source_manifest.get("initial_state") or {}
-        path = self.source.path / str(info.get("file", "checkpoints/step-00000000.safetensors"))
+        start = self.start
+        if start.checkpoint is None:
+            path = self.source.path / str(info.get("file", "checkpoints/step-00000000.safetensors"))
+            expected = info.get("digest")
+        else:
+            path, expected = self.source.path / start.checkpoint, start.digest
         try:
             snap = load_snapshot(path)
         except StateError as err:
-            raise AuditInputError(f"initial state: {err}") from err
-        if snap.digest() != info.get("digest"):
+            raise AuditInputError(f"starting state: {err}") from err
+        if snap.digest() != expected:
             raise AuditInputError(
-                f"initial state {path} does not match the manifest's digest "
-                f"{_short(info.get('digest'))}: the checkpoint was replaced"
+                f"starting state {path} does not match the committed digest "
+                f"{_short(expected)}: the checkpoint was replaced"
             )
         restore(snap, self.model, self.optimizers)
+        if start.step and self.batch_order is not None:
+            # Lightning counts epochs and batches from zero; the run resumes mid-way.
+            self.batch_order.sampler.epoch_offset = start.epoch
+            self.batch_order.sampler.resume_at(start.epoch, start.batch_idx * self.batch_order.batch_size)
         self.manifest = {
             **{k: self.source_manifest[k] for k in ("fingerprint", "strategy", "model", "data",
                                                     "optimizers", "hyperparameters", "initial_state")},
@@ -144,7 +167,9 @@ class ReplaySession(TrainingSession):
             log = decode_step_log(data, source=str(path))
         except RoundingLogError as err:
             raise AuditInputError(f"step {step}: {err}") from err
-        epoch = self.trainer.current_epoch
+        epoch = self.trainer.current_epoch + self.start.epoch
+        if self.trainer.current_epoch == 0:
+            batch_idx += self.start.batch_idx
         self._pending = {
             "epoch": epoch,
             "batch_idx": batch_idx,
@@ -187,6 +212,7 @@ class ReplaySession(TrainingSession):
                                {f: getattr(mine, f) for f in differing}, "")
         if self.own_run is not None:
             self.own_run.append_step(mine)
+        self.replayed.append(mine)
         self.last_record = mine
         self.next_step = step + 1
         self._stepped = False
@@ -206,16 +232,19 @@ class ReplaySession(TrainingSession):
         """A step that could not complete (e.g. an implausible log entry) is the first mismatch."""
         if self.result.mismatch is None:
             self.result.mismatch = Mismatch(step, ["rounding_log"], {}, {}, detail)
-            self.result.steps_checked = max(self.result.steps_checked, step + 1)
+            self.result.steps_checked = max(self.result.steps_checked, step + 1 - self.start.step)
 
     def close(self) -> None:
         self._restore_metric_logging()
         if self.mode.in_step:
             self.mode.end_step_discard()
         if self.own_run is not None:
+            failed = self.result.mismatch is not None and self.result.mismatch.fields == ["rounding_log"]
             self.manifest.update(
                 steps_committed=self.next_step,
-                final_state_digest=self.snapshot().digest(),
+                # after an aborted step the live state is half-updated: the last committed one counts
+                final_state_digest=(self.replayed[-1].state_digest if self.replayed else None)
+                if failed else self.snapshot().digest(),
                 updated=mf.now_utc(),
                 audit_result={"ok": self.result.mismatch is None and self.next_step == len(self.records),
                               "first_mismatch_step": self.result.mismatch.step if self.result.mismatch else None},

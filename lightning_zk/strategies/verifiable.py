@@ -112,6 +112,7 @@ class VerifiableStrategy(SingleDeviceStrategy):
         super().__init__(device=device if device is not None else "cpu")
         self.session: TrainingSession | None = None
         self.replay_source: RunDirectory | None = None  # set by lightning_zk.audit.replay
+        self.replay_start = None  # ReplayStart: where a replay begins (default: step 0)
         self._flags = DeterministicFlags()
         self._scope_depth = 0
         self._batch_order = None
