@@ -1,23 +1,21 @@
 #!/usr/bin/env bash
-# Set up .venv and run the main demo: train the digits MLP verifiably from the YAML config,
-# then show what the run directory commits.
+# Set up .venv and run the main demo on scikit-learn's digits (no download):
+#   1. train an MLP verifiably (rounded precision, rounding logs, Merkle ledger, checkpoints)
+#   2. audit it: replay every step bit-for-bit under an emulated different machine
+#   3. a dishonest trainer edits its weights at one step: the auditor disagrees, and the dispute
+#      game bisects the two ledgers to that step and lets a referee judge
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-RUN=runs/demo
-rm -rf "$RUN"
-echo "== 1. train verifiably (lightning-zk fit) =="
-.venv/bin/lightning-zk fit --config examples/configs/digits_mlp.yaml \
-  --trainer.strategy.init_args.run_dir "$RUN" --trainer.max_steps 100
-echo "== 2. the run directory =="
-.venv/bin/python - "$RUN" <<'PY'
-import sys
-from lightning_zk import RunDirectory
-run = RunDirectory(sys.argv[1])
-m, steps = run.read_manifest(), run.read_steps()
-logged = sum(s.logged_elements for s in steps)
-rounded = sum(s.rounded_elements for s in steps)
-print(f"run {m['run_id']}: {len(steps)} committed steps, final state {m['final_state_digest'][:16]}…")
-print(f"rounding logs: {sum(s.log_bytes for s in steps)} bytes, {logged} of {rounded} rounded "
-      f"elements logged ({logged / rounded:.2e})")
-PY
+PY=.venv/bin/python
+CLI=.venv/bin/lightning-zk
+RUNS=runs/demo
+rm -rf "$RUNS"
+echo "== 1. train verifiably: lightning-zk fit =="
+$CLI fit --config examples/configs/digits_mlp.yaml --trainer.strategy.init_args.run_dir "$RUNS/train" \
+  --trainer.enable_progress_bar false --trainer.enable_model_summary false 2>&1 | grep -v Warning | tail -n 3
+$CLI ledger "$RUNS/train"
+echo "== 2. audit on this machine: lightning-zk audit =="
+$CLI audit "$RUNS/train" --out "$RUNS/audit"
+echo "== 3. audit on an emulated other machine, a dishonest run, and the dispute game =="
+$PY -m examples.demo_dispute --runs "$RUNS"

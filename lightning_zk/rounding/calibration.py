@@ -103,7 +103,7 @@ class DivergenceProbe(TorchDispatchMode):
 
 def emulated_alternative(ulps: int, seed: int) -> Callable:
     """The other machine is this one under a :class:`NondeterminismEmulator`-style perturbation."""
-    from ..testing.emulator import NondeterminismEmulator
+    from .emulator import NondeterminismEmulator
 
     emulator = NondeterminismEmulator(ulps=ulps, seed=seed)
 

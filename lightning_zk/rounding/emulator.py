@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..rounding.mode import OpInfo
-from ..rounding.ops import OpClass
+from .mode import OpInfo
+from .ops import OpClass
 
 DEFAULT_KINDS = (OpClass.REDUCTION, OpClass.TRANSCENDENTAL, OpClass.FUSED)
 _INT_VIEW = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,

@@ -19,7 +19,7 @@ from tests.audit.test_replay import _flip_one_entry
 from tests.models import loader, make_data, make_model, trainer_kwargs
 
 T = 16
-I = 9  # the step every attack tampers with
+STEP = 9  # the step every attack tampers with
 
 
 class _Attack(L.Callback):
@@ -28,10 +28,10 @@ class _Attack(L.Callback):
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         step = trainer.global_step
-        if self.kind == "lr" and step == I:
+        if self.kind == "lr" and step == STEP:
             for group in trainer.optimizers[0].param_groups:
                 group["lr"] *= 2
-        if step != I:
+        if step != STEP:
             return
         if self.kind == "labels":
             batch[1][:] = (batch[1] + 1) % 4
@@ -111,14 +111,14 @@ def test_honest_run_has_no_dispute(honest):
 def test_dishonest_trainer_caught_at_the_step(tmp_path, attack):
     _trainer_run(tmp_path / "run", attack if attack != "log" else None)
     if attack == "log":
-        _rewrite_log_consistently(RunDirectory(tmp_path / "run"), I)
+        _rewrite_log_consistently(RunDirectory(tmp_path / "run"), STEP)
     report = _auditor_run(tmp_path / "run", tmp_path / "audit")
-    assert not report.ok and report.first_mismatch_step == I
+    assert not report.ok and report.first_mismatch_step == STEP
     verdict = _dispute(tmp_path / "run", tmp_path / "audit")
-    assert verdict.first_disputed_step == I, verdict.evidence
+    assert verdict.first_disputed_step == STEP, verdict.evidence
     assert verdict.honest == "auditor" and verdict.dishonest == "trainer"
     assert verdict.rounds <= math.ceil(math.log2(T)) + 1
-    assert verdict.evidence["referee"]["from_step"] <= I
+    assert verdict.evidence["referee"]["from_step"] <= STEP
 
 
 def test_dishonest_auditor_is_declared_dishonest(honest, tmp_path):
@@ -127,13 +127,13 @@ def test_dishonest_auditor_is_declared_dishonest(honest, tmp_path):
     shutil.copytree(honest / "audit", tmp_path / "audit")
     run = RunDirectory(tmp_path / "audit")
     lines = run.steps_path.read_text().splitlines()
-    record = json.loads(lines[I])
+    record = json.loads(lines[STEP])
     record["state_digest"] = "0" * 64
-    lines[I] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    lines[STEP] = json.dumps(record, sort_keys=True, separators=(",", ":"))
     run.steps_path.write_text("\n".join(lines) + "\n")
     _rebuild_ledger(run)
     verdict = _dispute(honest / "run", tmp_path / "audit")
-    assert verdict.first_disputed_step == I and verdict.honest == "trainer"
+    assert verdict.first_disputed_step == STEP and verdict.honest == "trainer"
     assert verdict.evidence["referee"]["trainer_matches_referee"]
 
 
