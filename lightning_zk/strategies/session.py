@@ -19,7 +19,7 @@ import lightning_zk
 from ..ledger.atomic import atomic_write_bytes
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
 from ..ledger.state import batch_digest, named_state_tensors, save_snapshot, snapshot
-from ..rounding.log import encode_step_log, step_log_path
+from ..rounding.log import StepLog, encode_step_log, step_log_path
 from ..rounding.mode import RoundingMode
 from ..rounding.precision import round_values
 from . import manifest as mf
@@ -138,7 +138,7 @@ class TrainingSession:
             )
         run.prepare()
         self._round_initial_state()
-        initial = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype)
+        initial = self.snapshot()
         initial_path = run.checkpoint_path(0)
         initial_digest = save_snapshot(initial_path, initial)
         self.manifest = {
@@ -183,7 +183,7 @@ class TrainingSession:
                 "the steps in between were never committed and cannot be resumed over."
             )
         if step > 0:
-            digest = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype).digest()
+            digest = self.snapshot().digest()
             if digest != records[step - 1].state_digest:
                 raise RunDirectoryError(
                     f"the checkpoint's state differs from the state committed after step {step - 1} "
@@ -233,6 +233,11 @@ class TrainingSession:
                 "training batch must make exactly one optimizer step (one optimizer, no skipped "
                 "steps) under VerifiableStrategy."
             )
+        self._prepare_step(batch, batch_idx)
+        self.mode.begin_step(step)
+
+    def _prepare_step(self, batch: Any, batch_idx: int) -> None:
+        """What the step record says about the batch: epoch, position, indices, digest."""
         epoch = self.trainer.current_epoch
         self._pending = {
             "epoch": epoch,
@@ -241,15 +246,17 @@ class TrainingSession:
             "batch_digest": batch_digest(batch),
         }
         self._stepped = False
-        self.mode.begin_step(step)
 
     def finish_step(self) -> None:
-        step = self.next_step
         self.mode.round_named(named_state_tensors(self.model, self.optimizers))
         log, _ = self.mode.end_step()
+        self._commit_step(log)
+
+    def _commit_step(self, log: StepLog, extra: dict[str, Any] | None = None) -> StepRecord:
+        """Write the step's log and record (in that order); returns the record."""
+        step = self.next_step
         data = encode_step_log(log)
         log_path = step_log_path(self.run.rounding_dir, step)
-        digest = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype).digest()
         pending = self._pending or {}
         record = StepRecord(
             step=step,
@@ -257,18 +264,20 @@ class TrainingSession:
             batch_idx=pending.get("batch_idx", -1),
             batch_indices=pending.get("batch_indices"),
             batch_digest=pending.get("batch_digest", ""),
-            state_digest=digest,
+            state_digest=self.snapshot().digest(),
             log_file=str(log_path.relative_to(self.run.path)),
             log_sha256=hashlib.sha256(data).hexdigest(),
             log_bytes=len(data),
             logged_elements=log.logged_elements,
             rounded_elements=log.elements_rounded,
+            extra=extra or {},
         )
         self._commit(record, log_path, data)
         self.last_record = record
         self.next_step = step + 1
         self._stepped = False
         self._pending = None
+        return record
 
     def _commit(self, record: StepRecord, log_path: Path, data: bytes) -> None:
         if self._expected:
@@ -294,7 +303,7 @@ class TrainingSession:
         self._restore_metric_logging()
         if self.mode.in_step:
             self.abort()
-        final = snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype).digest()
+        final = self.snapshot().digest()
         self.manifest.update(
             steps_committed=self.next_step + len(self._expected),
             final_state_digest=final if not self._expected else self.manifest.get("final_state_digest"),

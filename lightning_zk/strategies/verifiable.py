@@ -25,11 +25,13 @@ from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import RunningStage
 
+from ..fixed import FixedPointConfig
 from ..ledger.rundir import RunDirectory
 from ..rounding.precision import GridSpec, PrecisionError
 from ..rounding.threshold import ThresholdPolicy
 from .data import make_deterministic
 from .determinism import DeterministicFlags
+from .fixed import FixedPointSession
 from .precision import VerifiablePrecision, check_user_precision
 from .session import TrainingSession
 
@@ -77,6 +79,13 @@ class VerifiableStrategy(SingleDeviceStrategy):
             ``{"tau": ..., "per_kind": {...}, "per_op": {...}}``, a :class:`ThresholdPolicy`,
             or ``None`` for the safe default (see :func:`~lightning_zk.rounding.threshold.default_tau`).
         device: the device to train on; default: the Trainer's accelerator (``cuda:0`` or ``cpu``).
+        mode: ``"rounded"`` (default: any model, rounded precision and rounding log) or
+            ``"fixed"``: exact fixed-point training of Linear+ReLU MLPs with MSE and SGD, whose
+            steps can be proved in zero knowledge (``ProofCallback``; docs/fixed_point.md).
+        frac_bits: fixed-point scale 2^frac_bits (``mode="fixed"``).
+        value_bits: signed width every fixed-point tensor must fit (``mode="fixed"``).
+        save_tapes: spill each step's witness tape to ``RUN/tapes/`` (``mode="fixed"``), for
+            ``lightning-zk prove RUN``.
 
     Raises:
         PrecisionError: unsupported ``compute_dtype``/``mantissa_bits`` combination.
@@ -100,9 +109,21 @@ class VerifiableStrategy(SingleDeviceStrategy):
         mantissa_bits: int = 23,
         threshold: ThresholdPolicy | float | dict[str, Any] | None = None,
         device: str | torch.device | None = None,
+        mode: str = "rounded",
+        frac_bits: int = 16,
+        value_bits: int = 24,
+        save_tapes: bool = True,
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
             raise ValueError(f"VerifiableStrategy(seed={seed!r}): seed must be an int in [0, 2**63).")
+        if mode not in ("rounded", "fixed"):
+            raise ValueError(
+                f"VerifiableStrategy(mode={mode!r}): use 'rounded' (any model, replayable) or "
+                "'fixed' (Linear+ReLU MLPs in exact fixed point, provable in zero knowledge)."
+            )
+        self.mode = mode
+        self.fixed_config = FixedPointConfig(frac_bits=frac_bits, value_bits=value_bits)
+        self.frac_bits, self.value_bits, self.save_tapes = frac_bits, value_bits, bool(save_tapes)
         self.spec = GridSpec(_parse_dtype(compute_dtype), mantissa_bits)
         self.threshold_policy = _parse_threshold(threshold)
         self.thresholds = self.threshold_policy.resolve(self.spec)
@@ -144,6 +165,9 @@ class VerifiableStrategy(SingleDeviceStrategy):
     # --- configuration -----------------------------------------------------------------------
     def config_json(self) -> dict[str, object]:
         """Everything about the strategy an auditor needs to reproduce the arithmetic."""
+        if self.mode == "fixed":
+            return {"mode": "fixed", "frac_bits": self.frac_bits, "value_bits": self.value_bits,
+                    "seed": self.seed}
         return {
             "mode": "rounded",
             **self.spec.to_json(),
@@ -153,8 +177,11 @@ class VerifiableStrategy(SingleDeviceStrategy):
         }
 
     def setup_environment(self) -> None:
-        check_user_precision(self.precision_plugin, self.spec.compute_dtype)
-        self.precision_plugin = VerifiablePrecision(self.spec.compute_dtype)
+        if self.mode == "fixed":  # the torch module only mirrors the integer weights in float32
+            check_user_precision(self.precision_plugin, torch.float32)
+        else:
+            check_user_precision(self.precision_plugin, self.spec.compute_dtype)
+            self.precision_plugin = VerifiablePrecision(self.spec.compute_dtype)
         if not self._explicit_device:
             if isinstance(self.accelerator, CUDAAccelerator):
                 self._root_device = torch.device("cuda", torch.cuda.current_device())
@@ -189,7 +216,16 @@ class VerifiableStrategy(SingleDeviceStrategy):
         if self.replay_source is not None:
             from .replay import ReplaySession
 
+            if self.mode == "fixed":
+                raise ValueError(
+                    "replaying a fixed-point run is not needed: its integer steps are identical "
+                    "everywhere; check it with `lightning-zk verify RUN` (zk proofs)"
+                )
             self.session = ReplaySession.open(self, trainer, self._batch_order)
+        elif self.mode == "fixed":
+            if not self.lightning_module.automatic_optimization:
+                raise ValueError("fixed-point mode needs automatic optimization")
+            self.session = FixedPointSession.open(self, trainer, self._batch_order)
         else:
             self.session = TrainingSession.open(self, trainer, self._batch_order)
 
@@ -215,19 +251,32 @@ class VerifiableStrategy(SingleDeviceStrategy):
             session.finish_step()
 
     def training_step(self, *args: Any, **kwargs: Any):
+        if self._fixed_step_open():
+            loss = self.session.run_step()
+            self.lightning_module.log("train_mse", loss, prog_bar=True)
+            return loss
         with self._intercepted():
             return super().training_step(*args, **kwargs)
 
     def backward(self, closure_loss, optimizer, *args: Any, **kwargs: Any):
+        if self._fixed_step_open():
+            return closure_loss  # the engine computed the exact gradients itself
         with self._intercepted():
             return super().backward(closure_loss, optimizer, *args, **kwargs)
 
     def optimizer_step(self, optimizer, closure, model=None, **kwargs: Any):
+        if self._fixed_step_open():
+            closure()  # runs training_step: the exact integer SGD step; no torch update
+            self.session.finish_step()
+            return None
         with self._intercepted():
             out = super().optimizer_step(optimizer, closure, model, **kwargs)
             if self.session is not None and self.session.in_step:
                 self.session.mark_stepped()
         return out
+
+    def _fixed_step_open(self) -> bool:
+        return self.mode == "fixed" and self.session is not None and self.session.in_step
 
     def on_train_end(self) -> None:
         if self.session is not None:

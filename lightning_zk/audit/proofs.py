@@ -1,0 +1,216 @@
+"""Zero-knowledge proofs in a run directory: prove units of steps, verify a run's whole chain.
+
+Layout (fixed-point runs)::
+
+    RUN/tapes/step-XXXXXXXX.npz                 witness tape of each step (private!)
+    RUN/proofs/unit-FFFFFFFF-LLLLLLLL.lzkt      proof of steps F..L (one step, or an epoch)
+    RUN/proofs/unit-FFFFFFFF-LLLLLLLL.json      its public statement
+    RUN/proofs/seal.lzkt                        closes the chain (opens the last output weights)
+
+A chain is proved in order by one :class:`ChainProver` (its link holds prover state that cannot be
+saved), so a chain started by a ``ProofCallback`` that was interrupted is re-proved offline from the
+tapes with ``lightning-zk prove RUN``. :func:`verify_run` checks every proof, the chain (consecutive
+steps, each unit's input weights = the previous unit's output weights, the seal), that the proven
+steps are exactly the run's committed steps with the run's public constants, and the Merkle ledger
+when there is one.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..fixed import WitnessTape
+from ..ledger.atomic import atomic_write_bytes
+from ..ledger.rundir import RunDirectory
+from ..zk.errors import ProofFormatError, VerificationError
+from ..zk.training import (
+    ChainError,
+    SealProof,
+    TrainingStatement,
+    UnitProof,
+    decode_training_proof,
+    encode_training_proof,
+    prove_seal,
+    prove_unit,
+    verify_chain,
+)
+
+PROOF_DIR = "proofs"
+SEAL_FILE = "seal.lzkt"
+_UNIT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.lzkt$")
+
+
+class ProofRunError(RuntimeError):
+    """A run whose proofs cannot be produced or read (missing tapes, malformed files)."""
+
+
+def unit_path(run: RunDirectory, first: int, last: int) -> Path:
+    return run.path / PROOF_DIR / f"unit-{first:08d}-{last:08d}.lzkt"
+
+
+class ChainProver:
+    """Proves consecutive units of one chain and writes them (atomically) under ``RUN/proofs/``."""
+
+    def __init__(self, run_dir: str | Path, backend: str = "auto", **prove_kwargs: Any) -> None:
+        self.run = RunDirectory(run_dir)
+        self.backend = backend
+        self.prove_kwargs = prove_kwargs
+        self.link = None
+        self.next_step: int | None = None
+        (self.run.path / PROOF_DIR).mkdir(parents=True, exist_ok=True)
+
+    def prove(self, tapes: Sequence[WitnessTape]) -> Path:
+        """Prove one unit (the consecutive steps of ``tapes``) and write proof + statement."""
+        proof, stmt, self.link = prove_unit(list(tapes), self.link, backend=self.backend,
+                                            **self.prove_kwargs)
+        first, last = stmt.step_start, stmt.step_start + stmt.num_steps - 1
+        path = unit_path(self.run, first, last)
+        atomic_write_bytes(path.with_suffix(".json"), stmt.to_bytes())
+        atomic_write_bytes(path, encode_training_proof(proof))
+        self.next_step = last + 1
+        return path
+
+    def seal(self) -> Path | None:
+        """Close the chain (no-op when nothing was proved)."""
+        if self.link is None:
+            return None
+        path = self.run.path / PROOF_DIR / SEAL_FILE
+        atomic_write_bytes(path, encode_training_proof(prove_seal(self.link)))
+        return path
+
+
+def load_tapes(run: RunDirectory, steps: Sequence[int]) -> list[WitnessTape]:
+    records = run.read_steps()
+    tapes = []
+    for step in steps:
+        extra = records[step].extra if step < len(records) else {}
+        if "tape" not in extra:
+            raise ProofRunError(
+                f"step {step} of {run.path} has no witness tape (train with "
+                "VerifiableStrategy(mode='fixed', save_tapes=True))"
+            )
+        tapes.append(WitnessTape.load(run.path / str(extra["tape"])))
+    return tapes
+
+
+def plan_units(run: RunDirectory, aggregate: str) -> list[list[int]]:
+    """Step groups to prove: one per step, or one per epoch (FAC4DNN aggregation)."""
+    if aggregate not in ("step", "epoch"):
+        raise ValueError(f"aggregate={aggregate!r}: use 'step' or 'epoch'")
+    records = run.read_steps()
+    if aggregate == "step":
+        return [[r.step] for r in records]
+    units: list[list[int]] = []
+    for r in records:
+        if units and records[units[-1][-1]].epoch == r.epoch:
+            units[-1].append(r.step)
+        else:
+            units.append([r.step])
+    return units
+
+
+def prove_run(run_dir: str | Path, aggregate: str = "step", backend: str = "auto",
+              on_unit: Callable[[list[int]], None] | None = None, **prove_kwargs: Any) -> int:
+    """Prove every committed step of a fixed-point run from its tapes (replaces old proofs)."""
+    run = RunDirectory(run_dir)
+    units = plan_units(run, aggregate)
+    if not units:
+        raise ProofRunError(f"{run.path} commits no steps: nothing to prove")
+    proof_dir = run.path / PROOF_DIR
+    if proof_dir.exists():
+        for old in proof_dir.iterdir():
+            if old.suffix in (".lzkt", ".json"):
+                old.unlink()
+    prover = ChainProver(run.path, backend=backend, **prove_kwargs)
+    for steps in units:
+        prover.prove(load_tapes(run, steps))
+        if on_unit is not None:
+            on_unit(steps)
+    prover.seal()
+    return len(units)
+
+
+@dataclass
+class ProofReport:
+    ok: bool
+    units: int = 0
+    steps_proven: int = 0
+    steps_committed: int = 0
+    ledger: str = "absent"
+    problems: list[str] = field(default_factory=list)
+
+
+def _read_chain(run: RunDirectory) -> tuple[list[TrainingStatement], list[UnitProof], SealProof | None]:
+    proof_dir = run.path / PROOF_DIR
+    if not proof_dir.is_dir():
+        raise ProofRunError(f"{run.path} has no proofs/ directory: nothing to verify")
+    units = sorted((int(m.group(1)), p) for p in proof_dir.iterdir() if (m := _UNIT_RE.match(p.name)))
+    statements, proofs = [], []
+    for _, path in units:
+        try:
+            statements.append(TrainingStatement.from_bytes(path.with_suffix(".json").read_bytes()))
+            proofs.append(decode_training_proof(path.read_bytes(), UnitProof))
+        except OSError as err:
+            raise ProofRunError(f"cannot read {path} or its statement: {err}") from err
+    seal_path = proof_dir / SEAL_FILE
+    seal = decode_training_proof(seal_path.read_bytes(), SealProof) if seal_path.is_file() else None
+    return statements, proofs, seal
+
+
+def _check_against_run(run: RunDirectory, statements: Sequence[TrainingStatement],
+                       report: ProofReport) -> None:
+    manifest = run.read_manifest()
+    config = manifest.get("strategy") or {}
+    if config.get("mode") != "fixed":
+        report.problems.append("the run was not trained in fixed-point mode")
+        return
+    fixed = manifest.get("fixed") or {}
+    for stmt in statements:
+        public = {"dims": list(stmt.dims), "frac_bits": stmt.frac_bits,
+                  "value_bits": stmt.value_bits, "lr": stmt.lr}
+        committed = {k: fixed.get(k) for k in public}
+        if public != committed:
+            report.problems.append(
+                f"the unit at step {stmt.step_start} proves constants {public}, the run commits "
+                f"{committed}")
+            break
+
+
+def verify_run(run_dir: str | Path) -> ProofReport:
+    """Check a fixed-point run's proofs, chain, coverage and ledger (see the module doc)."""
+    from ..ledger.merkle import Ledger, LedgerError, parse_root
+
+    run = RunDirectory(run_dir)
+    records = run.read_steps()
+    report = ProofReport(ok=False, steps_committed=len(records))
+    try:
+        statements, proofs, seal = _read_chain(run)
+        report.units = len(proofs)
+        report.steps_proven = verify_chain(statements, proofs, seal)
+    except (ChainError, VerificationError, ProofFormatError, ProofRunError, ValueError) as err:
+        report.problems.append(f"proofs: {err}")
+        return report
+    _check_against_run(run, statements, report)
+    first = statements[0].step_start if statements else None
+    if first != 0 or report.steps_proven != len(records):
+        report.problems.append(
+            f"the proofs cover steps {first}..{(first or 0) + report.steps_proven - 1}, the run "
+            f"commits steps 0..{len(records) - 1}")
+    published = run.read_manifest().get("ledger")
+    if (run.path / "ledger.sqlite").is_file():
+        try:
+            with Ledger.open(run.path) as ledger:
+                ledger.check_integrity()
+                ledger.check_records(records)
+                if published:
+                    ledger.check_root(int(published["size"]), parse_root(str(published["root"])))
+            report.ledger = "verified"
+        except LedgerError as err:
+            report.ledger = "FAILED"
+            report.problems.append(f"ledger: {err}")
+    report.ok = not report.problems
+    return report

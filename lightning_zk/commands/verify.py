@@ -1,0 +1,36 @@
+"""``lightning-zk verify RUN``: check every zk proof of a run, the chain, and the ledger."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = "verify a fixed-point run's zero-knowledge proofs, their chain and the ledger"
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-zk verify", description=HELP)
+    parser.add_argument("run", type=Path)
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from ..audit.proofs import verify_run
+    from ..ledger.rundir import RunDirectoryError
+
+    try:
+        report = verify_run(args.run)
+    except RunDirectoryError as err:
+        print(f"lightning-zk verify: {err}", file=sys.stderr)
+        return 2
+    table = Table(title=f"zk verification of {args.run}", show_header=False)
+    table.add_row("result", "[green]OK[/green]" if report.ok else "[red]FAILED[/red]")
+    table.add_row("proof units", str(report.units))
+    table.add_row("steps proven / committed", f"{report.steps_proven} / {report.steps_committed}")
+    table.add_row("ledger", report.ledger)
+    for problem in report.problems:
+        table.add_row("problem", problem)
+    Console().print(table)
+    return 0 if report.ok else 1

@@ -1,0 +1,105 @@
+"""VerifiableStrategy(mode="fixed"): exact integer training under Lightning."""
+
+from __future__ import annotations
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from lightning_zk import RunDirectory, VerifiableStrategy
+from lightning_zk.fixed import FixedPointConfig, WitnessTape, quantize, reference_step
+from lightning_zk.fixed.torch_bridge import UnsupportedModelError, mlp_from_torch
+from lightning_zk.testing import NondeterminismEmulator
+from tests.fixed_mode.models import make_regressor, regression_loader
+from tests.models import trainer_kwargs
+
+
+def _fit(run_dir, model=None, steps=4, **strategy_kwargs):
+    model = model or make_regressor()
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir, mode="fixed", **strategy_kwargs),
+                        max_steps=steps, **trainer_kwargs())
+    trainer.fit(model, train_dataloaders=regression_loader())
+    return model, trainer
+
+
+def test_trains_and_commits_integer_state(tmp_path):
+    model, _ = _fit(tmp_path / "run")
+    run = RunDirectory(tmp_path / "run")
+    records = run.read_steps()
+    assert [r.step for r in records] == [0, 1, 2, 3]
+    assert all(r.logged_elements == 0 and "tape" in r.extra for r in records)
+    manifest = run.read_manifest()
+    assert manifest["strategy"]["mode"] == "fixed" and manifest["fixed"]["dims"] == [4, 8, 3]
+    # the torch module holds exactly the dequantised integer weights of the last tape
+    last = WitnessTape.load(run.path / records[-1].extra["tape"])
+    w = model.net[0].weight.detach().double().numpy()
+    assert np.array_equal(quantize(w, 16), last.tensors["W1n"])
+
+
+def test_matches_the_integer_reference(tmp_path):
+    """Every committed tape equals a straightforward integer reference step on the same batch."""
+    _fit(tmp_path / "run")
+    run = RunDirectory(tmp_path / "run")
+    for record in run.read_steps():
+        tape = WitnessTape.load(run.path / record.extra["tape"])
+        n = tape.num_layers
+        ws = [tape.tensors[f"W{i}"].tolist() for i in range(1, n + 1)]
+        bs = [tape.tensors[f"b{i}"].tolist() for i in range(1, n + 1)]
+        ref_ws, ref_bs, _ = reference_step(ws, bs, tape.tensors["x"].tolist(),
+                                           tape.tensors["y"].tolist(), tape.lr, tape.mse_const,
+                                           tape.frac_bits)
+        for i in range(n):
+            assert np.array_equal(np.array(ref_ws[i]), tape.tensors[f"W{i + 1}n"])
+            assert np.array_equal(np.array(ref_bs[i]), tape.tensors[f"b{i + 1}n"])
+
+
+def test_bit_identical_under_different_emulated_hardware(tmp_path):
+    digests = []
+    for seed in (1, 2):
+        with NondeterminismEmulator(ulps=64, seed=seed):
+            _fit(tmp_path / f"run{seed}", steps=6)
+        digests.append([r.state_digest for r in RunDirectory(tmp_path / f"run{seed}").read_steps()])
+    assert digests[0] == digests[1]
+
+
+def test_same_run_as_a_direct_engine_run(tmp_path):
+    model = make_regressor()
+    engine = mlp_from_torch(model.net, 0.05, FixedPointConfig())
+    _fit(tmp_path / "run", model=make_regressor())
+    run = RunDirectory(tmp_path / "run")
+    for record in run.read_steps():
+        tape = WitnessTape.load(run.path / record.extra["tape"])
+        mine = engine.step(tape.tensors["x"], tape.tensors["y"])
+        assert all(np.array_equal(mine.tensors[k], v) for k, v in tape.tensors.items())
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        ({"layers": [nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)]}, "Tanh"),
+        ({"layers": [nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3)]}, "bias"),
+        ({"loss": nn.L1Loss()}, "L1Loss"),
+        ({"optimizer": "adam"}, "Adam"),
+        ({"optimizer": "momentum"}, "momentum"),
+    ],
+)
+def test_unsupported_models_named(tmp_path, kwargs, match):
+    with pytest.raises(UnsupportedModelError, match=match):
+        _fit(tmp_path / "run", model=make_regressor(**kwargs))
+
+
+def test_missing_loss_attribute(tmp_path):
+    model = make_regressor()
+    del model.loss_fn
+    model.training_step = lambda batch, idx: torch.tensor(0.0)
+    with pytest.raises(UnsupportedModelError, match="loss_fn"):
+        _fit(tmp_path / "run", model=model)
+
+
+def test_bad_mode_and_frac_bits():
+    with pytest.raises(ValueError, match="mode='exact'"):
+        VerifiableStrategy(mode="exact")
+    with pytest.raises(ValueError, match="frac_bits"):
+        VerifiableStrategy(mode="fixed", frac_bits=0)

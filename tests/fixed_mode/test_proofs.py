@@ -1,0 +1,102 @@
+"""ProofCallback and `lightning-zk prove/verify` on fixed-point runs."""
+
+from __future__ import annotations
+
+import shutil
+
+import lightning as L
+import pytest
+
+from lightning_zk import CommitCallback, ProofCallback, VerifiableStrategy
+from lightning_zk.audit.proofs import verify_run
+from lightning_zk.cli import main
+from tests.fixed_mode.models import make_regressor, regression_loader
+from tests.models import make_model, trainer_kwargs
+
+
+def _fit(run_dir, callbacks, steps=4):
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir, mode="fixed"),
+                        max_steps=steps, callbacks=callbacks, **trainer_kwargs())
+    trainer.fit(make_regressor(), train_dataloaders=regression_loader())
+
+
+@pytest.fixture(scope="module")
+def proven_run(tmp_path_factory):
+    """4 steps, 2 per epoch, proved per epoch (aggregated), with a ledger."""
+    path = tmp_path_factory.mktemp("proven") / "run"
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=path, mode="fixed"), max_steps=4,
+                        callbacks=[CommitCallback(), ProofCallback(aggregate="epoch")], **trainer_kwargs())
+    trainer.fit(make_regressor(), train_dataloaders=regression_loader(n=8, batch_size=4))
+    return path
+
+
+def test_epoch_proofs_verify(proven_run, capsys):
+    report = verify_run(proven_run)
+    assert report.ok, report.problems
+    assert report.units == 2 and report.steps_proven == 4 and report.ledger == "verified"
+    assert main(["verify", str(proven_run)]) == 0
+    assert "OK" in capsys.readouterr().out
+
+
+def test_step_proofs_verify(tmp_path):
+    _fit(tmp_path / "run", [ProofCallback(aggregate="step")], steps=2)
+    report = verify_run(tmp_path / "run")
+    assert report.ok and report.units == 2
+
+
+def test_any_altered_proof_byte_is_rejected(proven_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(proven_run, run)
+    unit = sorted((run / "proofs").glob("unit-*.lzkt"))[1]
+    data = bytearray(unit.read_bytes())
+    for offset in (0, 7, len(data) // 3, len(data) // 2, len(data) - 1):
+        tampered = bytearray(data)
+        tampered[offset] ^= 0x01
+        unit.write_bytes(bytes(tampered))
+        assert not verify_run(run).ok, offset
+    unit.write_bytes(bytes(data))
+    assert verify_run(run).ok
+
+
+def test_missing_unit_breaks_the_chain(proven_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(proven_run, run)
+    first = sorted((run / "proofs").glob("unit-*.lzkt"))[0]
+    first.unlink()
+    first.with_suffix(".json").unlink()
+    report = verify_run(run)
+    assert not report.ok and "proofs" in report.problems[0]
+    assert main(["verify", str(run)]) == 1
+
+
+def test_missing_seal_is_rejected(proven_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(proven_run, run)
+    (run / "proofs" / "seal.lzkt").unlink()
+    assert not verify_run(run).ok
+
+
+def test_offline_prove_then_verify(tmp_path):
+    _fit(tmp_path / "run", [], steps=2)
+    assert main(["verify", str(tmp_path / "run")]) == 1  # nothing proved yet
+    assert main(["prove", str(tmp_path / "run"), "--aggregate", "epoch"]) == 0
+    assert verify_run(tmp_path / "run").ok
+
+
+def test_background_proving(tmp_path):
+    _fit(tmp_path / "run", [ProofCallback(background=True)], steps=2)
+    assert verify_run(tmp_path / "run").ok
+
+
+def test_proof_callback_needs_fixed_mode(tmp_path):
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=1,
+                        callbacks=[ProofCallback()], **trainer_kwargs())
+    with pytest.raises(TypeError, match="mode='fixed'"):
+        trainer.fit(make_model("mlp"))
+
+
+def test_proof_callback_arguments():
+    with pytest.raises(ValueError, match="aggregate='layer'"):
+        ProofCallback(aggregate="layer")
+    with pytest.raises(ValueError, match="every_n_steps=0"):
+        ProofCallback(every_n_steps=0)
