@@ -9,6 +9,10 @@ lower of two runs, after a warm-up fit), the
 callback's own time (leaf append; checkpoint saves amortised, every ``--every`` steps), its
 ratio to the step time, ledger bytes per leaf (file size / T), and an inclusion proof's size.
 Direct rows: ``Ledger.extend``/``append`` on synthetic step records, no training.
+
+Dispute rows (``--dispute T ...``): the small MLP trained T steps by a trainer that edits a weight
+at step 0.6·T, audited (replay with its own ledger), then ``dispute()``: bisection rounds and the
+referee's re-execution from the nearest checkpoint; times and the dispute's ratio to training.
 """
 
 from __future__ import annotations
@@ -126,12 +130,50 @@ def trained(name: str, steps: int, every: int, tmp: Path) -> list[object]:
             f"{t_prove:.2f} / {t_root:.2f}"]
 
 
+class _EditAt(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            import torch
+
+            with torch.no_grad():
+                next(pl_module.parameters())[0, 0] += 1e-3
+
+
+def dispute_row(steps: int, every: int, tmp: Path) -> list[object]:
+    from lightning_zk.audit import dispute, replay
+
+    run, audit = tmp / f"dispute-{steps}", tmp / f"dispute-{steps}-audit"
+    model, data, bs = model_and_data("small")
+    t0 = time.perf_counter()
+    quiet_trainer(max_steps=steps, strategy=VerifiableStrategy(run_dir=run),
+                  callbacks=[CommitCallback(checkpoint_every_n_steps=every), _EditAt(int(0.6 * steps))],
+                  ).fit(model, train_dataloaders=loader(data, bs))
+    t_train = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    report = replay(run, model_and_data("small")[0], train_dataloaders=loader(data, bs), audit_dir=audit)
+    t_audit = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    verdict = dispute(run, audit, model_and_data("small")[0], train_dataloaders=loader(data, bs))
+    t_dispute = time.perf_counter() - t0
+    referee = verdict.evidence["referee"]
+    return [steps, f"{t_train:.1f}", f"{t_audit:.1f} (step {report.first_mismatch_step})",
+            f"{verdict.first_disputed_step} ({verdict.dishonest} dishonest)",
+            f"{verdict.rounds} (max {verdict.evidence['max_rounds']})",
+            f"{verdict.first_disputed_step - referee['from_step'] + 1}", f"{t_dispute:.2f}",
+            f"{t_dispute / t_train:.3f}"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--train", nargs="*", default=["small:100", "small:1000", "digits:100"],
                         help="MODEL:STEPS with MODEL small or digits")
     parser.add_argument("--direct-steps", type=int, nargs="*", default=[1000, 10000])
     parser.add_argument("--every", type=int, default=100, help="checkpoint_every_n_steps")
+    parser.add_argument("--dispute", type=int, nargs="*", default=[100, 1000],
+                        help="dispute a dishonest run of T steps (small MLP)")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -140,13 +182,24 @@ def main() -> None:
             rows.append(trained(name, int(steps), args.every, Path(tmp)))
         for steps in args.direct_steps:
             rows.append(direct(steps, Path(tmp)))
-    print_table(
+    if rows:
+        print_table(
         f"Merkle ledger cost per step (VerifiableStrategy, CPU; "
         f"checkpoint every {args.every} steps; leaf {LEAF_SIZE} B, SHA-256; {machine()})",
         ["T", "step ms (no ledger)", "step ms (ledger)", "ledger ms/step (median)",
          "ledger / step", "ledger B/leaf", "inclusion proof", "prove / root ms"],
         rows,
-    )
+        )
+    if args.dispute:
+        with tempfile.TemporaryDirectory() as tmp:
+            disputes = [dispute_row(steps, 50, Path(tmp)) for steps in args.dispute]
+        print_table(
+            f"Dispute of a run whose trainer edited a weight at step 0.6 T (small MLP, checkpoint "
+            f"every 50 steps; {machine()})",
+            ["T", "train s", "audit s (mismatch)", "disputed step", "bisection rounds",
+             "referee steps", "dispute s", "dispute / train"],
+            disputes,
+        )
 
 
 if __name__ == "__main__":
