@@ -35,7 +35,7 @@ from typing import Any
 
 import lightning as L
 
-from ..ledger.atomic import atomic_write_json
+from ..atomic import atomic_write_json
 from ..ledger.merkle import (
     Ledger,
     LedgerError,

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write_bytes
 from ..fixed import WitnessTape
-from ..ledger.atomic import atomic_write_bytes
 from ..ledger.rundir import RunDirectory
 from ..zk.errors import ProofFormatError, VerificationError
 from ..zk.training import (

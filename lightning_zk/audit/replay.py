@@ -10,8 +10,8 @@ from typing import Any
 
 import lightning as L
 
+from ..atomic import atomic_write_json
 from ..callbacks.commit import CommitCallback
-from ..ledger.atomic import atomic_write_json
 from ..ledger.rundir import RunDirectory, StepRecord
 from ..rounding.mode import ReplayDivergenceError
 from ..strategies.manifest import hardware, now_utc

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .atomic import append_line, atomic_write_json
+from ..atomic import append_line, atomic_write_json
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

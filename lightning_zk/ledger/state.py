@@ -29,7 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 
 STATE_DIGEST_TAG = b"lightning-zk/state/v1"
 BATCH_DIGEST_TAG = b"lightning-zk/batch/v1"

@@ -20,13 +20,14 @@ from __future__ import annotations
 import os
 import re
 import struct
-import tempfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..atomic import atomic_write_bytes
 
 __all__ = [
     "FORMAT_VERSION",
@@ -603,35 +604,8 @@ def write_step_log(log_dir: Path, log: StepLog) -> Path:
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     path = step_log_path(log_dir, log.step)
-    fd, tmp = tempfile.mkstemp(dir=log_dir, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(log_dir)
+    atomic_write_bytes(path, data)
     return path
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename durable; not every platform can open a directory."""
-    try:
-        dfd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 def read_step_log(path: Path) -> StepLog:

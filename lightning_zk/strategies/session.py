@@ -16,7 +16,7 @@ from typing import Any
 
 import lightning_zk
 
-from ..ledger.atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
 from ..ledger.state import batch_digest, named_state_tensors, save_snapshot, snapshot
 from ..rounding.log import StepLog, encode_step_log, step_log_path

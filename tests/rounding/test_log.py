@@ -139,11 +139,16 @@ def test_empty_step_is_tiny():
 
 
 def test_module_imports_neither_torch_nor_lightning():
+    """Import the codec (and what it imports) with stub parent packages, so that the package's
+    ``__init__`` (which registers the Lightning strategy) does not run; then nothing from torch
+    or Lightning may be loaded."""
+    package = Path(L.__file__).resolve().parents[1]
     code = (
-        "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('rlog', {str(Path(L.__file__))!r})\n"
-        "m = importlib.util.module_from_spec(spec); sys.modules['rlog'] = m\n"
-        "spec.loader.exec_module(m)\n"
+        "import importlib, sys, types\n"
+        f"for name, path in (('lightning_zk', {str(package)!r}), "
+        f"('lightning_zk.rounding', {str(package / 'rounding')!r})):\n"
+        "    m = types.ModuleType(name); m.__path__ = [path]; sys.modules[name] = m\n"
+        "importlib.import_module('lightning_zk.rounding.log')\n"
         "bad = [n for n in sys.modules if n.split('.')[0] in ('torch', 'lightning', "
         "'pytorch_lightning')]\n"
         "assert not bad, bad\n"

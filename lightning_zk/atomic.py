@@ -1,4 +1,7 @@
-"""Crash-safe file writes: a killed process leaves either the old or the new file, never half."""
+"""Crash-safe file writes: a killed process leaves either the old or the new file, never half.
+
+Shared by the layers that persist anything (rounding logs, ledger, run directory, proofs).
+"""
 
 from __future__ import annotations
 
