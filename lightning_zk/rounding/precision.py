@@ -18,6 +18,11 @@ from fractions import Fraction
 
 import torch
 
+try:  # optional one-pass CPU kernel (the ``fast`` extra); the torch path is always available
+    from . import _numba_kernels as _kernels
+except ImportError:  # pragma: no cover - depends on the installation
+    _kernels = None
+
 SUPPORTED_COMPUTE_DTYPES = (torch.float64, torch.float32)
 FLOAT32_MANTISSA_BITS = 23
 _F32_MIN_NORMAL_EXP = -126
@@ -157,11 +162,20 @@ def round_to_grid(x: torch.Tensor, spec: GridSpec, tau: float = 0.0) -> Rounding
     when its exact value lies less than ``tau`` ulp from the midpoint of its two candidates
     (exact ties are always reported when ``tau > 0``).
     """
+    tau_units = tau * float(1 << spec.dropped_bits) if tau > 0 else 0.0
+    if (
+        _kernels is not None and x.device.type == "cpu" and x.dtype == torch.float64
+        and spec.mantissa_bits == FLOAT32_MANTISSA_BITS
+    ):
+        fast = _kernels.run(x.detach().contiguous().numpy(), tau_units)
+        if fast is not None:
+            out, positions, away = fast
+            return RoundingResult(torch.from_numpy(out).view(x.shape),
+                                  torch.from_numpy(positions), torch.from_numpy(away))
     rounded = round_values(x, spec)
     if tau <= 0:
         empty = torch.empty(0, dtype=torch.int64, device=x.device)
         return RoundingResult(rounded, empty, torch.empty(0, dtype=torch.bool, device=x.device))
-    tau_units = tau * float(1 << spec.dropped_bits)
     if spec.compute_dtype == torch.float64 and bool(
         ((x.abs() < 2.0**_F32_MIN_NORMAL_EXP) & (x != 0)).any()
     ):

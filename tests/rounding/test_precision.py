@@ -127,3 +127,24 @@ def test_fast_and_generic_paths_agree_on_logging():
     assert torch.equal(fast.rounded, _round_generic(x, F64))
     slow_pos = (midpoint_distance(x, F64) < tau * 2**29).nonzero().squeeze(1)
     assert torch.equal(fast.positions, slow_pos)
+
+
+@pytest.mark.parametrize("tau", [0.0, 2**-16, 2**-6, 0.49])
+def test_numba_kernel_agrees_with_torch_path(tau, monkeypatch):
+    """The optional JIT kernel and the torch path give identical results (incl. tiny values)."""
+    import lightning_zk.rounding.precision as P
+
+    if P._kernels is None:
+        pytest.skip("numba is not installed: the optional kernel is not used here")
+    x = _wide_values(30000, seed=11)
+    x[::97] = 0.0
+    x[5] = float("nan")
+    x[6] = float("inf")
+    for values in (x, x[(x.abs() >= 2.0**-126) | (x == 0)]):  # with and without tiny values
+        fast = round_to_grid(values, F64, tau)
+        monkeypatch.setattr(P, "_kernels", None)
+        slow = round_to_grid(values, F64, tau)
+        monkeypatch.undo()
+        assert torch.equal(fast.rounded.nan_to_num(7.0), slow.rounded.nan_to_num(7.0))
+        assert torch.equal(fast.positions, slow.positions)
+        assert torch.equal(fast.away, slow.away)
