@@ -254,7 +254,8 @@ class RoundingMode(TorchDispatchMode):
             rounded = self._replay_entry(state, op_name, index, t, pending, tau)
             state.pending = next(state.replay, None)
         else:
-            result = round_to_grid(t, self.spec, tau if state.builder is not None else 0.0)
+            result = round_to_grid(t, self.spec, tau if state.builder is not None else 0.0,
+                                   in_place=True)
             rounded = result.rounded
             if state.builder is not None:
                 state.builder.count_rounded(t.numel())
@@ -263,7 +264,8 @@ class RoundingMode(TorchDispatchMode):
                         seq, op_name, index, t.numel(),
                         result.positions.cpu().numpy().astype(np.int64), result.away.cpu().numpy(),
                     )
-        t.copy_(rounded)
+        if rounded is not t:
+            t.copy_(rounded)
 
     def _replay_entry(
         self, state: _StepState, op_name: str, index: int, t: torch.Tensor, entry: LogEntry,

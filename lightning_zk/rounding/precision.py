@@ -155,23 +155,28 @@ def _fast_distance(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     return (low - (1 << (drop - 1))).abs_()
 
 
-def round_to_grid(x: torch.Tensor, spec: GridSpec, tau: float = 0.0) -> RoundingResult:
+def round_to_grid(
+    x: torch.Tensor, spec: GridSpec, tau: float = 0.0, in_place: bool = False
+) -> RoundingResult:
     """Round ``x`` (in ``spec.compute_dtype``) to the committed grid, nearest-even.
 
     ``tau`` is the logging threshold as a fraction of the committed ulp: an element is reported
     when its exact value lies less than ``tau`` ulp from the midpoint of its two candidates
-    (exact ties are always reported when ``tau > 0``).
+    (exact ties are always reported when ``tau > 0``). With ``in_place`` the result may be
+    written into ``x`` itself (``result.rounded is x`` then tells the caller no copy is needed).
     """
     tau_units = tau * float(1 << spec.dropped_bits) if tau > 0 else 0.0
     if (
         _kernels is not None and x.device.type == "cpu" and x.dtype == torch.float64
         and spec.mantissa_bits == FLOAT32_MANTISSA_BITS
     ):
-        fast = _kernels.run(x.detach().contiguous().numpy(), tau_units)
+        direct = in_place and x.is_contiguous()
+        values = x.detach().contiguous().numpy()
+        fast = _kernels.run(values, tau_units, out=values if direct else None)
         if fast is not None:
             out, positions, away = fast
-            return RoundingResult(torch.from_numpy(out).view(x.shape),
-                                  torch.from_numpy(positions), torch.from_numpy(away))
+            rounded = x if direct else torch.from_numpy(out).view(x.shape)
+            return RoundingResult(rounded, torch.from_numpy(positions), torch.from_numpy(away))
     rounded = round_values(x, spec)
     if tau <= 0:
         empty = torch.empty(0, dtype=torch.int64, device=x.device)

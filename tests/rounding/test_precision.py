@@ -148,3 +148,7 @@ def test_numba_kernel_agrees_with_torch_path(tau, monkeypatch):
         assert torch.equal(fast.rounded.nan_to_num(7.0), slow.rounded.nan_to_num(7.0))
         assert torch.equal(fast.positions, slow.positions)
         assert torch.equal(fast.away, slow.away)
+        inplace = values.clone()
+        result = round_to_grid(inplace, F64, tau, in_place=True)
+        assert torch.equal(result.positions, slow.positions)
+        assert torch.equal(result.rounded.nan_to_num(7.0), slow.rounded.nan_to_num(7.0))
