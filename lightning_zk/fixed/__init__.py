@@ -1,0 +1,35 @@
+"""Fixed-point training: format, exact integer MLP engine, witness tape, integer reference.
+
+NumPy only (no torch, no Lightning); torch conversion lives in :mod:`.torch_bridge`.
+See ``docs/fixed_point.md``.
+"""
+
+from .engine import FixedPointMLP, mse_constant
+from .format import (
+    FixedPointConfig,
+    FixedPointError,
+    check_bound,
+    dequantize,
+    fixed_constant,
+    quantize,
+    rescale,
+)
+from .reference import ref_rescale, reference_step
+from .tape import TapeFormatError, WitnessTape, tensor_names
+
+__all__ = [
+    "FixedPointMLP",
+    "mse_constant",
+    "FixedPointConfig",
+    "FixedPointError",
+    "check_bound",
+    "dequantize",
+    "fixed_constant",
+    "quantize",
+    "rescale",
+    "ref_rescale",
+    "reference_step",
+    "TapeFormatError",
+    "WitnessTape",
+    "tensor_names",
+]

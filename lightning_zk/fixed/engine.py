@@ -1,0 +1,184 @@
+"""Exact integer training engine: MLP of Linear(+bias) [+ReLU], MSE loss, SGD (DESIGN.md §5).
+
+Every op is int64 arithmetic with the single rounding rule of :func:`.format.rescale`, so a run
+is bit-identical on every device without any rounding log. Each :meth:`FixedPointMLP.step`
+returns the :class:`WitnessTape` the zk prover consumes and updates the weights in place.
+
+Example::
+
+    >>> import numpy as np
+    >>> from lightning_zk.fixed import FixedPointMLP
+    >>> rng = np.random.default_rng(0)
+    >>> mlp = FixedPointMLP.from_float(
+    ...     [rng.normal(size=(3, 4)) * 0.3, rng.normal(size=(2, 3)) * 0.3],
+    ...     [np.zeros(3), np.zeros(2)], lr=0.125)
+    >>> tape = mlp.step_float(rng.normal(size=(4, 4)), rng.normal(size=(4, 2)))
+    >>> tape.step, sorted(tape.tensors)[:3]
+    (0, ['A1', 'G', 'GA1'])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .format import (
+    FixedPointConfig,
+    check_bound,
+    dequantize,
+    fixed_constant,
+    quantize,
+    rescale,
+)
+from .tape import WitnessTape
+
+__all__ = ["FixedPointMLP", "mse_constant"]
+
+# tensors that are range-checked as signed values |x| < 2^(value_bits-1) (sign witness V too)
+_UNSIGNED = ("S", "V")
+
+
+def mse_constant(batch_size: int, out_dim: int, frac_bits: int) -> int:
+    """Public fixed-point constant c = round(2^s * 2 / (B k)) of the MSE gradient."""
+    return fixed_constant(2.0 / (batch_size * out_dim), frac_bits)
+
+
+class FixedPointMLP:
+    """Integer MLP: layers ``W[l] (d_l, d_{l-1})``, ``b[l] (d_l,)``; ReLU between layers.
+
+    Args:
+        weights, biases: int64 fixed-point arrays (scale 2^frac_bits).
+        lr: learning rate as a fixed-point integer (public constant).
+        config: scale and magnitude bound.
+        step: index of the next step.
+    Raises:
+        ValueError: inconsistent shapes, or a fan-in that could overflow.
+    """
+
+    def __init__(
+        self,
+        weights: Sequence[np.ndarray],
+        biases: Sequence[np.ndarray],
+        lr: int,
+        config: FixedPointConfig | None = None,
+        step: int = 0,
+    ) -> None:
+        self.config = config or FixedPointConfig()
+        self.weights = [np.asarray(w, dtype=np.int64).copy() for w in weights]
+        self.biases = [np.asarray(b, dtype=np.int64).copy() for b in biases]
+        if not self.weights or len(self.weights) != len(self.biases):
+            raise ValueError("FixedPointMLP: need one bias per weight matrix and >= 1 layer")
+        dims = [self.weights[0].shape[1]]
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            if w.ndim != 2 or w.shape[1] != dims[-1] or b.shape != (w.shape[0],):
+                raise ValueError(f"FixedPointMLP: layer {i + 1} has shapes {w.shape}, {b.shape}")
+            dims.append(w.shape[0])
+        self.dims = tuple(int(d) for d in dims)
+        if not 0 < int(lr) < self.config.scale:
+            raise ValueError(f"FixedPointMLP(lr={lr}): need 0 < lr < 2^frac_bits (lr < 1.0)")
+        self.lr = int(lr)
+        self.step_index = int(step)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            check_bound(f"W{i + 1}", w, self.config.bound, self.step_index)
+            check_bound(f"b{i + 1}", b, self.config.bound, self.step_index)
+
+    @classmethod
+    def from_float(
+        cls,
+        weights: Sequence[np.ndarray],
+        biases: Sequence[np.ndarray],
+        lr: float,
+        config: FixedPointConfig | None = None,
+        step: int = 0,
+    ) -> FixedPointMLP:
+        """Quantise float weights (round to nearest) and the learning rate."""
+        cfg = config or FixedPointConfig()
+        s = cfg.frac_bits
+        return cls(
+            [quantize(w, s) for w in weights],
+            [quantize(b, s) for b in biases],
+            fixed_constant(lr, s),
+            cfg,
+            step,
+        )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.weights)
+
+    def float_weights(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        s = self.config.frac_bits
+        return [dequantize(w, s) for w in self.weights], [dequantize(b, s) for b in self.biases]
+
+    def forward(self, x: np.ndarray) -> np.ndarray:
+        """Fixed-point predictions (no tape, no update)."""
+        s, a = self.config.frac_bits, np.asarray(x, dtype=np.int64)
+        for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
+            z, _ = rescale(a @ w.T + (b << s)[None, :], s)
+            a = z * (z > 0) if i < self.num_layers - 1 else z
+        return a
+
+    def step_float(self, x: np.ndarray, y: np.ndarray) -> WitnessTape:
+        s = self.config.frac_bits
+        return self.step(quantize(x, s), quantize(y, s))
+
+    def step(self, x: np.ndarray, y: np.ndarray) -> WitnessTape:
+        """One exact SGD step on the fixed-point batch (x, y); returns its witness tape.
+
+        Raises:
+            FixedPointError: some tensor leaves |x| < 2^(value_bits-1) (nothing is updated).
+        """
+        cfg, s, L = self.config, self.config.frac_bits, self.num_layers
+        x = np.asarray(x, dtype=np.int64)
+        y = np.asarray(y, dtype=np.int64)
+        bsz = x.shape[0]
+        if x.shape != (bsz, self.dims[0]) or y.shape != (bsz, self.dims[-1]):
+            raise ValueError(f"step: batch shapes {x.shape}, {y.shape} do not fit dims {self.dims}")
+        for fan_in in (*self.dims[:-1], bsz, *self.dims[1:]):
+            cfg.check_fan_in(fan_in)
+        t: dict[str, np.ndarray] = {"x": x, "y": y}
+        acts = [x]
+        for i in range(1, L + 1):
+            w, b = self.weights[i - 1], self.biases[i - 1]
+            t[f"W{i}"], t[f"b{i}"] = w.copy(), b.copy()
+            z, rz = rescale(acts[-1] @ w.T + (b << s)[None, :], s)
+            t[f"Z{i}"], t[f"RZ{i}"] = z, rz
+            if i < L:
+                sign = (z > 0).astype(np.int64)
+                t[f"S{i}"], t[f"V{i}"], t[f"A{i}"] = sign, 2 * sign * z - z - sign, z * sign
+                acts.append(t[f"A{i}"])
+        c = mse_constant(bsz, self.dims[-1], s)
+        t["G"], t["RG"] = rescale(c * (t[f"Z{L}"] - y), s)
+        gz = t["G"]
+        for i in range(L, 0, -1):
+            t[f"GW{i}"], t[f"RGW{i}"] = rescale(gz.T @ acts[i - 1], s)
+            t[f"Gb{i}"] = gz.sum(axis=0)
+            if i > 1:
+                ga, rga = rescale(gz @ self.weights[i - 1], s)
+                t[f"GA{i - 1}"], t[f"RGA{i - 1}"] = ga, rga
+                gz = ga * t[f"S{i - 1}"]
+                t[f"GZ{i - 1}"] = gz
+        for i in range(1, L + 1):
+            t[f"UW{i}"], t[f"RUW{i}"] = rescale(self.lr * t[f"GW{i}"], s)
+            t[f"Ub{i}"], t[f"RUb{i}"] = rescale(self.lr * t[f"Gb{i}"], s)
+            t[f"W{i}n"] = t[f"W{i}"] - t[f"UW{i}"]
+            t[f"b{i}n"] = t[f"b{i}"] - t[f"Ub{i}"]
+        for name, arr in t.items():
+            if name[0] == "R" or name[0] in _UNSIGNED:
+                continue
+            check_bound(name, arr, cfg.bound, self.step_index)
+        tape = WitnessTape(
+            step=self.step_index,
+            dims=self.dims,
+            frac_bits=s,
+            value_bits=cfg.value_bits,
+            lr=self.lr,
+            mse_const=c,
+            batch_size=bsz,
+            tensors=t,
+        )
+        for i in range(1, L + 1):
+            self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()
+        self.step_index += 1
+        return tape

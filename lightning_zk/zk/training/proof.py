@@ -1,0 +1,171 @@
+"""Training proof objects and their versioned binary format (never pickled).
+
+Layout (little-endian, typed values as in docs/proof_format.md):
+
+    magic "LZKT" | version u16 (= 1) | kind u16 (1 = unit proof, 2 = chain seal) | body
+
+Unit body: commitment Wit, commitment v16, commitment vQ, Fp2 list carried point, Fp2 carried
+value, list of SumcheckProof bodies (one per relation, in transcript order), RangeProof body
+(v16, 16 bits), RangeProof body (vQ), LigeroProof bodies: Wit, v16, vQ, B_in openings.
+Seal body: Fp2 list pending point, Fp2 pending value, Fp2 dummy value, LigeroProof body.
+The decoder checks every tag, length and field element and rejects trailing bytes; any
+malformation raises :class:`~lightning_zk.zk.errors.ProofFormatError` with the byte offset.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import ProofFormatError
+from ..extension import Fp2
+from ..ligero import LigeroProof
+from ..lookup import RangeProof
+from ..pcs import Commitment
+from ..proof_format import (
+    _get_ligero,
+    _get_range,
+    _get_sumcheck,
+    _put_ligero,
+    _put_range,
+    _put_sumcheck,
+    _Reader,
+    _Writer,
+)
+from ..sumcheck import SumcheckProof
+
+__all__ = [
+    "PendingClaim",
+    "UnitProof",
+    "SealProof",
+    "encode_training_proof",
+    "decode_training_proof",
+    "TRAINING_MAGIC",
+    "TRAINING_VERSION",
+]
+
+TRAINING_MAGIC = b"LZKT"
+TRAINING_VERSION = 1
+KIND_UNIT, KIND_SEAL = 1, 2
+
+
+@dataclass(frozen=True)
+class PendingClaim:
+    """A masked claim B_out^(point) = value, discharged by the next unit's opening or a seal."""
+
+    point: tuple[Fp2, ...]
+    value: Fp2
+
+
+@dataclass
+class UnitProof:
+    wit_commitment: Commitment
+    v16_commitment: Commitment
+    vq_commitment: Commitment
+    carried_point: list[Fp2]
+    carried_value: Fp2
+    sumchecks: list[SumcheckProof]
+    range16: RangeProof
+    rangeq: RangeProof
+    wit_opening: LigeroProof
+    v16_opening: LigeroProof
+    vq_opening: LigeroProof
+    b_in_opening: LigeroProof
+
+
+@dataclass
+class SealProof:
+    """Opening of the last unit's B_out at its pending point (ends a chain)."""
+
+    pending_point: list[Fp2]
+    pending_value: Fp2
+    dummy_value: Fp2
+    opening: LigeroProof
+
+
+def _put_unit(w: _Writer, p: UnitProof) -> None:
+    for c in (p.wit_commitment, p.v16_commitment, p.vq_commitment):
+        w.commitment(c)
+    w.fp2_list(list(p.carried_point))
+    w.fp2(p.carried_value)
+    w.list_of(p.sumchecks, lambda sc: _put_sumcheck(w, sc))
+    _put_range(w, p.range16)
+    _put_range(w, p.rangeq)
+    for o in (p.wit_opening, p.v16_opening, p.vq_opening, p.b_in_opening):
+        _put_ligero(w, o)
+
+
+def _get_unit(r: _Reader) -> UnitProof:
+    return UnitProof(
+        wit_commitment=r.commitment("unit.wit_commitment"),
+        v16_commitment=r.commitment("unit.v16_commitment"),
+        vq_commitment=r.commitment("unit.vq_commitment"),
+        carried_point=r.fp2_list("unit.carried_point"),
+        carried_value=r.fp2("unit.carried_value"),
+        sumchecks=r.list_of(lambda: _get_sumcheck(r), "unit.sumchecks"),
+        range16=_get_range(r),
+        rangeq=_get_range(r),
+        wit_opening=_get_ligero(r),
+        v16_opening=_get_ligero(r),
+        vq_opening=_get_ligero(r),
+        b_in_opening=_get_ligero(r),
+    )
+
+
+def _put_seal(w: _Writer, p: SealProof) -> None:
+    w.fp2_list(list(p.pending_point))
+    w.fp2(p.pending_value)
+    w.fp2(p.dummy_value)
+    _put_ligero(w, p.opening)
+
+
+def _get_seal(r: _Reader) -> SealProof:
+    return SealProof(
+        pending_point=r.fp2_list("seal.pending_point"),
+        pending_value=r.fp2("seal.pending_value"),
+        dummy_value=r.fp2("seal.dummy_value"),
+        opening=_get_ligero(r),
+    )
+
+
+def encode_training_proof(proof: UnitProof | SealProof) -> bytes:
+    """Serialise a unit proof or a seal."""
+    kind, put = {UnitProof: (KIND_UNIT, _put_unit), SealProof: (KIND_SEAL, _put_seal)}.get(
+        type(proof), (None, None)
+    )
+    if kind is None or put is None:
+        raise ProofFormatError(f"encode_training_proof: no format for {type(proof).__name__}")
+    w = _Writer()
+    w.raw(TRAINING_MAGIC + struct.pack("<HH", TRAINING_VERSION, kind))
+    put(w, proof)
+    return b"".join(w.parts)
+
+
+def decode_training_proof(data: bytes, expected_kind: type | None = None) -> Any:
+    """Parse bytes into a UnitProof or SealProof; ProofFormatError on anything malformed."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProofFormatError(f"decode_training_proof: expected bytes, got {type(data).__name__}")
+    r = _Reader(bytes(data))
+    if r.take(4, "magic") != TRAINING_MAGIC:
+        raise ProofFormatError("bad magic: not a lightning-zk training proof", offset=0)
+    version, kind = struct.unpack("<HH", r.take(4, "header"))
+    if version != TRAINING_VERSION:
+        raise ProofFormatError(f"unsupported training proof version {version}", offset=4)
+    getters = {KIND_UNIT: (UnitProof, _get_unit), KIND_SEAL: (SealProof, _get_seal)}
+    if kind not in getters:
+        raise ProofFormatError(f"unknown training proof kind {kind}", offset=6)
+    cls, get = getters[kind]
+    if expected_kind is not None and cls is not expected_kind:
+        raise ProofFormatError(
+            f"{cls.__name__} where {expected_kind.__name__} was expected", offset=6
+        )
+    try:
+        proof = get(r)
+    except ProofFormatError:
+        raise
+    except (ValueError, struct.error, OverflowError, IndexError, MemoryError) as exc:
+        raise ProofFormatError(f"malformed training proof: {exc}", offset=r.pos) from exc
+    if r.remaining():
+        raise ProofFormatError(f"{r.remaining()} trailing bytes after the proof", offset=r.pos)
+    return proof

@@ -1,0 +1,317 @@
+"""Prover of a training proof unit (T >= 1 consecutive SGD steps) and of the chain seal.
+
+Transcript order (the verifier in :mod:`.verifier` mirrors it line by line):
+statement -> commitments Wit, v16, vQ -> carried claim on B_in -> one zk sumcheck per relation
+(challenges drawn inside each builder after everything before was absorbed) -> logUp range
+proofs of v16 (s bits) and vQ (Q bits) -> one batched opening per commitment (Wit, v16, vQ,
+B_in). B_out is *not* opened here: its claim is pending until the next unit (or the seal)
+opens B_out exactly once, so hiding commitments are never opened twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ...fixed.tape import WitnessTape, tensor_names
+from ..backend import get_backend, to_numpy
+from ..errors import ParameterError
+from ..extension import Fp2, e_from_base
+from ..field import from_signed
+from ..ligero import Ligero, LigeroConfig, LigeroState
+from ..lookup import prove_range
+from ..multilinear import eq_table
+from ..randomness import as_rng
+from ..sumcheck import prove_sumcheck
+from ..transcript import Transcript
+from .common import SEAL_DOMAIN, UNIT_DOMAIN, slot_of
+from .layout import Arch, Layout, build_layout, theta_names
+from .placement import Free, opening_point, place, place_mask
+from .proof import PendingClaim, SealProof, UnitProof
+from .relations import (
+    Committed,
+    PubBlocks,
+    PubEq,
+    PubPad,
+    PubSmall,
+    count_wit_claims,
+    relation_builders,
+)
+from .statement import TrainingStatement
+from .witness import check_witness, range_tables, theta_table, wit_table
+
+__all__ = ["ChainLink", "prove_unit", "prove_step", "prove_epoch", "prove_seal"]
+
+
+@dataclass
+class ChainLink:
+    """Prover-side state handed from one unit to the next (kept in memory, never saved)."""
+
+    statement: TrainingStatement
+    b_out_state: LigeroState
+    b_out_table: Any
+    pending: PendingClaim
+    params: dict[str, np.ndarray]
+
+
+def _pad_table(f: PubPad, n: int, xp: Any) -> Any:
+    out = np.zeros(1 << n, dtype=np.uint64)
+    for code, axes in f.items:
+        block = np.ones([1 << f.tau, *[1 << b for b, _ in axes]], dtype=np.uint64)
+        block[(slice(None), *[slice(0, size) for _, size in axes])] = 0
+        c = 0
+        for bit in code:
+            c = (c << 1) | bit
+        out[c :: 1 << len(code)] = block.reshape(-1)
+    return e_from_base(xp.asarray(out))
+
+
+def _public_table(f: PubEq | PubSmall | PubBlocks | PubPad, n: int, xp: Any) -> Any:
+    if isinstance(f, PubEq):
+        return place(eq_table(list(f.point), xp), [Free(i) for i in f.vars], n)
+    if isinstance(f, PubSmall):
+        vals = xp.asarray([[v.c0 for v in f.values], [v.c1 for v in f.values]], dtype=xp.uint64)
+        return place(vals, [Free(i) for i in f.vars], n)
+    if isinstance(f, PubPad):
+        return _pad_table(f, n, xp)
+    out = xp.zeros(1 << n, dtype=xp.uint64)
+    for code, w in f.items:
+        c = 0
+        for bit in code:
+            c = (c << 1) | bit
+        out[c :: 1 << len(code)] += np.uint64(w)
+    return e_from_base(out)
+
+
+def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
+    if not tapes:
+        raise ParameterError("prove_unit: need at least one witness tape")
+    first = tapes[0]
+    for u, tp in enumerate(tapes):
+        tp.validate()
+        same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const)
+        if same != (
+            first.dims,
+            first.batch_size,
+            first.frac_bits,
+            first.value_bits,
+            first.lr,
+            first.mse_const,
+        ):
+            raise ParameterError(f"prove_unit: tape {u} (step {tp.step}) has other parameters")
+        if tp.step != first.step + u:
+            raise ParameterError(
+                f"prove_unit: tapes must be consecutive steps; got step {tp.step} at position {u}"
+            )
+    if prev is not None:
+        want = prev.statement.step_start + prev.statement.num_steps
+        if first.step != want or tuple(prev.statement.dims) != first.dims:
+            raise ParameterError(
+                f"prove_unit: unit starts at step {first.step}, the chain expects step {want}"
+            )
+
+
+def prove_unit(
+    tapes: Sequence[WitnessTape],
+    prev: ChainLink | None = None,
+    *,
+    backend: str = "auto",
+    rng: Any = None,
+    strict: bool = True,
+    security_bits: int = 100,
+    blowup: int = 4,
+) -> tuple[UnitProof, TrainingStatement, ChainLink]:
+    """Prove the consecutive steps in ``tapes`` (a unit); ``prev`` continues a chain.
+
+    Args:
+        tapes: witness tapes of consecutive steps (1 for a step proof, an epoch for FAC4DNN
+            aggregation; stacked to T = max(2, next power of two) instances).
+        prev: the previous unit's :class:`ChainLink` (None starts a chain: B_in is committed
+            here from the first tape's weights).
+        backend: ``"auto"``, ``"numpy"`` or ``"cupy"`` for the commitments and sumchecks.
+        rng: prover randomness (None: OS CSPRNG; an int only for tests).
+        strict: check every relation in integers first (WitnessError); ``False`` only for
+            soundness tests that feed a cheating witness to the verifier.
+    Returns:
+        (proof, public statement, link for the next unit / the seal).
+    """
+    _check_tapes(tapes, prev)
+    if strict:
+        check_witness(tapes, prev.params if prev is not None else None)
+    xp = get_backend(backend).xp
+    rng = as_rng(rng)
+    pcs = Ligero(LigeroConfig(security_bits, blowup))
+    first, last = tapes[0], tapes[-1]
+    L = first.num_layers
+    arch = Arch(first.dims, first.batch_size, max(2, 1 << (len(tapes) - 1).bit_length()))
+    layout = build_layout(arch, tensor_names(L))
+    before = {k: first.tensors[k] for k in theta_names(L)}
+    after = {k: last.tensors[k + "n"] for k in theta_names(L)}
+
+    def commit(table: np.ndarray, points: int) -> tuple[Any, Any, Any]:
+        field = xp.asarray(_field(table))
+        com, st = pcs.commit(field, num_points=points, rng=rng)
+        return com, st, field
+
+    if prev is None:
+        b_in_com, b_in_state, b_in_tab = commit(theta_table(layout, before), 2)
+    else:
+        b_in_com, b_in_state = prev.statement.weights_out, prev.b_out_state
+        b_in_tab = prev.b_out_table
+    b_out_com, b_out_state, b_out_tab = commit(theta_table(layout, after), 2)
+    stmt = TrainingStatement(
+        first.dims,
+        first.batch_size,
+        first.frac_bits,
+        first.value_bits,
+        first.lr,
+        first.mse_const,
+        first.step,
+        len(tapes),
+        prev is None,
+        b_in_com,
+        b_out_com,
+        security_bits,
+        blowup,
+    )
+    wit_int = wit_table(layout, tapes)
+    v16_int, vq_int = range_tables(layout, wit_int, first.frac_bits, first.value_bits)
+    tr = Transcript(UNIT_DOMAIN)
+    stmt.absorb(tr)  # the full public statement first
+    wit_com, wit_state, wit_tab = commit(wit_int, count_wit_claims(layout, stmt))
+    v16_com, v16_state, v16_tab = commit(v16_int, 2)
+    vq_com, vq_state, vq_tab = commit(vq_int, 2)
+    wit_com.absorb_into(tr, "unit.wit")
+    v16_com.absorb_into(tr, "unit.v16")
+    vq_com.absorb_into(tr, "unit.vq")
+    if prev is None:
+        c_point = tr.challenge_ext_list("chain.initial", layout.b_vars)
+        c_value = pcs.masked_evaluate(b_in_state, c_point, 0)
+    else:
+        c_point, c_value = list(prev.pending.point), prev.pending.value
+    tr.absorb_ext("chain.carried_point", c_point)
+    tr.absorb_ext("chain.carried_value", c_value)
+
+    data = {"wit": wit_tab, "v16": v16_tab, "vq": vq_tab, "bin": b_in_tab, "bout": b_out_tab}
+    states = {
+        "wit": wit_state,
+        "v16": v16_state,
+        "vq": vq_state,
+        "bin": b_in_state,
+        "bout": b_out_state,
+    }
+    claims: dict[str, dict[int, tuple[list[Fp2], Fp2]]] = {k: {} for k in data}
+    sumchecks = []
+    next_wit = 0
+    for build in relation_builders(layout, stmt):
+        rel = build(tr)
+        n = rel.num_vars
+        tables, masks, placed = [], [], {}
+        for k, f in enumerate(rel.factors):
+            if not isinstance(f, Committed):
+                tables.append(_public_table(f, n, xp))
+                masks.append(None)
+                continue
+            if f.mask_index is None:
+                j, next_wit = next_wit, next_wit + 1
+            else:
+                j = f.mask_index
+            full = _full_assign(layout, f)
+            slot = slot_of(layout, f)
+            sub = data[f.com][slot.code_int :: 1 << len(slot.code)]
+            tables.append(place(sub, f.assign, n))
+            st = states[f.com]
+            mu = pcs.mask_table(st, j)
+            masks.append(place_mask(mu, full[len(full) - st.params.col_vars :], n))
+            placed[k] = (f.com, j, full)
+        proof, claim = prove_sumcheck(
+            rel.spec(), tables, tr, claimed_sum=0, masks=masks, pcs=pcs, rng=rng
+        )
+        sumchecks.append(proof)
+        for k, (com, j, full) in placed.items():
+            claims[com][j] = (opening_point(full, claim.point), claim.evaluations[k])
+
+    s, q = first.frac_bits, first.value_bits
+    r16, c16 = prove_range(
+        tr,
+        to_numpy(v16_tab),
+        bits=s,
+        value_mask=pcs.round1_mask(v16_state, 1),
+        pcs=pcs,
+        rng=rng,
+        strict=strict,
+    )
+    rq, cq = prove_range(
+        tr,
+        to_numpy(vq_tab),
+        bits=q,
+        value_mask=pcs.round1_mask(vq_state, 1),
+        pcs=pcs,
+        rng=rng,
+        strict=strict,
+    )
+    claims["v16"][1] = (c16.point, c16.value)
+    claims["vq"][1] = (cq.point, cq.value)
+    wit_points = [claims["wit"][j][0] for j in range(next_wit)]
+    proof = UnitProof(
+        wit_com,
+        v16_com,
+        vq_com,
+        c_point,
+        c_value,
+        sumchecks,
+        r16,
+        rq,
+        pcs.open(wit_state, wit_points, tr),
+        pcs.open(v16_state, [claims["v16"][0][0], claims["v16"][1][0]], tr),
+        pcs.open(vq_state, [claims["vq"][0][0], claims["vq"][1][0]], tr),
+        pcs.open(b_in_state, [c_point, claims["bin"][1][0]], tr),
+    )
+    pend = PendingClaim(tuple(claims["bout"][0][0]), claims["bout"][0][1])
+    return proof, stmt, ChainLink(stmt, b_out_state, b_out_tab, pend, after)
+
+
+def _field(table: np.ndarray) -> np.ndarray:
+    """Signed int64 table -> field elements (x -> x mod p; |x| < 2^62 always holds here)."""
+    return from_signed(np.asarray(table, dtype=np.int64))
+
+
+def _full_assign(layout: Layout, f: Committed) -> tuple:
+    full = f.assign + tuple(slot_of(layout, f).code)
+    if not isinstance(full[0], Free) or full[0].index != 0:
+        raise ParameterError(
+            f"factor {f.slot}: a committed polynomial's first variable must be sumcheck "
+            "variable 0 (its masked opening needs it)"
+        )
+    return full
+
+
+def prove_step(
+    tape: WitnessTape, prev: ChainLink | None = None, **kw: Any
+) -> tuple[UnitProof, TrainingStatement, ChainLink]:
+    """One step as its own unit (stacked with one zero instance)."""
+    return prove_unit([tape], prev, **kw)
+
+
+def prove_epoch(
+    tapes: Sequence[WitnessTape], prev: ChainLink | None = None, **kw: Any
+) -> tuple[UnitProof, TrainingStatement, ChainLink]:
+    """FAC4DNN aggregation: all steps of an epoch in one unit (one sumcheck per relation)."""
+    return prove_unit(tapes, prev, **kw)
+
+
+def prove_seal(link: ChainLink, *, security_bits: int = 100, blowup: int = 4) -> SealProof:
+    """Open the last unit's B_out once, at its pending point (and a transcript-chosen point)."""
+    pcs = Ligero(LigeroConfig(security_bits, blowup))
+    tr = Transcript(SEAL_DOMAIN)
+    link.statement.absorb(tr)
+    tr.absorb_ext("seal.pending_point", list(link.pending.point))
+    tr.absorb_ext("seal.pending_value", link.pending.value)
+    dummy = tr.challenge_ext_list("seal.dummy", link.b_out_state.params.num_vars)
+    dval = pcs.masked_evaluate(link.b_out_state, dummy, 1)
+    tr.absorb_ext("seal.dummy_value", dval)
+    opening = pcs.open(link.b_out_state, [list(link.pending.point), dummy], tr)
+    return SealProof(list(link.pending.point), link.pending.value, dval, opening)

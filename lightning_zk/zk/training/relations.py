@@ -1,0 +1,443 @@
+"""The relations of one proof unit, each proved by one zero-knowledge sumcheck with sum 0.
+
+Every relation is an identity over the Boolean hypercube (all steps t of the unit, all tensor
+indices); the verifier draws a random point r and the sumcheck proves sum_x eq(r, x) E(x) = 0,
+which for a nonzero E fails except with probability (#vars)/p^2 (Schwartz-Zippel over F_p2).
+Inner products (matmuls) contract one axis inside the same sumcheck: terms over different
+index sets share one domain (t, y) and each term is padded by eq(0, unused y) selectors, so
+the claimed sum is the public constant 0 and every committed value leaves the sumcheck as a
+masked opening claim (nothing is revealed in the clear).
+
+Relations per layer l (stacked over t; s = frac_bits, c = MSE constant, lr = learning rate):
+
+* forward:   sum_k A_{l-1}[b,k] W_l[o,k] + 2^s ind(b) b_l[o] - 2^s Z_l[b,o] - RZ_l[b,o] = 0
+* activation (l < L): A = Z S;  V = 2 S Z - Z - S;  GZ = GA S
+  output (l = L):     c (Z_L - y) - 2^s G - RG = 0
+* weight grad: sum_b GZ_l[b,o] A_{l-1}[b,k] - 2^s GW - RGW = 0;  sum_b GZ_l[b,o] - Gb = 0
+* input grad (l >= 2): sum_o GZ_l[b,o] W_l[o,k] - 2^s GA_{l-1}[b,k] - RGA_{l-1} = 0
+* update: lr GW - 2^s UW - RUW = 0;  W' = W - UW;  same for the bias
+* chain: Theta_out(t) = Theta_in(t+1) inside the unit; Theta_in(0) = B_in(0, .);
+  Theta_out(last) = B_out(0, .)
+* global: v16 = sel16 Wit + shift16 (remainders + 2^(s-1)), vQ = selQ Wit + shiftQ
+  (signed values + 2^(Q-1), V unshifted), S (1 - S) = 0 on sign blocks; v16 and vQ are then
+  range-checked by logUp (16 and Q bits); every tensor's zero-padding is zero.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from ..extension import Fp2
+from ..multilinear import eq_eval
+from ..sumcheck import SumcheckSpec, Term
+from ..transcript import Transcript
+from .layout import Layout, TensorSlot
+from .placement import Free, Var, small_mle
+from .statement import TrainingStatement
+
+__all__ = [
+    "Committed",
+    "PubEq",
+    "PubSmall",
+    "PubBlocks",
+    "Relation",
+    "relation_builders",
+    "tensor_class",
+]
+
+
+@dataclass(frozen=True)
+class Committed:
+    """A committed tensor placed on the sumcheck; ``com`` in wit | v16 | vq | bin | bout."""
+
+    com: str
+    slot: str
+    assign: tuple[Var, ...]
+    mask_index: int | None = None  # None: the next Wit opening index
+
+
+@dataclass(frozen=True)
+class PubEq:
+    """eq(point, y[vars]) (public; O(len) to evaluate)."""
+
+    vars: tuple[int, ...]
+    point: tuple[Fp2, ...]
+
+
+@dataclass(frozen=True)
+class PubSmall:
+    """A small public table over y[vars] (instance selectors, batch indicator)."""
+
+    vars: tuple[int, ...]
+    values: tuple[Fp2, ...]
+
+
+@dataclass(frozen=True)
+class PubBlocks:
+    """sum_i w_i [low bits of y == code_i] over all variables (block selectors of Wit)."""
+
+    items: tuple[tuple[tuple[int, ...], int], ...]
+
+
+@dataclass(frozen=True)
+class PubPad:
+    """Indicator of the zero-padding of every tensor: sum_i [code_i] (1 - prod_a [y_a < n_a]).
+
+    Items are (code, ((bits, true length) per axis after t)); padding must hold zeros, or a
+    cheating prover could hide extra batch rows or hidden units there.
+    """
+
+    tau: int
+    items: tuple[tuple[tuple[int, ...], tuple[tuple[int, int], ...]], ...]
+
+
+def _ind(bits: int, size: int) -> list[int]:
+    return [1] * size + [0] * ((1 << bits) - size)
+
+
+Factor = Committed | PubEq | PubSmall | PubBlocks | PubPad
+
+
+@dataclass
+class Relation:
+    name: str
+    num_vars: int
+    factors: list[Factor] = field(default_factory=list)
+    terms: list[tuple[Fp2, tuple[int, ...]]] = field(default_factory=list)
+
+    def add(self, f: Factor | None) -> int | None:
+        if f is None:
+            return None
+        self.factors.append(f)
+        return len(self.factors) - 1
+
+    def term(self, coeff: Fp2 | int, *idx: int | None) -> None:
+        self.terms.append((Fp2.lift(coeff), tuple(i for i in idx if i is not None)))
+
+    def spec(self) -> SumcheckSpec:
+        masked = tuple(isinstance(f, Committed) for f in self.factors)
+        terms = tuple(Term(c, f) for c, f in self.terms)
+        return SumcheckSpec(self.num_vars, len(self.factors), terms, True, masked)
+
+
+def public_value(f: Factor, point: Sequence[Fp2]) -> Fp2:
+    """The verifier's own evaluation of a public factor at the sumcheck's final point."""
+    if isinstance(f, PubEq):
+        return eq_eval(list(f.point), [point[i] for i in f.vars])
+    if isinstance(f, PubSmall):
+        return small_mle(list(f.values), [point[i] for i in f.vars])
+    if isinstance(f, PubPad):
+        n = len(point)
+        acc = Fp2(0)
+        for code, axes in f.items:
+            pos, inside = f.tau, Fp2(1)
+            for bits, size in axes:
+                inside = inside * small_mle(_ind(bits, size), list(point[pos : pos + bits]))
+                pos += bits
+            acc = acc + eq_eval(list(code), list(point[n - len(code) :])) * (1 - inside)
+        return acc
+    if isinstance(f, PubBlocks):
+        n = len(point)
+        acc = Fp2(0)
+        for code, w in f.items:
+            acc = acc + eq_eval(list(code), list(point[n - len(code) :])) * w
+        return acc
+    raise TypeError(f"not a public factor: {f!r}")
+
+
+def tensor_class(name: str) -> str:
+    """Range class of a Wit tensor: remainder | sign | vwit | signed."""
+    stem = name.rstrip("0123456789")
+    if name.startswith("R"):
+        return "remainder"
+    if stem == "S":
+        return "sign"
+    if stem == "V":
+        return "vwit"
+    return "signed"
+
+
+class _Ctx:
+    def __init__(self, layout: Layout, stmt: TrainingStatement) -> None:
+        self.lay, self.st, self.arch = layout, stmt, layout.arch
+        self.tau = layout.arch.tau
+
+    def wit(self, name: str, **axes: int | Sequence[Fp2]) -> Committed:
+        """Place Wit tensor ``name``: axis=start (free from that variable) or a bound point."""
+        slot: TensorSlot = self.lay.wit[name]
+        assign: list[Var] = []
+        for ax, bits in slot.axes:
+            v = axes.get(ax, 0 if ax == "t" else None)
+            if v is None:
+                raise KeyError(f"axis {ax} of {name} not placed")
+            if isinstance(v, int):
+                assign += [Free(v + i) for i in range(bits)]
+            else:
+                assign += list(v)
+        return Committed("wit", name, tuple(assign))
+
+    @staticmethod
+    def eq(start: int, point: Sequence[Fp2]) -> PubEq:
+        return PubEq(tuple(range(start, start + len(point))), tuple(point))
+
+    @staticmethod
+    def zero(start: int, stop: int) -> PubEq | None:
+        return (
+            PubEq(tuple(range(start, stop)), (Fp2(0),) * (stop - start)) if stop > start else None
+        )
+
+    def gz(self, layer: int) -> str:
+        return "G" if layer == self.arch.num_layers else f"GZ{layer}"
+
+    def act(self, layer: int) -> str:
+        return "x" if layer == 0 else f"A{layer}"
+
+
+def _forward(c: _Ctx, tr: Transcript, i: int) -> Relation:
+    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits
+    r_t, r_b = tr.challenge_ext_list("fwd.r_t", tau), tr.challenge_ext_list("fwd.r_b", nb)
+    r_o = tr.challenge_ext_list("fwd.r_o", no)
+    n = tau + max(K, nb + no)
+    rel, y = Relation(f"forward{i}", n), tau
+    et = rel.add(c.eq(0, r_t))
+    a = rel.add(c.wit(c.act(i - 1), b=r_b, o=y))
+    w = rel.add(c.wit(f"W{i}", o=r_o, k=y))
+    sk = rel.add(c.zero(y + K, n))
+    ebo = rel.add(c.eq(y, r_b + r_o))
+    z = rel.add(c.wit(f"Z{i}", b=y, o=y + nb))
+    rz = rel.add(c.wit(f"RZ{i}", b=y, o=y + nb))
+    sbo = rel.add(c.zero(y + nb + no, n))
+    eo = rel.add(c.eq(y, r_o))
+    bias = rel.add(c.wit(f"b{i}", o=y))
+    so = rel.add(c.zero(y + no, n))
+    bsz = c.arch.batch_size
+    ind = small_mle([1] * bsz + [0] * ((1 << nb) - bsz), r_b)
+    rel.term(1, et, a, w, sk)
+    rel.term(-(1 << s), et, ebo, z, sbo)
+    rel.term(-1, et, ebo, rz, sbo)
+    rel.term(ind * (1 << s), et, eo, bias, so)
+    return rel
+
+
+def _elementwise(c: _Ctx, tr: Transcript, i: int) -> Relation:
+    tau, nb, no, s = c.tau, c.arch.nb, c.arch.nd(i), c.st.frac_bits
+    n = tau + nb + no
+    r = tr.challenge_ext_list("elem.r", n)
+    a1, a2 = tr.challenge_ext_list("elem.alpha", 2)
+    rel = Relation(f"elementwise{i}", n)
+    eq = rel.add(c.eq(0, r))
+
+    def t(name: str) -> int | None:
+        return rel.add(c.wit(name, b=tau, o=tau + nb))
+
+    if i < c.arch.num_layers:
+        A, Z, S, V, GZ, GA = (t(f"{k}{i}") for k in ("A", "Z", "S", "V", "GZ", "GA"))
+        rel.term(1, eq, A)
+        rel.term(-1, eq, Z, S)
+        rel.term(a1, eq, V)
+        rel.term(a1 * -2, eq, S, Z)
+        rel.term(a1, eq, Z)
+        rel.term(a1, eq, S)
+        rel.term(a2, eq, GZ)
+        rel.term(-a2, eq, GA, S)
+    else:
+        Z, Y, G, RG = t(f"Z{i}"), t("y"), t("G"), t("RG")
+        rel.term(c.st.mse_const, eq, Z)
+        rel.term(-c.st.mse_const, eq, Y)
+        rel.term(-(1 << s), eq, G)
+        rel.term(-1, eq, RG)
+    return rel
+
+
+def _weight_grad(c: _Ctx, tr: Transcript, i: int) -> Relation:
+    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits
+    r_t, r_o = tr.challenge_ext_list("wgrad.r_t", tau), tr.challenge_ext_list("wgrad.r_o", no)
+    r_k = tr.challenge_ext_list("wgrad.r_k", K)
+    gamma = tr.challenge_ext("wgrad.gamma")
+    n = tau + max(nb, no + K)
+    rel, y = Relation(f"weight_grad{i}", n), tau
+    et = rel.add(c.eq(0, r_t))
+    gz = rel.add(c.wit(c.gz(i), b=y, o=r_o))
+    a = rel.add(c.wit(c.act(i - 1), b=y, o=r_k))
+    sb = rel.add(c.zero(y + nb, n))
+    eok = rel.add(c.eq(y, r_o + r_k))
+    gw = rel.add(c.wit(f"GW{i}", o=y, k=y + no))
+    rgw = rel.add(c.wit(f"RGW{i}", o=y, k=y + no))
+    sok = rel.add(c.zero(y + no + K, n))
+    eo = rel.add(c.eq(y, r_o))
+    gb = rel.add(c.wit(f"Gb{i}", o=y))
+    so = rel.add(c.zero(y + no, n))
+    rel.term(1, et, gz, a, sb)
+    rel.term(-(1 << s), et, eok, gw, sok)
+    rel.term(-1, et, eok, rgw, sok)
+    rel.term(gamma, et, gz, sb)
+    rel.term(-gamma, et, eo, gb, so)
+    return rel
+
+
+def _input_grad(c: _Ctx, tr: Transcript, i: int) -> Relation:
+    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits
+    r_t, r_b = tr.challenge_ext_list("igrad.r_t", tau), tr.challenge_ext_list("igrad.r_b", nb)
+    r_k = tr.challenge_ext_list("igrad.r_k", K)
+    n = tau + max(no, nb + K)
+    rel, y = Relation(f"input_grad{i}", n), tau
+    et = rel.add(c.eq(0, r_t))
+    gz = rel.add(c.wit(c.gz(i), b=r_b, o=y))
+    w = rel.add(c.wit(f"W{i}", o=y, k=r_k))
+    so = rel.add(c.zero(y + no, n))
+    ebk = rel.add(c.eq(y, r_b + r_k))
+    ga = rel.add(c.wit(f"GA{i - 1}", b=y, o=y + nb))
+    rga = rel.add(c.wit(f"RGA{i - 1}", b=y, o=y + nb))
+    sbk = rel.add(c.zero(y + nb + K, n))
+    rel.term(1, et, gz, w, so)
+    rel.term(-(1 << s), et, ebk, ga, sbk)
+    rel.term(-1, et, ebk, rga, sbk)
+    return rel
+
+
+def _update(c: _Ctx, tr: Transcript, i: int) -> Relation:
+    tau, K, no, s, lr = c.tau, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits, c.st.lr
+    n = tau + no + K
+    r = tr.challenge_ext_list("update.r", n)
+    a1, a2, a3 = tr.challenge_ext_list("update.alpha", 3)
+    rel = Relation(f"update{i}", n)
+    ew = rel.add(c.eq(0, r))
+    eb = rel.add(c.eq(0, r[: tau + no]))
+    sk = rel.add(c.zero(tau + no, n))
+
+    def mat(name: str) -> int | None:
+        return rel.add(c.wit(name, o=tau, k=tau + no))
+
+    def vec(name: str) -> int | None:
+        return rel.add(c.wit(name, o=tau))
+
+    W, GW, UW, RUW = (mat(f"{k}{i}") for k in ("W", "GW", "UW", "RUW"))
+    Wn = mat(f"W{i}n")
+    b, bn, Gb, Ub, RUb = vec(f"b{i}"), vec(f"b{i}n"), vec(f"Gb{i}"), vec(f"Ub{i}"), vec(f"RUb{i}")
+    rel.term(lr, ew, GW)
+    rel.term(-(1 << s), ew, UW)
+    rel.term(-1, ew, RUW)
+    rel.term(a1, ew, Wn)
+    rel.term(-a1, ew, W)
+    rel.term(a1, ew, UW)
+    rel.term(a2 * lr, eb, sk, Gb)
+    rel.term(a2 * -(1 << s), eb, sk, Ub)
+    rel.term(-a2, eb, sk, RUb)
+    rel.term(a3, eb, sk, bn)
+    rel.term(-a3, eb, sk, b)
+    rel.term(a3, eb, sk, Ub)
+    return rel
+
+
+def _bits(v: int, width: int) -> list[int]:
+    return [(v >> (width - 1 - j)) & 1 for j in range(width)]
+
+
+def _chain(c: _Ctx, tr: Transcript) -> Relation:
+    tau, nth = c.tau, c.lay.theta_vars
+    T, Tr = c.arch.num_instances, c.st.num_steps
+    n = tau + nth
+    r_t = tr.challenge_ext_list("chain.r_t", tau)
+    r_th = tr.challenge_ext_list("chain.r_theta", nth)
+    a1, a2 = tr.challenge_ext_list("chain.alpha", 2)
+    eqs = [eq_eval(r_t, _bits(t, tau)) for t in range(T)]
+    e1 = [eqs[t] if t < Tr - 1 else Fp2(0) for t in range(T)]
+    e2 = [eqs[t - 1] if 1 <= t <= Tr - 1 else Fp2(0) for t in range(T)]
+    last = Tr - 1
+    last_h0 = last & ~(1 << (tau - 1))
+    d0 = [Fp2(int(t == 0)) for t in range(T)]
+    dl = [Fp2(int(t == last)) for t in range(T)]
+    dl0 = [Fp2(int(t == last_h0)) for t in range(T)]
+    tv = tuple(range(tau))
+    rel = Relation("chain", n)
+    eth = rel.add(c.eq(tau, r_th))
+    free = tuple(Free(i) for i in range(n))
+    tin = rel.add(Committed("wit", "THETA_IN", free))
+    tout = rel.add(Committed("wit", "THETA_OUT", free))
+    bfree = (Free(0), *[Free(tau + j) for j in range(nth)])
+    b_in = rel.add(Committed("bin", "THETA", bfree, mask_index=1))
+    b_out = rel.add(Committed("bout", "THETA", bfree, mask_index=0))
+    f1, f2 = rel.add(PubSmall(tv, tuple(e1))), rel.add(PubSmall(tv, tuple(e2)))
+    g0, gl, gl0 = (rel.add(PubSmall(tv, tuple(x))) for x in (d0, dl, dl0))
+    rel.term(1, eth, f1, tout)
+    rel.term(-1, eth, f2, tin)
+    rel.term(a1, eth, g0, tin)
+    rel.term(-a1, eth, g0, b_in)
+    rel.term(a2, eth, gl, tout)
+    rel.term(-a2, eth, gl0, b_out)
+    return rel
+
+
+def range_blocks(layout: Layout, s: int, q: int) -> dict[str, PubBlocks]:
+    """Public block selectors/shifts of the global relation (from the layout alone)."""
+    cls: dict[str, list[tuple[int, ...]]] = {"remainder": [], "sign": [], "vwit": [], "signed": []}
+    pads = []
+    for name, slot in layout.wit.items():
+        if not name.startswith("THETA"):
+            cls[tensor_class(name)].append(slot.code)
+            axes = tuple((b, n) for (_, b), n in zip(slot.axes[1:], slot.sizes, strict=True))
+            if any(n < 1 << b for b, n in axes):
+                pads.append((slot.code, axes))
+    return {
+        "pad": PubPad(layout.arch.tau, tuple(pads)),
+        "sel16": PubBlocks(tuple((cd, 1) for cd in cls["remainder"])),
+        "shift16": PubBlocks(tuple((cd, 1 << (s - 1)) for cd in cls["remainder"])),
+        "selq": PubBlocks(tuple((cd, 1) for cd in cls["signed"] + cls["vwit"])),
+        "shiftq": PubBlocks(tuple((cd, 1 << (q - 1)) for cd in cls["signed"])),
+        "sels": PubBlocks(tuple((cd, 1) for cd in cls["sign"])),
+    }
+
+
+def _global(c: _Ctx, tr: Transcript) -> Relation:
+    n = c.lay.wit_vars
+    r = tr.challenge_ext_list("global.r", n)
+    a1, a2, a3 = tr.challenge_ext_list("global.alpha", 3)
+    blocks = range_blocks(c.lay, c.st.frac_bits, c.st.value_bits)
+    rel = Relation("global", n)
+    free = tuple(Free(i) for i in range(n))
+    eq = rel.add(c.eq(0, r))
+    w = rel.add(Committed("wit", "ALL", free))
+    v16 = rel.add(Committed("v16", "ALL", free, mask_index=0))
+    vq = rel.add(Committed("vq", "ALL", free, mask_index=0))
+    pad, sel16, sh16, selq, shq, sels = (rel.add(blocks[k]) for k in blocks)
+    rel.term(1, eq, v16)
+    rel.term(-1, eq, sel16, w)
+    rel.term(-1, eq, sh16)
+    rel.term(a1, eq, vq)
+    rel.term(-a1, eq, selq, w)
+    rel.term(-a1, eq, shq)
+    rel.term(a2, eq, sels, w)
+    rel.term(-a2, eq, sels, w, w)
+    rel.term(a3, eq, pad, w)
+    return rel
+
+
+Builder = Callable[[Transcript], Relation]
+
+
+def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
+    """The unit's relations in transcript order; prover and verifier call the same list."""
+    c = _Ctx(layout, stmt)
+    out: list[Builder] = []
+    for i in range(1, layout.arch.num_layers + 1):
+        out.append(lambda tr, i=i: _forward(c, tr, i))
+        out.append(lambda tr, i=i: _elementwise(c, tr, i))
+        out.append(lambda tr, i=i: _weight_grad(c, tr, i))
+        if i >= 2:
+            out.append(lambda tr, i=i: _input_grad(c, tr, i))
+        out.append(lambda tr, i=i: _update(c, tr, i))
+    out.append(lambda tr: _chain(c, tr))
+    out.append(lambda tr: _global(c, tr))
+    return out
+
+
+def count_wit_claims(layout: Layout, stmt: TrainingStatement) -> int:
+    """Number of Wit opening points (fixed by the architecture, not by challenges)."""
+    tr = Transcript(b"lightning-zk/training/count")
+    return sum(
+        1
+        for build in relation_builders(layout, stmt)
+        for f in build(tr).factors
+        if isinstance(f, Committed) and f.com == "wit"
+    )

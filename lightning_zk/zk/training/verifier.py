@@ -1,0 +1,238 @@
+"""Verifier of training proof units, of the chain seal, and of whole chains.
+
+Mirrors :mod:`.prover` absorb for absorb. A unit verifies the relations of its steps, every
+opening of Wit, v16, vQ and B_in, and returns the *pending* claim on B_out that the next unit
+(or the seal) must discharge; :func:`verify_chain` links units and requires the seal, so only
+a complete chain binds the final weights commitment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+from ...fixed.engine import mse_constant
+from ...fixed.format import FixedPointConfig
+from ..errors import ShapeMismatchError, SumcheckError, TranscriptError, VerificationError
+from ..extension import Fp2
+from ..ligero import Ligero
+from ..lookup import verify_range
+from ..sumcheck import verify_sumcheck
+from ..transcript import Transcript
+from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
+from .layout import build_layout
+from .placement import opening_point
+from .proof import PendingClaim, SealProof, UnitProof
+from .relations import Committed, count_wit_claims, public_value, relation_builders
+from .statement import TrainingStatement
+
+__all__ = ["verify_unit", "verify_step", "verify_epoch", "verify_seal", "verify_chain"]
+
+
+def check_statement(stmt: TrainingStatement) -> None:
+    """Reject statements whose public constants could let values wrap in the field."""
+    try:
+        cfg = FixedPointConfig(stmt.frac_bits, stmt.value_bits)
+        cfg.check_fan_in(max(*stmt.dims, stmt.batch_size))
+    except ValueError as exc:
+        raise TranscriptError("statement fixed-point parameters", detail=str(exc)) from exc
+    want = mse_constant(stmt.batch_size, stmt.dims[-1], stmt.frac_bits)
+    if stmt.mse_const != want:
+        raise TranscriptError("statement MSE constant", expected=want, got=stmt.mse_const)
+    if not 0 < stmt.lr < 1 << stmt.frac_bits:
+        raise TranscriptError("statement learning rate in (0, 2^s)", got=stmt.lr)
+
+
+def verify_unit(
+    proof: UnitProof, stmt: TrainingStatement, carried: PendingClaim | None = None
+) -> PendingClaim:
+    """Check one unit proof against its statement; return the pending claim on B_out.
+
+    Args:
+        carried: the previous unit's pending claim (required to link a non-initial unit;
+            :func:`verify_chain` passes it).
+    Raises:
+        VerificationError (a subclass naming the failed check) on any mismatch.
+    """
+    check_statement(stmt)
+    layout = build_layout(stmt.arch, _names(stmt))
+    pcs = Ligero(stmt.pcs_config)
+    proof.wit_commitment.expect(
+        num_vars=layout.wit_vars,
+        extension=False,
+        num_points=count_wit_claims(layout, stmt),
+        what="Wit commitment",
+    )
+    for com, what in ((proof.v16_commitment, "v16"), (proof.vq_commitment, "vQ")):
+        com.expect(num_vars=layout.wit_vars, extension=False, num_points=2, what=what)
+    for com, what in ((stmt.weights_in, "B_in"), (stmt.weights_out, "B_out")):
+        com.expect(num_vars=layout.b_vars, extension=False, num_points=2, what=what)
+    tr = Transcript(UNIT_DOMAIN)
+    stmt.absorb(tr)
+    proof.wit_commitment.absorb_into(tr, "unit.wit")
+    proof.v16_commitment.absorb_into(tr, "unit.v16")
+    proof.vq_commitment.absorb_into(tr, "unit.vq")
+    c_point = list(proof.carried_point)
+    if len(c_point) != layout.b_vars:
+        raise ShapeMismatchError("carried point length", expected=layout.b_vars, got=len(c_point))
+    if stmt.chain_start:
+        want = tr.challenge_ext_list("chain.initial", layout.b_vars)
+        if c_point != want:
+            raise ChainError("initial carried point", expected=want, got=c_point)
+    elif carried is not None and (tuple(c_point), proof.carried_value) != (
+        carried.point,
+        carried.value,
+    ):
+        raise ChainError(
+            "carried claim = previous unit's pending claim on B_out",
+            expected=carried,
+            got=(c_point, proof.carried_value),
+        )
+    tr.absorb_ext("chain.carried_point", c_point)
+    tr.absorb_ext("chain.carried_value", proof.carried_value)
+
+    builders = relation_builders(layout, stmt)
+    if len(proof.sumchecks) != len(builders):
+        raise ShapeMismatchError(
+            "number of relation sumchecks", expected=len(builders), got=len(proof.sumchecks)
+        )
+    claims: dict[str, dict[int, tuple[list[Fp2], Fp2]]] = {
+        k: {} for k in ("wit", "v16", "vq", "bin", "bout")
+    }
+    next_wit = 0
+    for build, scp in zip(builders, proof.sumchecks, strict=True):
+        rel = build(tr)
+        with _stage(f"relation {rel.name}"):
+            claim = verify_sumcheck(rel.spec(), scp, tr, 0, pcs=pcs)
+        for k, f in enumerate(rel.factors):
+            got = claim.evaluations[k]
+            if isinstance(f, Committed):
+                if f.mask_index is None:
+                    j, next_wit = next_wit, next_wit + 1
+                else:
+                    j = f.mask_index
+                full = f.assign + tuple(slot_of(layout, f).code)
+                claims[f.com][j] = (opening_point(full, claim.point), got)
+            else:
+                want = public_value(f, claim.point)
+                if got != want:
+                    raise SumcheckError(f"{rel.name}: public factor {k}", expected=want, got=got)
+    with _stage("range check of remainders (v16)"):
+        c16 = verify_range(
+            tr, proof.range16, num_vars=layout.wit_vars, bits=stmt.frac_bits, pcs=pcs
+        )
+    with _stage("range check of values and signs (vQ)"):
+        cq = verify_range(tr, proof.rangeq, num_vars=layout.wit_vars, bits=stmt.value_bits, pcs=pcs)
+    claims["v16"][1] = (c16.point, c16.value)
+    claims["vq"][1] = (cq.point, cq.value)
+    wit = [claims["wit"][j] for j in range(next_wit)]
+    with _stage("opening of Wit"):
+        pcs.verify(
+            proof.wit_commitment, [p for p, _ in wit], [v for _, v in wit], proof.wit_opening, tr
+        )
+    for name, com, opening in (
+        ("v16", proof.v16_commitment, proof.v16_opening),
+        ("vq", proof.vq_commitment, proof.vq_opening),
+    ):
+        c = claims[name]
+        with _stage(f"opening of {name}"):
+            pcs.verify(com, [c[0][0], c[1][0]], [c[0][1], c[1][1]], opening, tr)
+    b = claims["bin"][1]
+    with _stage("opening of B_in (weights before)"):
+        pcs.verify(
+            stmt.weights_in, [c_point, b[0]], [proof.carried_value, b[1]], proof.b_in_opening, tr
+        )
+    out = claims["bout"][0]
+    return PendingClaim(tuple(out[0]), out[1])
+
+
+@contextmanager
+def _stage(name: str) -> Iterator[None]:
+    """Re-raise a sub-protocol's VerificationError with the training stage that failed."""
+    try:
+        yield
+    except VerificationError as exc:
+        raise type(exc)(
+            f"{name}: {exc.check}", round=exc.round, expected=exc.expected, got=exc.got
+        ) from exc
+
+
+def _names(stmt: TrainingStatement) -> list[str]:
+    from ...fixed.tape import tensor_names
+
+    return tensor_names(len(stmt.dims) - 1)
+
+
+verify_step = verify_unit
+verify_epoch = verify_unit
+
+
+def verify_seal(seal: SealProof, stmt: TrainingStatement, pending: PendingClaim) -> None:
+    """Check the opening that discharges the last unit's pending claim on B_out."""
+    if (tuple(seal.pending_point), seal.pending_value) != (pending.point, pending.value):
+        raise ChainError(
+            "seal covers the last pending claim",
+            expected=pending,
+            got=(seal.pending_point, seal.pending_value),
+        )
+    pcs = Ligero(stmt.pcs_config)
+    tr = Transcript(SEAL_DOMAIN)
+    stmt.absorb(tr)
+    tr.absorb_ext("seal.pending_point", list(pending.point))
+    tr.absorb_ext("seal.pending_value", pending.value)
+    dummy = tr.challenge_ext_list("seal.dummy", stmt.weights_out.num_vars)
+    tr.absorb_ext("seal.dummy_value", seal.dummy_value)
+    pcs.verify(
+        stmt.weights_out,
+        [list(pending.point), dummy],
+        [pending.value, seal.dummy_value],
+        seal.opening,
+        tr,
+    )
+
+
+def verify_chain(
+    statements: Sequence[TrainingStatement], proofs: Sequence[UnitProof], seal: SealProof | None
+) -> int:
+    """Verify consecutive units from the start of a run and the seal; return steps covered.
+
+    Raises:
+        ChainError: empty chain, a unit that does not start the chain first, a gap or overlap
+            in step indices, B_in of a unit not equal to B_out of the previous one, a carried
+            claim that is not the previous pending claim, or a missing seal.
+    """
+    if not statements or len(statements) != len(proofs):
+        raise ChainError("chain length", expected=len(statements), got=len(proofs))
+    pending: PendingClaim | None = None
+    prev: TrainingStatement | None = None
+    for u, (stmt, proof) in enumerate(zip(statements, proofs, strict=True)):
+        if stmt.chain_start != (u == 0):
+            raise ChainError("only the first unit starts the chain", round=u)
+        if prev is not None:
+            if stmt.step_start != prev.step_start + prev.num_steps:
+                raise ChainError(
+                    "consecutive steps",
+                    round=u,
+                    expected=prev.step_start + prev.num_steps,
+                    got=stmt.step_start,
+                )
+            if stmt.weights_in != prev.weights_out:
+                raise ChainError("B_in of unit = B_out of previous unit", round=u)
+            keep = (
+                "dims",
+                "batch_size",
+                "frac_bits",
+                "value_bits",
+                "lr",
+                "mse_const",
+                "security_bits",
+                "blowup",
+            )
+            if any(getattr(stmt, k) != getattr(prev, k) for k in keep):
+                raise ChainError("public parameters constant along the chain", round=u)
+        pending = verify_unit(proof, stmt, carried=pending)
+        prev = stmt
+    if seal is None or pending is None or prev is None:
+        raise ChainError("chain seal", expected="present", got="missing")
+    verify_seal(seal, prev, pending)
+    return prev.step_start + prev.num_steps - statements[0].step_start

@@ -1,0 +1,152 @@
+"""From witness tapes to the integer tables the prover commits, plus a strict witness check.
+
+The strict check recomputes every relation of docs/zk_training.md in exact integers before any
+cryptography, so an inconsistent tape fails fast with an error naming the relation, tensor and
+step (the verifier would reject the proof anyway; this gives a clear message and saves time).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ...fixed.engine import mse_constant
+from ...fixed.tape import WitnessTape, tensor_names
+from .layout import Layout, TensorSlot
+from .relations import tensor_class
+
+__all__ = ["WitnessError", "check_witness", "wit_table", "theta_table", "range_tables"]
+
+
+class WitnessError(ValueError):
+    """A tape does not satisfy a relation (the prover refuses to prove it)."""
+
+    def __init__(self, relation: str, tensor: str, step: int) -> None:
+        self.relation, self.tensor, self.step = relation, tensor, step
+        super().__init__(
+            f"witness tape of step {step} violates relation {relation!r} at tensor {tensor!r}"
+        )
+
+
+def _stack(tapes: Sequence[WitnessTape], name: str, slot: TensorSlot, T: int) -> np.ndarray:
+    shape = [1 << b for _, b in slot.axes[1:]]
+    out = np.zeros([T, *shape], dtype=np.int64)
+    for t, tape in enumerate(tapes):
+        arr = tape.tensors[name]
+        out[(t, *[slice(0, d) for d in arr.shape])] = arr
+    return out
+
+
+def _scatter(out: np.ndarray, slot: TensorSlot, data: np.ndarray) -> None:
+    out[slot.code_int :: 1 << len(slot.code)] = data.reshape(-1)
+
+
+def wit_table(layout: Layout, tapes: Sequence[WitnessTape]) -> np.ndarray:
+    """Signed int64 table of Wit (2^wit_vars entries)."""
+    T = layout.arch.num_instances
+    out = np.zeros(1 << layout.wit_vars, dtype=np.int64)
+    for name in tensor_names(layout.arch.num_layers):
+        slot = layout.wit[name]
+        _scatter(out, slot, _stack(tapes, name, slot, T))
+    for name in [n for n in layout.theta if n != "THETA"]:
+        slot = layout.wit[name + "n"]
+        _scatter(out, slot, _stack(tapes, name + "n", slot, T))
+    return out
+
+
+def theta_table(layout: Layout, params: dict[str, np.ndarray]) -> np.ndarray:
+    """Signed int64 table of a boundary commitment B: B(0, .) = Theta, B(1, .) = 0."""
+    out = np.zeros(1 << layout.b_vars, dtype=np.int64)
+    for name, slot in layout.theta.items():
+        if name == "THETA":
+            continue
+        shape = [1 << b for _, b in slot.axes]
+        data = np.zeros(shape, dtype=np.int64)
+        arr = params[name]
+        data[(0, *[slice(0, d) for d in arr.shape])] = arr
+        _scatter(out, slot, data)
+    return out
+
+
+def range_tables(layout: Layout, wit: np.ndarray, s: int, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """v16 = sel16 Wit + shift16 and vQ = selQ Wit + shiftQ (signed int64, see relations)."""
+    v16 = np.zeros_like(wit)
+    vq = np.zeros_like(wit)
+    for name, slot in layout.wit.items():
+        if name.startswith("THETA"):
+            continue
+        sl = slice(slot.code_int, None, 1 << len(slot.code))
+        kind = tensor_class(name)
+        if kind == "remainder":
+            v16[sl] = wit[sl] + (1 << (s - 1))
+        elif kind == "signed":
+            vq[sl] = wit[sl] + (1 << (q - 1))
+        elif kind == "vwit":
+            vq[sl] = wit[sl]
+    return v16, vq
+
+
+def _rescaled(raw: np.ndarray, q: np.ndarray, r: np.ndarray, s: int) -> bool:
+    return bool(np.array_equal(raw, (q << s) + r))
+
+
+def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarray] | None) -> None:
+    """Raise WitnessError unless every relation holds exactly on every tape (and the chain)."""
+    for u, tp in enumerate(tapes):
+        t, s, L, st = tp.tensors, tp.frac_bits, tp.num_layers, tp.step
+        half, bound = 1 << (s - 1), 1 << (tp.value_bits - 1)
+
+        def fail(rel: str, name: str, st: int = st) -> None:
+            raise WitnessError(rel, name, st)
+
+        if tp.mse_const != mse_constant(tp.batch_size, tp.dims[-1], s):
+            fail("mse constant", "mse_const")
+        for name, arr in t.items():
+            kind = tensor_class(name)
+            if kind == "remainder" and (arr.min(initial=0) < -half or arr.max(initial=0) >= half):
+                fail("remainder range", name)
+            if kind == "signed" and (arr.min(initial=0) < -bound or arr.max(initial=0) >= bound):
+                fail("magnitude bound", name)
+        acts = [t["x"]]
+        for i in range(1, L + 1):
+            raw = acts[-1] @ t[f"W{i}"].T + (t[f"b{i}"] << s)[None, :]
+            if not _rescaled(raw, t[f"Z{i}"], t[f"RZ{i}"], s):
+                fail("forward", f"Z{i}")
+            if i < L:
+                z, sg = t[f"Z{i}"], t[f"S{i}"]
+                if not np.array_equal(sg, (z > 0).astype(np.int64)):
+                    fail("relu sign", f"S{i}")
+                if not np.array_equal(t[f"V{i}"], 2 * sg * z - z - sg):
+                    fail("relu sign witness", f"V{i}")
+                if not np.array_equal(t[f"A{i}"], z * sg):
+                    fail("relu", f"A{i}")
+                if not np.array_equal(t[f"GZ{i}"], t[f"GA{i}"] * sg):
+                    fail("backward mask", f"GZ{i}")
+                acts.append(t[f"A{i}"])
+        if not _rescaled(tp.mse_const * (t[f"Z{L}"] - t["y"]), t["G"], t["RG"], s):
+            fail("output gradient", "G")
+        for i in range(1, L + 1):
+            gz = t["G"] if i == L else t[f"GZ{i}"]
+            if not _rescaled(gz.T @ acts[i - 1], t[f"GW{i}"], t[f"RGW{i}"], s):
+                fail("weight gradient", f"GW{i}")
+            if not np.array_equal(gz.sum(axis=0), t[f"Gb{i}"]):
+                fail("bias gradient", f"Gb{i}")
+            if i >= 2 and not _rescaled(gz @ t[f"W{i}"], t[f"GA{i - 1}"], t[f"RGA{i - 1}"], s):
+                fail("input gradient", f"GA{i - 1}")
+            for g, u_, r_, p_ in (("GW", "UW", "RUW", "W"), ("Gb", "Ub", "RUb", "b")):
+                if not _rescaled(tp.lr * t[f"{g}{i}"], t[f"{u_}{i}"], t[f"{r_}{i}"], s):
+                    fail("update", f"{u_}{i}")
+                if not np.array_equal(t[f"{p_}{i}n"], t[f"{p_}{i}"] - t[f"{u_}{i}"]):
+                    fail("update", f"{p_}{i}n")
+        before = prev_params
+        if u > 0:
+            before = {
+                f"{k}{i}": tapes[u - 1].tensors[f"{k}{i}n"]
+                for i in range(1, L + 1)
+                for k in ("W", "b")
+            }
+        if before is not None:
+            for k, arr in before.items():
+                if not np.array_equal(arr, t[k]):
+                    fail("chain", k)

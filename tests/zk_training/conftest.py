@@ -1,0 +1,47 @@
+"""Shared honest proofs for a tiny MLP 4-8-3, batch 3 (exercises batch and output padding)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from lightning_zk.fixed import FixedPointMLP
+from lightning_zk.zk.training import prove_epoch, prove_seal, prove_step
+
+DIMS = (4, 8, 3)
+BATCH = 3
+
+
+def make_tapes(steps: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ws = [rng.normal(size=(DIMS[i + 1], DIMS[i])) * 0.5 for i in range(2)]
+    bs = [rng.normal(size=DIMS[i + 1]) * 0.1 for i in range(2)]
+    mlp = FixedPointMLP.from_float(ws, bs, lr=0.25)
+    return [
+        mlp.step_float(rng.normal(size=(BATCH, DIMS[0])), rng.normal(size=(BATCH, DIMS[-1])))
+        for _ in range(steps)
+    ]
+
+
+@dataclass
+class Run:
+    tapes: list
+    step_proofs: list  # (proof, statement) per single-step unit, chained
+    step_seal: object
+    epoch_proof: object
+    epoch_statement: object
+    epoch_seal: object
+
+
+@pytest.fixture(scope="session")
+def run() -> Run:
+    tapes = make_tapes(3)
+    units, link = [], None
+    for i, tape in enumerate(tapes):
+        proof, stmt, link = prove_step(tape, link, backend="numpy", rng=100 + i)
+        units.append((proof, stmt))
+    seal = prove_seal(link)
+    eproof, estmt, elink = prove_epoch(tapes, None, backend="numpy", rng=7)
+    return Run(tapes, units, seal, eproof, estmt, prove_seal(elink))

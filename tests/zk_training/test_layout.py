@@ -1,0 +1,47 @@
+"""Layout (no overlaps, element bits first) and placement (agrees with direct evaluation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lightning_zk.fixed import tensor_names
+from lightning_zk.zk import Fp2, cupy_available, evaluate
+from lightning_zk.zk.training import build_layout, prove_step, verify_unit
+from lightning_zk.zk.training.layout import Arch
+from lightning_zk.zk.training.placement import Free, opening_point, place
+
+from .conftest import make_tapes
+
+
+@pytest.mark.parametrize(
+    "dims, batch, t", [((4, 8, 3), 3, 2), ((64, 256, 256, 10), 64, 4), ((5, 7, 2, 9), 5, 8)]
+)
+def test_layout_slots_are_disjoint(dims, batch, t):
+    lay = build_layout(Arch(dims, batch, t), tensor_names(len(dims) - 1))
+    used = np.zeros(1 << lay.wit_vars, dtype=np.int64)
+    for name, slot in lay.wit.items():
+        if name.startswith("THETA"):
+            continue
+        assert slot.elem_vars + len(slot.code) == lay.wit_vars
+        assert slot.axes[0] == ("t", lay.arch.tau)  # instance variable first
+        used[slot.code_int :: 1 << len(slot.code)] += 1
+    assert used.max() == 1
+    for name in ("W1", "b1"):  # parameters sit inside the Theta super-blocks
+        assert lay.wit[name].code[-len(lay.wit["THETA_IN"].code) :] == lay.wit["THETA_IN"].code
+
+
+def test_place_agrees_with_evaluation():
+    rng = np.random.default_rng(0)
+    data = rng.integers(0, 1 << 40, 64).astype(np.uint64)
+    assign = [Free(0), Fp2(5, 1), Free(3), 1, Free(2), Fp2(9)]
+    table = place(data, assign, 5)
+    point = [Fp2(1, 2), Fp2(3), Fp2(4, 4), Fp2(6), Fp2(8, 1)]
+    assert evaluate(table, point) == evaluate(data, opening_point(assign, point))
+
+
+@pytest.mark.skipif(not cupy_available(), reason="CuPy unavailable (no usable GPU)")
+def test_cupy_backend_proof_verifies():
+    tape = make_tapes(1)[0]
+    proof, stmt, _ = prove_step(tape, backend="cupy", rng=3)
+    verify_unit(proof, stmt)
