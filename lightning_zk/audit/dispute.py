@@ -45,7 +45,6 @@ from ..ledger.merkle import (
     verify_consistency,
 )
 from ..ledger.rundir import RunDirectory, RunDirectoryError
-from ..rounding.mode import ReplayDivergenceError
 from ..strategies.replay import AuditConfigError, AuditInputError, ReplayStart
 from .replay import replay
 
@@ -271,11 +270,8 @@ def dispute(
         }
         if step is None:
             return Verdict(None, None, rounds, steps, evidence)
-        try:
-            honest, referee = _referee(trainer, auditor, step, model, datamodule,
-                                       train_dataloaders, trainer_kwargs)
-        except ReplayDivergenceError as err:  # pragma: no cover - replay() records these
-            honest, referee = "auditor", {"replay_error": str(err)}
+        honest, referee = _referee(trainer, auditor, step, model, datamodule, train_dataloaders,
+                                   trainer_kwargs)
         evidence["referee"] = referee
         return Verdict(step, honest, rounds, steps, evidence)
     finally:
