@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
-from ..ledger.state import StateError, batch_digest, load_snapshot, restore, save_snapshot
+from ..ledger.state import (
+    StateError,
+    batch_digest,
+    load_snapshot,
+    named_state_tensors,
+    restore,
+    save_snapshot,
+)
 from ..rounding.log import RoundingLogError, decode_step_log
 from . import manifest as mf
 from .session import TrainingSession
@@ -189,7 +196,7 @@ class ReplaySession(TrainingSession):
 
     def finish_step(self) -> None:
         step = self.next_step
-        self.mode.round_named(self._named_state())
+        self.mode.round_named(named_state_tensors(self.model, self.optimizers))
         _, stats = self.mode.end_step()
         committed = self._trainer_record
         assert committed is not None
@@ -217,11 +224,6 @@ class ReplaySession(TrainingSession):
         self.next_step = step + 1
         self._stepped = False
         self._pending = None
-
-    def _named_state(self):
-        from ..ledger.state import named_state_tensors
-
-        return named_state_tensors(self.model, self.optimizers)
 
     def _mismatch(self, step: int, fields: list[str], committed: dict, replayed: dict, detail: str) -> None:
         if self.result.mismatch is None:

@@ -14,6 +14,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import torch
+
 import lightning_zk
 
 from ..atomic import atomic_write_bytes
@@ -200,8 +202,6 @@ class TrainingSession:
 
     def _round_initial_state(self) -> None:
         """Put the initial weights on the committed grid (exact for float32 weights and b = 23)."""
-        import torch
-
         spec = self.strategy.spec
         with torch.no_grad():
             for _, t in named_state_tensors(self.model, self.optimizers):
