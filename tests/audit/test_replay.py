@@ -208,3 +208,24 @@ def test_op_that_cannot_be_made_deterministic(tmp_path):
     with pytest.raises(RuntimeError, match="aten.multinomial"):
         L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=2,
                   **trainer_kwargs()).fit(Sampling(), train_dataloaders=loader("mlp"))
+
+
+def test_other_optimizer_hyperparameters(honest_run):
+    model = make_model("mlp")
+    model.lr = 0.5  # the committed run trained with lr=0.05
+    with pytest.raises(AuditConfigError, match="optimizers differs"):
+        replay(honest_run.path, model, train_dataloaders=loader("mlp"))
+
+
+def test_thresholds_resolved_differently_are_refused(honest_run):
+    manifest = json.loads(honest_run.manifest_path.read_text())
+    manifest["strategy"]["thresholds"]["base"] = 0.001
+    honest_run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ValueError, match="resolved thresholds"):
+        replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))
+
+
+def test_run_without_steps(honest_run):
+    honest_run.steps_path.write_text("")
+    with pytest.raises(AuditInputError, match="commits no steps"):
+        replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))
