@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import numpy as np
@@ -261,15 +262,69 @@ _GET: dict[int, Callable[[_Reader], Any]] = {
 }
 
 
+@dataclass(frozen=True)
+class Framing:
+    """The envelope of one family of proofs: magic, version and its kinds.
+
+    ``kinds`` maps each proof class to ``(kind code, writer, reader)``. Every proof file of the
+    project is ``magic | version u16 | kind u16 | body``; the envelope is checked here once.
+    """
+
+    name: str
+    magic: bytes
+    version: int
+    kinds: dict[type, tuple[int, Callable[[_Writer, Any], None], Callable[[_Reader], Any]]]
+
+    def encode(self, proof: Any) -> bytes:
+        if type(proof) not in self.kinds:
+            raise ProofFormatError(f"no {self.name} format for {type(proof).__name__}")
+        kind, put, _ = self.kinds[type(proof)]
+        w = _Writer()
+        w.raw(self.magic + struct.pack("<HH", self.version, kind))
+        put(w, proof)
+        return b"".join(w.parts)
+
+    def decode(self, data: bytes, expected_kind: type | None = None) -> Any:
+        """Parse bytes; ProofFormatError (with the byte offset) on anything malformed."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ProofFormatError(f"{self.name}: expected bytes, got {type(data).__name__}")
+        r = _Reader(bytes(data))
+        if r.take(4, "magic") != self.magic:
+            raise ProofFormatError(f"bad magic: not a lightning-zk {self.name}", offset=0)
+        version, kind = struct.unpack("<HH", r.take(4, "header"))
+        if version != self.version:
+            raise ProofFormatError(
+                f"unsupported {self.name} format version {version} (this is {self.version})",
+                offset=4,
+            )
+        by_code = {code: (cls, get) for cls, (code, _, get) in self.kinds.items()}
+        if kind not in by_code:
+            raise ProofFormatError(f"unknown {self.name} kind {kind}", offset=6)
+        cls, get = by_code[kind]
+        if expected_kind is not None and cls is not expected_kind:
+            raise ProofFormatError(
+                f"proof kind {cls.__name__} where {expected_kind.__name__} was expected", offset=6
+            )
+        try:
+            proof = get(r)
+        except ProofFormatError:
+            raise
+        except (ValueError, struct.error, OverflowError, IndexError, MemoryError) as exc:
+            raise ProofFormatError(f"malformed {self.name} body: {exc}", offset=r.pos) from exc
+        if r.remaining():
+            raise ProofFormatError(f"{r.remaining()} trailing bytes after the proof", offset=r.pos)
+        return proof
+
+
+CORE_PROOFS = Framing(
+    "proof", MAGIC, VERSION,
+    {cls: (code, _PUT[cls][1], _GET[code]) for code, cls in KINDS.items()},
+)
+
+
 def encode_proof(proof: SumcheckProof | LigeroProof | RangeProof) -> bytes:
     """Serialise a proof object to the versioned binary format."""
-    if type(proof) not in _PUT:
-        raise ProofFormatError(f"encode_proof: no format for {type(proof).__name__}")
-    kind, put = _PUT[type(proof)]
-    w = _Writer()
-    w.raw(MAGIC + struct.pack("<HH", VERSION, kind))
-    put(w, proof)
-    return b"".join(w.parts)
+    return CORE_PROOFS.encode(proof)
 
 
 def decode_proof(data: bytes, expected_kind: type | None = None) -> Any:
@@ -278,29 +333,4 @@ def decode_proof(data: bytes, expected_kind: type | None = None) -> Any:
     Args:
         expected_kind: if given (e.g. ``RangeProof``), a proof of another kind is rejected.
     """
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ProofFormatError(f"decode_proof: expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
-    if r.take(4, "magic") != MAGIC:
-        raise ProofFormatError("bad magic: not a lightning-zk proof", offset=0)
-    version, kind = struct.unpack("<HH", r.take(4, "header"))
-    if version != VERSION:
-        raise ProofFormatError(
-            f"unsupported proof format version {version} (this is {VERSION})", offset=4
-        )
-    if kind not in _GET:
-        raise ProofFormatError(f"unknown proof kind {kind}", offset=6)
-    if expected_kind is not None and KINDS[kind] is not expected_kind:
-        raise ProofFormatError(
-            f"proof kind {KINDS[kind].__name__} where {expected_kind.__name__} was expected",
-            offset=6,
-        )
-    try:
-        proof = _GET[kind](r)
-    except ProofFormatError:
-        raise
-    except (ValueError, struct.error, OverflowError, IndexError, MemoryError) as exc:
-        raise ProofFormatError(f"malformed proof body: {exc}", offset=r.pos) from exc
-    if r.remaining():
-        raise ProofFormatError(f"{r.remaining()} trailing bytes after the proof", offset=r.pos)
-    return proof
+    return CORE_PROOFS.decode(data, expected_kind)

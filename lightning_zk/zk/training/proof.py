@@ -14,16 +14,15 @@ malformation raises :class:`~lightning_zk.zk.errors.ProofFormatError` with the b
 
 from __future__ import annotations
 
-import struct
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ProofFormatError
 from ..extension import Fp2
 from ..ligero import LigeroProof
 from ..lookup import RangeProof
 from ..pcs import Commitment
 from ..proof_format import (
+    Framing,
     _get_ligero,
     _get_range,
     _get_sumcheck,
@@ -129,43 +128,17 @@ def _get_seal(r: _Reader) -> SealProof:
     )
 
 
+TRAINING_PROOFS = Framing(
+    "training proof", TRAINING_MAGIC, TRAINING_VERSION,
+    {UnitProof: (KIND_UNIT, _put_unit, _get_unit), SealProof: (KIND_SEAL, _put_seal, _get_seal)},
+)
+
+
 def encode_training_proof(proof: UnitProof | SealProof) -> bytes:
     """Serialise a unit proof or a seal."""
-    kind, put = {UnitProof: (KIND_UNIT, _put_unit), SealProof: (KIND_SEAL, _put_seal)}.get(
-        type(proof), (None, None)
-    )
-    if kind is None or put is None:
-        raise ProofFormatError(f"encode_training_proof: no format for {type(proof).__name__}")
-    w = _Writer()
-    w.raw(TRAINING_MAGIC + struct.pack("<HH", TRAINING_VERSION, kind))
-    put(w, proof)
-    return b"".join(w.parts)
+    return TRAINING_PROOFS.encode(proof)
 
 
 def decode_training_proof(data: bytes, expected_kind: type | None = None) -> Any:
     """Parse bytes into a UnitProof or SealProof; ProofFormatError on anything malformed."""
-    if not isinstance(data, (bytes, bytearray, memoryview)):
-        raise ProofFormatError(f"decode_training_proof: expected bytes, got {type(data).__name__}")
-    r = _Reader(bytes(data))
-    if r.take(4, "magic") != TRAINING_MAGIC:
-        raise ProofFormatError("bad magic: not a lightning-zk training proof", offset=0)
-    version, kind = struct.unpack("<HH", r.take(4, "header"))
-    if version != TRAINING_VERSION:
-        raise ProofFormatError(f"unsupported training proof version {version}", offset=4)
-    getters = {KIND_UNIT: (UnitProof, _get_unit), KIND_SEAL: (SealProof, _get_seal)}
-    if kind not in getters:
-        raise ProofFormatError(f"unknown training proof kind {kind}", offset=6)
-    cls, get = getters[kind]
-    if expected_kind is not None and cls is not expected_kind:
-        raise ProofFormatError(
-            f"{cls.__name__} where {expected_kind.__name__} was expected", offset=6
-        )
-    try:
-        proof = get(r)
-    except ProofFormatError:
-        raise
-    except (ValueError, struct.error, OverflowError, IndexError, MemoryError) as exc:
-        raise ProofFormatError(f"malformed training proof: {exc}", offset=r.pos) from exc
-    if r.remaining():
-        raise ProofFormatError(f"{r.remaining()} trailing bytes after the proof", offset=r.pos)
-    return proof
+    return TRAINING_PROOFS.decode(data, expected_kind)
