@@ -105,6 +105,13 @@ def test_unwritable_run_dir(tmp_path):
         parent.chmod(stat.S_IRWXU)
 
 
+def test_run_dir_that_cannot_be_created(tmp_path):
+    """Unwritable even for root (CI runs as root): the parent path is a regular file."""
+    (tmp_path / "blocker").write_text("a file, not a directory")
+    with pytest.raises(RunDirectoryError, match="not writable"):
+        _fit(tmp_path, strategy=VerifiableStrategy(run_dir=tmp_path / "blocker" / "run"))
+
+
 def test_run_dir_that_is_a_file(tmp_path):
     (tmp_path / "run").write_text("x")
     with pytest.raises(RunDirectoryError, match="not a directory|not empty"):
