@@ -304,13 +304,7 @@ def _round_evals(spec: SumcheckSpec, tables: list[Any], masks: list[Any], degree
                 c if m is None else e_add(c, e_scale(m, s))
                 for c, m in zip(cur, masks, strict=False)
             ]
-        total = Fp2(0)
-        for t in spec.terms:
-            prod = vals[t.factors[0]]
-            for k in t.factors[1:]:
-                prod = e_mul(prod, vals[k])
-            total = total + t.coeff * e_sum(prod)
-        evals.append(total)
+        evals.append(_eval_sum(spec, vals))
     return evals
 
 
