@@ -25,4 +25,4 @@ def slot_of(layout: Layout, f: Committed) -> TensorSlot:
         return _IDENTITY
     if f.com in ("bin", "bout"):
         return layout.theta[f.slot]
-    return layout.wit[f.slot]
+    return layout.slot(f.slot)

@@ -9,6 +9,10 @@ opening point's first coordinate is always a challenge (never a constant 0/1, wh
 cancel the hiding mask). Codes come from an aligned buddy allocation, bit-reversed, which
 makes them suffix-free (no two tensors overlap).
 
+Layers of one *layer group* (same padded shape and role) are stacked too: each tensor kind of
+a group is one block whose last element variables are the layer index l, so a relation proves
+all the group's layers in one sumcheck (FAC4DNN).
+
 The weights of all layers form the parameter layout Theta; Wit holds two Theta super-blocks
 (weights before and after each step), and the boundary commitments B hold Theta with a leading
 hiding variable h: B(0, .) = Theta, B(1, .) = 0.
@@ -16,9 +20,18 @@ hiding variable h: B(0, .) = Theta, B(1, .) = 0.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-__all__ = ["Arch", "TensorSlot", "Layout", "allocate", "build_layout", "bits_of"]
+__all__ = [
+    "Arch",
+    "TensorSlot",
+    "Layout",
+    "allocate",
+    "build_layout",
+    "bits_of",
+    "layer_groups",
+    "split_name",
+]
 
 
 def bits_of(n: int) -> int:
@@ -120,44 +133,149 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
     return (("b", arch.nb), ("o", arch.nd(layer)))
 
 
+GLOBAL_TENSORS = ("x", "y", "G", "RG")
+
+
+def split_name(name: str) -> tuple[str, int | None]:
+    """Tape tensor name -> (kind, layer): ``"RGW3"`` -> ("RGW", 3), ``"W2n"`` -> ("Wn", 2)."""
+    if name in GLOBAL_TENSORS:
+        return name, None
+    if name[-1] == "n" and name[0] in "Wb":
+        return name[0] + "n", int(name[1:-1])
+    stem = name.rstrip("0123456789")
+    return stem, int(name[len(stem) :])
+
+
+def layer_name(kind: str, layer: int) -> str:
+    """Inverse of :func:`split_name` for per-layer tensors."""
+    return f"{kind[0]}{layer}n" if kind in ("Wn", "bn") else f"{kind}{layer}"
+
+
+def layer_groups(arch: Arch) -> tuple[tuple[int, ...], ...]:
+    """Layers stacked into the same relations (FAC4DNN): equal padded (in, out) widths and role.
+
+    The output layer (its loss gradient differs) is always alone; the others group by
+    (bits of fan-in, bits of width), in order of first appearance. Layers of one group need not
+    be consecutive.
+    """
+    groups: dict[tuple[int, int, bool], list[int]] = {}
+    L = arch.num_layers
+    for i in range(1, L + 1):
+        groups.setdefault((arch.nd(i - 1), arch.nd(i), i == L), []).append(i)
+    return tuple(tuple(g) for g in groups.values())
+
+
+def _lbits(pos: int, lam: int) -> tuple[int, ...]:
+    return tuple((pos >> (lam - 1 - j)) & 1 for j in range(lam))
+
+
 @dataclass
 class Layout:
-    """Slots of every tensor in Wit (stacked, with leading t) and in the boundary B."""
+    """Slots of every tensor in Wit (stacked, with leading t) and in the boundary B.
+
+    ``stacks`` holds, per layer group g and tensor kind k, the slot ``"k@g"`` of all the group's
+    layers at once (axes t, element axes, then the layer axis l); the per-layer slots in ``wit``
+    are its sub-slots with l fixed. ``unused`` are the sub-slots of padding layers (a group of
+    3 layers has 4 layer slots), which the global relation forces to zero.
+    """
 
     arch: Arch
     wit_vars: int
     theta_vars: int
     wit: dict[str, TensorSlot]
     theta: dict[str, TensorSlot]  # inside B: leading ("h", 1) axis
+    groups: tuple[tuple[int, ...], ...] = ()
+    stacks: dict[str, TensorSlot] = field(default_factory=dict)
+    unused: tuple[TensorSlot, ...] = ()
 
     @property
     def b_vars(self) -> int:
         return 1 + self.theta_vars
+
+    def group_bits(self, g: int) -> int:
+        """Number of layer variables of group ``g``."""
+        return (len(self.groups[g]) - 1).bit_length()
+
+    def slot(self, name: str) -> TensorSlot:
+        """A per-layer/global slot or a stacked ``kind@group`` slot of Wit."""
+        return self.stacks[name] if "@" in name else self.wit[name]
 
 
 def theta_names(num_layers: int) -> list[str]:
     return [f"{k}{i}" for i in range(1, num_layers + 1) for k in ("W", "b")]
 
 
+def _group_kinds(names: list[str], layers: tuple[int, ...]) -> list[str]:
+    """Tensor kinds that every layer of the group has (same role, hence the same kinds)."""
+    first = [split_name(n)[0] for n in names if split_name(n)[1] == layers[0]]
+    return sorted(set(first))
+
+
 def build_layout(arch: Arch, names: list[str]) -> Layout:
-    """Allocate Theta, then Wit = {Theta-in, Theta-out super-blocks} + every other tensor."""
+    """Allocate Theta, then Wit = {Theta-in, Theta-out super-blocks} + every other tensor.
+
+    Each (group, kind) gets one aligned block whose last element variables are the layer index
+    inside the group, so a group's tensors of one kind form one multilinear polynomial.
+    """
     tau, L = arch.tau, arch.num_layers
-    th = theta_names(L)
-    th_axes = {n: _axes(n, arch) for n in th}
-    n_theta, th_codes = allocate({n: sum(b for _, b in a) for n, a in th_axes.items()})
-    after = {n + "n" for n in th}
-    others = [n for n in names if n not in th and n not in after]
+    groups = layer_groups(arch)
+    lam = [(len(g) - 1).bit_length() for g in groups]
+    rep = {gi: g[0] for gi, g in enumerate(groups)}
+
+    def elem_axes(kind: str, gi: int) -> tuple[tuple[str, int], ...]:
+        return _axes(layer_name(kind, rep[gi]), arch)
+
+    def block_bits(kind: str, gi: int) -> int:
+        return sum(b for _, b in elem_axes(kind, gi)) + lam[gi]
+
+    # Theta: one block per (group, W|b)
+    th_blocks = {f"{k}@{gi}": block_bits(k, gi) for gi in range(len(groups)) for k in ("W", "b")}
+    n_theta, th_codes = allocate(th_blocks)
+    # Wit: the two Theta super-blocks, one block per (group, kind), the global tensors
+    kinds = {gi: _group_kinds(names, g) for gi, g in enumerate(groups)}
     sizes = {"THETA_IN": tau + n_theta, "THETA_OUT": tau + n_theta}
-    axes = {n: (("t", tau), *_axes(n, arch)) for n in others}
-    sizes.update({n: sum(b for _, b in a) for n, a in axes.items()})
+    for gi, ks in kinds.items():
+        for k in ks:
+            if k not in ("W", "b", "Wn", "bn"):
+                sizes[f"{k}@{gi}"] = tau + block_bits(k, gi)
+    glob = [n for n in names if split_name(n)[1] is None]
+    sizes.update({n: tau + sum(b for _, b in _axes(n, arch)) for n in glob})
     n_wit, codes = allocate(sizes)
-    wit = {n: TensorSlot(axes[n], codes[n], _sizes(n, arch)) for n in others}
-    for block, suffix in (("THETA_IN", ""), ("THETA_OUT", "n")):
+
+    def block_code(kind: str, gi: int) -> tuple[int, ...]:
+        if kind in ("W", "b"):
+            return th_codes[f"{kind}@{gi}"] + codes["THETA_IN"]
+        if kind in ("Wn", "bn"):
+            return th_codes[f"{kind[0]}@{gi}"] + codes["THETA_OUT"]
+        return codes[f"{kind}@{gi}"]
+
+    wit = {n: TensorSlot((("t", tau), *_axes(n, arch)), codes[n], _sizes(n, arch)) for n in glob}
+    stacks: dict[str, TensorSlot] = {}
+    unused: list[TensorSlot] = []
+    for gi, g in enumerate(groups):
+        for k in kinds[gi]:
+            axes = (("t", tau), *elem_axes(k, gi))
+            code = block_code(k, gi)
+            layer_axis = (("l", lam[gi]),) if lam[gi] else ()
+            stacks[f"{k}@{gi}"] = TensorSlot(axes + layer_axis, code)
+            for pos in range(1 << lam[gi]):
+                sub = _lbits(pos, lam[gi]) + code
+                if pos < len(g):
+                    name = layer_name(k, g[pos])
+                    wit[name] = TensorSlot(axes, sub, _sizes(name, arch))
+                else:
+                    unused.append(TensorSlot(axes, sub, tuple(0 for _ in axes[1:])))
+    for block in ("THETA_IN", "THETA_OUT"):
         wit[block] = TensorSlot((("t", tau), ("theta", n_theta)), codes[block])
-        for n in th:
-            wit[n + suffix] = TensorSlot(
-                (("t", tau), *th_axes[n]), th_codes[n] + codes[block], _sizes(n, arch)
-            )
-    theta = {n: TensorSlot((("h", 1), *th_axes[n]), th_codes[n]) for n in th}
+    theta: dict[str, TensorSlot] = {}
+    for gi, g in enumerate(groups):
+        for k in ("W", "b"):
+            for pos, i in enumerate(g):
+                theta[f"{k}{i}"] = TensorSlot(
+                    (("h", 1), *elem_axes(k, gi)), _lbits(pos, lam[gi]) + th_codes[f"{k}@{gi}"]
+                )
     theta["THETA"] = TensorSlot((("h", 1), ("theta", n_theta)), ())
-    return Layout(arch, n_wit, n_theta, wit, theta)
+    missing = [n for n in names if n not in wit]
+    if missing or L < 1:
+        raise ValueError(f"build_layout: tensors without a slot: {missing}")
+    return Layout(arch, n_wit, n_theta, wit, theta, groups, stacks, tuple(unused))

@@ -8,7 +8,8 @@ index sets share one domain (t, y) and each term is padded by eq(0, unused y) se
 the claimed sum is the public constant 0 and every committed value leaves the sumcheck as a
 masked opening claim (nothing is revealed in the clear).
 
-Relations per layer l (stacked over t; s = frac_bits, c = MSE constant, lr = learning rate):
+Relations per layer l (stacked over t and over the layers of a layer group, see
+:func:`.layout.layer_groups`; s = frac_bits, c = MSE constant, lr = learning rate):
 
 * forward:   sum_k A_{l-1}[b,k] W_l[o,k] + 2^s ind(b) b_l[o] - 2^s Z_l[b,o] - RZ_l[b,o] = 0
 * activation (l < L): A = Z S;  V = 2 S Z - Z - S;  GZ = GA S
@@ -164,8 +165,8 @@ class _Ctx:
         self.tau = layout.arch.tau
 
     def wit(self, name: str, **axes: int | Sequence[Fp2]) -> Committed:
-        """Place Wit tensor ``name``: axis=start (free from that variable) or a bound point."""
-        slot: TensorSlot = self.lay.wit[name]
+        """Place Wit tensor (or ``kind@group`` stack) ``name``: axis=start var or a bound point."""
+        slot: TensorSlot = self.lay.slot(name)
         assign: list[Var] = []
         for ax, bits in slot.axes:
             v = axes.get(ax, 0 if ax == "t" else None)
@@ -178,8 +179,8 @@ class _Ctx:
         return Committed("wit", name, tuple(assign))
 
     @staticmethod
-    def eq(start: int, point: Sequence[Fp2]) -> PubEq:
-        return PubEq(tuple(range(start, start + len(point))), tuple(point))
+    def eq(start: int, point: Sequence[Fp2]) -> PubEq | None:
+        return PubEq(tuple(range(start, start + len(point))), tuple(point)) if point else None
 
     @staticmethod
     def zero(start: int, stop: int) -> PubEq | None:
@@ -187,52 +188,78 @@ class _Ctx:
             PubEq(tuple(range(start, stop)), (Fp2(0),) * (stop - start)) if stop > start else None
         )
 
-    def gz(self, layer: int) -> str:
-        return "G" if layer == self.arch.num_layers else f"GZ{layer}"
+    @staticmethod
+    def select(start: int, r_l: Sequence[Fp2], positions: Sequence[int]) -> PubSmall | None:
+        """eq(r_l, l) restricted to the layer slots ``positions`` (None: no layer variables)."""
+        lam = len(r_l)
+        if lam == 0:
+            return None
+        keep = set(positions)
+        vals = tuple(
+            eq_eval(list(r_l), _bits(p, lam)) if p in keep else Fp2(0) for p in range(1 << lam)
+        )
+        return PubSmall(tuple(range(start, start + lam)), vals)
+
+    def stack(self, kind: str, g: int) -> str:
+        """Name of the stacked slot of ``kind`` in group ``g`` (the output gradient is global)."""
+        if kind == "GZ" and self.arch.num_layers in self.lay.groups[g]:
+            return "G"
+        return f"{kind}@{g}"
 
     def act(self, layer: int) -> str:
         return "x" if layer == 0 else f"A{layer}"
 
 
-def _forward(c: _Ctx, tr: Transcript, i: int) -> Relation:
-    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits
-    r_t, r_b = tr.challenge_ext_list("fwd.r_t", tau), tr.challenge_ext_list("fwd.r_b", nb)
-    r_o = tr.challenge_ext_list("fwd.r_o", no)
-    n = tau + max(K, nb + no)
-    rel, y = Relation(f"forward{i}", n), tau
-    et = rel.add(c.eq(0, r_t))
-    a = rel.add(c.wit(c.act(i - 1), b=r_b, o=y))
-    w = rel.add(c.wit(f"W{i}", o=r_o, k=y))
+def _label(layers: Sequence[int]) -> str:
+    return str(layers[0]) if len(layers) == 1 else ",".join(map(str, layers))
+
+
+def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
+    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
+    i0 = layers[0]
+    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits
+    r_t, r_l = tr.challenge_ext_list("fwd.r_t", tau), tr.challenge_ext_list("fwd.r_l", lam)
+    r_b, r_o = tr.challenge_ext_list("fwd.r_b", nb), tr.challenge_ext_list("fwd.r_o", no)
+    y = tau + lam
+    n = y + max(K, nb + no)
+    rel = Relation(f"forward{_label(layers)}", n)
+    et, el = rel.add(c.eq(0, r_t)), rel.add(c.eq(tau, r_l))
+    w = rel.add(c.wit(c.stack("W", g), o=r_o, k=y, l=tau))
     sk = rel.add(c.zero(y + K, n))
+    for pos, i in enumerate(layers):
+        sel = rel.add(c.select(tau, r_l, [pos]))
+        a = rel.add(c.wit(c.act(i - 1), b=r_b, o=y))
+        rel.term(1, et, sel, a, w, sk)
     ebo = rel.add(c.eq(y, r_b + r_o))
-    z = rel.add(c.wit(f"Z{i}", b=y, o=y + nb))
-    rz = rel.add(c.wit(f"RZ{i}", b=y, o=y + nb))
+    z = rel.add(c.wit(c.stack("Z", g), b=y, o=y + nb, l=tau))
+    rz = rel.add(c.wit(c.stack("RZ", g), b=y, o=y + nb, l=tau))
     sbo = rel.add(c.zero(y + nb + no, n))
     eo = rel.add(c.eq(y, r_o))
-    bias = rel.add(c.wit(f"b{i}", o=y))
+    bias = rel.add(c.wit(c.stack("b", g), o=y, l=tau))
     so = rel.add(c.zero(y + no, n))
     bsz = c.arch.batch_size
     ind = small_mle([1] * bsz + [0] * ((1 << nb) - bsz), r_b)
-    rel.term(1, et, a, w, sk)
-    rel.term(-(1 << s), et, ebo, z, sbo)
-    rel.term(-1, et, ebo, rz, sbo)
-    rel.term(ind * (1 << s), et, eo, bias, so)
+    rel.term(-(1 << s), et, el, ebo, z, sbo)
+    rel.term(-1, et, el, ebo, rz, sbo)
+    rel.term(ind * (1 << s), et, el, eo, bias, so)
     return rel
 
 
-def _elementwise(c: _Ctx, tr: Transcript, i: int) -> Relation:
-    tau, nb, no, s = c.tau, c.arch.nb, c.arch.nd(i), c.st.frac_bits
-    n = tau + nb + no
+def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
+    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
+    tau, nb, no, s = c.tau, c.arch.nb, c.arch.nd(layers[0]), c.st.frac_bits
+    n = tau + lam + nb + no
     r = tr.challenge_ext_list("elem.r", n)
     a1, a2 = tr.challenge_ext_list("elem.alpha", 2)
-    rel = Relation(f"elementwise{i}", n)
+    rel = Relation(f"elementwise{_label(layers)}", n)
     eq = rel.add(c.eq(0, r))
+    y = tau + lam
 
     def t(name: str) -> int | None:
-        return rel.add(c.wit(name, b=tau, o=tau + nb))
+        return rel.add(c.wit(name, b=y, o=y + nb, l=tau))
 
-    if i < c.arch.num_layers:
-        A, Z, S, V, GZ, GA = (t(f"{k}{i}") for k in ("A", "Z", "S", "V", "GZ", "GA"))
+    if c.arch.num_layers not in layers:
+        A, Z, S, V, GZ, GA = (t(c.stack(k, g)) for k in ("A", "Z", "S", "V", "GZ", "GA"))
         rel.term(1, eq, A)
         rel.term(-1, eq, Z, S)
         rel.term(a1, eq, V)
@@ -242,7 +269,7 @@ def _elementwise(c: _Ctx, tr: Transcript, i: int) -> Relation:
         rel.term(a2, eq, GZ)
         rel.term(-a2, eq, GA, S)
     else:
-        Z, Y, G, RG = t(f"Z{i}"), t("y"), t("G"), t("RG")
+        Z, Y, G, RG = t(c.stack("Z", g)), t("y"), t("G"), t("RG")
         rel.term(c.st.mse_const, eq, Z)
         rel.term(-c.st.mse_const, eq, Y)
         rel.term(-(1 << s), eq, G)
@@ -250,71 +277,85 @@ def _elementwise(c: _Ctx, tr: Transcript, i: int) -> Relation:
     return rel
 
 
-def _weight_grad(c: _Ctx, tr: Transcript, i: int) -> Relation:
-    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits
-    r_t, r_o = tr.challenge_ext_list("wgrad.r_t", tau), tr.challenge_ext_list("wgrad.r_o", no)
-    r_k = tr.challenge_ext_list("wgrad.r_k", K)
+def _weight_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
+    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
+    i0 = layers[0]
+    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits
+    r_t, r_l = tr.challenge_ext_list("wgrad.r_t", tau), tr.challenge_ext_list("wgrad.r_l", lam)
+    r_o, r_k = tr.challenge_ext_list("wgrad.r_o", no), tr.challenge_ext_list("wgrad.r_k", K)
     gamma = tr.challenge_ext("wgrad.gamma")
-    n = tau + max(nb, no + K)
-    rel, y = Relation(f"weight_grad{i}", n), tau
-    et = rel.add(c.eq(0, r_t))
-    gz = rel.add(c.wit(c.gz(i), b=y, o=r_o))
-    a = rel.add(c.wit(c.act(i - 1), b=y, o=r_k))
+    y = tau + lam
+    n = y + max(nb, no + K)
+    rel = Relation(f"weight_grad{_label(layers)}", n)
+    et, el = rel.add(c.eq(0, r_t)), rel.add(c.eq(tau, r_l))
+    gz = rel.add(c.wit(c.stack("GZ", g), b=y, o=r_o, l=tau))
     sb = rel.add(c.zero(y + nb, n))
+    for pos, i in enumerate(layers):
+        sel = rel.add(c.select(tau, r_l, [pos]))
+        a = rel.add(c.wit(c.act(i - 1), b=y, o=r_k))
+        rel.term(1, et, sel, gz, a, sb)
     eok = rel.add(c.eq(y, r_o + r_k))
-    gw = rel.add(c.wit(f"GW{i}", o=y, k=y + no))
-    rgw = rel.add(c.wit(f"RGW{i}", o=y, k=y + no))
+    gw = rel.add(c.wit(c.stack("GW", g), o=y, k=y + no, l=tau))
+    rgw = rel.add(c.wit(c.stack("RGW", g), o=y, k=y + no, l=tau))
     sok = rel.add(c.zero(y + no + K, n))
     eo = rel.add(c.eq(y, r_o))
-    gb = rel.add(c.wit(f"Gb{i}", o=y))
+    gb = rel.add(c.wit(c.stack("Gb", g), o=y, l=tau))
     so = rel.add(c.zero(y + no, n))
-    rel.term(1, et, gz, a, sb)
-    rel.term(-(1 << s), et, eok, gw, sok)
-    rel.term(-1, et, eok, rgw, sok)
-    rel.term(gamma, et, gz, sb)
-    rel.term(-gamma, et, eo, gb, so)
+    rel.term(-(1 << s), et, el, eok, gw, sok)
+    rel.term(-1, et, el, eok, rgw, sok)
+    rel.term(gamma, et, el, gz, sb)
+    rel.term(-gamma, et, el, eo, gb, so)
     return rel
 
 
-def _input_grad(c: _Ctx, tr: Transcript, i: int) -> Relation:
-    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits
-    r_t, r_b = tr.challenge_ext_list("igrad.r_t", tau), tr.challenge_ext_list("igrad.r_b", nb)
-    r_k = tr.challenge_ext_list("igrad.r_k", K)
-    n = tau + max(no, nb + K)
-    rel, y = Relation(f"input_grad{i}", n), tau
+def _input_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
+    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
+    i0 = layers[0]
+    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits
+    r_t, r_l = tr.challenge_ext_list("igrad.r_t", tau), tr.challenge_ext_list("igrad.r_l", lam)
+    r_b, r_k = tr.challenge_ext_list("igrad.r_b", nb), tr.challenge_ext_list("igrad.r_k", K)
+    y = tau + lam
+    n = y + max(no, nb + K)
+    rel = Relation(f"input_grad{_label(layers)}", n)
     et = rel.add(c.eq(0, r_t))
-    gz = rel.add(c.wit(c.gz(i), b=r_b, o=y))
-    w = rel.add(c.wit(f"W{i}", o=y, k=r_k))
+    inner = [pos for pos, i in enumerate(layers) if i >= 2]  # layer 1 has no input gradient
+    gz = rel.add(c.wit(c.stack("GZ", g), b=r_b, o=y, l=tau))
+    w = rel.add(c.wit(c.stack("W", g), o=y, k=r_k, l=tau))
     so = rel.add(c.zero(y + no, n))
+    rel.term(1, et, rel.add(c.select(tau, r_l, inner)), gz, w, so)
     ebk = rel.add(c.eq(y, r_b + r_k))
-    ga = rel.add(c.wit(f"GA{i - 1}", b=y, o=y + nb))
-    rga = rel.add(c.wit(f"RGA{i - 1}", b=y, o=y + nb))
     sbk = rel.add(c.zero(y + nb + K, n))
-    rel.term(1, et, gz, w, so)
-    rel.term(-(1 << s), et, ebk, ga, sbk)
-    rel.term(-1, et, ebk, rga, sbk)
+    for pos in inner:
+        i = layers[pos]
+        sel = rel.add(c.select(tau, r_l, [pos]))
+        ga = rel.add(c.wit(f"GA{i - 1}", b=y, o=y + nb))
+        rga = rel.add(c.wit(f"RGA{i - 1}", b=y, o=y + nb))
+        rel.term(-(1 << s), et, sel, ebk, ga, sbk)
+        rel.term(-1, et, sel, ebk, rga, sbk)
     return rel
 
 
-def _update(c: _Ctx, tr: Transcript, i: int) -> Relation:
-    tau, K, no, s, lr = c.tau, c.arch.nd(i - 1), c.arch.nd(i), c.st.frac_bits, c.st.lr
-    n = tau + no + K
+def _update(c: _Ctx, tr: Transcript, g: int) -> Relation:
+    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
+    i0 = layers[0]
+    tau, K, no, s, lr = c.tau, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits, c.st.lr
+    y = tau + lam
+    n = y + no + K
     r = tr.challenge_ext_list("update.r", n)
     a1, a2, a3 = tr.challenge_ext_list("update.alpha", 3)
-    rel = Relation(f"update{i}", n)
+    rel = Relation(f"update{_label(layers)}", n)
     ew = rel.add(c.eq(0, r))
-    eb = rel.add(c.eq(0, r[: tau + no]))
-    sk = rel.add(c.zero(tau + no, n))
+    eb = rel.add(c.eq(0, r[: y + no]))
+    sk = rel.add(c.zero(y + no, n))
 
-    def mat(name: str) -> int | None:
-        return rel.add(c.wit(name, o=tau, k=tau + no))
+    def mat(kind: str) -> int | None:
+        return rel.add(c.wit(c.stack(kind, g), o=y, k=y + no, l=tau))
 
-    def vec(name: str) -> int | None:
-        return rel.add(c.wit(name, o=tau))
+    def vec(kind: str) -> int | None:
+        return rel.add(c.wit(c.stack(kind, g), o=y, l=tau))
 
-    W, GW, UW, RUW = (mat(f"{k}{i}") for k in ("W", "GW", "UW", "RUW"))
-    Wn = mat(f"W{i}n")
-    b, bn, Gb, Ub, RUb = vec(f"b{i}"), vec(f"b{i}n"), vec(f"Gb{i}"), vec(f"Ub{i}"), vec(f"RUb{i}")
+    W, GW, UW, RUW, Wn = (mat(k) for k in ("W", "GW", "UW", "RUW", "Wn"))
+    b, bn, Gb, Ub, RUb = (vec(k) for k in ("b", "bn", "Gb", "Ub", "RUb"))
     rel.term(lr, ew, GW)
     rel.term(-(1 << s), ew, UW)
     rel.term(-1, ew, RUW)
@@ -379,6 +420,8 @@ def range_blocks(layout: Layout, s: int, q: int) -> dict[str, PubBlocks]:
             axes = tuple((b, n) for (_, b), n in zip(slot.axes[1:], slot.sizes, strict=True))
             if any(n < 1 << b for b, n in axes):
                 pads.append((slot.code, axes))
+    for slot in layout.unused:  # layer slots beyond a group's layers hold nothing
+        pads.append((slot.code, tuple((b, 0) for _, b in slot.axes[1:])))
     return {
         "pad": PubPad(layout.arch.tau, tuple(pads)),
         "sel16": PubBlocks(tuple((cd, 1) for cd in cls["remainder"])),
@@ -420,13 +463,13 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
     """The unit's relations in transcript order; prover and verifier call the same list."""
     c = _Ctx(layout, stmt)
     out: list[Builder] = []
-    for i in range(1, layout.arch.num_layers + 1):
-        out.append(lambda tr, i=i: _forward(c, tr, i))
-        out.append(lambda tr, i=i: _elementwise(c, tr, i))
-        out.append(lambda tr, i=i: _weight_grad(c, tr, i))
-        if i >= 2:
-            out.append(lambda tr, i=i: _input_grad(c, tr, i))
-        out.append(lambda tr, i=i: _update(c, tr, i))
+    for g, layers in enumerate(layout.groups):
+        out.append(lambda tr, g=g: _forward(c, tr, g))
+        out.append(lambda tr, g=g: _elementwise(c, tr, g))
+        out.append(lambda tr, g=g: _weight_grad(c, tr, g))
+        if max(layers) >= 2:
+            out.append(lambda tr, g=g: _input_grad(c, tr, g))
+        out.append(lambda tr, g=g: _update(c, tr, g))
     out.append(lambda tr: _chain(c, tr))
     out.append(lambda tr: _global(c, tr))
     return out
