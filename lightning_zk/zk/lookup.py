@@ -1,4 +1,4 @@
-"""logUp range checks: values in [0, 2^bits) via lookups into the table {0, ..., 2^16 - 1}.
+"""logUp range checks: values in [0, 2^bits) via lookups into a table {0, ..., 2^b - 1}, b <= 16.
 
 logUp (Haboeck, ePrint 2022/1530): a_1..a_N all lie in a table T iff, for multiplicities m_j,
     sum_i 1/(beta + a_i) = sum_j m_j/(beta + T_j)              (as rational functions)
@@ -10,15 +10,17 @@ and two zero-knowledge sumchecks prove, with fresh alpha, tau:
                     + a2 eq(tau_x, x) (sum_c W(c) A(x, c) - v(x) [c = 0]) ] = S
   T-domain:  sum_j [ q(j) + a3 eq(tau_T, j) (q(j)(beta + T(j)) - m(j)) ] = S
 
-Limb decomposition for [0, 2^bits): A(x, c) holds the 16-bit limbs of v(x) (c < L) plus, when
-the top limb has b < 16 bits, its shift A(x, L) = 2^(16-b) A(x, L-1), so both fit 16 bits iff
-the top limb fits b bits. W(c) = 2^(16c) (c < L) + a_w (2^(16-b) [c = L-1] - [c = L]). With
-bits == 16 the lookup runs on v itself (A = v, no decomposition).
+Limb decomposition for [0, 2^bits) (see :class:`RangeLayout`: bits <= 16 is a direct lookup
+into a 2^bits table; else L = a power of two of limbs of b = ceil(bits/L) <= 16 bits): A(x, c)
+holds the b-bit limbs of v(x) (c < L) plus, when the top limb has b' < b bits, its shift
+A(x, L) = 2^(b-b') A(x, L-1), so both fit b bits iff
+the top limb fits b' bits. W(c) = 2^(bc) (c < L) + a_w (2^(b-b') [c = L-1] - [c = L]). With
+bits <= 16 the lookup runs on v itself (A = v, no decomposition).
 
 The gadget reduces everything to one claim on the caller's committed v: a masked evaluation
 v^(point) (:class:`RangeClaim`), which the caller checks with its own opening.
 
-Soundness error: (N_A + 2^16)/p^2 (beta, cleared denominators) + (n_A + n + 16)/p^2 (zero
+Soundness error: (N_A + 2^b)/p^2 (beta, cleared denominators) + (n_A + n + 16)/p^2 (zero
 checks) + 3/p^2 (alpha combinations) + two sumcheck errors + four commitment openings
 (<= 2^-100 each): dominated by the openings. Zero knowledge: h, q, m, A are hiding
 commitments opened only at masked points; both sumchecks are Libra-masked.
@@ -45,13 +47,19 @@ from .transcript import Transcript
 
 __all__ = ["TABLE_BITS", "RangeLayout", "RangeProof", "RangeClaim", "prove_range", "verify_range"]
 
-TABLE_BITS = 16
+TABLE_BITS = 16  # widest table (and limb) used
 TABLE_SIZE = 1 << TABLE_BITS
 
 
 @dataclass(frozen=True)
 class RangeLayout:
-    """Public limb layout for a range check of 2^num_vars values in [0, 2^bits)."""
+    """Public limb layout for a range check of 2^num_vars values in [0, 2^bits).
+
+    The table is {0, ..., 2^table_bits - 1}, chosen so the limb columns fill a power of two
+    (each column doubles the lookup domain and the committed h): bits <= 16 is one direct
+    lookup into a 2^bits table; otherwise the value splits into the fewest power-of-two number
+    of limbs of <= 16 bits (24 bits: two 12-bit limbs, not 16 + 8 bits with a shift column).
+    """
 
     num_vars: int
     bits: int
@@ -64,16 +72,26 @@ class RangeLayout:
 
     @property
     def direct(self) -> bool:
-        return self.bits == TABLE_BITS
+        return self.bits <= TABLE_BITS
 
     @property
     def limbs(self) -> int:
-        return -(-self.bits // TABLE_BITS)
+        if self.direct:
+            return 1
+        need = -(-self.bits // TABLE_BITS)
+        return 1 << (need - 1).bit_length()
+
+    @property
+    def table_bits(self) -> int:
+        return self.bits if self.direct else -(-self.bits // self.limbs)
+
+    @property
+    def table_size(self) -> int:
+        return 1 << self.table_bits
 
     @property
     def shift(self) -> int:
-        top = self.bits - TABLE_BITS * (self.limbs - 1)
-        return TABLE_BITS - top
+        return self.table_bits * self.limbs - self.bits
 
     @property
     def columns(self) -> int:
@@ -91,7 +109,7 @@ class RangeLayout:
         """W(c) over the 2^col_vars columns."""
         w = [Fp2(0)] * (1 << self.col_vars)
         for c in range(self.limbs):
-            w[c] = Fp2(pow(2, TABLE_BITS * c, P))
+            w[c] = Fp2(pow(2, self.table_bits * c, P))
         if self.shift:
             w[self.limbs - 1] = w[self.limbs - 1] + alpha_w * pow(2, self.shift, P)
             w[self.limbs] = w[self.limbs] - alpha_w
@@ -123,12 +141,12 @@ class RangeProof:
 
 def _limbs(values: np.ndarray, lay: RangeLayout) -> np.ndarray:
     """A(x, c) flattened as index x * 2^col_vars + c."""
-    n_cols = 1 << lay.col_vars
+    n_cols, tb = 1 << lay.col_vars, lay.table_bits
     a = np.zeros((values.shape[0], n_cols), dtype=np.uint64)
     for c in range(lay.limbs):
-        a[:, c] = (values >> np.uint64(TABLE_BITS * c)) & np.uint64(TABLE_SIZE - 1)
-    if lay.limbs * TABLE_BITS < 64:
-        a[:, lay.limbs - 1] = values >> np.uint64(TABLE_BITS * (lay.limbs - 1))  # keep overflow
+        a[:, c] = (values >> np.uint64(tb * c)) & np.uint64(lay.table_size - 1)
+    if lay.limbs * tb < 64:
+        a[:, lay.limbs - 1] = values >> np.uint64(tb * (lay.limbs - 1))  # keep overflow
     if lay.shift:
         a[:, lay.limbs] = F.mul(a[:, lay.limbs - 1], np.uint64(1 << lay.shift))
     return a.reshape(-1)
@@ -148,7 +166,7 @@ def _specs(lay: RangeLayout, ch: dict[str, Any]) -> tuple[SumcheckSpec, Sumcheck
         masked += [False, False, True]
     main = SumcheckSpec.of(lay.a_vars, len(masked), terms, zk=True, masked=masked)
     table = SumcheckSpec.of(
-        TABLE_BITS,
+        lay.table_bits,
         4,
         [(1, [0]), (a3, [1, 0, 2]), (a3 * beta, [1, 0]), (-a3, [1, 3])],
         zk=True,
@@ -168,12 +186,12 @@ def _challenges(tr: Transcript, lay: RangeLayout, beta: Fp2) -> dict[str, Any]:
         "aw": aw,
         "tau_a": tr.challenge_ext_list("logup.tau_a", lay.a_vars),
         "tau_x": tr.challenge_ext_list("logup.tau_x", lay.num_vars),
-        "tau_t": tr.challenge_ext_list("logup.tau_t", TABLE_BITS),
+        "tau_t": tr.challenge_ext_list("logup.tau_t", lay.table_bits),
     }
 
 
-def _table_values() -> np.ndarray:
-    return np.arange(TABLE_SIZE, dtype=np.uint64)
+def _table_values(lay: RangeLayout) -> np.ndarray:
+    return np.arange(lay.table_size, dtype=np.uint64)
 
 
 def prove_range(
@@ -203,19 +221,22 @@ def prove_range(
         bad = int(v[v >= np.uint64(1 << bits)][0])
         raise ParameterError(f"prove_range: value {bad} is outside [0, 2^{bits})")
     a = v if lay.direct else _limbs(v, lay)
-    mult = np.bincount(np.minimum(a, TABLE_SIZE - 1).astype(np.int64), minlength=TABLE_SIZE)
+    # out-of-range entries (only without strict) are counted as the top table entry, so the
+    # sums then disagree and the verifier rejects
+    top = lay.table_size - 1
+    mult = np.bincount(np.minimum(a, top).astype(np.int64), minlength=lay.table_size)
     mult = mult.astype(np.uint64)
 
-    transcript.absorb_u64("logup.layout", lay.num_vars, lay.bits, TABLE_BITS)
+    transcript.absorb_u64("logup.layout", lay.num_vars, lay.bits, lay.table_bits)
     limb_com = limb_state = None
     if not lay.direct:
         limb_com, limb_state = pcs.commit(a, num_points=1, rng=rng)
         limb_com.absorb_into(transcript, "logup.limbs")
     m_com, m_state = pcs.commit(mult, num_points=1, rng=rng)
     m_com.absorb_into(transcript, "logup.mult")
-    beta = transcript.challenge_ext("logup.beta")  # soundness: (N_A + 2^16)/p^2
+    beta = transcript.challenge_ext("logup.beta")  # soundness: (N_A + 2^b)/p^2
     inv_a = e_inv(e_add(e_from_base(a), e_const(beta, a.shape[0])))
-    inv_t = e_inv(e_add(e_from_base(_table_values()), e_const(beta, TABLE_SIZE)))
+    inv_t = e_inv(e_add(e_from_base(_table_values(lay)), e_const(beta, lay.table_size)))
     q = e_mul_base(inv_t, mult)
     h_com, h_state = pcs.commit(inv_a, num_points=1, rng=rng)
     q_com, q_state = pcs.commit(q, num_points=1, rng=rng)
@@ -254,7 +275,7 @@ def prove_range(
     )
     table, table_claim = prove_sumcheck(
         table_spec,
-        [q, eq_table(ch["tau_t"]), _table_values(), mult],
+        [q, eq_table(ch["tau_t"]), _table_values(lay), mult],
         transcript,
         claimed_sum=s,
         masks=[pcs.round1_mask(q_state, 0), None, None, pcs.round1_mask(m_state, 0)],
@@ -312,7 +333,7 @@ def verify_range(
     """
     pcs = pcs or Ligero()
     lay = RangeLayout(num_vars, bits)
-    transcript.absorb_u64("logup.layout", lay.num_vars, lay.bits, TABLE_BITS)
+    transcript.absorb_u64("logup.layout", lay.num_vars, lay.bits, lay.table_bits)
     if lay.direct != (proof.limb_commitment is None) or lay.direct != (proof.limb_opening is None):
         raise LookupError_(
             "limb commitment presence",
@@ -325,7 +346,7 @@ def verify_range(
         )
         proof.limb_commitment.absorb_into(transcript, "logup.limbs")
     proof.mult_commitment.expect(
-        num_vars=TABLE_BITS, extension=False, num_points=1, what="multiplicity commitment"
+        num_vars=lay.table_bits, extension=False, num_points=1, what="multiplicity commitment"
     )
     proof.mult_commitment.absorb_into(transcript, "logup.mult")
     beta = transcript.challenge_ext("logup.beta")
@@ -333,7 +354,7 @@ def verify_range(
         num_vars=lay.a_vars, extension=True, num_points=1, what="h commitment"
     )
     proof.q_commitment.expect(
-        num_vars=TABLE_BITS, extension=True, num_points=1, what="q commitment"
+        num_vars=lay.table_bits, extension=True, num_points=1, what="q commitment"
     )
     proof.h_commitment.absorb_into(transcript, "logup.h")
     proof.q_commitment.absorb_into(transcript, "logup.q")
@@ -346,7 +367,8 @@ def verify_range(
     # public tables: the verifier evaluates them itself
     _expect("eq(tau_A, r)", eq_eval(ch["tau_a"], mc.point), mc.evaluations[1])
     _expect("eq(tau_T, r)", eq_eval(ch["tau_t"], tc.point), tc.evaluations[1])
-    t_eval = sum((r * pow(2, TABLE_BITS - 1 - b, P) for b, r in enumerate(tc.point)), Fp2(0))
+    tb = lay.table_bits
+    t_eval = sum((r * pow(2, tb - 1 - b, P) for b, r in enumerate(tc.point)), Fp2(0))
     _expect("table T(r)", t_eval, tc.evaluations[2])
     if not lay.direct:
         x_pt, c_pt = mc.point[: lay.num_vars], mc.point[lay.num_vars :]

@@ -19,7 +19,7 @@ def _committed(values):
     return com, st
 
 
-@pytest.mark.parametrize("bits,n", [(16, 3), (5, 2), (24, 2), (40, 2)])
+@pytest.mark.parametrize("bits,n", [(16, 3), (5, 2), (17, 2), (24, 2), (33, 2), (40, 2)])
 def test_in_range_accepted_and_claim_matches_commitment(rng, bits, n):
     v = rng.integers(0, 2**bits, 2**n, dtype=np.uint64)
     v[0], v[-1] = 0, 2**bits - 1  # both ends of the range
@@ -34,7 +34,10 @@ def test_in_range_accepted_and_claim_matches_commitment(rng, bits, n):
     PCS.verify(com, [out.point], [out.value], opening, Transcript(b"caller"))
 
 
-@pytest.mark.parametrize("bits,bad", [(16, 2**16), (5, 32), (24, 2**24 + 7), (40, P - 1)])
+@pytest.mark.parametrize(
+    "bits,bad",
+    [(16, 2**16), (5, 32), (17, 2**17), (24, 2**24 + 7), (33, 2**33), (40, P - 1)],
+)
 def test_out_of_range_rejected(rng, bits, bad):
     v = rng.integers(0, 2**bits, 4, dtype=np.uint64)
     v[2] = bad
@@ -128,3 +131,29 @@ def test_other_statement_and_wrong_bits_rejected(honest):
         verify_range(Transcript(b"other"), honest, num_vars=2, bits=20, value_masked=False, pcs=PCS)
     with pytest.raises(VerificationError):
         verify_range(Transcript(b"rc"), honest, num_vars=2, bits=21, value_masked=False, pcs=PCS)
+
+
+@pytest.mark.parametrize(
+    "bits, limbs, table_bits, shift, columns",
+    [
+        (5, 1, 5, 0, 1),
+        (16, 1, 16, 0, 1),
+        (17, 2, 9, 1, 3),
+        (24, 2, 12, 0, 2),
+        (32, 2, 16, 0, 2),
+        (33, 4, 9, 3, 5),
+        (40, 4, 10, 0, 4),
+        (63, 4, 16, 1, 5),
+    ],
+)
+def test_range_layout_fills_power_of_two_columns(bits, limbs, table_bits, shift, columns):
+    from lightning_zk.zk.lookup import RangeLayout
+
+    lay = RangeLayout(4, bits)
+    assert (lay.limbs, lay.table_bits, lay.shift, lay.columns) == (
+        limbs,
+        table_bits,
+        shift,
+        columns,
+    )
+    assert lay.table_bits <= 16 and lay.table_bits * lay.limbs - lay.shift == bits
