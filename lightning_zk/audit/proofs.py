@@ -6,25 +6,32 @@ Layout (fixed-point runs)::
     RUN/proofs/unit-FFFFFFFF-LLLLLLLL.lzkt      proof of steps F..L (one step, or an epoch)
     RUN/proofs/unit-FFFFFFFF-LLLLLLLL.json      its public statement
     RUN/proofs/seal.lzkt                        closes the chain (opens the last output weights)
+    RUN/tapes/batch-openings.json               per unit, the secret seed of its batch
+                                                commitment (private, like the tapes!)
 
 A chain is proved in order by one :class:`ChainProver` (its link holds prover state that cannot be
 saved), so a chain started by a ``ProofCallback`` that was interrupted is re-proved offline from the
 tapes with ``lightning-zk prove RUN``. :func:`verify_run` checks every proof, the chain (consecutive
 steps, each unit's input weights = the previous unit's output weights, the seal), that the proven
 steps are exactly the run's committed steps with the run's public constants, and the Merkle ledger
-when there is one.
+when there is one. :func:`check_run_batches` is the data owner's check that each unit's public
+batch commitment commits to *their* data (it needs the private seeds of ``batch-openings.json``).
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..atomic import atomic_write_bytes
+import numpy as np
+
+from ..atomic import atomic_write_bytes, atomic_write_json
 from ..fixed import WitnessTape
+from ..fixed.format import quantize
 from ..ledger.rundir import RunDirectory
 from ..zk.errors import ProofFormatError, VerificationError
 from ..zk.training import (
@@ -38,9 +45,13 @@ from ..zk.training import (
     prove_unit,
     verify_chain,
 )
+from ..zk.training.batch import BatchCheckError, check_batch  # noqa: F401 - re-exported
 
 PROOF_DIR = "proofs"
 SEAL_FILE = "seal.lzkt"
+TAPE_DIR = "tapes"  # = strategies.fixed.TAPE_DIR: private, never published
+BATCH_OPENINGS_FILE = "batch-openings.json"
+BATCH_OPENINGS_FORMAT = "lightning-zk/batch-openings"
 _UNIT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.lzkt$")
 
 
@@ -52,8 +63,37 @@ def unit_path(run: RunDirectory, first: int, last: int) -> Path:
     return run.path / PROOF_DIR / f"unit-{first:08d}-{last:08d}.lzkt"
 
 
+def batch_openings_path(run_dir: str | Path) -> Path:
+    """``RUN/tapes/batch-openings.json``: the private seeds of the units' batch commitments."""
+    return Path(run_dir) / TAPE_DIR / BATCH_OPENINGS_FILE
+
+
+def read_batch_openings(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Unit name (``unit-FFFFFFFF-LLLLLLLL``) -> {first, last, seed (hex), batch (root hex)}."""
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_bytes())
+        if data.get("format") != BATCH_OPENINGS_FORMAT or data.get("version") != 1:
+            raise ValueError("not a lightning-zk batch-openings file (version 1)")
+        units = dict(data["units"])
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        raise ProofRunError(f"cannot read batch openings {path}: {err}") from err
+    return units
+
+
+def _write_batch_openings(path: Path, units: dict[str, dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(path, {"format": BATCH_OPENINGS_FORMAT, "version": 1, "units": units})
+
+
 class ChainProver:
-    """Proves consecutive units of one chain and writes them (atomically) under ``RUN/proofs/``."""
+    """Proves consecutive units of one chain and writes them (atomically) under ``RUN/proofs/``.
+
+    Each unit's batch-commitment seed is kept privately in ``RUN/tapes/batch-openings.json``
+    (rewritten atomically after every unit; never under the public ``RUN/proofs/``).
+    """
 
     def __init__(self, run_dir: str | Path, backend: str = "auto", **prove_kwargs: Any) -> None:
         self.run = RunDirectory(run_dir)
@@ -71,8 +111,16 @@ class ChainProver:
         path = unit_path(self.run, first, last)
         atomic_write_bytes(path.with_suffix(".json"), stmt.to_bytes())
         atomic_write_bytes(path, encode_training_proof(proof))
+        self._save_batch_seed(path.stem, stmt, self.link.batch_seed)
         self.next_step = last + 1
         return path
+
+    def _save_batch_seed(self, unit: str, stmt: TrainingStatement, seed: bytes) -> None:
+        where = batch_openings_path(self.run.path)
+        units = read_batch_openings(where)
+        units[unit] = {"first": stmt.step_start, "last": stmt.step_start + stmt.num_steps - 1,
+                       "seed": seed.hex(), "batch": stmt.batch.root.hex()}
+        _write_batch_openings(where, units)
 
     def seal(self) -> Path | None:
         """Close the chain (no-op when nothing was proved)."""
@@ -125,6 +173,7 @@ def prove_run(run_dir: str | Path, aggregate: str = "step", backend: str = "auto
         for old in proof_dir.iterdir():
             if old.suffix in (".lzkt", ".json"):
                 old.unlink()
+    batch_openings_path(run.path).unlink(missing_ok=True)  # their seeds go with them
     prover = ChainProver(run.path, backend=backend, **prove_kwargs)
     for steps in units:
         prover.prove(load_tapes(run, steps))
@@ -214,3 +263,61 @@ def verify_run(run_dir: str | Path) -> ProofReport:
             report.problems.append(f"ledger: {err}")
     report.ok = not report.problems
     return report
+
+
+def _as_float(a: Any) -> Any:
+    if hasattr(a, "detach"):  # a torch tensor (no torch import here)
+        a = a.detach().to("cpu").double().numpy()
+    return a
+
+
+def check_run_batches(run_dir: str | Path, batches: Mapping[int, tuple[Any, Any]],
+                      openings: str | Path | None = None) -> list[tuple[int, int]]:
+    """Data owner's check: the run's proofs were made on *these* batches.
+
+    Args:
+        run_dir: the run directory (its public ``proofs/`` statements are read).
+        batches: step -> (x, y) as the data loader yields them (float arrays or CPU tensors;
+            quantised here with the statement's frac_bits exactly as fixed-point training does).
+        openings: the private seeds file (default ``RUN/tapes/batch-openings.json``; the trainer
+            hands it to the data owner).
+    Returns:
+        the (first, last) steps of every unit checked: every unit whose steps are all in
+        ``batches`` (a unit with only some of its steps given is an error).
+    Raises:
+        BatchCheckError: a unit's public batch commitment is not the commitment of these
+            batches under its seed (other data, another seed, or a seed file of another run).
+        ProofRunError: no statements, no seed for a unit, or nothing to check.
+    """
+    run = RunDirectory(run_dir)
+    seeds = read_batch_openings(openings if openings is not None else batch_openings_path(run.path))
+    proof_dir = run.path / PROOF_DIR
+    units = sorted(p for p in proof_dir.glob("unit-*.json")) if proof_dir.is_dir() else []
+    checked = []
+    for path in units:
+        stmt = TrainingStatement.from_bytes(path.read_bytes())
+        steps = range(stmt.step_start, stmt.step_start + stmt.num_steps)
+        given = [s in batches for s in steps]
+        if not any(given):
+            continue
+        if not all(given):
+            raise ProofRunError(f"{path.stem} proves steps {steps.start}..{steps.stop - 1}: give "
+                                "the batches of all of them")
+        entry = seeds.get(path.stem)
+        if entry is None:
+            raise ProofRunError(f"no batch seed for {path.stem} in the batch openings")
+        xs, ys = [], []
+        for s in steps:
+            x, y = (np.asarray(_as_float(a), dtype=np.float64) for a in batches[s])
+            xs.append(quantize(x, stmt.frac_bits))
+            ys.append(quantize(y[:, None] if y.ndim == 1 else y, stmt.frac_bits))
+        try:
+            seed = bytes.fromhex(str(entry["seed"]))
+        except (KeyError, ValueError) as err:
+            raise ProofRunError(f"malformed batch seed for {path.stem}: {err}") from err
+        check_batch(stmt, xs, ys, seed)
+        checked.append((steps.start, steps.stop - 1))
+    if not checked:
+        raise ProofRunError(f"{run.path}: no proof unit covers the given steps {sorted(batches)}")
+    return checked
+

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import lightning as L
 import pytest
 
 from lightning_zk import CommitCallback, ProofCallback, VerifiableStrategy
-from lightning_zk.audit.proofs import verify_run
+from lightning_zk.audit.proofs import (
+    BatchCheckError,
+    ProofRunError,
+    batch_openings_path,
+    check_run_batches,
+    load_tapes,
+    read_batch_openings,
+    verify_run,
+)
 from lightning_zk.cli import main
 from tests.fixed_mode.models import make_regressor, regression_loader
 from tests.models import make_model, trainer_kwargs
@@ -36,6 +45,59 @@ def test_epoch_proofs_verify(proven_run, capsys):
     assert report.units == 2 and report.steps_proven == 4 and report.ledger == "verified"
     assert main(["verify", str(proven_run)]) == 0
     assert "OK" in capsys.readouterr().out
+
+
+def _owner_batches(run_dir, steps):
+    """The data owner's float batches (the tapes' quantised data, exactly dequantised)."""
+    from lightning_zk.fixed.format import dequantize
+    from lightning_zk.ledger.rundir import RunDirectory
+
+    tapes = load_tapes(RunDirectory(run_dir), steps)
+    return {t.step: (dequantize(t.tensors["x"], t.frac_bits), dequantize(t.tensors["y"], t.frac_bits))
+            for t in tapes}
+
+
+def test_batch_seeds_are_private_and_let_the_data_owner_check(proven_run):
+    import torch
+
+    seeds_file = proven_run / "tapes" / "batch-openings.json"
+    assert batch_openings_path(proven_run) == seeds_file and seeds_file.is_file()
+    units = {p.stem for p in (proven_run / "proofs").glob("unit-*.lzkt")}
+    entries = read_batch_openings(seeds_file)
+    assert set(entries) == units and len(units) == 2
+    public = b"".join(p.read_bytes() for p in (proven_run / "proofs").iterdir())
+    for entry in entries.values():
+        assert entry["seed"].encode() not in public and len(bytes.fromhex(entry["seed"])) == 32
+    assert not list((proven_run / "proofs").glob("*batch*"))
+
+    batches = _owner_batches(proven_run, range(4))
+    assert check_run_batches(proven_run, batches) == [(0, 1), (2, 3)]
+    as_tensors = {k: tuple(torch.from_numpy(a) for a in v) for k, v in batches.items() if k >= 2}
+    assert check_run_batches(proven_run, as_tensors) == [(2, 3)]
+    swapped = dict(batches)
+    swapped[0], swapped[1] = batches[1], batches[0]  # same data, other order
+    with pytest.raises(BatchCheckError):
+        check_run_batches(proven_run, swapped)
+    other = {k: (x + 2.0 ** -16 * (k == 3), y) for k, (x, y) in batches.items()}  # one LSB
+    assert check_run_batches(proven_run, {k: other[k] for k in (0, 1)}) == [(0, 1)]
+    with pytest.raises(BatchCheckError):
+        check_run_batches(proven_run, other)
+    with pytest.raises(ProofRunError, match="all of them"):
+        check_run_batches(proven_run, {0: batches[0]})
+
+
+def test_data_owner_check_rejects_other_seeds(proven_run, tmp_path):
+    from lightning_zk.atomic import atomic_write_json
+
+    batches = _owner_batches(proven_run, range(4))
+    data = json.loads((proven_run / "tapes" / "batch-openings.json").read_bytes())
+    a, b = sorted(data["units"])
+    data["units"][a]["seed"], data["units"][b]["seed"] = data["units"][b]["seed"], data["units"][a]["seed"]
+    atomic_write_json(tmp_path / "swapped.json", data)
+    with pytest.raises(BatchCheckError):
+        check_run_batches(proven_run, batches, openings=tmp_path / "swapped.json")
+    with pytest.raises(ProofRunError, match="no batch seed"):
+        check_run_batches(proven_run, batches, openings=tmp_path / "missing.json")
 
 
 def test_step_proofs_verify(tmp_path):
@@ -81,11 +143,18 @@ def test_offline_prove_then_verify(tmp_path):
     assert main(["verify", str(tmp_path / "run")]) == 1  # nothing proved yet
     assert main(["prove", str(tmp_path / "run"), "--aggregate", "epoch"]) == 0
     assert verify_run(tmp_path / "run").ok
+    units = {p.stem for p in (tmp_path / "run" / "proofs").glob("unit-*.lzkt")}
+    assert set(read_batch_openings(batch_openings_path(tmp_path / "run"))) == units
+    assert main(["prove", str(tmp_path / "run"), "--aggregate", "step"]) == 0  # replaces them
+    units = {p.stem for p in (tmp_path / "run" / "proofs").glob("unit-*.lzkt")}
+    assert len(units) == 2
+    assert set(read_batch_openings(batch_openings_path(tmp_path / "run"))) == units
 
 
 def test_background_proving(tmp_path):
     _fit(tmp_path / "run", [ProofCallback(background=True)], steps=2)
     assert verify_run(tmp_path / "run").ok
+    assert len(read_batch_openings(batch_openings_path(tmp_path / "run"))) == 2
 
 
 def test_proof_callback_needs_fixed_mode(tmp_path):

@@ -33,15 +33,18 @@ class Run:
     epoch_proof: object
     epoch_statement: object
     epoch_seal: object
+    step_seeds: list  # batch-commitment seed of each step unit (ChainLink.batch_seed)
+    epoch_seed: bytes
 
 
 @pytest.fixture(scope="session")
 def run() -> Run:
     tapes = make_tapes(3)
-    units, link = [], None
+    units, seeds, link = [], [], None
     for i, tape in enumerate(tapes):
         proof, stmt, link = prove_step(tape, link, backend="numpy", rng=100 + i)
         units.append((proof, stmt))
+        seeds.append(link.batch_seed)
     seal = prove_seal(link)
     eproof, estmt, elink = prove_epoch(tapes, None, backend="numpy", rng=7)
-    return Run(tapes, units, seal, eproof, estmt, prove_seal(elink))
+    return Run(tapes, units, seal, eproof, estmt, prove_seal(elink), seeds, elink.batch_seed)

@@ -144,6 +144,12 @@ def test_nonzero_padding_rejected(monkeypatch):
     fake = copy.deepcopy(src)
     fake.tensors = _consistent_step(x, y, bias_rows=3)
     monkeypatch.setattr(prover_mod, "_check_tapes", lambda tapes, prev: None)  # 4-row tensors
+    real_commit = prover_mod.commit_batch
+
+    def public_rows_only(pcs, layout, xs, ys, seed, xp):  # the statement shows the real 3 rows
+        return real_commit(pcs, layout, [x[:3] for x in xs], [y[:3] for y in ys], seed, xp)
+
+    monkeypatch.setattr(prover_mod, "commit_batch", public_rows_only)
     _cheat_verify_check(fake, "relation global")
 
 

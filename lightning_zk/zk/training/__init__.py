@@ -3,6 +3,7 @@
 Layer rule: NumPy (+ CuPy through the zk backend) and :mod:`lightning_zk.fixed` only.
 """
 
+from .batch import BatchCheckError, batch_commitment, check_batch
 from .common import ChainError
 from .layout import Arch, Layout, build_layout
 from .proof import (
@@ -25,6 +26,9 @@ from .verifier import (
 from .witness import WitnessError, check_witness
 
 __all__ = [
+    "BatchCheckError",
+    "batch_commitment",
+    "check_batch",
     "ChainError",
     "Arch",
     "Layout",

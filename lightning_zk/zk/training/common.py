@@ -25,4 +25,8 @@ def slot_of(layout: Layout, f: Committed) -> TensorSlot:
         return _IDENTITY
     if f.com in ("bin", "bout"):
         return layout.theta[f.slot]
+    if f.com == "batch":
+        from .batch import batch_layout
+
+        return batch_layout(layout.arch)[f.slot]
     return layout.slot(f.slot)

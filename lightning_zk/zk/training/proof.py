@@ -2,11 +2,12 @@
 
 Layout (little-endian, typed values as in docs/proof_format.md):
 
-    magic "LZKT" | version u16 (= 1) | kind u16 (1 = unit proof, 2 = chain seal) | body
+    magic "LZKT" | version u16 (= 2) | kind u16 (1 = unit proof, 2 = chain seal) | body
 
 Unit body: commitment Wit, commitment v16, commitment vQ, Fp2 list carried point, Fp2 carried
 value, list of SumcheckProof bodies (one per relation, in transcript order), RangeProof body
-(v16, 16 bits), RangeProof body (vQ), LigeroProof bodies: Wit, v16, vQ, B_in openings.
+(v16, 16 bits), RangeProof body (vQ), LigeroProof bodies: Wit, v16, vQ, B_in, batch openings
+(version 2 added the batch opening; version 1 proofs are rejected).
 Seal body: Fp2 list pending point, Fp2 pending value, Fp2 dummy value, LigeroProof body.
 The decoder checks every tag, length and field element and rejects trailing bytes; any
 malformation raises :class:`~lightning_zk.zk.errors.ProofFormatError` with the byte offset.
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 TRAINING_MAGIC = b"LZKT"
-TRAINING_VERSION = 1
+TRAINING_VERSION = 2  # 2: unit proofs open the statement's batch commitment
 KIND_UNIT, KIND_SEAL = 1, 2
 
 
@@ -71,6 +72,7 @@ class UnitProof:
     v16_opening: LigeroProof
     vq_opening: LigeroProof
     b_in_opening: LigeroProof
+    batch_opening: LigeroProof  # the statement's batch commitment, at the batch-link points
 
 
 @dataclass
@@ -91,7 +93,7 @@ def _put_unit(w: _Writer, p: UnitProof) -> None:
     w.list_of(p.sumchecks, lambda sc: _put_sumcheck(w, sc))
     _put_range(w, p.range16)
     _put_range(w, p.rangeq)
-    for o in (p.wit_opening, p.v16_opening, p.vq_opening, p.b_in_opening):
+    for o in (p.wit_opening, p.v16_opening, p.vq_opening, p.b_in_opening, p.batch_opening):
         _put_ligero(w, o)
 
 
@@ -109,6 +111,7 @@ def _get_unit(r: _Reader) -> UnitProof:
         v16_opening=_get_ligero(r),
         vq_opening=_get_ligero(r),
         b_in_opening=_get_ligero(r),
+        batch_opening=_get_ligero(r),
     )
 
 

@@ -4,7 +4,7 @@ Transcript order (the verifier in :mod:`.verifier` mirrors it line by line):
 statement -> commitments Wit, v16, vQ -> carried claim on B_in -> one zk sumcheck per relation
 (challenges drawn inside each builder after everything before was absorbed) -> logUp range
 proofs of v16 (s bits) and vQ (Q bits) -> one batched opening per commitment (Wit, v16, vQ,
-B_in). B_out is *not* opened here: its claim is pending until the next unit (or the seal)
+B_in, batch). B_out is *not* opened here: its claim is pending until the next unit (or the seal)
 opens B_out exactly once, so hiding commitments are never opened twice.
 """
 
@@ -27,6 +27,7 @@ from ..multilinear import eq_table
 from ..randomness import as_rng
 from ..sumcheck import prove_sumcheck
 from ..transcript import Transcript
+from .batch import SEED_BYTES, commit_batch, count_batch_claims
 from .common import SEAL_DOMAIN, UNIT_DOMAIN, slot_of
 from .layout import Arch, Layout, build_layout, theta_names
 from .placement import Free, opening_point, place, place_mask
@@ -55,6 +56,8 @@ class ChainLink:
     b_out_table: Any
     pending: PendingClaim
     params: dict[str, np.ndarray]
+    # seed of this unit's batch commitment (its opening for the data owner: keep it private)
+    batch_seed: bytes = b""
 
 
 def _pad_table(f: PubPad, n: int, xp: Any) -> Any:
@@ -136,7 +139,8 @@ def prove_unit(
         strict: check every relation in integers first (WitnessError); ``False`` only for
             soundness tests that feed a cheating witness to the verifier.
     Returns:
-        (proof, public statement, link for the next unit / the seal).
+        (proof, public statement, link for the next unit / the seal); ``link.batch_seed`` is
+        the secret seed of ``statement.batch`` (see :func:`.batch.check_batch`).
     """
     _check_tapes(tapes, prev)
     if strict:
@@ -162,6 +166,11 @@ def prove_unit(
         b_in_com, b_in_state = prev.statement.weights_out, prev.b_out_state
         b_in_tab = prev.b_out_table
     b_out_com, b_out_state, b_out_tab = commit(theta_table(layout, after), 2)
+    batch_seed = rng.bytes(SEED_BYTES)  # the batch commitment's own randomness (see .batch)
+    batch_com, batch_state, batch_tab = commit_batch(
+        pcs, layout, [tp.tensors["x"] for tp in tapes], [tp.tensors["y"] for tp in tapes],
+        batch_seed, xp,
+    )
     stmt = TrainingStatement(
         first.dims,
         first.batch_size,
@@ -174,6 +183,7 @@ def prove_unit(
         prev is None,
         b_in_com,
         b_out_com,
+        batch_com,
         security_bits,
         blowup,
     )
@@ -196,12 +206,14 @@ def prove_unit(
     tr.absorb_ext("chain.carried_value", c_value)
 
     data = {"wit": wit_tab, "v16": v16_tab, "vq": vq_tab, "bin": b_in_tab, "bout": b_out_tab}
+    data["batch"] = batch_tab
     states = {
         "wit": wit_state,
         "v16": v16_state,
         "vq": vq_state,
         "bin": b_in_state,
         "bout": b_out_state,
+        "batch": batch_state,
     }
     claims: dict[str, dict[int, tuple[list[Fp2], Fp2]]] = {k: {} for k in data}
     sumchecks = []
@@ -269,9 +281,10 @@ def prove_unit(
         pcs.open(v16_state, [claims["v16"][0][0], claims["v16"][1][0]], tr),
         pcs.open(vq_state, [claims["vq"][0][0], claims["vq"][1][0]], tr),
         pcs.open(b_in_state, [c_point, claims["bin"][1][0]], tr),
+        pcs.open(batch_state, [claims["batch"][j][0] for j in range(count_batch_claims(layout))], tr),
     )
     pend = PendingClaim(tuple(claims["bout"][0][0]), claims["bout"][0][1])
-    return proof, stmt, ChainLink(stmt, b_out_state, b_out_tab, pend, after)
+    return proof, stmt, ChainLink(stmt, b_out_state, b_out_tab, pend, after, batch_seed)
 
 
 def _field(table: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Committed:
-    """A committed tensor placed on the sumcheck; ``com`` in wit | v16 | vq | bin | bout."""
+    """A committed tensor placed on the sumcheck; ``com`` in wit | v16 | vq | bin | bout | batch."""
 
     com: str
     slot: str
@@ -472,6 +472,9 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
         out.append(lambda tr, g=g: _update(c, tr, g))
     out.append(lambda tr: _chain(c, tr))
     out.append(lambda tr: _global(c, tr))
+    from .batch import batch_builders  # batch.py builds on this module
+
+    out.extend(batch_builders(layout))  # Wit's x, y = the statement's batch commitment
     return out
 
 

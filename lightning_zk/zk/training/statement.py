@@ -3,7 +3,8 @@
 Everything here is absorbed into the Fiat-Shamir transcript before the first challenge:
 architecture, true batch size, scale s, value bound, learning rate, MSE constant, first step
 index, number of steps, stacking width, whether the unit starts a chain, the commitments to the
-weights before (B_in) and after (B_out), and the commitment parameters of the verifier.
+weights before (B_in) and after (B_out), the commitment to the unit's batch (x and y of every
+step, :mod:`.batch`), and the commitment parameters of the verifier.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .layout import Arch
 
 __all__ = ["TrainingStatement", "STATEMENT_VERSION"]
 
-STATEMENT_VERSION = 1
+STATEMENT_VERSION = 2  # 2: adds the batch commitment
 
 
 def _com_json(c: Commitment) -> dict:
@@ -55,6 +56,7 @@ class TrainingStatement:
     chain_start: bool
     weights_in: Commitment
     weights_out: Commitment
+    batch: Commitment
     security_bits: int = 100
     blowup: int = 4
 
@@ -87,6 +89,7 @@ class TrainingStatement:
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
         self.weights_in.absorb_into(tr, "stmt.weights_in")
         self.weights_out.absorb_into(tr, "stmt.weights_out")
+        self.batch.absorb_into(tr, "stmt.batch")
 
     def to_json(self) -> dict:
         return {
@@ -103,6 +106,7 @@ class TrainingStatement:
             "chain_start": self.chain_start,
             "weights_in": _com_json(self.weights_in),
             "weights_out": _com_json(self.weights_out),
+            "batch": _com_json(self.batch),
             "security_bits": self.security_bits,
             "blowup": self.blowup,
         }
@@ -120,7 +124,11 @@ class TrainingStatement:
             if d.get("format") != "lightning-zk/training-statement":
                 raise ParameterError("not a lightning-zk training statement")
             if d.get("version") != STATEMENT_VERSION:
-                raise ParameterError(f"statement version {d.get('version')} unsupported")
+                raise ParameterError(
+                    f"training statement version {d.get('version')!r} unsupported (this build "
+                    f"reads version {STATEMENT_VERSION}; version 1 statements have no batch "
+                    "commitment: re-prove the run with `lightning-zk prove RUN`)"
+                )
             return cls(
                 tuple(int(x) for x in d["dims"]),
                 int(d["batch_size"]),
@@ -133,6 +141,7 @@ class TrainingStatement:
                 bool(d["chain_start"]),
                 _com_from(d["weights_in"]),
                 _com_from(d["weights_out"]),
+                _com_from(d["batch"]),
                 int(d["security_bits"]),
                 int(d["blowup"]),
             )

@@ -1,7 +1,7 @@
 """Verifier of training proof units, of the chain seal, and of whole chains.
 
 Mirrors :mod:`.prover` absorb for absorb. A unit verifies the relations of its steps, every
-opening of Wit, v16, vQ and B_in, and returns the *pending* claim on B_out that the next unit
+opening of Wit, v16, vQ, B_in and the batch commitment, and returns the *pending* claim on B_out that the next unit
 (or the seal) must discharge; :func:`verify_chain` links units and requires the seal, so only
 a complete chain binds the final weights commitment.
 """
@@ -19,6 +19,7 @@ from ..ligero import Ligero
 from ..lookup import verify_range
 from ..sumcheck import verify_sumcheck
 from ..transcript import Transcript
+from .batch import batch_layout, count_batch_claims
 from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
 from .layout import build_layout
 from .placement import opening_point
@@ -67,6 +68,12 @@ def verify_unit(
         com.expect(num_vars=layout.wit_vars, extension=False, num_points=2, what=what)
     for com, what in ((stmt.weights_in, "B_in"), (stmt.weights_out, "B_out")):
         com.expect(num_vars=layout.b_vars, extension=False, num_points=2, what=what)
+    stmt.batch.expect(
+        num_vars=batch_layout(layout.arch).num_vars,
+        extension=False,
+        num_points=count_batch_claims(layout),
+        what="batch commitment",
+    )
     tr = Transcript(UNIT_DOMAIN)
     stmt.absorb(tr)
     proof.wit_commitment.absorb_into(tr, "unit.wit")
@@ -97,7 +104,7 @@ def verify_unit(
             "number of relation sumchecks", expected=len(builders), got=len(proof.sumchecks)
         )
     claims: dict[str, dict[int, tuple[list[Fp2], Fp2]]] = {
-        k: {} for k in ("wit", "v16", "vq", "bin", "bout")
+        k: {} for k in ("wit", "v16", "vq", "bin", "bout", "batch")
     }
     next_wit = 0
     for build, scp in zip(builders, proof.sumchecks, strict=True):
@@ -142,6 +149,9 @@ def verify_unit(
         pcs.verify(
             stmt.weights_in, [c_point, b[0]], [proof.carried_value, b[1]], proof.b_in_opening, tr
         )
+    bc = [claims["batch"][j] for j in range(count_batch_claims(layout))]
+    with _stage("opening of the batch commitment"):
+        pcs.verify(stmt.batch, [p for p, _ in bc], [v for _, v in bc], proof.batch_opening, tr)
     out = claims["bout"][0]
     return PendingClaim(tuple(out[0]), out[1])
 
