@@ -80,9 +80,11 @@ def test_stacking_cuts_sumchecks_and_openings():
 
     proof, stmt, _ = prove_step(TAPES[0], backend="numpy", rng=1)
     lay = _layout()
-    assert len(proof.sumchecks) == len(relation_builders(lay, stmt)) == 2 * 5 + 2
+    assert (
+        len(proof.sumchecks) == len(relation_builders(lay, stmt)) == 2 * 5 + 3
+    )  # + chain, global, batch link
     # the same network without stacking would need one sumcheck per layer and relation
-    per_layer = 4 * 5 - 1 + 2
+    per_layer = 4 * 5 - 1 + 3
     assert len(proof.sumchecks) < per_layer
     assert isinstance(stmt, TrainingStatement)
     assert count_wit_claims(lay, stmt) == proof.wit_commitment.num_points
