@@ -8,10 +8,13 @@ Layout (fixed-point runs)::
     RUN/proofs/seal.lzkt                        closes the chain (opens the last output weights)
     RUN/tapes/batch-openings.json               per unit, the secret seed of its batch
                                                 commitment (private, like the tapes!)
+    RUN/tapes/chain/unit-FFFFFFFF-LLLLLLLL.npz  state that continues the chain after the last
+                                                unit: weights and commitment seed (private!)
 
-A chain is proved in order by one :class:`ChainProver` (its link holds prover state that cannot be
-saved), so a chain started by a ``ProofCallback`` that was interrupted is re-proved offline from the
-tapes with ``lightning-zk prove RUN``. :func:`verify_run` checks every proof, the chain (consecutive
+A chain is proved in order by a :class:`ChainProver`; before each unit is published, the private state
+that continues the chain after it goes to ``RUN/tapes/chain/`` (the seed of the unit's output-weights
+commitment and the weights), so a ``ProofCallback`` on a resumed training run (or a new prover after
+a crash) continues the chain instead of re-proving it. A sealed chain is final. :func:`verify_run` checks every proof, the chain (consecutive
 steps, each unit's input weights = the previous unit's output weights, the seal), that the proven
 steps are exactly the run's committed steps with the run's public constants, and the Merkle ledger
 when there is one. :func:`check_run_batches` is the data owner's check that each unit's public
@@ -20,6 +23,7 @@ batch commitment commits to *their* data (it needs the private seeds of ``batch-
 
 from __future__ import annotations
 
+import io
 import json
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +47,9 @@ from ..zk.training import (
     encode_training_proof,
     prove_seal,
     prove_unit,
+    resume_link,
     verify_chain,
+    verify_unit,
 )
 from ..zk.training.batch import BatchCheckError, check_batch  # noqa: F401 - re-exported
 
@@ -51,6 +57,7 @@ PROOF_DIR = "proofs"
 SEAL_FILE = "seal.lzkt"
 TAPE_DIR = "tapes"  # = strategies.fixed.TAPE_DIR: private, never published
 BATCH_OPENINGS_FILE = "batch-openings.json"
+CHAIN_DIR = "chain"  # under tapes/: private state that continues a chain after its last unit
 BATCH_OPENINGS_FORMAT = "lightning-zk/batch-openings"
 _UNIT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.lzkt$")
 
@@ -88,11 +95,55 @@ def _write_batch_openings(path: Path, units: dict[str, dict[str, Any]]) -> None:
     atomic_write_json(path, {"format": BATCH_OPENINGS_FORMAT, "version": 1, "units": units})
 
 
+def chain_state_path(run_dir: str | Path, unit: str) -> Path:
+    """``RUN/tapes/chain/UNIT.npz``: the prover state that continues the chain after ``unit``."""
+    return Path(run_dir) / TAPE_DIR / CHAIN_DIR / f"{unit}.npz"
+
+
+def _save_chain_state(path: Path, link: Any) -> None:
+    arrays = {f"param_{k}": np.asarray(v, dtype=np.int64) for k, v in link.params.items()}
+    buf = io.BytesIO()
+    np.savez(buf, b_out_seed=np.frombuffer(link.b_out_seed, dtype=np.uint8), **arrays)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def _load_chain_state(path: Path) -> tuple[bytes, dict[str, np.ndarray]]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            seed = z["b_out_seed"].astype(np.uint8).tobytes()
+            params = {k[len("param_"):]: z[k] for k in z.files if k.startswith("param_")}
+    except (OSError, ValueError, KeyError) as err:
+        raise ProofRunError(f"cannot read the chain state {path}: {err}") from err
+    return seed, params
+
+
+def _unit_files(run: RunDirectory) -> list[tuple[int, int, Path]]:
+    proof_dir = run.path / PROOF_DIR
+    if not proof_dir.is_dir():
+        return []
+    found = [(int(m.group(1)), int(m.group(2)), p) for p in proof_dir.iterdir()
+             if (m := _UNIT_RE.match(p.name))]
+    return sorted(found)
+
+
+def chain_progress(run_dir: str | Path) -> tuple[int, bool]:
+    """(first step the run's proof chain does not cover yet, whether the chain is sealed)."""
+    run = RunDirectory(run_dir)
+    units = _unit_files(run)
+    sealed = (run.path / PROOF_DIR / SEAL_FILE).is_file()
+    return (units[-1][1] + 1 if units else 0), sealed
+
+
 class ChainProver:
     """Proves consecutive units of one chain and writes them (atomically) under ``RUN/proofs/``.
 
-    Each unit's batch-commitment seed is kept privately in ``RUN/tapes/batch-openings.json``
-    (rewritten atomically after every unit; never under the public ``RUN/proofs/``).
+    A chain is resumable: before a unit is published, the state that continues the chain after
+    it (the seed of its output-weights commitment and the integer weights) is saved privately in
+    ``RUN/tapes/chain/``, so a new ``ChainProver`` on a run whose chain is not sealed continues
+    after the last published unit (a crashed or restarted training run keeps its proofs). A
+    sealed chain cannot be extended: the seal opened its last weights commitment.
+    Each unit's batch-commitment seed is kept privately in ``RUN/tapes/batch-openings.json``.
     """
 
     def __init__(self, run_dir: str | Path, backend: str = "auto", **prove_kwargs: Any) -> None:
@@ -101,19 +152,60 @@ class ChainProver:
         self.prove_kwargs = prove_kwargs
         self.link = None
         self.next_step: int | None = None
+        self.sealed = False
         (self.run.path / PROOF_DIR).mkdir(parents=True, exist_ok=True)
+        self._resume()
+
+    def _resume(self) -> None:
+        units = _unit_files(self.run)
+        if not units:
+            return
+        first, last, path = units[-1]
+        self.next_step = last + 1
+        if (self.run.path / PROOF_DIR / SEAL_FILE).is_file():
+            self.sealed = True
+            return
+        hint = "re-prove the run with `lightning-zk prove RUN`"
+        state = chain_state_path(self.run.path, path.stem)
+        if not state.is_file():
+            raise ProofRunError(f"cannot continue the chain after {path.name}: its private chain "
+                                f"state {state} is missing; {hint}")
+        try:
+            stmt = TrainingStatement.from_bytes(path.with_suffix(".json").read_bytes())
+            pending = verify_unit(decode_training_proof(path.read_bytes(), UnitProof), stmt)
+            seed, params = _load_chain_state(state)
+            self.link = resume_link(stmt, pending, params, seed, backend=self.backend)
+        except (OSError, ValueError, VerificationError, ProofFormatError) as err:
+            raise ProofRunError(f"cannot continue the chain after {path.name}: {err}; {hint}") from err
 
     def prove(self, tapes: Sequence[WitnessTape]) -> Path:
         """Prove one unit (the consecutive steps of ``tapes``) and write proof + statement."""
-        proof, stmt, self.link = prove_unit(list(tapes), self.link, backend=self.backend,
-                                            **self.prove_kwargs)
+        if self.sealed:
+            raise ProofRunError(
+                f"the proof chain of {self.run.path} is sealed at step {self.next_step - 1}: new "
+                "steps cannot extend it (the seal opened its last weights commitment). Re-prove "
+                "the whole run with `lightning-zk prove RUN` once training ends.")
+        if self.next_step is not None and tapes and tapes[0].step != self.next_step:
+            raise ProofRunError(f"the chain continues at step {self.next_step}; got a unit "
+                                f"starting at step {tapes[0].step}")
+        proof, stmt, link = prove_unit(list(tapes), self.link, backend=self.backend,
+                                       **self.prove_kwargs)
         first, last = stmt.step_start, stmt.step_start + stmt.num_steps - 1
         path = unit_path(self.run, first, last)
+        # private state first: a published unit always has what continues the chain after it
+        _save_chain_state(chain_state_path(self.run.path, path.stem), link)
+        self._save_batch_seed(path.stem, stmt, link.batch_seed)
         atomic_write_bytes(path.with_suffix(".json"), stmt.to_bytes())
         atomic_write_bytes(path, encode_training_proof(proof))
-        self._save_batch_seed(path.stem, stmt, self.link.batch_seed)
-        self.next_step = last + 1
+        self.link, self.next_step = link, last + 1
+        self._drop_chain_states(keep=path.stem)
         return path
+
+    def _drop_chain_states(self, keep: str | None) -> None:
+        folder = self.run.path / TAPE_DIR / CHAIN_DIR
+        for old in folder.glob("unit-*.npz") if folder.is_dir() else ():
+            if old.stem != keep:
+                old.unlink(missing_ok=True)
 
     def _save_batch_seed(self, unit: str, stmt: TrainingStatement, seed: bytes) -> None:
         where = batch_openings_path(self.run.path)
@@ -123,11 +215,13 @@ class ChainProver:
         _write_batch_openings(where, units)
 
     def seal(self) -> Path | None:
-        """Close the chain (no-op when nothing was proved)."""
+        """Close the chain (no-op when nothing was proved); it cannot be continued afterwards."""
         if self.link is None:
             return None
         path = self.run.path / PROOF_DIR / SEAL_FILE
         atomic_write_bytes(path, encode_training_proof(prove_seal(self.link)))
+        self.sealed = True
+        self._drop_chain_states(keep=None)
         return path
 
 
@@ -174,6 +268,8 @@ def prove_run(run_dir: str | Path, aggregate: str = "step", backend: str = "auto
             if old.suffix in (".lzkt", ".json"):
                 old.unlink()
     batch_openings_path(run.path).unlink(missing_ok=True)  # their seeds go with them
+    for state in (run.path / TAPE_DIR / CHAIN_DIR).glob("unit-*.npz"):
+        state.unlink()
     prover = ChainProver(run.path, backend=backend, **prove_kwargs)
     for steps in units:
         prover.prove(load_tapes(run, steps))

@@ -5,6 +5,10 @@ a time); with ``aggregate="epoch"`` the steps of each epoch are stacked into one
 proved when the epoch ends. ``background=True`` proves in a separate process that receives the
 tape files, so training does not wait; the process is joined (and its errors raised) when
 training ends. The chain is sealed at the end of training.
+
+A resumed run continues its chain: steps already proved are skipped, and steps committed before
+the restart but never proved (and not recomputed by the resume) are proved first, from their
+tapes in ``RUN/tapes/`` (``VerifiableStrategy(save_tapes=True)``, the default).
 """
 
 from __future__ import annotations
@@ -68,6 +72,7 @@ class ProofCallback(Callback):
         self.backend = backend
         self.background = bool(background)
         self._pending: list[tuple[int, Any]] = []  # (step, tape) not yet proved
+        self._next: int | None = None  # first step the chain does not cover (None: not read yet)
         self._prover = None
         self._process = None
         self._queue = None
@@ -89,8 +94,13 @@ class ProofCallback(Callback):
         if session is None or session.last_record is None or session.last_tape is None:
             return
         record = session.last_record
-        if self._pending and self._pending[-1][0] >= record.step:
-            return  # a step re-verified after a resume: proved with its chain, or re-prove offline
+        if self._next is None:
+            self._start_chain(trainer)
+        expected = self._pending[-1][0] + 1 if self._pending else self._next
+        if record.step < expected:
+            return  # a step recomputed by a resume that the chain already covers
+        if record.step > expected:
+            self._catch_up(trainer, expected, record.step)
         self._pending.append((record.step, session.last_tape))
         if self.aggregate == "step" and len(self._pending) >= self.every_n_steps:
             self._flush(trainer, per_step=True)
@@ -111,11 +121,58 @@ class ProofCallback(Callback):
             self._process.terminate()
 
     # --- proving -----------------------------------------------------------------------------
+    def _start_chain(self, trainer) -> None:
+        """Where the run's chain stands (a resumed run continues it; a sealed one cannot)."""
+        from ..audit.proofs import ChainProver, ProofRunError, chain_progress
+
+        run_dir = trainer.strategy.session.run.path
+        try:
+            if self.background:
+                self._next, sealed = chain_progress(run_dir)
+            else:
+                self._prover = ChainProver(run_dir, backend=self.backend)
+                self._next, sealed = self._prover.next_step or 0, self._prover.sealed
+        except ProofRunError as err:
+            raise ProofError(str(err)) from err
+        if sealed:
+            raise ProofError(
+                f"{run_dir}/proofs holds a sealed chain up to step {self._next - 1}: it cannot be "
+                "extended. Train without ProofCallback and re-prove the whole run afterwards with "
+                "`lightning-zk prove RUN`.")
+
+    def _catch_up(self, trainer, first: int, stop: int) -> None:
+        """Prove steps first..stop-1: committed before a restart, never proved, not recomputed."""
+        from ..audit.proofs import ProofRunError, load_tapes
+
+        self._flush(trainer, per_step=self.aggregate == "step")
+        run = trainer.strategy.session.run
+        records = run.read_steps()
+        units: list[list[int]] = []
+        for step in range(first, stop):
+            same_epoch = units and records[units[-1][-1]].epoch == records[step].epoch
+            if units and self.aggregate == "epoch" and same_epoch:
+                units[-1].append(step)
+            else:
+                units.append([step])
+        for steps in units:
+            if self.background:
+                self._submit(run.path, steps)
+                continue
+            try:
+                tapes = load_tapes(run, steps)
+            except ProofRunError as err:
+                raise ProofError(
+                    f"steps {first}..{stop - 1} were committed before the restart but not proved, "
+                    f"and their tapes are not on disk: {err}") from err
+            self._prove_now(run.path, steps, tapes)
+        self._next = stop
+
     def _flush(self, trainer, per_step: bool) -> None:
         if not self._pending:
             return
         units = [[item] for item in self._pending] if per_step else [self._pending]
         self._pending = []
+        self._next = units[-1][-1][0] + 1
         run_dir = trainer.strategy.session.run.path
         for unit in units:
             steps = [step for step, _ in unit]

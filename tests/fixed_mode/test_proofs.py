@@ -169,3 +169,75 @@ def test_proof_callback_arguments():
         ProofCallback(aggregate="layer")
     with pytest.raises(ValueError, match="every_n_steps=0"):
         ProofCallback(every_n_steps=0)
+
+
+class _Crash(RuntimeError):
+    pass
+
+
+class _CrashBefore(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise _Crash(f"crash before step {self.step}")
+
+
+def _fit_ckpt(run_dir, ckpt_dir, callbacks, steps=8, ckpt_path=None):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    every = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1)
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir, mode="fixed"), max_steps=steps,
+                        callbacks=[*callbacks, every], **trainer_kwargs(enable_checkpointing=True))
+    trainer.fit(make_regressor(), train_dataloaders=regression_loader(), ckpt_path=ckpt_path)
+
+
+@pytest.mark.parametrize("every, ckpt_step, background", [(1, 2, False), (3, 4, False), (3, 4, True)])
+def test_resumed_training_continues_the_proof_chain(tmp_path, every, ckpt_step, background):
+    """Crash before step 5, resume from a checkpoint: the chain goes on, nothing re-proved.
+
+    every=1: steps 0..4 proved, the resume recomputes 2..4 (skipped) and proves 5..7.
+    every=3: steps 0..2 proved, 3 and 4 committed only; the resume starts at 4, so step 3 is
+    proved from its tape on disk first.
+    """
+    from lightning_zk.audit.proofs import chain_progress
+
+    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    with pytest.raises(_Crash):
+        _fit_ckpt(run, ckpt, [CommitCallback(), ProofCallback(every_n_steps=every), _CrashBefore(5)])
+    assert chain_progress(run) == (5 if every == 1 else 3, False)
+    proved_before = {p.name: p.stat().st_mtime_ns for p in (run / "proofs").glob("unit-*.lzkt")}
+    (path,) = ckpt.glob(f"*step={ckpt_step}.ckpt")
+    resumed = ProofCallback(every_n_steps=every, background=background)
+    _fit_ckpt(run, ckpt, [CommitCallback(), resumed], ckpt_path=path)
+    report = verify_run(run)
+    assert report.ok, report.problems
+    assert report.steps_proven == report.steps_committed == 8 and report.ledger == "verified"
+    for name, mtime in proved_before.items():  # published units are never re-proved
+        assert (run / "proofs" / name).stat().st_mtime_ns == mtime
+    assert chain_progress(run) == (8, True)
+    assert not list((run / "tapes" / "chain").glob("*.npz"))  # sealed: nothing to continue
+
+
+def test_sealed_chain_cannot_be_extended(proven_run, tmp_path):
+    from lightning_zk.audit.proofs import ChainProver
+    from lightning_zk.ledger.rundir import RunDirectory
+
+    run = tmp_path / "run"
+    shutil.copytree(proven_run, run)
+    prover = ChainProver(run, backend="numpy")
+    assert prover.sealed and prover.next_step == 4
+    with pytest.raises(ProofRunError, match="sealed"):
+        prover.prove(load_tapes(RunDirectory(run), [3]))
+
+
+def test_chain_without_its_private_state_cannot_be_continued(tmp_path):
+    from lightning_zk.audit.proofs import ChainProver, chain_state_path
+
+    run = tmp_path / "run"
+    with pytest.raises(_Crash):
+        _fit(run, [ProofCallback(), _CrashBefore(2)], steps=4)
+    chain_state_path(run, "unit-00000001-00000001").unlink()
+    with pytest.raises(ProofRunError, match="chain state .* is missing"):
+        ChainProver(run, backend="numpy")

@@ -12,9 +12,14 @@ from lightning_zk.zk.training import (
     TrainingStatement,
     decode_training_proof,
     encode_training_proof,
+    prove_seal,
+    prove_step,
+    resume_link,
     verify_chain,
     verify_unit,
 )
+
+from .conftest import make_tapes
 
 
 def test_honest_step_chain_verifies(run):
@@ -132,3 +137,19 @@ def test_epoch_proof_is_far_smaller_than_the_step_proofs(run):
     epoch = len(encode_training_proof(run.epoch_proof))
     steps = sum(len(encode_training_proof(p)) for p, _ in run.step_proofs)
     assert epoch < 0.5 * steps
+
+
+def test_chain_resumes_from_the_private_seed_and_weights():
+    """A new process continues a chain from (statement, pending claim, weights, B_out seed)."""
+    tapes = make_tapes(2, seed=11)
+    p0, s0, link0 = prove_step(tapes[0], None, backend="numpy", rng=1)
+    pending = verify_unit(p0, s0)
+    link = resume_link(s0, pending, link0.params, link0.b_out_seed, backend="numpy")
+    p1, s1, link1 = prove_step(tapes[1], link, backend="numpy", rng=2)
+    assert verify_chain([s0, s1], [p0, p1], prove_seal(link1)) == 2
+    with pytest.raises(ChainError, match="recommit"):
+        resume_link(s0, pending, link0.params, bytes(32), backend="numpy")
+    other = {k: v.copy() for k, v in link0.params.items()}
+    other["W1"][0, 0] += 1
+    with pytest.raises(ChainError, match="recommit"):
+        resume_link(s0, pending, other, link0.b_out_seed, backend="numpy")

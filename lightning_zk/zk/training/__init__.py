@@ -13,7 +13,7 @@ from .proof import (
     decode_training_proof,
     encode_training_proof,
 )
-from .prover import ChainLink, prove_epoch, prove_seal, prove_step, prove_unit
+from .prover import ChainLink, prove_epoch, prove_seal, prove_step, prove_unit, resume_link
 from .statement import TrainingStatement
 from .verifier import (
     check_statement,
@@ -43,6 +43,7 @@ __all__ = [
     "prove_seal",
     "prove_step",
     "prove_unit",
+    "resume_link",
     "TrainingStatement",
     "check_statement",
     "verify_chain",

@@ -27,8 +27,8 @@ from ..multilinear import eq_table
 from ..randomness import as_rng
 from ..sumcheck import prove_sumcheck
 from ..transcript import Transcript
-from .batch import SEED_BYTES, commit_batch, count_batch_claims
-from .common import SEAL_DOMAIN, UNIT_DOMAIN, slot_of
+from .batch import SEED_BYTES, commit_batch, count_batch_claims, seeded_rng
+from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
 from .layout import Arch, Layout, build_layout, theta_names
 from .placement import Free, opening_point, place, place_mask
 from .proof import PendingClaim, SealProof, UnitProof
@@ -44,7 +44,7 @@ from .relations import (
 from .statement import TrainingStatement
 from .witness import check_witness, range_tables, theta_table, wit_table
 
-__all__ = ["ChainLink", "prove_unit", "prove_step", "prove_epoch", "prove_seal"]
+__all__ = ["ChainLink", "prove_unit", "prove_step", "prove_epoch", "prove_seal", "resume_link"]
 
 
 @dataclass
@@ -58,6 +58,9 @@ class ChainLink:
     params: dict[str, np.ndarray]
     # seed of this unit's batch commitment (its opening for the data owner: keep it private)
     batch_seed: bytes = b""
+    # seed of the B_out commitment's randomness: with ``params`` it rebuilds this link after a
+    # restart (:func:`resume_link`); as secret as the weights
+    b_out_seed: bytes = b""
 
 
 def _pad_table(f: PubPad, n: int, xp: Any) -> Any:
@@ -155,9 +158,9 @@ def prove_unit(
     before = {k: first.tensors[k] for k in theta_names(L)}
     after = {k: last.tensors[k + "n"] for k in theta_names(L)}
 
-    def commit(table: np.ndarray, points: int) -> tuple[Any, Any, Any]:
+    def commit(table: np.ndarray, points: int, own_rng: Any = None) -> tuple[Any, Any, Any]:
         field = xp.asarray(_field(table))
-        com, st = pcs.commit(field, num_points=points, rng=rng)
+        com, st = pcs.commit(field, num_points=points, rng=own_rng or rng)
         return com, st, field
 
     if prev is None:
@@ -165,7 +168,10 @@ def prove_unit(
     else:
         b_in_com, b_in_state = prev.statement.weights_out, prev.b_out_state
         b_in_tab = prev.b_out_table
-    b_out_com, b_out_state, b_out_tab = commit(theta_table(layout, after), 2)
+    b_out_seed = rng.bytes(SEED_BYTES)  # B_out from its own seed, so a chain can be resumed
+    b_out_com, b_out_state, b_out_tab = commit(
+        theta_table(layout, after), 2, seeded_rng(b_out_seed)
+    )
     batch_seed = rng.bytes(SEED_BYTES)  # the batch commitment's own randomness (see .batch)
     batch_com, batch_state, batch_tab = commit_batch(
         pcs, layout, [tp.tensors["x"] for tp in tapes], [tp.tensors["y"] for tp in tapes],
@@ -284,7 +290,43 @@ def prove_unit(
         pcs.open(batch_state, [claims["batch"][j][0] for j in range(count_batch_claims(layout))], tr),
     )
     pend = PendingClaim(tuple(claims["bout"][0][0]), claims["bout"][0][1])
-    return proof, stmt, ChainLink(stmt, b_out_state, b_out_tab, pend, after, batch_seed)
+    link = ChainLink(stmt, b_out_state, b_out_tab, pend, after, batch_seed, b_out_seed)
+    return proof, stmt, link
+
+
+def resume_link(
+    statement: TrainingStatement,
+    pending: PendingClaim,
+    params: dict[str, np.ndarray],
+    b_out_seed: bytes,
+    *,
+    backend: str = "auto",
+) -> ChainLink:
+    """Rebuild the link after the unit ``statement`` (e.g. in a new process after a crash).
+
+    Args:
+        statement: the last proved unit's public statement.
+        pending: its pending claim on B_out (what :func:`.verifier.verify_unit` returns).
+        params: the integer weights after the unit (``W1``, ``b1``, ...).
+        b_out_seed: ``link.b_out_seed`` of that unit.
+    Raises:
+        ChainError: the weights and seed do not recommit to ``statement.weights_out``.
+    """
+    layout = build_layout(statement.arch, tensor_names(len(statement.dims) - 1))
+    missing = [k for k in theta_names(layout.arch.num_layers) if k not in params]
+    if missing:
+        raise ParameterError(f"resume_link: weights {missing} missing")
+    xp = get_backend(backend).xp
+    table = xp.asarray(_field(theta_table(layout, params)))
+    pcs = Ligero(LigeroConfig(statement.security_bits, statement.blowup))
+    com, state = pcs.commit(table, num_points=2, rng=seeded_rng(b_out_seed))
+    if com != statement.weights_out:
+        raise ChainError(
+            "resumed weights recommit to the unit's B_out",
+            expected=statement.weights_out.root.hex(),
+            got=com.root.hex(),
+        )
+    return ChainLink(statement, state, table, pending, dict(params), b"", bytes(b_out_seed))
 
 
 def _field(table: np.ndarray) -> np.ndarray:
