@@ -1,7 +1,13 @@
-"""Optional numba JIT kernel for Goldilocks multiplication (imported only when numba is).
+"""Optional numba JIT kernels for Goldilocks arithmetic (imported only when numba is).
 
-Same algorithm as the limb-split NumPy kernel, fused into one loop so no temporaries are
-materialised. Used only by :mod:`.backend` when ``import numba`` succeeds.
+Same algorithms as the NumPy kernels (limb-split multiply, ``where``-based add/sub/neg), fused
+into one loop each so no temporaries or masks are materialised; every scalar step is the same
+operation in the same order, so results are bit-identical to the NumPy path. Used only by
+:mod:`.backend` when ``import numba`` succeeds.
+
+The ufuncs are built with explicit ``uint64`` signatures (compiled at import) and called through
+their underlying NumPy ufunc, which skips numba's Python-level dispatch (~0.7 us per call; the
+prover makes ~10^5 calls). Callers pass uint64 arrays only.
 """
 
 from __future__ import annotations
@@ -42,11 +48,74 @@ def _mul1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compil
     return t2
 
 
+@numba.njit(cache=False, nogil=True, inline="always")
+def _add1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compiled
+    s = a + b
+    # wrapped (s < a) means a+b >= 2^64 > p; subtracting p with wraparound is then exact
+    if s < a or s >= _P:
+        s -= _P
+    return s
+
+
+@numba.njit(cache=False, nogil=True, inline="always")
+def _sub1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compiled
+    d = a - b
+    if a < b:
+        d += _P
+    return d
+
+
 @numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=False)
 def _mul_ufunc(a, b):  # pragma: no cover - compiled
     return _mul1(a, b)
 
 
+@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=False)
+def _add_ufunc(a, b):  # pragma: no cover - compiled
+    return _add1(a, b)
+
+
+@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=False)
+def _sub_ufunc(a, b):  # pragma: no cover - compiled
+    return _sub1(a, b)
+
+
+@numba.vectorize(["uint64(uint64)"], nopython=True, cache=False)
+def _neg_ufunc(a):  # pragma: no cover - compiled
+    return a if a == 0 else _P - a
+
+
+def _raw(uf: Any) -> Any:
+    """The plain NumPy ufunc behind a numba DUFunc (no Python-level dispatch per call)."""
+    return getattr(uf, "ufunc", uf)
+
+
+_MUL = _raw(_mul_ufunc)
+_ADD = _raw(_add_ufunc)
+_SUB = _raw(_sub_ufunc)
+_NEG = _raw(_neg_ufunc)
+
+
+def _nd(r: Any) -> np.ndarray:
+    """0-d inputs make ufuncs return NumPy scalars; keep the ``np.where`` path's 0-d arrays."""
+    return r if isinstance(r, np.ndarray) else np.asarray(r)
+
+
 def numba_mul(a: Any, b: Any) -> Any:
     """Elementwise Goldilocks product of two uint64 arrays (broadcasting), via numba."""
-    return _mul_ufunc(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
+    return _MUL(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64))
+
+
+def numba_add(a: Any, b: Any) -> np.ndarray:
+    """Elementwise a + b mod p of two uint64 arrays (broadcasting), via numba."""
+    return _nd(_ADD(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)))
+
+
+def numba_sub(a: Any, b: Any) -> np.ndarray:
+    """Elementwise a - b mod p of two uint64 arrays (broadcasting), via numba."""
+    return _nd(_SUB(np.asarray(a, dtype=np.uint64), np.asarray(b, dtype=np.uint64)))
+
+
+def numba_neg(a: Any) -> np.ndarray:
+    """Elementwise -a mod p of a uint64 array, via numba."""
+    return _nd(_NEG(np.asarray(a, dtype=np.uint64)))
