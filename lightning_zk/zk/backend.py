@@ -43,6 +43,8 @@ M32 = 0xFFFF_FFFF
 MulKernel = Callable[[Any, Any], Any]
 BinaryKernel = Callable[[Any, Any], Any]
 UnaryKernel = Callable[[Any], Any]
+# (x (rows, K) C-contiguous uint64, flat twiddles, bit-reversal, 1/K, scale?) -> None, in place
+NttKernel = Callable[[Any, Any, Any, int, bool], None]
 
 
 def _mul_limbs(a: Any, b: Any) -> Any:
@@ -130,6 +132,8 @@ class Backend:
         mul_impl: which kernel ``mul`` is (``"limbs"``, ``"numba"``, ``"cuda"``).
         add, sub, neg: elementwise a + b, a - b, -a mod p on uint64 arrays (broadcasting);
             ``xp.where``-based unless a fused kernel (numba) is available.
+        ntt_rows: in-place NTT of every row of a C-contiguous (rows, K) array, or ``None``
+            (the vectorised ``xp`` stages of :mod:`.ntt` are used).
     """
 
     name: str
@@ -140,6 +144,7 @@ class Backend:
     add: BinaryKernel = _add_where
     sub: BinaryKernel = _sub_where
     neg: UnaryKernel = _neg_where
+    ntt_rows: NttKernel | None = None
 
     def asarray(self, a: Any) -> Any:
         """Move ``a`` to this backend as a uint64 array (no copy when already there)."""
@@ -183,10 +188,17 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
         return _CACHE[key]
     want = numba_available() if use_numba is None else use_numba
     if want:
-        from ._numba_kernels import numba_add, numba_mul, numba_neg, numba_sub
+        from ._numba_kernels import numba_add, numba_mul, numba_neg, numba_ntt_rows, numba_sub
 
         be = Backend(
-            "numpy", np, numba_mul, "numba", add=numba_add, sub=numba_sub, neg=numba_neg
+            "numpy",
+            np,
+            numba_mul,
+            "numba",
+            add=numba_add,
+            sub=numba_sub,
+            neg=numba_neg,
+            ntt_rows=numba_ntt_rows,
         )
     else:
         be = Backend("numpy", np, _mul_limbs, "limbs")

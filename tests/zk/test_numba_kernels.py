@@ -7,6 +7,7 @@ with ``get_backend("numpy", use_numba=True)`` or imported directly), so both pat
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 
 import numpy as np
@@ -14,6 +15,8 @@ import pytest
 
 from lightning_zk.zk import field as F
 from lightning_zk.zk.backend import P, get_backend
+
+ntt_mod = importlib.import_module("lightning_zk.zk.ntt")  # the package re-exports ``ntt``
 
 HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 needs_numba = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not importable")
@@ -93,3 +96,63 @@ def test_field_ops_accept_ints_and_broadcast(rng):
     assert _ints(F.neg(a[:, :1])) == [F.ref_neg(row[0]) for row in ai]
     with np.errstate(over="ignore"):  # the where path wraps NumPy *scalars* (0-d) on purpose
         assert int(F.add(P - 1, 5)) == 4 and int(F.sub(0, 1)) == P - 1
+
+
+# ---- NTT ------------------------------------------------------------------------------------
+
+
+def _ntt_input(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    a = rng.integers(0, P, shape, dtype=np.uint64)
+    flat = a.reshape(-1)
+    flat[: len(EDGE)] = np.array(EDGE, dtype=np.uint64)[: flat.size]
+    return a
+
+
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 32, 64])
+def test_xp_ntt_stages_match_naive_dft(rng, k):
+    a = _ntt_input(rng, (3, k))
+    out = ntt_mod._transform_xp(a, False)
+    for r in range(3):
+        assert _ints(out[r]) == ntt_mod.naive_dft(a[r])
+    assert np.array_equal(ntt_mod._transform_xp(out, True), a)
+
+
+@needs_numba
+@pytest.mark.parametrize("k", [1, 2, 4, 8, 32, 64])
+def test_numba_ntt_matches_naive_dft(rng, k):
+    from lightning_zk.zk._numba_kernels import numba_ntt_rows
+
+    a = _ntt_input(rng, (3, k))
+    out = ntt_mod._transform_fused(a, False, numba_ntt_rows)
+    for r in range(3):
+        assert _ints(out[r]) == ntt_mod.naive_dft(a[r])
+    assert np.array_equal(ntt_mod._transform_fused(out, True, numba_ntt_rows), a)
+
+
+@needs_numba
+@pytest.mark.parametrize(
+    "shape", [(4096,), (5, 1024), (2, 3, 256), (0, 16), (7, 1)], ids=lambda s: "x".join(map(str, s))
+)
+def test_numba_ntt_bit_identical_to_xp_stages(rng, shape):
+    from lightning_zk.zk._numba_kernels import numba_ntt_rows
+
+    a = _ntt_input(rng, shape)
+    before = a.copy()
+    for inverse in (False, True):
+        got = ntt_mod._transform_fused(a, inverse, numba_ntt_rows)
+        want = ntt_mod._transform_xp(a, inverse)
+        assert got.shape == want.shape == a.shape and got.dtype == np.uint64
+        assert np.array_equal(got, want)
+    assert np.array_equal(a, before)  # input untouched (the kernel works on a copy)
+    # non-contiguous input (a transposed view) takes the same path
+    if a.ndim == 2 and a.shape[0] > 1:
+        t = np.ascontiguousarray(a.T).T
+        assert np.array_equal(
+            ntt_mod._transform_fused(t, False, numba_ntt_rows), ntt_mod._transform_xp(t, False)
+        )
+
+
+@needs_numba
+def test_ntt_dispatch_uses_the_fused_kernel_only_with_numba():
+    assert get_backend("numpy", use_numba=True).ntt_rows is not None
+    assert get_backend("numpy", use_numba=False).ntt_rows is None
