@@ -16,11 +16,19 @@ from typing import Any
 
 import numba
 import numpy as np
+from numba import types
 
 _P = np.uint64(0xFFFF_FFFF_0000_0001)
 _EPS = np.uint64(0xFFFF_FFFF)
 _M32 = np.uint64(0xFFFF_FFFF)
 _S32 = np.uint64(32)
+
+# Explicit signatures for the array kernels: one compilation each, at import. Without them numba
+# compiles a specialisation per (layout, readonly) combination it meets (4 for e_mul in one
+# proof). Mutable arrays convert to the read-only input types; wrappers make inputs contiguous.
+_U64_IN = types.Array(types.uint64, 1, "C", readonly=True)
+_I64_IN = types.Array(types.int64, 1, "C", readonly=True)
+_U64_ROWS = types.Array(types.uint64, 2, "C")
 
 
 @numba.njit(cache=False, nogil=True, inline="always")
@@ -151,7 +159,11 @@ def _ntt_row(row, tw, rev, kinv, scale):  # pragma: no cover - compiled
             row[i] = _mul1(row[i], kinv)
 
 
-@numba.njit(cache=False, nogil=True)
+@numba.njit(
+    types.void(_U64_ROWS, _U64_IN, _I64_IN, types.uint64, types.boolean),
+    cache=False,
+    nogil=True,
+)
 def _ntt_rows(x, tw, rev, kinv, scale):  # pragma: no cover - compiled
     # Serial on purpose: a prange (parallel=True) version measured no steady gain on the
     # shared 2-core machine (within noise, sometimes slower) and costs extra compile time.
@@ -165,3 +177,72 @@ def numba_ntt_rows(x: np.ndarray, tw: np.ndarray, rev: np.ndarray, kinv: int, sc
     ``kinv`` multiplies the result when ``scale`` (the inverse transform's 1/K).
     """
     _ntt_rows(x, tw, rev, np.uint64(kinv), bool(scale))
+
+
+# ---- F_p2 = F_p[X]/(X^2 - 7) ----------------------------------------------------------------
+
+_W = np.uint64(7)
+
+
+@numba.njit(types.void(_U64_IN, _U64_IN, _U64_IN, _U64_IN, _U64_ROWS), cache=False, nogil=True)
+def _e_mul_loop(a0, a1, b0, b1, out):  # pragma: no cover - compiled
+    # extension.e_mul's formula, step for step (Karatsuba: 4 base multiplications)
+    for i in range(a0.shape[0]):
+        v0 = _mul1(a0[i], b0[i])
+        v1 = _mul1(a1[i], b1[i])
+        cross = _mul1(_add1(a0[i], a1[i]), _add1(b0[i], b1[i]))
+        out[1, i] = _sub1(cross, _add1(v0, v1))
+        out[0, i] = _add1(v0, _mul1(v1, _W))
+
+
+@numba.njit(
+    types.void(_U64_IN, _U64_IN, types.uint64, types.uint64, _U64_ROWS), cache=False, nogil=True
+)
+def _e_scale_loop(a0, a1, s0, s1, out):  # pragma: no cover - compiled
+    # extension.e_scale's formula for a scalar with s1 != 0, step for step
+    for i in range(a0.shape[0]):
+        v0 = _mul1(a0[i], s0)
+        v1 = _mul1(a1[i], s1)
+        out[0, i] = _add1(v0, _mul1(v1, _W))
+        out[1, i] = _add1(_mul1(a0[i], s1), _mul1(a1[i], s0))
+
+
+@numba.njit(types.UniTuple(types.uint64, 2)(_U64_IN), cache=False, nogil=True)
+def _halves_sum(a):  # pragma: no cover - compiled
+    # exact sums of the low and high 32-bit halves (< 2^32 terms: no uint64 overflow)
+    lo = np.uint64(0)
+    hi = np.uint64(0)
+    for i in range(a.shape[0]):
+        lo += a[i] & _M32
+        hi += a[i] >> _S32
+    return lo, hi
+
+
+def _c(a: np.ndarray) -> np.ndarray:
+    """Contiguous uint64 (no copy when it already is), as the kernels' signatures require."""
+    return np.ascontiguousarray(a, dtype=np.uint64)
+
+
+def numba_e_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Product of two extension arrays of equal shape (2, ...), in one pass without temporaries."""
+    shape = a.shape
+    a2 = a.reshape(2, -1)
+    b2 = b.reshape(2, -1)
+    out = np.empty((2, a2.shape[1]), dtype=np.uint64)
+    _e_mul_loop(_c(a2[0]), _c(a2[1]), _c(b2[0]), _c(b2[1]), out)
+    return out.reshape(shape)
+
+
+def numba_e_scale(a: np.ndarray, s0: int, s1: int) -> np.ndarray:
+    """Extension array (2, ...) times the scalar s0 + s1 X, in one pass."""
+    shape = a.shape
+    a2 = a.reshape(2, -1)
+    out = np.empty((2, a2.shape[1]), dtype=np.uint64)
+    _e_scale_loop(_c(a2[0]), _c(a2[1]), np.uint64(s0), np.uint64(s1), out)
+    return out.reshape(shape)
+
+
+def numba_halves_sum(a: np.ndarray) -> tuple[int, int]:
+    """(sum of a & (2^32 - 1), sum of a >> 32) over all elements, as Python ints."""
+    lo, hi = _halves_sum(_c(a.reshape(-1)))
+    return int(lo), int(hi)

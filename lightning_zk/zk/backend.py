@@ -134,6 +134,9 @@ class Backend:
             ``xp.where``-based unless a fused kernel (numba) is available.
         ntt_rows: in-place NTT of every row of a C-contiguous (rows, K) array, or ``None``
             (the vectorised ``xp`` stages of :mod:`.ntt` are used).
+        e_mul, e_scale, halves_sum: fused kernels for :mod:`.extension` (product of two
+            equal-shape extension arrays; extension array times scalar (s0, s1); exact sums of
+            the 32-bit halves for ``fsum``), or ``None`` to use the generic ``xp`` code.
     """
 
     name: str
@@ -145,6 +148,9 @@ class Backend:
     sub: BinaryKernel = _sub_where
     neg: UnaryKernel = _neg_where
     ntt_rows: NttKernel | None = None
+    e_mul: BinaryKernel | None = None
+    e_scale: Callable[[Any, int, int], Any] | None = None
+    halves_sum: Callable[[Any], tuple[int, int]] | None = None
 
     def asarray(self, a: Any) -> Any:
         """Move ``a`` to this backend as a uint64 array (no copy when already there)."""
@@ -188,7 +194,16 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
         return _CACHE[key]
     want = numba_available() if use_numba is None else use_numba
     if want:
-        from ._numba_kernels import numba_add, numba_mul, numba_neg, numba_ntt_rows, numba_sub
+        from ._numba_kernels import (
+            numba_add,
+            numba_e_mul,
+            numba_e_scale,
+            numba_halves_sum,
+            numba_mul,
+            numba_neg,
+            numba_ntt_rows,
+            numba_sub,
+        )
 
         be = Backend(
             "numpy",
@@ -199,6 +214,9 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
             sub=numba_sub,
             neg=numba_neg,
             ntt_rows=numba_ntt_rows,
+            e_mul=numba_e_mul,
+            e_scale=numba_e_scale,
+            halves_sum=numba_halves_sum,
         )
     else:
         be = Backend("numpy", np, _mul_limbs, "limbs")

@@ -159,8 +159,12 @@ def fsum(a: Any, axis: int | None = None) -> Any:
     if count >= 1 << 32:
         raise ParameterError(f"fsum: {count} terms exceed the 2^32 the accumulator supports")
     if axis is None:
-        lo = int((a & M32).sum(dtype=xp.uint64))
-        hi = int((a >> 32).sum(dtype=xp.uint64))
+        halves = backend_of(a).halves_sum
+        if halves is not None:  # numba: one pass, no masked/shifted temporaries
+            lo, hi = halves(a)
+        else:
+            lo = int((a & M32).sum(dtype=xp.uint64))
+            hi = int((a >> 32).sum(dtype=xp.uint64))
         return (lo + (hi << 32)) % P
     lo = (a & M32).sum(axis=axis, dtype=xp.uint64)
     hi = (a >> 32).sum(axis=axis, dtype=xp.uint64)

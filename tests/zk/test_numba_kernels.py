@@ -15,6 +15,7 @@ import pytest
 
 from lightning_zk.zk import field as F
 from lightning_zk.zk.backend import P, get_backend
+from lightning_zk.zk.extension import Fp2, e_get, e_mul, e_random, e_scale
 
 ntt_mod = importlib.import_module("lightning_zk.zk.ntt")  # the package re-exports ``ntt``
 
@@ -156,3 +157,94 @@ def test_numba_ntt_bit_identical_to_xp_stages(rng, shape):
 def test_ntt_dispatch_uses_the_fused_kernel_only_with_numba():
     assert get_backend("numpy", use_numba=True).ntt_rows is not None
     assert get_backend("numpy", use_numba=False).ntt_rows is None
+
+
+# ---- F_p2 kernels and fsum --------------------------------------------------------------------
+
+
+def _ext_input(rng: np.random.Generator, n: int) -> np.ndarray:
+    """(2, n) extension array whose first entries run through all pairs of edge values."""
+    a = rng.integers(0, P, (2, n), dtype=np.uint64)
+    grid = np.array([(x, y) for x in EDGE for y in EDGE], dtype=np.uint64).T
+    m = min(n, grid.shape[1])
+    a[:, :m] = grid[:, :m]
+    return a
+
+
+def _e_mul_numpy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """extension.e_mul's formula on the NumPy (where / limb-split) kernels."""
+    be = get_backend("numpy", use_numba=False)
+    v0 = be.mul(a[0], b[0])
+    v1 = be.mul(a[1], b[1])
+    cross = be.mul(be.add(a[0], a[1]), be.add(b[0], b[1]))
+    c1 = be.sub(cross, be.add(v0, v1))
+    c0 = be.add(v0, be.mul(v1, np.uint64(7)))
+    return np.stack([c0, c1])
+
+
+@needs_numba
+def test_numba_e_mul_bit_identical_and_matches_fp2(rng):
+    from lightning_zk.zk._numba_kernels import numba_e_mul
+
+    a = _ext_input(rng, 500)
+    b = _ext_input(rng, 500)[:, ::-1]  # reversed view: edge pairs meet random values, strided
+    got = numba_e_mul(a, b)
+    assert np.array_equal(got, _e_mul_numpy(a, b))
+    for i in range(0, 500, 7):
+        want = Fp2(int(a[0, i]), int(a[1, i])) * Fp2(int(b[0, i]), int(b[1, i]))
+        assert (int(got[0, i]), int(got[1, i])) == (want.c0, want.c1)
+    # higher-rank and 1-entry shapes keep their shape
+    c = rng.integers(0, P, (2, 3, 4), dtype=np.uint64)
+    assert np.array_equal(numba_e_mul(c, c), _e_mul_numpy(c, c))
+    d = rng.integers(0, P, (2,), dtype=np.uint64)
+    assert numba_e_mul(d, d).shape == (2,)
+    with np.errstate(over="ignore"):  # the where path wraps NumPy scalars (0-d) on purpose
+        assert np.array_equal(numba_e_mul(d, d), _e_mul_numpy(d, d))
+
+
+@needs_numba
+def test_numba_e_scale_bit_identical(rng):
+    from lightning_zk.zk._numba_kernels import numba_e_scale
+
+    be = get_backend("numpy", use_numba=False)
+    a = _ext_input(rng, 300)
+    for s0, s1 in [(0, 1), (1, 1), (P - 1, P - 2), (2**32, 2**63), (3, P - 1)]:
+        got = numba_e_scale(a[:, 1:], s0, s1)
+        x = a[:, 1:]
+        v0 = be.mul(x[0], np.uint64(s0))
+        v1 = be.mul(x[1], np.uint64(s1))
+        want0 = be.add(v0, be.mul(v1, np.uint64(7)))
+        want1 = be.add(be.mul(x[0], np.uint64(s1)), be.mul(x[1], np.uint64(s0)))
+        assert np.array_equal(got, np.stack([want0, want1]))
+        assert e_get(got, 5) == e_get(x, 5) * Fp2(s0, s1)
+
+
+def test_e_mul_and_e_scale_dispatch_match_scalars(rng):
+    """Whatever path is active here (numba or NumPy), e_mul / e_scale equal the Fp2 scalars."""
+    a = _ext_input(rng, 200)
+    b = e_random(200, rng)
+    z = e_mul(a, b)
+    s = Fp2(P - 1, 2**32)
+    y = e_scale(a, s)
+    for i in range(0, 200, 9):
+        assert e_get(z, i) == e_get(a, i) * e_get(b, i)
+        assert e_get(y, i) == e_get(a, i) * s
+
+
+def test_fsum_matches_python_sum(rng):
+    a = rng.integers(0, P, 5000, dtype=np.uint64)
+    a[:4] = P - 1
+    assert F.fsum(a) == sum(int(v) for v in a) % P
+    assert F.fsum(a.reshape(50, 100)[:, ::3]) == sum(int(v) for v in a.reshape(50, 100)[:, ::3].ravel()) % P
+    assert F.fsum(np.zeros(0, dtype=np.uint64)) == 0
+
+
+@needs_numba
+def test_numba_halves_sum_matches_numpy(rng):
+    from lightning_zk.zk._numba_kernels import numba_halves_sum
+
+    a = rng.integers(0, P, (30, 70), dtype=np.uint64)
+    for x in (a, a[:, ::2], np.full(1000, P - 1, dtype=np.uint64)):
+        lo, hi = numba_halves_sum(x)
+        assert lo == int((x & 0xFFFF_FFFF).sum(dtype=np.uint64))
+        assert hi == int((x >> 32).sum(dtype=np.uint64))
