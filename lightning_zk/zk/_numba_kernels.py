@@ -29,6 +29,7 @@ _S32 = np.uint64(32)
 _U64_IN = types.Array(types.uint64, 1, "C", readonly=True)
 _I64_IN = types.Array(types.int64, 1, "C", readonly=True)
 _U64_ROWS = types.Array(types.uint64, 2, "C")
+_U64_OUT = types.Array(types.uint64, 1, "C")
 
 
 @numba.njit(cache=False, nogil=True, inline="always")
@@ -180,31 +181,68 @@ def numba_ntt_rows(x: np.ndarray, tw: np.ndarray, rev: np.ndarray, kinv: int, sc
 
 
 # ---- F_p2 = F_p[X]/(X^2 - 7) ----------------------------------------------------------------
+# Extension arrays (2, n) are passed as their two rows, C-contiguous 1-D views (no copy for the
+# prover's tables and halves t[:, :h]). A strided 2-D signature was measured 3x slower: LLVM
+# only vectorises the unit-stride loops.
 
 _W = np.uint64(7)
 
 
-@numba.njit(types.void(_U64_IN, _U64_IN, _U64_IN, _U64_IN, _U64_ROWS), cache=False, nogil=True)
-def _e_mul_loop(a0, a1, b0, b1, out):  # pragma: no cover - compiled
+@numba.njit(
+    types.void(_U64_IN, _U64_IN, _U64_IN, _U64_IN, _U64_OUT, _U64_OUT), cache=False, nogil=True
+)
+def _e_mul_loop(a0, a1, b0, b1, c0, c1):  # pragma: no cover - compiled
     # extension.e_mul's formula, step for step (Karatsuba: 4 base multiplications)
     for i in range(a0.shape[0]):
         v0 = _mul1(a0[i], b0[i])
         v1 = _mul1(a1[i], b1[i])
         cross = _mul1(_add1(a0[i], a1[i]), _add1(b0[i], b1[i]))
-        out[1, i] = _sub1(cross, _add1(v0, v1))
-        out[0, i] = _add1(v0, _mul1(v1, _W))
+        c1[i] = _sub1(cross, _add1(v0, v1))
+        c0[i] = _add1(v0, _mul1(v1, _W))
+
+
+@numba.njit(inline="always")
+def _scale1(d0, d1, s0, s1):  # pragma: no cover - compiled
+    # extension.e_scale's two branches (c1 == 0: componentwise), step for step
+    if s1 == 0:
+        return _mul1(d0, s0), _mul1(d1, s0)
+    v0 = _mul1(d0, s0)
+    v1 = _mul1(d1, s1)
+    return _add1(v0, _mul1(v1, _W)), _add1(_mul1(d0, s1), _mul1(d1, s0))
 
 
 @numba.njit(
-    types.void(_U64_IN, _U64_IN, types.uint64, types.uint64, _U64_ROWS), cache=False, nogil=True
+    types.void(_U64_IN, _U64_IN, types.uint64, types.uint64, _U64_OUT, _U64_OUT),
+    cache=False,
+    nogil=True,
 )
-def _e_scale_loop(a0, a1, s0, s1, out):  # pragma: no cover - compiled
-    # extension.e_scale's formula for a scalar with s1 != 0, step for step
+def _e_scale_loop(a0, a1, s0, s1, c0, c1):  # pragma: no cover - compiled
     for i in range(a0.shape[0]):
-        v0 = _mul1(a0[i], s0)
-        v1 = _mul1(a1[i], s1)
-        out[0, i] = _add1(v0, _mul1(v1, _W))
-        out[1, i] = _add1(_mul1(a0[i], s1), _mul1(a1[i], s0))
+        c0[i], c1[i] = _scale1(a0[i], a1[i], s0, s1)
+
+
+@numba.njit(
+    types.void(_U64_IN, _U64_IN, types.uint64, types.uint64, _U64_OUT, _U64_OUT),
+    cache=False,
+    nogil=True,
+)
+def _fold_loop(t0, t1, s0, s1, c0, c1):  # pragma: no cover - compiled
+    # multilinear.fold: lo + r * (hi - lo) with e_sub, e_scale, e_add, step for step
+    h = c0.shape[0]
+    for i in range(h):
+        d0 = _sub1(t0[h + i], t0[i])
+        d1 = _sub1(t1[h + i], t1[i])
+        m0, m1 = _scale1(d0, d1, s0, s1)
+        c0[i] = _add1(t0[i], m0)
+        c1[i] = _add1(t1[i], m1)
+
+
+def _rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The two rows of a (2, ...) uint64 array as C-contiguous 1-D arrays (views if possible)."""
+    x2 = x.reshape(2, -1)
+    if x2.strides[1] != 8:
+        x2 = np.ascontiguousarray(x2)
+    return x2[0], x2[1]
 
 
 @numba.njit(types.UniTuple(types.uint64, 2)(_U64_IN), cache=False, nogil=True)
@@ -218,31 +256,28 @@ def _halves_sum(a):  # pragma: no cover - compiled
     return lo, hi
 
 
-def _c(a: np.ndarray) -> np.ndarray:
-    """Contiguous uint64 (no copy when it already is), as the kernels' signatures require."""
-    return np.ascontiguousarray(a, dtype=np.uint64)
-
-
 def numba_e_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Product of two extension arrays of equal shape (2, ...), in one pass without temporaries."""
-    shape = a.shape
-    a2 = a.reshape(2, -1)
-    b2 = b.reshape(2, -1)
-    out = np.empty((2, a2.shape[1]), dtype=np.uint64)
-    _e_mul_loop(_c(a2[0]), _c(a2[1]), _c(b2[0]), _c(b2[1]), out)
-    return out.reshape(shape)
+    """Product of two uint64 extension arrays of equal shape (2, ...), in one pass."""
+    out = np.empty((2, a[0].size), dtype=np.uint64)
+    _e_mul_loop(*_rows(a), *_rows(b), out[0], out[1])
+    return out.reshape(a.shape)
 
 
 def numba_e_scale(a: np.ndarray, s0: int, s1: int) -> np.ndarray:
-    """Extension array (2, ...) times the scalar s0 + s1 X, in one pass."""
-    shape = a.shape
-    a2 = a.reshape(2, -1)
-    out = np.empty((2, a2.shape[1]), dtype=np.uint64)
-    _e_scale_loop(_c(a2[0]), _c(a2[1]), np.uint64(s0), np.uint64(s1), out)
-    return out.reshape(shape)
+    """uint64 extension array (2, ...) times the scalar s0 + s1 X, in one pass."""
+    out = np.empty((2, a[0].size), dtype=np.uint64)
+    _e_scale_loop(*_rows(a), np.uint64(s0), np.uint64(s1), out[0], out[1])
+    return out.reshape(a.shape)
+
+
+def numba_fold(t: np.ndarray, s0: int, s1: int) -> np.ndarray:
+    """Bind the first variable of the uint64 (2, 2h) table ``t`` to s0 + s1 X -> (2, h)."""
+    out = np.empty((2, t.shape[1] // 2), dtype=np.uint64)
+    _fold_loop(*_rows(t), np.uint64(s0), np.uint64(s1), out[0], out[1])
+    return out
 
 
 def numba_halves_sum(a: np.ndarray) -> tuple[int, int]:
-    """(sum of a & (2^32 - 1), sum of a >> 32) over all elements, as Python ints."""
-    lo, hi = _halves_sum(_c(a.reshape(-1)))
+    """(sum of a & (2^32 - 1), sum of a >> 32) over a uint64 array, as Python ints."""
+    lo, hi = _halves_sum(a.ravel())  # a view when contiguous, else a contiguous copy
     return int(lo), int(hi)

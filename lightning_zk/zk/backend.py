@@ -134,9 +134,10 @@ class Backend:
             ``xp.where``-based unless a fused kernel (numba) is available.
         ntt_rows: in-place NTT of every row of a C-contiguous (rows, K) array, or ``None``
             (the vectorised ``xp`` stages of :mod:`.ntt` are used).
-        e_mul, e_scale, halves_sum: fused kernels for :mod:`.extension` (product of two
-            equal-shape extension arrays; extension array times scalar (s0, s1); exact sums of
-            the 32-bit halves for ``fsum``), or ``None`` to use the generic ``xp`` code.
+        e_mul, e_scale, fold, halves_sum: fused kernels for :mod:`.extension` and
+            :mod:`.multilinear` (product of two equal-shape extension arrays; extension array
+            times scalar (s0, s1); binding a (2, 2h) table's first variable to (s0, s1); exact
+            sums of the 32-bit halves for ``fsum``), or ``None`` to use the generic ``xp`` code.
     """
 
     name: str
@@ -150,6 +151,7 @@ class Backend:
     ntt_rows: NttKernel | None = None
     e_mul: BinaryKernel | None = None
     e_scale: Callable[[Any, int, int], Any] | None = None
+    fold: Callable[[Any, int, int], Any] | None = None
     halves_sum: Callable[[Any], tuple[int, int]] | None = None
 
     def asarray(self, a: Any) -> Any:
@@ -198,6 +200,7 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
             numba_add,
             numba_e_mul,
             numba_e_scale,
+            numba_fold,
             numba_halves_sum,
             numba_mul,
             numba_neg,
@@ -216,6 +219,7 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
             ntt_rows=numba_ntt_rows,
             e_mul=numba_e_mul,
             e_scale=numba_e_scale,
+            fold=numba_fold,
             halves_sum=numba_halves_sum,
         )
     else:

@@ -16,6 +16,7 @@ import pytest
 from lightning_zk.zk import field as F
 from lightning_zk.zk.backend import P, get_backend
 from lightning_zk.zk.extension import Fp2, e_get, e_mul, e_random, e_scale
+from lightning_zk.zk.multilinear import fold
 
 ntt_mod = importlib.import_module("lightning_zk.zk.ntt")  # the package re-exports ``ntt``
 
@@ -202,21 +203,56 @@ def test_numba_e_mul_bit_identical_and_matches_fp2(rng):
         assert np.array_equal(numba_e_mul(d, d), _e_mul_numpy(d, d))
 
 
+def _e_scale_numpy(x: np.ndarray, s0: int, s1: int) -> np.ndarray:
+    """extension.e_scale's formula (both branches) on the NumPy kernels."""
+    be = get_backend("numpy", use_numba=False)
+    if s1 == 0:
+        return np.stack([be.mul(x[0], np.uint64(s0)), be.mul(x[1], np.uint64(s0))])
+    v0 = be.mul(x[0], np.uint64(s0))
+    v1 = be.mul(x[1], np.uint64(s1))
+    c0 = be.add(v0, be.mul(v1, np.uint64(7)))
+    c1 = be.add(be.mul(x[0], np.uint64(s1)), be.mul(x[1], np.uint64(s0)))
+    return np.stack([c0, c1])
+
+
+SCALARS = [(0, 1), (1, 1), (5, 0), (0, 0), (P - 1, P - 2), (2**32, 2**63), (3, P - 1)]
+
+
 @needs_numba
 def test_numba_e_scale_bit_identical(rng):
     from lightning_zk.zk._numba_kernels import numba_e_scale
 
-    be = get_backend("numpy", use_numba=False)
     a = _ext_input(rng, 300)
-    for s0, s1 in [(0, 1), (1, 1), (P - 1, P - 2), (2**32, 2**63), (3, P - 1)]:
-        got = numba_e_scale(a[:, 1:], s0, s1)
-        x = a[:, 1:]
-        v0 = be.mul(x[0], np.uint64(s0))
-        v1 = be.mul(x[1], np.uint64(s1))
-        want0 = be.add(v0, be.mul(v1, np.uint64(7)))
-        want1 = be.add(be.mul(x[0], np.uint64(s1)), be.mul(x[1], np.uint64(s0)))
-        assert np.array_equal(got, np.stack([want0, want1]))
+    x = a[:, 1:]  # strided start
+    for s0, s1 in SCALARS:
+        got = numba_e_scale(x, s0, s1)
+        assert np.array_equal(got, _e_scale_numpy(x, s0, s1))
         assert e_get(got, 5) == e_get(x, 5) * Fp2(s0, s1)
+
+
+@needs_numba
+def test_numba_fold_bit_identical(rng):
+    from lightning_zk.zk._numba_kernels import numba_fold
+
+    be = get_backend("numpy", use_numba=False)
+    t = _ext_input(rng, 256)
+    for s0, s1 in SCALARS:
+        for tab in (t, t[:, ::2], t[:, :2]):
+            h = tab.shape[1] // 2
+            lo, hi = tab[:, :h], tab[:, h:]
+            d = np.stack([be.sub(hi[0], lo[0]), be.sub(hi[1], lo[1])])
+            m = _e_scale_numpy(d, s0, s1)
+            want = np.stack([be.add(lo[0], m[0]), be.add(lo[1], m[1])])
+            assert np.array_equal(numba_fold(tab, s0, s1), want)
+
+
+def test_fold_matches_scalar_formula(rng):
+    """Whatever path is active here, fold(T, r)[i] = T[i] + r (T[h + i] - T[i]) in F_p2."""
+    t = _ext_input(rng, 64)
+    for r in (Fp2(3, 0), Fp2(P - 1, 2**32)):
+        f = fold(t, r)
+        for i in range(0, 32, 5):
+            assert e_get(f, i) == e_get(t, i) + r * (e_get(t, 32 + i) - e_get(t, i))
 
 
 def test_e_mul_and_e_scale_dispatch_match_scalars(rng):
