@@ -71,6 +71,18 @@ def test_numba_add_sub_neg_bit_identical_to_where(rng):
 
 
 @needs_numba
+def test_numba_mul_bit_identical_to_limbs_and_reference(rng):
+    from lightning_zk.zk.backend import _mul_limbs
+
+    nb = get_backend("numpy", use_numba=True)
+    a, b = _edge_and_random(rng, 20000)
+    got = nb.mul(a, b)
+    assert np.array_equal(got, _mul_limbs(a, b))
+    n = len(EDGE) ** 2 + 500
+    assert _ints(got[:n]) == [F.ref_mul(x, y) for x, y in zip(_ints(a[:n]), _ints(b[:n]), strict=True)]
+
+
+@needs_numba
 def test_numba_kernels_broadcast_and_strides(rng):
     npb = get_backend("numpy", use_numba=False)
     nb = get_backend("numpy", use_numba=True)
