@@ -30,6 +30,7 @@ _U64_IN = types.Array(types.uint64, 1, "C", readonly=True)
 _I64_IN = types.Array(types.int64, 1, "C", readonly=True)
 _U64_ROWS = types.Array(types.uint64, 2, "C")
 _U64_OUT = types.Array(types.uint64, 1, "C")
+_U64_MAT_IN = types.Array(types.uint64, 2, "C", readonly=True)
 
 
 @numba.njit(cache=False, nogil=True, inline="always")
@@ -239,6 +240,32 @@ def _fold_loop(t0, t1, s0, s1, c0, c1):  # pragma: no cover - compiled
         c1[i] = _add1(t1[i], m1)
 
 
+_TWO32 = np.uint64(1 << 32)
+
+
+@numba.njit(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT), cache=False, nogil=True)
+def _combine_loop(msg, c, out):  # pragma: no cover - compiled
+    # fsum(mul(msg, c[:, None]), axis=0), step for step: exact sums of the products' 32-bit
+    # halves per column (rows < 2^32), one conditional subtraction each, then hi * 2^32 + lo
+    rows, n = msg.shape
+    lo = np.zeros(n, dtype=np.uint64)
+    hi = np.zeros(n, dtype=np.uint64)
+    for i in range(rows):
+        ci = c[i]
+        for j in range(n):
+            prod = _mul1(msg[i, j], ci)
+            lo[j] += prod & _M32
+            hi[j] += prod >> _S32
+    for j in range(n):
+        lj = lo[j]
+        if lj >= _P:
+            lj -= _P
+        hj = hi[j]
+        if hj >= _P:
+            hj -= _P
+        out[j] = _add1(_mul1(hj, _TWO32), lj)
+
+
 def _rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The two rows of a (2, ...) uint64 array as C-contiguous 1-D arrays (views if possible)."""
     x2 = x.reshape(2, -1)
@@ -276,6 +303,16 @@ def numba_fold(t: np.ndarray, s0: int, s1: int) -> np.ndarray:
     """Bind the first variable of the uint64 (2, 2h) table ``t`` to s0 + s1 X -> (2, h)."""
     out = np.empty((2, t.shape[1] // 2), dtype=np.uint64)
     _fold_loop(*_rows(t), np.uint64(s0), np.uint64(s1), out[0], out[1])
+    return out
+
+
+def numba_combine_rows(msg: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
+    """coeffs^T msg for base rows msg (rows, L) and extension coefficients (2, rows) -> (2, L)."""
+    msg = np.ascontiguousarray(msg, dtype=np.uint64)
+    out = np.empty((2, msg.shape[1]), dtype=np.uint64)
+    c0, c1 = _rows(np.asarray(coeffs, dtype=np.uint64))
+    _combine_loop(msg, c0, out[0])
+    _combine_loop(msg, c1, out[1])
     return out
 
 

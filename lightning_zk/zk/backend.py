@@ -138,6 +138,8 @@ class Backend:
             :mod:`.multilinear` (product of two equal-shape extension arrays; extension array
             times scalar (s0, s1); binding a (2, 2h) table's first variable to (s0, s1); exact
             sums of the 32-bit halves for ``fsum``), or ``None`` to use the generic ``xp`` code.
+        combine_rows: Ligero's coeffs^T msg (the ``fsum(mul(...), axis=0)`` of
+            ``ligero._combine_rows`` in one pass), or ``None``.
     """
 
     name: str
@@ -152,6 +154,7 @@ class Backend:
     e_mul: BinaryKernel | None = None
     e_scale: Callable[[Any, int, int], Any] | None = None
     fold: Callable[[Any, int, int], Any] | None = None
+    combine_rows: BinaryKernel | None = None
     halves_sum: Callable[[Any], tuple[int, int]] | None = None
 
     def asarray(self, a: Any) -> Any:
@@ -198,6 +201,7 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
     if want:
         from ._numba_kernels import (
             numba_add,
+            numba_combine_rows,
             numba_e_mul,
             numba_e_scale,
             numba_fold,
@@ -220,6 +224,7 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
             e_mul=numba_e_mul,
             e_scale=numba_e_scale,
             fold=numba_fold,
+            combine_rows=numba_combine_rows,
             halves_sum=numba_halves_sum,
         )
     else:

@@ -296,3 +296,52 @@ def test_numba_halves_sum_matches_numpy(rng):
         lo, hi = numba_halves_sum(x)
         assert lo == int((x & 0xFFFF_FFFF).sum(dtype=np.uint64))
         assert hi == int((x >> 32).sum(dtype=np.uint64))
+
+
+@needs_numba
+def test_numba_combine_rows_bit_identical(rng):
+    from lightning_zk.zk._numba_kernels import numba_combine_rows
+
+    be = get_backend("numpy", use_numba=False)
+    msg = rng.integers(0, P, (37, 300), dtype=np.uint64)
+    msg[:, :3] = P - 1  # half-sums near their maximum
+    msg[0, : len(EDGE)] = np.array(EDGE, dtype=np.uint64)
+    coeffs = rng.integers(0, P, (2, 37), dtype=np.uint64)
+    coeffs[:, :2] = P - 1
+    want = []
+    for i in range(2):
+        prod = be.mul(msg, coeffs[i][:, None])
+        lo = (prod & 0xFFFF_FFFF).sum(axis=0, dtype=np.uint64)
+        hi = (prod >> 32).sum(axis=0, dtype=np.uint64)
+        lo = np.where(lo >= P, lo - np.uint64(P), lo)
+        hi = np.where(hi >= P, hi - np.uint64(P), hi)
+        want.append(be.add(be.mul(hi, np.uint64(1 << 32)), lo))
+    got = numba_combine_rows(msg, coeffs)
+    assert np.array_equal(got, np.stack(want))
+    col = 5
+    for i in range(2):
+        ref = sum(int(msg[r, col]) * int(coeffs[i, r]) for r in range(37)) % P
+        assert int(got[i, col]) == ref
+
+
+@needs_numba
+def test_ntt_overwrite_reuses_the_array_only_when_allowed(rng):
+    from lightning_zk.zk._numba_kernels import numba_ntt_rows
+
+    a = _ntt_input(rng, (3, 64))
+    want = ntt_mod._transform_xp(a, False)
+    b = a.copy()
+    out = ntt_mod._transform_fused(b, False, numba_ntt_rows, overwrite=True)
+    assert out is b and np.array_equal(out, want)
+    c = a.copy()
+    out = ntt_mod._transform_fused(c, False, numba_ntt_rows)
+    assert out is not c and np.array_equal(c, a) and np.array_equal(out, want)
+    view = a.copy()[:, ::2]  # not contiguous: copied even with overwrite
+    out = ntt_mod._transform_fused(view, False, numba_ntt_rows, overwrite=True)
+    assert np.array_equal(out, ntt_mod._transform_xp(view, False))
+
+
+def test_ntt_overwrite_flag_gives_the_same_result(rng):
+    a = _ntt_input(rng, (4, 128))
+    want = ntt_mod.ntt(a)
+    assert np.array_equal(ntt_mod.ntt(a.copy(), overwrite=True), want)
