@@ -136,6 +136,17 @@ def numba_neg(a: Any) -> np.ndarray:
 # ---- NTT ------------------------------------------------------------------------------------
 
 
+@numba.njit(cache=False, nogil=True, inline="always")
+def _butterflies(lo, hi, w):  # pragma: no cover - compiled
+    # lo, hi: the two halves of one block (disjoint slices); passing them as separate arrays
+    # lets LLVM vectorise the loop (2.4x on (132, 2^15) versus indexing one row with offsets)
+    for j in range(lo.shape[0]):
+        u = lo[j]
+        v = _mul1(hi[j], w[j])
+        lo[j] = _add1(u, v)
+        hi[j] = _sub1(u, v)
+
+
 @numba.njit(cache=False, nogil=True)
 def _ntt_row(row, tw, rev, kinv, scale):  # pragma: no cover - compiled
     """In-place radix-2 DIT NTT of one row: the NumPy ``_transform``'s stages, element by element.
@@ -151,12 +162,9 @@ def _ntt_row(row, tw, rev, kinv, scale):  # pragma: no cover - compiled
             row[j] = t
     h = 1
     while h < k:
+        w = tw[h - 1 : 2 * h - 1]
         for start in range(0, k, 2 * h):
-            for j in range(h):
-                u = row[start + j]
-                v = _mul1(row[start + j + h], tw[h - 1 + j])
-                row[start + j] = _add1(u, v)
-                row[start + j + h] = _sub1(u, v)
+            _butterflies(row[start : start + h], row[start + h : start + 2 * h], w)
         h *= 2
     if scale:
         for i in range(k):
