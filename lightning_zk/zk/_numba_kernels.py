@@ -12,11 +12,20 @@ prover makes ~10^5 calls). Callers pass uint64 arrays only.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import numba
 import numpy as np
 from numba import types
+
+# Compiling every kernel takes ~2-4 s per process (measured 3.7-4.2 s on the shared 2-core
+# machine; the inlined field ops make the extension kernels ~0.7 s each). numba's on-disk cache
+# cuts a warm import to ~0.5 s and was checked to fall back to ~/.cache/numba when the source
+# tree's __pycache__ is unusable and to recompile when this file changes; it stays opt-in
+# (LIGHTNING_ZK_NUMBA_CACHE=1) because numba raises at import when no cache location is
+# writable, which would break proving on read-only installs.
+_CACHE = os.environ.get("LIGHTNING_ZK_NUMBA_CACHE", "0") == "1"
 
 _P = np.uint64(0xFFFF_FFFF_0000_0001)
 _EPS = np.uint64(0xFFFF_FFFF)
@@ -33,7 +42,7 @@ _U64_OUT = types.Array(types.uint64, 1, "C")
 _U64_MAT_IN = types.Array(types.uint64, 2, "C", readonly=True)
 
 
-@numba.njit(cache=False, nogil=True, inline="always")
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
 def _mul1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compiled
     a0 = a & _M32
     a1 = a >> _S32
@@ -60,7 +69,7 @@ def _mul1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compil
     return t2
 
 
-@numba.njit(cache=False, nogil=True, inline="always")
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
 def _add1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compiled
     s = a + b
     # wrapped (s < a) means a+b >= 2^64 > p; subtracting p with wraparound is then exact
@@ -69,7 +78,7 @@ def _add1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compil
     return s
 
 
-@numba.njit(cache=False, nogil=True, inline="always")
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
 def _sub1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compiled
     d = a - b
     if a < b:
@@ -77,22 +86,22 @@ def _sub1(a: np.uint64, b: np.uint64) -> np.uint64:  # pragma: no cover - compil
     return d
 
 
-@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=False)
+@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=_CACHE)
 def _mul_ufunc(a, b):  # pragma: no cover - compiled
     return _mul1(a, b)
 
 
-@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=False)
+@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=_CACHE)
 def _add_ufunc(a, b):  # pragma: no cover - compiled
     return _add1(a, b)
 
 
-@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=False)
+@numba.vectorize(["uint64(uint64, uint64)"], nopython=True, cache=_CACHE)
 def _sub_ufunc(a, b):  # pragma: no cover - compiled
     return _sub1(a, b)
 
 
-@numba.vectorize(["uint64(uint64)"], nopython=True, cache=False)
+@numba.vectorize(["uint64(uint64)"], nopython=True, cache=_CACHE)
 def _neg_ufunc(a):  # pragma: no cover - compiled
     return a if a == 0 else _P - a
 
@@ -136,7 +145,7 @@ def numba_neg(a: Any) -> np.ndarray:
 # ---- NTT ------------------------------------------------------------------------------------
 
 
-@numba.njit(cache=False, nogil=True, inline="always")
+@numba.njit(cache=_CACHE, nogil=True, inline="always")
 def _butterflies(lo, hi, w):  # pragma: no cover - compiled
     # lo, hi: the two halves of one block (disjoint slices); passing them as separate arrays
     # lets LLVM vectorise the loop (2.4x on (132, 2^15) versus indexing one row with offsets)
@@ -147,7 +156,7 @@ def _butterflies(lo, hi, w):  # pragma: no cover - compiled
         hi[j] = _sub1(u, v)
 
 
-@numba.njit(cache=False, nogil=True)
+@numba.njit(cache=_CACHE, nogil=True)
 def _ntt_row(row, tw, rev, kinv, scale):  # pragma: no cover - compiled
     """In-place radix-2 DIT NTT of one row: the NumPy ``_transform``'s stages, element by element.
 
@@ -173,7 +182,7 @@ def _ntt_row(row, tw, rev, kinv, scale):  # pragma: no cover - compiled
 
 @numba.njit(
     types.void(_U64_ROWS, _U64_IN, _I64_IN, types.uint64, types.boolean),
-    cache=False,
+    cache=_CACHE,
     nogil=True,
 )
 def _ntt_rows(x, tw, rev, kinv, scale):  # pragma: no cover - compiled
@@ -200,7 +209,7 @@ _W = np.uint64(7)
 
 
 @numba.njit(
-    types.void(_U64_IN, _U64_IN, _U64_IN, _U64_IN, _U64_OUT, _U64_OUT), cache=False, nogil=True
+    types.void(_U64_IN, _U64_IN, _U64_IN, _U64_IN, _U64_OUT, _U64_OUT), cache=_CACHE, nogil=True
 )
 def _e_mul_loop(a0, a1, b0, b1, c0, c1):  # pragma: no cover - compiled
     # extension.e_mul's formula, step for step (Karatsuba: 4 base multiplications)
@@ -224,7 +233,7 @@ def _scale1(d0, d1, s0, s1):  # pragma: no cover - compiled
 
 @numba.njit(
     types.void(_U64_IN, _U64_IN, types.uint64, types.uint64, _U64_OUT, _U64_OUT),
-    cache=False,
+    cache=_CACHE,
     nogil=True,
 )
 def _e_scale_loop(a0, a1, s0, s1, c0, c1):  # pragma: no cover - compiled
@@ -234,7 +243,7 @@ def _e_scale_loop(a0, a1, s0, s1, c0, c1):  # pragma: no cover - compiled
 
 @numba.njit(
     types.void(_U64_IN, _U64_IN, types.uint64, types.uint64, _U64_OUT, _U64_OUT),
-    cache=False,
+    cache=_CACHE,
     nogil=True,
 )
 def _fold_loop(t0, t1, s0, s1, c0, c1):  # pragma: no cover - compiled
@@ -251,7 +260,7 @@ def _fold_loop(t0, t1, s0, s1, c0, c1):  # pragma: no cover - compiled
 _TWO32 = np.uint64(1 << 32)
 
 
-@numba.njit(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT), cache=False, nogil=True)
+@numba.njit(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT), cache=_CACHE, nogil=True)
 def _combine_loop(msg, c, out):  # pragma: no cover - compiled
     # fsum(mul(msg, c[:, None]), axis=0), step for step: exact sums of the products' 32-bit
     # halves per column (rows < 2^32), one conditional subtraction each, then hi * 2^32 + lo
@@ -282,7 +291,7 @@ def _rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x2[0], x2[1]
 
 
-@numba.njit(types.UniTuple(types.uint64, 2)(_U64_IN), cache=False, nogil=True)
+@numba.njit(types.UniTuple(types.uint64, 2)(_U64_IN), cache=_CACHE, nogil=True)
 def _halves_sum(a):  # pragma: no cover - compiled
     # exact sums of the low and high 32-bit halves (< 2^32 terms: no uint64 overflow)
     lo = np.uint64(0)
