@@ -79,7 +79,9 @@ def test_numba_mul_bit_identical_to_limbs_and_reference(rng):
     got = nb.mul(a, b)
     assert np.array_equal(got, _mul_limbs(a, b))
     n = len(EDGE) ** 2 + 500
-    assert _ints(got[:n]) == [F.ref_mul(x, y) for x, y in zip(_ints(a[:n]), _ints(b[:n]), strict=True)]
+    assert _ints(got[:n]) == [
+        F.ref_mul(x, y) for x, y in zip(_ints(a[:n]), _ints(b[:n]), strict=True)
+    ]
 
 
 @needs_numba
@@ -106,7 +108,9 @@ def test_field_ops_accept_ints_and_broadcast(rng):
     assert _ints(F.add(a, 7)) == [F.ref_add(x, 7) for row in ai for x in row]
     assert _ints(F.add(P - 1, a)) == [F.ref_add(P - 1, x) for row in ai for x in row]
     assert _ints(F.sub(3, a)) == [F.ref_sub(3, x) for row in ai for x in row]
-    assert _ints(F.sub(a, a[0])) == [F.ref_sub(x, ai[0][j]) for row in ai for j, x in enumerate(row)]
+    assert _ints(F.sub(a, a[0])) == [
+        F.ref_sub(x, ai[0][j]) for row in ai for j, x in enumerate(row)
+    ]
     assert _ints(F.neg(a[:, :1])) == [F.ref_neg(row[0]) for row in ai]
     with np.errstate(over="ignore"):  # the where path wraps NumPy *scalars* (0-d) on purpose
         assert int(F.add(P - 1, 5)) == 4 and int(F.sub(0, 1)) == P - 1
@@ -283,7 +287,10 @@ def test_fsum_matches_python_sum(rng):
     a = rng.integers(0, P, 5000, dtype=np.uint64)
     a[:4] = P - 1
     assert F.fsum(a) == sum(int(v) for v in a) % P
-    assert F.fsum(a.reshape(50, 100)[:, ::3]) == sum(int(v) for v in a.reshape(50, 100)[:, ::3].ravel()) % P
+    assert (
+        F.fsum(a.reshape(50, 100)[:, ::3])
+        == sum(int(v) for v in a.reshape(50, 100)[:, ::3].ravel()) % P
+    )
     assert F.fsum(np.zeros(0, dtype=np.uint64)) == 0
 
 
