@@ -2,11 +2,13 @@
 
 This is the only module that imports CuPy (or numba). Every other module writes its math against
 the array module ``xp`` of its inputs, so one implementation serves both devices; only the
-64x64->128-bit field multiplication has device-specific kernels:
+field kernels below are device-specific:
 
-* NumPy: 32-bit limb split in uint64 arithmetic (pure NumPy, always available), or a numba JIT
-  kernel when numba is importable (optional; see ``docs/zk_core.md`` for the measurement).
-* CuPy: an ``ElementwiseKernel`` using ``__umul64hi``.
+* multiplication (64x64->128 bits, then reduce): on NumPy a 32-bit limb split in uint64
+  arithmetic (pure NumPy, always available), or a numba JIT kernel when numba is importable
+  (optional; see ``docs/zk_core.md`` for the measurement); on CuPy an ``ElementwiseKernel``
+  using ``__umul64hi``.
+* add / sub / neg: ``xp.where``-based corrections (NumPy and CuPy), or fused numba loops.
 
 ``get_backend("auto")`` picks CuPy only when ``import cupy`` succeeds *and*
 ``cupy.is_available()`` is true (``import cupy`` succeeds on machines without a GPU).
@@ -39,6 +41,10 @@ EPS = 0xFFFF_FFFF  # 2^64 mod p
 M32 = 0xFFFF_FFFF
 
 MulKernel = Callable[[Any, Any], Any]
+BinaryKernel = Callable[[Any, Any], Any]
+UnaryKernel = Callable[[Any], Any]
+# (x (rows, K) C-contiguous uint64, flat twiddles, bit-reversal, 1/K, scale?) -> None, in place
+NttKernel = Callable[[Any, Any, Any, int, bool], None]
 
 
 def _mul_limbs(a: Any, b: Any) -> Any:
@@ -79,6 +85,27 @@ def reduce128(hi: Any, lo: Any) -> Any:
     return xp.where(t2 >= P, t2 - P, t2)
 
 
+def _add_where(a: Any, b: Any) -> Any:
+    """a + b mod p for canonical uint64 arrays of any module (broadcasting)."""
+    xp = array_module(a)
+    s = a + b
+    # wrapped (s < a) means a+b >= 2^64 > p; subtracting p with wraparound is then exact
+    return xp.where((s < a) | (s >= P), s - P, s)
+
+
+def _sub_where(a: Any, b: Any) -> Any:
+    """a - b mod p for canonical uint64 arrays of any module (broadcasting)."""
+    xp = array_module(a)
+    d = a - b
+    return xp.where(a < b, d + P, d)
+
+
+def _neg_where(a: Any) -> Any:
+    """-a mod p for a canonical uint64 array of any module."""
+    xp = array_module(a)
+    return xp.where(a == 0, a, P - a)
+
+
 _CUDA_MUL_BODY = r"""
 unsigned long long lo = a * b;
 unsigned long long hi = __umul64hi(a, b);
@@ -96,13 +123,23 @@ c = t2;
 
 @dataclass
 class Backend:
-    """An array module plus its field-multiplication kernel.
+    """An array module plus its field kernels.
 
     Attributes:
         name: ``"numpy"`` or ``"cupy"``.
         xp: the array module.
         mul: elementwise Goldilocks multiplication of two uint64 arrays (broadcasting).
         mul_impl: which kernel ``mul`` is (``"limbs"``, ``"numba"``, ``"cuda"``).
+        add, sub, neg: elementwise a + b, a - b, -a mod p on uint64 arrays (broadcasting);
+            ``xp.where``-based unless a fused kernel (numba) is available.
+        ntt_rows: in-place NTT of every row of a C-contiguous (rows, K) array, or ``None``
+            (the vectorised ``xp`` stages of :mod:`.ntt` are used).
+        e_mul, e_scale, fold, halves_sum: fused kernels for :mod:`.extension` and
+            :mod:`.multilinear` (product of two equal-shape extension arrays; extension array
+            times scalar (s0, s1); binding a (2, 2h) table's first variable to (s0, s1); exact
+            sums of the 32-bit halves for ``fsum``), or ``None`` to use the generic ``xp`` code.
+        combine_rows: Ligero's coeffs^T msg (the ``fsum(mul(...), axis=0)`` of
+            ``ligero._combine_rows`` in one pass), or ``None``.
     """
 
     name: str
@@ -110,6 +147,15 @@ class Backend:
     mul: MulKernel
     mul_impl: str
     extras: dict[str, Any] = field(default_factory=dict)
+    add: BinaryKernel = _add_where
+    sub: BinaryKernel = _sub_where
+    neg: UnaryKernel = _neg_where
+    ntt_rows: NttKernel | None = None
+    e_mul: BinaryKernel | None = None
+    e_scale: Callable[[Any, int, int], Any] | None = None
+    fold: Callable[[Any, int, int], Any] | None = None
+    combine_rows: BinaryKernel | None = None
+    halves_sum: Callable[[Any], tuple[int, int]] | None = None
 
     def asarray(self, a: Any) -> Any:
         """Move ``a`` to this backend as a uint64 array (no copy when already there)."""
@@ -153,9 +199,34 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
         return _CACHE[key]
     want = numba_available() if use_numba is None else use_numba
     if want:
-        from ._numba_kernels import numba_mul
+        from ._numba_kernels import (
+            numba_add,
+            numba_combine_rows,
+            numba_e_mul,
+            numba_e_scale,
+            numba_fold,
+            numba_halves_sum,
+            numba_mul,
+            numba_neg,
+            numba_ntt_rows,
+            numba_sub,
+        )
 
-        be = Backend("numpy", np, numba_mul, "numba")
+        be = Backend(
+            "numpy",
+            np,
+            numba_mul,
+            "numba",
+            add=numba_add,
+            sub=numba_sub,
+            neg=numba_neg,
+            ntt_rows=numba_ntt_rows,
+            e_mul=numba_e_mul,
+            e_scale=numba_e_scale,
+            fold=numba_fold,
+            combine_rows=numba_combine_rows,
+            halves_sum=numba_halves_sum,
+        )
     else:
         be = Backend("numpy", np, _mul_limbs, "limbs")
     _CACHE[key] = be

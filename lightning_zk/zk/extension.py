@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from . import field as F
-from .backend import P, array_module
+from .backend import P, array_module, backend_of
 from .errors import ParameterError
 
 __all__ = [
@@ -145,7 +145,9 @@ def e_from_base(a: Any) -> Any:
     """Embed a base-field array into the extension (X coefficient 0)."""
     xp = array_module(a)
     a = xp.asarray(a, dtype=xp.uint64)
-    return xp.stack([a, xp.zeros_like(a)])
+    out = xp.zeros((2, *a.shape), dtype=xp.uint64)  # one allocation instead of zeros + stack
+    out[0] = a
+    return out
 
 
 def e_const(x: Fp2 | int, shape: Any = (), xp: Any = np) -> Any:
@@ -180,6 +182,9 @@ def e_mul(a: Any, b: Any) -> Any:
     _check(a, "e_mul")
     _check(b, "e_mul")
     xp = array_module(a)
+    fused = backend_of(a).e_mul
+    if fused is not None and a.shape == b.shape and a.dtype == b.dtype == np.uint64:
+        return fused(a, b)  # numba: the same steps in one pass, no temporaries
     v0 = F.mul(a[0], b[0])
     v1 = F.mul(a[1], b[1])
     cross = F.mul(F.add(a[0], a[1]), F.add(b[0], b[1]))
@@ -204,6 +209,9 @@ def e_scale(a: Any, s: Fp2 | int) -> Any:
     _check(a, "e_scale")
     s = Fp2.lift(s)
     xp = array_module(a)
+    fused = backend_of(a).e_scale
+    if fused is not None and a.dtype == np.uint64:
+        return fused(a, s.c0, s.c1)  # numba: the same steps (both branches) in one pass
     if s.c1 == 0:
         return xp.stack([F.mul(a[0], s.c0), F.mul(a[1], s.c0)])
     v0 = F.mul(a[0], s.c0)

@@ -62,29 +62,24 @@ def _xp2(a: Any, b: Any) -> Any:
 
 
 def add(a: Any, b: Any) -> Any:
-    """a + b mod p (elementwise, broadcasting)."""
+    """a + b mod p (elementwise, broadcasting) with the backend's kernel (``where`` or numba)."""
     xp = _xp2(a, b)
     a = _arr(a, xp)
-    b = _arr(b, xp)
-    s = a + b
-    # wrapped (s < a) means a+b >= 2^64 > p; subtracting p with wraparound is then exact
-    return xp.where((s < a) | (s >= P), s - P, s)
+    return backend_of(a).add(a, _arr(b, xp))
 
 
 def sub(a: Any, b: Any) -> Any:
-    """a - b mod p."""
+    """a - b mod p (elementwise, broadcasting) with the backend's kernel."""
     xp = _xp2(a, b)
     a = _arr(a, xp)
-    b = _arr(b, xp)
-    d = a - b
-    return xp.where(a < b, d + P, d)
+    return backend_of(a).sub(a, _arr(b, xp))
 
 
 def neg(a: Any) -> Any:
-    """-a mod p."""
+    """-a mod p with the backend's kernel."""
     xp = array_module(a)
     a = _arr(a, xp)
-    return xp.where(a == 0, a, P - a)
+    return backend_of(a).neg(a)
 
 
 def mul(a: Any, b: Any) -> Any:
@@ -164,8 +159,12 @@ def fsum(a: Any, axis: int | None = None) -> Any:
     if count >= 1 << 32:
         raise ParameterError(f"fsum: {count} terms exceed the 2^32 the accumulator supports")
     if axis is None:
-        lo = int((a & M32).sum(dtype=xp.uint64))
-        hi = int((a >> 32).sum(dtype=xp.uint64))
+        halves = backend_of(a).halves_sum
+        if halves is not None:  # numba: one pass, no masked/shifted temporaries
+            lo, hi = halves(a)
+        else:
+            lo = int((a & M32).sum(dtype=xp.uint64))
+            hi = int((a >> 32).sum(dtype=xp.uint64))
         return (lo + (hi << 32)) % P
     lo = (a & M32).sum(axis=axis, dtype=xp.uint64)
     hi = (a >> 32).sum(axis=axis, dtype=xp.uint64)

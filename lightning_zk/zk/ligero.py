@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from . import field as F
-from .backend import P, array_module, to_numpy
+from .backend import P, array_module, backend_of, to_numpy
 from .errors import CommitmentError, ParameterError, ShapeMismatchError
 from .extension import Fp2, W, e_const
 from .merkle import SALT_BYTES, MerkleTree, leaf_hash, verify_multiproof
@@ -224,6 +224,9 @@ class LigeroProof:
 
 def _combine_rows(msg: Any, coeffs: np.ndarray) -> np.ndarray:
     """coeffs^T msg for base rows msg (rows, L) and extension coefficients (2, rows) -> (2, L)."""
+    fused = backend_of(msg).combine_rows
+    if fused is not None:  # numba: the same products and half-sums, no (rows, L) temporaries
+        return fused(msg, coeffs)
     xp = array_module(msg)
     c = xp.asarray(coeffs)
     out = [F.fsum(F.mul(msg, c[i][:, None]), axis=0) for i in range(2)]
@@ -240,7 +243,7 @@ def _encode(msg_rows: Any, code_len: int) -> Any:
     lead = msg_rows.shape[:-1]
     padded = xp.zeros((*lead, code_len), dtype=xp.uint64)
     padded[..., : msg_rows.shape[-1]] = msg_rows
-    return ntt(padded)
+    return ntt(padded, overwrite=True)  # padded is ours: no second copy
 
 
 def _times_x(a: np.ndarray) -> np.ndarray:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from . import field as F
-from .backend import P, array_module, to_numpy
+from .backend import P, array_module, backend_of, to_numpy
 from .errors import ParameterError
 
 __all__ = ["ntt", "intt", "naive_dft", "domain"]
@@ -51,6 +51,13 @@ def _twiddles_np(h: int, inverse: bool) -> np.ndarray:
     return tw
 
 
+@lru_cache(maxsize=64)
+def _twiddles_flat(k: int, inverse: bool) -> np.ndarray:
+    """All stages' twiddles for length K in one array: stage h at [h - 1, 2h - 1) (length K-1)."""
+    parts = [_twiddles_np(1 << s, inverse) for s in range(k.bit_length() - 1)]
+    return np.ascontiguousarray(np.concatenate(parts) if parts else np.zeros(0, np.uint64))
+
+
 _DEVICE_CACHE: dict[tuple[int, bool, int], Any] = {}
 
 
@@ -64,11 +71,38 @@ def _twiddles(h: int, inverse: bool, xp: Any) -> Any:
     return _DEVICE_CACHE[key]
 
 
-def _transform(a: Any, inverse: bool, who: str) -> Any:
+def _transform(a: Any, inverse: bool, who: str, overwrite: bool = False) -> Any:
     xp = array_module(a)
     a = xp.asarray(a, dtype=xp.uint64)
+    _log2(a.shape[-1], who)
+    kernel = backend_of(a).ntt_rows
+    if kernel is not None:
+        return _transform_fused(a, inverse, kernel, overwrite)
+    return _transform_xp(a, inverse)
+
+
+def _transform_fused(
+    a: np.ndarray, inverse: bool, kernel: Any, overwrite: bool = False
+) -> np.ndarray:
+    """Per-row kernel (numba): the same butterflies as ``_transform_xp``, without temporaries.
+
+    The kernel works in place: on a copy, or on ``a`` itself when ``overwrite`` and ``a`` is a
+    writeable C-contiguous uint64 array.
+    """
     k = a.shape[-1]
-    _log2(k, who)
+    if overwrite and a.flags.c_contiguous and a.flags.writeable and a.dtype == np.uint64:
+        x = a
+    else:
+        x = np.array(a, dtype=np.uint64, order="C", copy=True)
+    kinv = pow(k, P - 2, P) if inverse else 1
+    kernel(x.reshape(-1, k), _twiddles_flat(k, inverse), _bitrev(k), kinv, inverse)
+    return x
+
+
+def _transform_xp(a: Any, inverse: bool) -> Any:
+    """Vectorised stages on any array module: all rows at once, log2(K) butterfly passes."""
+    xp = array_module(a)
+    k = a.shape[-1]
     lead = a.shape[:-1]
     idx = _bitrev(k)
     x = a[..., idx if xp is np else xp.asarray(idx)]
@@ -85,9 +119,13 @@ def _transform(a: Any, inverse: bool, who: str) -> Any:
     return x
 
 
-def ntt(a: Any) -> Any:
-    """Forward NTT along the last axis (coefficients -> evaluations on the order-K subgroup)."""
-    return _transform(a, False, "ntt")
+def ntt(a: Any, *, overwrite: bool = False) -> Any:
+    """Forward NTT along the last axis (coefficients -> evaluations on the order-K subgroup).
+
+    ``overwrite=True`` lets the fused (numba) path transform ``a`` in place and return it,
+    saving a copy; pass it only for an array you no longer need. Other paths ignore it.
+    """
+    return _transform(a, False, "ntt", overwrite)
 
 
 def intt(a: Any) -> Any:
