@@ -87,7 +87,8 @@ def test_stacking_cuts_sumchecks_and_openings():
     per_layer = 4 * 5 - 1 + 3
     assert len(proof.sumchecks) < per_layer
     assert isinstance(stmt, TrainingStatement)
-    assert count_wit_claims(lay, stmt) == proof.wit_commitment.num_points
+    # every Wit claim of every relation goes through the claim reduction: one opening point
+    assert count_wit_claims(lay, stmt) > 1 and proof.wit_commitment.num_points == 1
 
 
 @pytest.fixture(scope="module")

@@ -153,3 +153,20 @@ def test_chain_resumes_from_the_private_seed_and_weights():
     other["W1"][0, 0] += 1
     with pytest.raises(ChainError, match="recommit"):
         resume_link(s0, pending, other, link0.b_out_seed, backend="numpy")
+
+
+def test_tampered_claim_reduction_or_wit_mask_rejected(run):
+    """The reduction's final values and Wit's mask commitment are checked, not trusted."""
+    import copy
+
+    from lightning_zk.zk import Fp2
+
+    proof, stmt = run.step_proofs[0]
+    bad = copy.deepcopy(proof)
+    bad.reduction.final_evals[1] = bad.reduction.final_evals[1] + Fp2(1)
+    with pytest.raises(VerificationError, match="claim reduction|opening of Wit"):
+        verify_unit(bad, stmt)
+    other, _ = run.step_proofs[1]
+    bad = dataclasses.replace(proof, wit_mask_commitment=other.wit_mask_commitment)
+    with pytest.raises(VerificationError):
+        verify_unit(bad, stmt)

@@ -2,12 +2,13 @@
 
 Layout (little-endian, typed values as in docs/proof_format.md):
 
-    magic "LZKT" | version u16 (= 2) | kind u16 (1 = unit proof, 2 = chain seal) | body
+    magic "LZKT" | version u16 (= 3) | kind u16 (1 = unit proof, 2 = chain seal) | body
 
-Unit body: commitment Wit, commitment v16, commitment vQ, Fp2 list carried point, Fp2 carried
+Unit body: commitments Wit, R (Wit's full mask), v16, vQ; Fp2 list carried point, Fp2 carried
 value, list of SumcheckProof bodies (one per relation, in transcript order), RangeProof body
-(v16, 16 bits), RangeProof body (vQ), LigeroProof bodies: Wit, v16, vQ, B_in, batch openings
-(version 2 added the batch opening; version 1 proofs are rejected).
+(v16, 16 bits), RangeProof body (vQ), SumcheckProof body (the claim reduction of Wit),
+LigeroProof bodies: Wit, R, v16, vQ, B_in, batch openings (version 2 added the batch opening,
+version 3 the claim reduction: Wit is opened at one point; older proofs are rejected).
 Seal body: Fp2 list pending point, Fp2 pending value, Fp2 dummy value, LigeroProof body.
 The decoder checks every tag, length and field element and rejects trailing bytes; any
 malformation raises :class:`~lightning_zk.zk.errors.ProofFormatError` with the byte offset.
@@ -46,7 +47,7 @@ __all__ = [
 ]
 
 TRAINING_MAGIC = b"LZKT"
-TRAINING_VERSION = 2  # 2: unit proofs open the statement's batch commitment
+TRAINING_VERSION = 3  # 2: batch commitment opened; 3: Wit claims reduced to one opening
 KIND_UNIT, KIND_SEAL = 1, 2
 
 
@@ -61,6 +62,7 @@ class PendingClaim:
 @dataclass
 class UnitProof:
     wit_commitment: Commitment
+    wit_mask_commitment: Commitment  # R: the full mask of Wit (see lightning_zk.zk.reduction)
     v16_commitment: Commitment
     vq_commitment: Commitment
     carried_point: list[Fp2]
@@ -68,7 +70,9 @@ class UnitProof:
     sumchecks: list[SumcheckProof]
     range16: RangeProof
     rangeq: RangeProof
+    reduction: SumcheckProof  # every Wit claim -> one opening of Wit and one of R
     wit_opening: LigeroProof
+    wit_mask_opening: LigeroProof
     v16_opening: LigeroProof
     vq_opening: LigeroProof
     b_in_opening: LigeroProof
@@ -86,20 +90,29 @@ class SealProof:
 
 
 def _put_unit(w: _Writer, p: UnitProof) -> None:
-    for c in (p.wit_commitment, p.v16_commitment, p.vq_commitment):
+    for c in (p.wit_commitment, p.wit_mask_commitment, p.v16_commitment, p.vq_commitment):
         w.commitment(c)
     w.fp2_list(list(p.carried_point))
     w.fp2(p.carried_value)
     w.list_of(p.sumchecks, lambda sc: _put_sumcheck(w, sc))
     _put_range(w, p.range16)
     _put_range(w, p.rangeq)
-    for o in (p.wit_opening, p.v16_opening, p.vq_opening, p.b_in_opening, p.batch_opening):
+    _put_sumcheck(w, p.reduction)
+    for o in (
+        p.wit_opening,
+        p.wit_mask_opening,
+        p.v16_opening,
+        p.vq_opening,
+        p.b_in_opening,
+        p.batch_opening,
+    ):
         _put_ligero(w, o)
 
 
 def _get_unit(r: _Reader) -> UnitProof:
     return UnitProof(
         wit_commitment=r.commitment("unit.wit_commitment"),
+        wit_mask_commitment=r.commitment("unit.wit_mask_commitment"),
         v16_commitment=r.commitment("unit.v16_commitment"),
         vq_commitment=r.commitment("unit.vq_commitment"),
         carried_point=r.fp2_list("unit.carried_point"),
@@ -107,7 +120,9 @@ def _get_unit(r: _Reader) -> UnitProof:
         sumchecks=r.list_of(lambda: _get_sumcheck(r), "unit.sumchecks"),
         range16=_get_range(r),
         rangeq=_get_range(r),
+        reduction=_get_sumcheck(r),
         wit_opening=_get_ligero(r),
+        wit_mask_opening=_get_ligero(r),
         v16_opening=_get_ligero(r),
         vq_opening=_get_ligero(r),
         b_in_opening=_get_ligero(r),

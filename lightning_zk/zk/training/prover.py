@@ -1,10 +1,11 @@
 """Prover of a training proof unit (T >= 1 consecutive SGD steps) and of the chain seal.
 
 Transcript order (the verifier in :mod:`.verifier` mirrors it line by line):
-statement -> commitments Wit, v16, vQ -> carried claim on B_in -> one zk sumcheck per relation
-(challenges drawn inside each builder after everything before was absorbed) -> logUp range
-proofs of v16 (s bits) and vQ (Q bits) -> one batched opening per commitment (Wit, v16, vQ,
-B_in, batch). B_out is *not* opened here: its claim is pending until the next unit (or the seal)
+statement -> commitments Wit, R (Wit's full mask), v16, vQ -> carried claim on B_in -> one zk
+sumcheck per relation (challenges drawn inside each builder after everything before was
+absorbed) -> logUp range proofs of v16 (s bits) and vQ (Q bits) -> the claim reduction of every
+Wit claim (:mod:`..reduction`) -> one opening per commitment (Wit and R at one point each, v16,
+vQ, B_in, batch). B_out is *not* opened here: its claim is pending until the next unit (or the seal)
 opens B_out exactly once, so hiding commitments are never opened twice.
 """
 
@@ -25,6 +26,7 @@ from ..ligero import Ligero, LigeroConfig, LigeroState
 from ..lookup import prove_range
 from ..multilinear import eq_table
 from ..randomness import as_rng
+from ..reduction import prove_reduction
 from ..sumcheck import prove_sumcheck
 from ..transcript import Transcript
 from .batch import SEED_BYTES, commit_batch, count_batch_claims, seeded_rng
@@ -38,7 +40,6 @@ from .relations import (
     PubEq,
     PubPad,
     PubSmall,
-    count_wit_claims,
     relation_builders,
 )
 from .statement import TrainingStatement
@@ -197,10 +198,13 @@ def prove_unit(
     v16_int, vq_int = range_tables(layout, wit_int, first.frac_bits, first.value_bits)
     tr = Transcript(UNIT_DOMAIN)
     stmt.absorb(tr)  # the full public statement first
-    wit_com, wit_state, wit_tab = commit(wit_int, count_wit_claims(layout, stmt))
+    wit_com, wit_state, wit_tab = commit(wit_int, 1)  # one point: see ..reduction
+    wit_mask_tab = rng.field(1 << (layout.wit_vars - 1), xp)  # R, Wit's full mask
+    wit_mask_com, wit_mask_state = pcs.commit(wit_mask_tab, num_points=1, rng=rng)
     v16_com, v16_state, v16_tab = commit(v16_int, 2)
     vq_com, vq_state, vq_tab = commit(vq_int, 2)
     wit_com.absorb_into(tr, "unit.wit")
+    wit_mask_com.absorb_into(tr, "unit.wit_mask")
     v16_com.absorb_into(tr, "unit.v16")
     vq_com.absorb_into(tr, "unit.vq")
     if prev is None:
@@ -241,9 +245,13 @@ def prove_unit(
             slot = slot_of(layout, f)
             sub = data[f.com][slot.code_int :: 1 << len(slot.code)]
             tables.append(place(sub, f.assign, n))
-            st = states[f.com]
-            mu = pcs.mask_table(st, j)
-            masks.append(place_mask(mu, full[len(full) - st.params.col_vars :], n))
+            if f.com == "wit":  # masked by R placed like Wit's variables 2..n (..reduction)
+                r_sub = wit_mask_tab[slot.code_int :: 1 << len(slot.code)]
+                masks.append(place_mask(r_sub, f.assign[1:], n))
+            else:
+                st = states[f.com]
+                mu = pcs.mask_table(st, j)
+                masks.append(place_mask(mu, full[len(full) - st.params.col_vars :], n))
             placed[k] = (f.com, j, full)
         proof, claim = prove_sumcheck(
             rel.spec(), tables, tr, claimed_sum=0, masks=masks, pcs=pcs, rng=rng
@@ -273,9 +281,21 @@ def prove_unit(
     )
     claims["v16"][1] = (c16.point, c16.value)
     claims["vq"][1] = (cq.point, cq.value)
-    wit_points = [claims["wit"][j][0] for j in range(next_wit)]
+    wit_claims = [claims["wit"][j] for j in range(next_wit)]
+    reduction, red = prove_reduction(
+        tr,
+        [p for p, _ in wit_claims],
+        [v for _, v in wit_claims],
+        wit_tab,
+        wit_mask_tab,
+        wit_state,
+        wit_mask_state,
+        pcs,
+        rng,
+    )
     proof = UnitProof(
         wit_com,
+        wit_mask_com,
         v16_com,
         vq_com,
         c_point,
@@ -283,7 +303,9 @@ def prove_unit(
         sumchecks,
         r16,
         rq,
-        pcs.open(wit_state, wit_points, tr),
+        reduction,
+        pcs.open(wit_state, [red.point], tr),
+        pcs.open(wit_mask_state, [red.point[:-1]], tr),
         pcs.open(v16_state, [claims["v16"][0][0], claims["v16"][1][0]], tr),
         pcs.open(vq_state, [claims["vq"][0][0], claims["vq"][1][0]], tr),
         pcs.open(b_in_state, [c_point, claims["bin"][1][0]], tr),

@@ -209,18 +209,22 @@ class _Ctx:
     def act(self, layer: int) -> str:
         return "x" if layer == 0 else f"A{layer}"
 
+    def group(self, g: int) -> tuple[tuple[int, ...], int, int, int, int]:
+        """(layers, layer vars lam, fan-in bits K, width bits no, first var y after t and l)."""
+        layers, lam = self.lay.groups[g], self.lay.group_bits(g)
+        i0 = layers[0]
+        return layers, lam, self.arch.nd(i0 - 1), self.arch.nd(i0), self.tau + lam
+
 
 def _label(layers: Sequence[int]) -> str:
     return str(layers[0]) if len(layers) == 1 else ",".join(map(str, layers))
 
 
 def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
-    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
-    i0 = layers[0]
-    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits
+    layers, lam, K, no, y = c.group(g)
+    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
     r_t, r_l = tr.challenge_ext_list("fwd.r_t", tau), tr.challenge_ext_list("fwd.r_l", lam)
     r_b, r_o = tr.challenge_ext_list("fwd.r_b", nb), tr.challenge_ext_list("fwd.r_o", no)
-    y = tau + lam
     n = y + max(K, nb + no)
     rel = Relation(f"forward{_label(layers)}", n)
     et, el = rel.add(c.eq(0, r_t)), rel.add(c.eq(tau, r_l))
@@ -246,14 +250,13 @@ def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
 
 def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
-    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
-    tau, nb, no, s = c.tau, c.arch.nb, c.arch.nd(layers[0]), c.st.frac_bits
-    n = tau + lam + nb + no
+    layers, lam, _, no, y = c.group(g)
+    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
+    n = y + nb + no
     r = tr.challenge_ext_list("elem.r", n)
     a1, a2 = tr.challenge_ext_list("elem.alpha", 2)
     rel = Relation(f"elementwise{_label(layers)}", n)
     eq = rel.add(c.eq(0, r))
-    y = tau + lam
 
     def t(name: str) -> int | None:
         return rel.add(c.wit(name, b=y, o=y + nb, l=tau))
@@ -278,13 +281,11 @@ def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
 
 def _weight_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
-    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
-    i0 = layers[0]
-    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits
+    layers, lam, K, no, y = c.group(g)
+    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
     r_t, r_l = tr.challenge_ext_list("wgrad.r_t", tau), tr.challenge_ext_list("wgrad.r_l", lam)
     r_o, r_k = tr.challenge_ext_list("wgrad.r_o", no), tr.challenge_ext_list("wgrad.r_k", K)
     gamma = tr.challenge_ext("wgrad.gamma")
-    y = tau + lam
     n = y + max(nb, no + K)
     rel = Relation(f"weight_grad{_label(layers)}", n)
     et, el = rel.add(c.eq(0, r_t)), rel.add(c.eq(tau, r_l))
@@ -309,12 +310,10 @@ def _weight_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
 
 def _input_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
-    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
-    i0 = layers[0]
-    tau, nb, K, no, s = c.tau, c.arch.nb, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits
+    layers, lam, K, no, y = c.group(g)
+    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
     r_t, r_l = tr.challenge_ext_list("igrad.r_t", tau), tr.challenge_ext_list("igrad.r_l", lam)
     r_b, r_k = tr.challenge_ext_list("igrad.r_b", nb), tr.challenge_ext_list("igrad.r_k", K)
-    y = tau + lam
     n = y + max(no, nb + K)
     rel = Relation(f"input_grad{_label(layers)}", n)
     et = rel.add(c.eq(0, r_t))
@@ -336,10 +335,8 @@ def _input_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
 
 def _update(c: _Ctx, tr: Transcript, g: int) -> Relation:
-    layers, lam = c.lay.groups[g], c.lay.group_bits(g)
-    i0 = layers[0]
-    tau, K, no, s, lr = c.tau, c.arch.nd(i0 - 1), c.arch.nd(i0), c.st.frac_bits, c.st.lr
-    y = tau + lam
+    layers, lam, K, no, y = c.group(g)
+    tau, s, lr = c.tau, c.st.frac_bits, c.st.lr
     n = y + no + K
     r = tr.challenge_ext_list("update.r", n)
     a1, a2, a3 = tr.challenge_ext_list("update.alpha", 3)

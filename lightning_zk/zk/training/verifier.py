@@ -17,6 +17,7 @@ from ..errors import ShapeMismatchError, SumcheckError, TranscriptError, Verific
 from ..extension import Fp2
 from ..ligero import Ligero
 from ..lookup import verify_range
+from ..reduction import verify_reduction
 from ..sumcheck import verify_sumcheck
 from ..transcript import Transcript
 from .batch import batch_layout, count_batch_claims
@@ -24,7 +25,7 @@ from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
 from .layout import build_layout
 from .placement import opening_point
 from .proof import PendingClaim, SealProof, UnitProof
-from .relations import Committed, count_wit_claims, public_value, relation_builders
+from .relations import Committed, public_value, relation_builders
 from .statement import TrainingStatement
 
 __all__ = ["verify_unit", "verify_step", "verify_epoch", "verify_seal", "verify_chain"]
@@ -59,10 +60,10 @@ def verify_unit(
     layout = build_layout(stmt.arch, _names(stmt))
     pcs = Ligero(stmt.pcs_config)
     proof.wit_commitment.expect(
-        num_vars=layout.wit_vars,
-        extension=False,
-        num_points=count_wit_claims(layout, stmt),
-        what="Wit commitment",
+        num_vars=layout.wit_vars, extension=False, num_points=1, what="Wit commitment"
+    )
+    proof.wit_mask_commitment.expect(
+        num_vars=layout.wit_vars - 1, extension=False, num_points=1, what="Wit mask commitment"
     )
     for com, what in ((proof.v16_commitment, "v16"), (proof.vq_commitment, "vQ")):
         com.expect(num_vars=layout.wit_vars, extension=False, num_points=2, what=what)
@@ -77,6 +78,7 @@ def verify_unit(
     tr = Transcript(UNIT_DOMAIN)
     stmt.absorb(tr)
     proof.wit_commitment.absorb_into(tr, "unit.wit")
+    proof.wit_mask_commitment.absorb_into(tr, "unit.wit_mask")
     proof.v16_commitment.absorb_into(tr, "unit.v16")
     proof.vq_commitment.absorb_into(tr, "unit.vq")
     c_point = list(proof.carried_point)
@@ -133,10 +135,14 @@ def verify_unit(
     claims["v16"][1] = (c16.point, c16.value)
     claims["vq"][1] = (cq.point, cq.value)
     wit = [claims["wit"][j] for j in range(next_wit)]
-    with _stage("opening of Wit"):
-        pcs.verify(
-            proof.wit_commitment, [p for p, _ in wit], [v for _, v in wit], proof.wit_opening, tr
+    with _stage("claim reduction of Wit"):
+        wp, wv, rp, rv = verify_reduction(
+            tr, [p for p, _ in wit], [v for _, v in wit], proof.reduction, pcs
         )
+    with _stage("opening of Wit"):
+        pcs.verify(proof.wit_commitment, [wp], [wv], proof.wit_opening, tr)
+    with _stage("opening of Wit's mask"):
+        pcs.verify(proof.wit_mask_commitment, [rp], [rv], proof.wit_mask_opening, tr)
     for name, com, opening in (
         ("v16", proof.v16_commitment, proof.v16_opening),
         ("vq", proof.vq_commitment, proof.vq_opening),
