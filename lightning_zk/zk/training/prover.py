@@ -20,11 +20,11 @@ import numpy as np
 from ...fixed.tape import WitnessTape, tensor_names
 from ..backend import get_backend, to_numpy
 from ..errors import ParameterError
-from ..extension import Fp2, e_from_base
+from ..extension import Fp2, e_const, e_from_base, e_scale
 from ..field import from_signed
 from ..ligero import Ligero, LigeroConfig, LigeroState
 from ..lookup import prove_range
-from ..multilinear import eq_table
+from ..multilinear import eq_eval, eq_table
 from ..randomness import as_rng
 from ..reduction import prove_reduction
 from ..sumcheck import prove_sumcheck
@@ -37,6 +37,7 @@ from .proof import PendingClaim, SealProof, UnitProof
 from .relations import (
     Committed,
     PubBlocks,
+    PubEmbed,
     PubEq,
     PubPad,
     PubSmall,
@@ -76,7 +77,14 @@ def _pad_table(f: PubPad, n: int, xp: Any) -> Any:
     return e_from_base(xp.asarray(out))
 
 
-def _public_table(f: PubEq | PubSmall | PubBlocks | PubPad, n: int, xp: Any) -> Any:
+def _code_int(code: Sequence[int]) -> int:
+    c = 0
+    for bit in code:
+        c = (c << 1) | bit
+    return c
+
+
+def _public_table(f: PubEq | PubSmall | PubBlocks | PubPad | PubEmbed, n: int, xp: Any) -> Any:
     if isinstance(f, PubEq):
         return place(eq_table(list(f.point), xp), [Free(i) for i in f.vars], n)
     if isinstance(f, PubSmall):
@@ -84,6 +92,13 @@ def _public_table(f: PubEq | PubSmall | PubBlocks | PubPad, n: int, xp: Any) -> 
         return place(vals, [Free(i) for i in f.vars], n)
     if isinstance(f, PubPad):
         return _pad_table(f, n, xp)
+    if isinstance(f, PubEmbed):
+        out = e_const(0, 1 << n, xp)
+        r = list(f.point)
+        for code, m, packed in f.items:
+            block = e_scale(eq_table(r[:m], xp), eq_eval(r[m:], list(packed)))
+            out[:, _code_int(code) :: 1 << len(code)] = block
+        return out
     out = xp.zeros(1 << n, dtype=xp.uint64)
     for code, w in f.items:
         c = 0
@@ -254,7 +269,7 @@ def prove_unit(
                 masks.append(place_mask(mu, full[len(full) - st.params.col_vars :], n))
             placed[k] = (f.com, j, full)
         proof, claim = prove_sumcheck(
-            rel.spec(), tables, tr, claimed_sum=0, masks=masks, pcs=pcs, rng=rng
+            rel.spec(), tables, tr, claimed_sum=rel.claimed, masks=masks, pcs=pcs, rng=rng
         )
         sumchecks.append(proof)
         for k, (com, j, full) in placed.items():

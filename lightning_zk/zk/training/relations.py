@@ -19,9 +19,12 @@ Relations per layer l (stacked over t and over the layers of a layer group, see
 * update: lr GW - 2^s UW - RUW = 0;  W' = W - UW;  same for the bias
 * chain: Theta_out(t) = Theta_in(t+1) inside the unit; Theta_in(0) = B_in(0, .);
   Theta_out(last) = B_out(0, .)
-* global: v16 = sel16 Wit + shift16 (remainders + 2^(s-1)), vQ = selQ Wit + shiftQ
-  (signed values + 2^(Q-1), V unshifted), S (1 - S) = 0 on sign blocks; v16 and vQ are then
-  range-checked by logUp (16 and Q bits); every tensor's zero-padding is zero.
+* global: v16 = Pi16 Wit + shift16 (the remainder blocks packed, + 2^(s-1)), vQ = PiQ Wit +
+  shiftQ (signed blocks packed, + 2^(Q-1); V unshifted), S (1 - S) = 0 on sign blocks; v16 and
+  vQ are then range-checked by logUp (s and Q bits); every tensor's zero-padding is zero. The
+  packing Pi is public (:class:`RangePacking`): sum_x' eq(r, x') (Pi Wit)(x') is
+  sum_x E_r(x) Wit(x) with the public E_r = eq(r, pi(x)) on the packed blocks (:class:`PubEmbed`),
+  so the global relation's claimed sum is the shifts' public value, not 0.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from ..extension import Fp2
 from ..multilinear import eq_eval
 from ..sumcheck import SumcheckSpec, Term
 from ..transcript import Transcript
-from .layout import Layout, TensorSlot
+from .layout import Layout, TensorSlot, allocate
 from .placement import Free, Var, small_mle
 from .statement import TrainingStatement
 
@@ -93,11 +96,24 @@ class PubPad:
     items: tuple[tuple[tuple[int, ...], tuple[tuple[int, int], ...]], ...]
 
 
+@dataclass(frozen=True)
+class PubEmbed:
+    """E_r(x) = eq(r, pi(x)) on the Wit blocks packed into a range vector, 0 elsewhere.
+
+    Items are (Wit code c_k, element bits m_k, packed code c'_k): the Wit entry (e, c_k) is the
+    range vector's entry (e, c'_k). Then sum_x E_r(x) Wit(x) = (Pi Wit)~(r), and the verifier
+    evaluates E_r(z) = sum_k eq(z[:m], r[:m]) eq(z[m:], c_k) eq(r[m:], c'_k) in O(#blocks n).
+    """
+
+    point: tuple[Fp2, ...]
+    items: tuple[tuple[tuple[int, ...], int, tuple[int, ...]], ...]
+
+
 def _ind(bits: int, size: int) -> list[int]:
     return [1] * size + [0] * ((1 << bits) - size)
 
 
-Factor = Committed | PubEq | PubSmall | PubBlocks | PubPad
+Factor = Committed | PubEq | PubSmall | PubBlocks | PubPad | PubEmbed
 
 
 @dataclass
@@ -106,6 +122,7 @@ class Relation:
     num_vars: int
     factors: list[Factor] = field(default_factory=list)
     terms: list[tuple[Fp2, tuple[int, ...]]] = field(default_factory=list)
+    claimed: Fp2 = field(default_factory=lambda: Fp2(0))  # public claimed sum (0 but global)
 
     def add(self, f: Factor | None) -> int | None:
         if f is None:
@@ -143,6 +160,15 @@ def public_value(f: Factor, point: Sequence[Fp2]) -> Fp2:
         acc = Fp2(0)
         for code, w in f.items:
             acc = acc + eq_eval(list(code), list(point[n - len(code) :])) * w
+        return acc
+    if isinstance(f, PubEmbed):
+        acc, r = Fp2(0), list(f.point)
+        for code, m, packed in f.items:
+            acc = acc + (
+                eq_eval(list(point[:m]), r[:m])
+                * eq_eval(list(point[m:]), list(code))
+                * eq_eval(r[m:], list(packed))
+            )
         return acc
     raise TypeError(f"not a public factor: {f!r}")
 
@@ -407,13 +433,64 @@ def _chain(c: _Ctx, tr: Transcript) -> Relation:
     return rel
 
 
-def range_blocks(layout: Layout, s: int, q: int) -> dict[str, PubBlocks]:
-    """Public block selectors/shifts of the global relation (from the layout alone)."""
-    cls: dict[str, list[tuple[int, ...]]] = {"remainder": [], "sign": [], "vwit": [], "signed": []}
+@dataclass(frozen=True)
+class RangePacking:
+    """Which Wit blocks a range vector holds, where, and with what shift (from the layout).
+
+    Only the range-checked tensors go into the vector (packed by the same aligned allocation as
+    Wit), so the logUp proof runs on their size, not on Wit's whole layout.
+    """
+
+    num_vars: int
+    items: tuple[tuple[tuple[int, ...], int, tuple[int, ...]], ...]  # (Wit code, m, packed code)
+    shifts: tuple[int, ...]
+
+    def embed(self, point: Sequence[Fp2]) -> PubEmbed:
+        return PubEmbed(tuple(point), self.items)
+
+    def shift_value(self, point: Sequence[Fp2]) -> Fp2:
+        """(shift table)~(point): each block's constant times its code's eq (elements sum to 1)."""
+        acc = Fp2(0)
+        for (_, m, packed), sh in zip(self.items, self.shifts, strict=True):
+            if sh:
+                acc = acc + eq_eval(list(point[m:]), list(packed)) * sh
+        return acc
+
+
+def range_packings(layout: Layout, s: int, q: int) -> tuple[RangePacking, RangePacking]:
+    """(v16: remainders + 2^(s-1); vQ: signed values + 2^(Q-1) and V unshifted)."""
+    groups: dict[str, dict[str, tuple[tuple[int, ...], int, int]]] = {"r": {}, "q": {}}
+    for name, slot in layout.wit.items():
+        if name.startswith("THETA"):
+            continue
+        kind = tensor_class(name)
+        if kind == "remainder":
+            groups["r"][name] = (slot.code, slot.elem_vars, 1 << (s - 1))
+        elif kind in ("signed", "vwit"):
+            groups["q"][name] = (slot.code, slot.elem_vars, 1 << (q - 1) if kind == "signed" else 0)
+    out = []
+    for key in ("r", "q"):
+        blocks = groups[key]
+        n, codes = allocate({name: m for name, (_, m, _) in blocks.items()})
+        names = sorted(blocks)
+        out.append(
+            RangePacking(
+                n,
+                tuple((blocks[k][0], blocks[k][1], codes[k]) for k in names),
+                tuple(blocks[k][2] for k in names),
+            )
+        )
+    return out[0], out[1]
+
+
+def range_blocks(layout: Layout) -> dict[str, PubBlocks | PubPad]:
+    """Public block selectors of the global relation: zero padding and sign blocks."""
+    signs: list[tuple[int, ...]] = []
     pads = []
     for name, slot in layout.wit.items():
         if not name.startswith("THETA"):
-            cls[tensor_class(name)].append(slot.code)
+            if tensor_class(name) == "sign":
+                signs.append(slot.code)
             axes = tuple((b, n) for (_, b), n in zip(slot.axes[1:], slot.sizes, strict=True))
             if any(n < 1 << b for b, n in axes):
                 pads.append((slot.code, axes))
@@ -421,32 +498,33 @@ def range_blocks(layout: Layout, s: int, q: int) -> dict[str, PubBlocks]:
         pads.append((slot.code, tuple((b, 0) for _, b in slot.axes[1:])))
     return {
         "pad": PubPad(layout.arch.tau, tuple(pads)),
-        "sel16": PubBlocks(tuple((cd, 1) for cd in cls["remainder"])),
-        "shift16": PubBlocks(tuple((cd, 1 << (s - 1)) for cd in cls["remainder"])),
-        "selq": PubBlocks(tuple((cd, 1) for cd in cls["signed"] + cls["vwit"])),
-        "shiftq": PubBlocks(tuple((cd, 1 << (q - 1)) for cd in cls["signed"])),
-        "sels": PubBlocks(tuple((cd, 1) for cd in cls["sign"])),
+        "sels": PubBlocks(tuple((cd, 1) for cd in signs)),
     }
 
 
 def _global(c: _Ctx, tr: Transcript) -> Relation:
+    """Range vectors = packed Wit blocks + shifts; S (1 - S) = 0 on signs; zero padding."""
     n = c.lay.wit_vars
+    p16, pq = range_packings(c.lay, c.st.frac_bits, c.st.value_bits)
     r = tr.challenge_ext_list("global.r", n)
+    r16 = tr.challenge_ext_list("global.r16", p16.num_vars)
+    rq = tr.challenge_ext_list("global.rq", pq.num_vars)
     a1, a2, a3 = tr.challenge_ext_list("global.alpha", 3)
-    blocks = range_blocks(c.lay, c.st.frac_bits, c.st.value_bits)
+    blocks = range_blocks(c.lay)
     rel = Relation("global", n)
-    free = tuple(Free(i) for i in range(n))
+    rel.claimed = p16.shift_value(r16) + a1 * pq.shift_value(rq)
     eq = rel.add(c.eq(0, r))
-    w = rel.add(Committed("wit", "ALL", free))
-    v16 = rel.add(Committed("v16", "ALL", free, mask_index=0))
-    vq = rel.add(Committed("vq", "ALL", free, mask_index=0))
-    pad, sel16, sh16, selq, shq, sels = (rel.add(blocks[k]) for k in blocks)
-    rel.term(1, eq, v16)
-    rel.term(-1, eq, sel16, w)
-    rel.term(-1, eq, sh16)
-    rel.term(a1, eq, vq)
-    rel.term(-a1, eq, selq, w)
-    rel.term(-a1, eq, shq)
+    w = rel.add(Committed("wit", "ALL", tuple(Free(i) for i in range(n))))
+    v16 = rel.add(Committed("v16", "ALL", tuple(Free(i) for i in range(p16.num_vars)), 0))
+    e16, z16 = rel.add(c.eq(0, r16)), rel.add(c.zero(p16.num_vars, n))
+    vq = rel.add(Committed("vq", "ALL", tuple(Free(i) for i in range(pq.num_vars)), 0))
+    eqq, zq = rel.add(c.eq(0, rq)), rel.add(c.zero(pq.num_vars, n))
+    emb16, embq = rel.add(p16.embed(r16)), rel.add(pq.embed(rq))
+    pad, sels = rel.add(blocks["pad"]), rel.add(blocks["sels"])
+    rel.term(1, e16, z16, v16)
+    rel.term(-1, emb16, w)
+    rel.term(a1, eqq, zq, vq)
+    rel.term(-a1, embq, w)
     rel.term(a2, eq, sels, w)
     rel.term(-a2, eq, sels, w, w)
     rel.term(a3, eq, pad, w)

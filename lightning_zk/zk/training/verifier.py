@@ -25,7 +25,7 @@ from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
 from .layout import build_layout
 from .placement import opening_point
 from .proof import PendingClaim, SealProof, UnitProof
-from .relations import Committed, public_value, relation_builders
+from .relations import Committed, public_value, range_packings, relation_builders
 from .statement import TrainingStatement
 
 __all__ = ["verify_unit", "verify_step", "verify_epoch", "verify_seal", "verify_chain"]
@@ -65,8 +65,9 @@ def verify_unit(
     proof.wit_mask_commitment.expect(
         num_vars=layout.wit_vars - 1, extension=False, num_points=1, what="Wit mask commitment"
     )
-    for com, what in ((proof.v16_commitment, "v16"), (proof.vq_commitment, "vQ")):
-        com.expect(num_vars=layout.wit_vars, extension=False, num_points=2, what=what)
+    p16, pq = range_packings(layout, stmt.frac_bits, stmt.value_bits)
+    for com, what, pack in ((proof.v16_commitment, "v16", p16), (proof.vq_commitment, "vQ", pq)):
+        com.expect(num_vars=pack.num_vars, extension=False, num_points=2, what=what)
     for com, what in ((stmt.weights_in, "B_in"), (stmt.weights_out, "B_out")):
         com.expect(num_vars=layout.b_vars, extension=False, num_points=2, what=what)
     stmt.batch.expect(
@@ -112,7 +113,7 @@ def verify_unit(
     for build, scp in zip(builders, proof.sumchecks, strict=True):
         rel = build(tr)
         with _stage(f"relation {rel.name}"):
-            claim = verify_sumcheck(rel.spec(), scp, tr, 0, pcs=pcs)
+            claim = verify_sumcheck(rel.spec(), scp, tr, rel.claimed, pcs=pcs)
         for k, f in enumerate(rel.factors):
             got = claim.evaluations[k]
             if isinstance(f, Committed):
@@ -128,10 +129,10 @@ def verify_unit(
                     raise SumcheckError(f"{rel.name}: public factor {k}", expected=want, got=got)
     with _stage("range check of remainders (v16)"):
         c16 = verify_range(
-            tr, proof.range16, num_vars=layout.wit_vars, bits=stmt.frac_bits, pcs=pcs
+            tr, proof.range16, num_vars=p16.num_vars, bits=stmt.frac_bits, pcs=pcs
         )
     with _stage("range check of values and signs (vQ)"):
-        cq = verify_range(tr, proof.rangeq, num_vars=layout.wit_vars, bits=stmt.value_bits, pcs=pcs)
+        cq = verify_range(tr, proof.rangeq, num_vars=pq.num_vars, bits=stmt.value_bits, pcs=pcs)
     claims["v16"][1] = (c16.point, c16.value)
     claims["vq"][1] = (cq.point, cq.value)
     wit = [claims["wit"][j] for j in range(next_wit)]

@@ -14,7 +14,7 @@ import numpy as np
 from ...fixed.engine import mse_constant
 from ...fixed.tape import WitnessTape, tensor_names
 from .layout import Layout, TensorSlot
-from .relations import tensor_class
+from .relations import range_packings, tensor_class
 
 __all__ = ["WitnessError", "check_witness", "wit_table", "theta_table", "range_tables"]
 
@@ -70,21 +70,22 @@ def theta_table(layout: Layout, params: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def range_tables(layout: Layout, wit: np.ndarray, s: int, q: int) -> tuple[np.ndarray, np.ndarray]:
-    """v16 = sel16 Wit + shift16 and vQ = selQ Wit + shiftQ (signed int64, see relations)."""
-    v16 = np.zeros_like(wit)
-    vq = np.zeros_like(wit)
-    for name, slot in layout.wit.items():
-        if name.startswith("THETA"):
-            continue
-        sl = slice(slot.code_int, None, 1 << len(slot.code))
-        kind = tensor_class(name)
-        if kind == "remainder":
-            v16[sl] = wit[sl] + (1 << (s - 1))
-        elif kind == "signed":
-            vq[sl] = wit[sl] + (1 << (q - 1))
-        elif kind == "vwit":
-            vq[sl] = wit[sl]
-    return v16, vq
+    """Packed range vectors v16 (remainders + 2^(s-1)) and vQ (signed + 2^(Q-1), V as is)."""
+    out = []
+    for pack in range_packings(layout, s, q):
+        v = np.zeros(1 << pack.num_vars, dtype=np.int64)
+        for (code, m, packed), shift in zip(pack.items, pack.shifts, strict=True):
+            src = wit[_code_int(code) :: 1 << len(code)]
+            v[_code_int(packed) :: 1 << len(packed)] = src + shift
+        out.append(v)
+    return out[0], out[1]
+
+
+def _code_int(code: tuple[int, ...]) -> int:
+    c = 0
+    for bit in code:
+        c = (c << 1) | bit
+    return c
 
 
 def _rescaled(raw: np.ndarray, q: np.ndarray, r: np.ndarray, s: int) -> bool:
