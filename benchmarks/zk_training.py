@@ -108,9 +108,17 @@ def _fixed_tapes(dims, batches, lr):
     return tapes, 1e3 * float(np.median(times))
 
 
+def _warm_up() -> None:
+    """Prove and verify a tiny step once (first calls of the numba kernels compile them)."""
+    tiny, _ = _fixed_tapes((4, 4, 2), _random_batches((4, 4, 2), 2, 1), 0.05)
+    proof, stmt, _ = prove_step(tiny[0], None, backend="numpy", rng=0)
+    verify_unit(proof, stmt)
+
+
 def _prove_child(tapes, backend, epoch: bool):
     import resource
 
+    _warm_up()  # JIT-compile the numba kernels outside the timed proof
     base_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     t0 = time.perf_counter()
     if epoch:
