@@ -29,9 +29,18 @@ __all__ = [
     "allocate",
     "build_layout",
     "bits_of",
+    "code_int",
     "layer_groups",
     "split_name",
 ]
+
+
+def code_int(code: tuple[int, ...] | list[int]) -> int:
+    """A code's bits (most significant first) as the integer offset of its block's entry 0."""
+    out = 0
+    for bit in code:
+        out = (out << 1) | bit
+    return out
 
 
 def bits_of(n: int) -> int:
@@ -77,10 +86,7 @@ class TensorSlot:
 
     @property
     def code_int(self) -> int:
-        out = 0
-        for bit in self.code:
-            out = (out << 1) | bit
-        return out
+        return code_int(self.code)
 
 
 def allocate(sizes: dict[str, int]) -> tuple[int, dict[str, tuple[int, ...]]]:

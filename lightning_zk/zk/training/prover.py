@@ -31,7 +31,7 @@ from ..sumcheck import prove_sumcheck
 from ..transcript import Transcript
 from .batch import SEED_BYTES, commit_batch, count_batch_claims, seeded_rng
 from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
-from .layout import Arch, Layout, build_layout, theta_names
+from .layout import Arch, Layout, build_layout, code_int, theta_names
 from .placement import Free, opening_point, place, place_mask
 from .proof import PendingClaim, SealProof, UnitProof
 from .relations import (
@@ -70,18 +70,8 @@ def _pad_table(f: PubPad, n: int, xp: Any) -> Any:
     for code, axes in f.items:
         block = np.ones([1 << f.tau, *[1 << b for b, _ in axes]], dtype=np.uint64)
         block[(slice(None), *[slice(0, size) for _, size in axes])] = 0
-        c = 0
-        for bit in code:
-            c = (c << 1) | bit
-        out[c :: 1 << len(code)] = block.reshape(-1)
+        out[code_int(code) :: 1 << len(code)] = block.reshape(-1)
     return e_from_base(xp.asarray(out))
-
-
-def _code_int(code: Sequence[int]) -> int:
-    c = 0
-    for bit in code:
-        c = (c << 1) | bit
-    return c
 
 
 def _public_table(f: PubEq | PubSmall | PubBlocks | PubPad | PubEmbed, n: int, xp: Any) -> Any:
@@ -97,14 +87,11 @@ def _public_table(f: PubEq | PubSmall | PubBlocks | PubPad | PubEmbed, n: int, x
         r = list(f.point)
         for code, m, packed in f.items:
             block = e_scale(eq_table(r[:m], xp), eq_eval(r[m:], list(packed)))
-            out[:, _code_int(code) :: 1 << len(code)] = block
+            out[:, code_int(code) :: 1 << len(code)] = block
         return out
     out = xp.zeros(1 << n, dtype=xp.uint64)
     for code, w in f.items:
-        c = 0
-        for bit in code:
-            c = (c << 1) | bit
-        out[c :: 1 << len(code)] += np.uint64(w)
+        out[code_int(code) :: 1 << len(code)] += np.uint64(w)
     return e_from_base(out)
 
 

@@ -13,7 +13,7 @@ import numpy as np
 
 from ...fixed.engine import mse_constant
 from ...fixed.tape import WitnessTape, tensor_names
-from .layout import Layout, TensorSlot
+from .layout import Layout, TensorSlot, code_int
 from .relations import range_packings, tensor_class
 
 __all__ = ["WitnessError", "check_witness", "wit_table", "theta_table", "range_tables"]
@@ -74,18 +74,11 @@ def range_tables(layout: Layout, wit: np.ndarray, s: int, q: int) -> tuple[np.nd
     out = []
     for pack in range_packings(layout, s, q):
         v = np.zeros(1 << pack.num_vars, dtype=np.int64)
-        for (code, m, packed), shift in zip(pack.items, pack.shifts, strict=True):
-            src = wit[_code_int(code) :: 1 << len(code)]
-            v[_code_int(packed) :: 1 << len(packed)] = src + shift
+        for (code, _, packed), shift in zip(pack.items, pack.shifts, strict=True):
+            src = wit[code_int(code) :: 1 << len(code)]
+            v[code_int(packed) :: 1 << len(packed)] = src + shift
         out.append(v)
     return out[0], out[1]
-
-
-def _code_int(code: tuple[int, ...]) -> int:
-    c = 0
-    for bit in code:
-        c = (c << 1) | bit
-    return c
 
 
 def _rescaled(raw: np.ndarray, q: np.ndarray, r: np.ndarray, s: int) -> bool:
