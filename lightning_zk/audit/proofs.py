@@ -127,6 +127,15 @@ def _unit_files(run: RunDirectory) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
+def _read_unit(path: Path) -> tuple[TrainingStatement, UnitProof]:
+    """A published unit's statement and proof (never unpickled)."""
+    try:
+        stmt = TrainingStatement.from_bytes(path.with_suffix(".json").read_bytes())
+        return stmt, decode_training_proof(path.read_bytes(), UnitProof)
+    except OSError as err:
+        raise ProofRunError(f"cannot read {path} or its statement: {err}") from err
+
+
 def chain_progress(run_dir: str | Path) -> tuple[int, bool]:
     """(first step the run's proof chain does not cover yet, whether the chain is sealed)."""
     run = RunDirectory(run_dir)
@@ -171,8 +180,8 @@ class ChainProver:
             raise ProofRunError(f"cannot continue the chain after {path.name}: its private chain "
                                 f"state {state} is missing; {hint}")
         try:
-            stmt = TrainingStatement.from_bytes(path.with_suffix(".json").read_bytes())
-            pending = verify_unit(decode_training_proof(path.read_bytes(), UnitProof), stmt)
+            stmt, proof = _read_unit(path)
+            pending = verify_unit(proof, stmt)
             seed, params = _load_chain_state(state)
             self.link = resume_link(stmt, pending, params, seed, backend=self.backend)
         except (OSError, ValueError, VerificationError, ProofFormatError) as err:
@@ -293,14 +302,11 @@ def _read_chain(run: RunDirectory) -> tuple[list[TrainingStatement], list[UnitPr
     proof_dir = run.path / PROOF_DIR
     if not proof_dir.is_dir():
         raise ProofRunError(f"{run.path} has no proofs/ directory: nothing to verify")
-    units = sorted((int(m.group(1)), p) for p in proof_dir.iterdir() if (m := _UNIT_RE.match(p.name)))
     statements, proofs = [], []
-    for _, path in units:
-        try:
-            statements.append(TrainingStatement.from_bytes(path.with_suffix(".json").read_bytes()))
-            proofs.append(decode_training_proof(path.read_bytes(), UnitProof))
-        except OSError as err:
-            raise ProofRunError(f"cannot read {path} or its statement: {err}") from err
+    for _, _, path in _unit_files(run):
+        stmt, proof = _read_unit(path)
+        statements.append(stmt)
+        proofs.append(proof)
     seal_path = proof_dir / SEAL_FILE
     seal = decode_training_proof(seal_path.read_bytes(), SealProof) if seal_path.is_file() else None
     return statements, proofs, seal

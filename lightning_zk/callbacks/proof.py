@@ -144,7 +144,6 @@ class ProofCallback(Callback):
         """Prove steps first..stop-1: committed before a restart, never proved, not recomputed."""
         from ..audit.proofs import ProofRunError, load_tapes
 
-        self._flush(trainer, per_step=self.aggregate == "step")
         run = trainer.strategy.session.run
         records = run.read_steps()
         units: list[list[int]] = []
@@ -184,10 +183,6 @@ class ProofCallback(Callback):
     def _prove_now(self, run_dir: Path, steps: list[int], tapes: list) -> None:
         from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-        from ..audit.proofs import ChainProver
-
-        if self._prover is None:
-            self._prover = ChainProver(run_dir, backend=self.backend)
         label = f"proving step {steps[0]}" if len(steps) == 1 else f"proving steps {steps[0]}–{steps[-1]}"
         with Progress(SpinnerColumn(), TextColumn(label), TimeElapsedColumn(), transient=True) as bar:
             bar.add_task(label, total=None)

@@ -76,8 +76,6 @@ def test_stacks_are_the_union_of_their_layer_slots():
 
 
 def test_stacking_cuts_sumchecks_and_openings():
-    from lightning_zk.zk.training.statement import TrainingStatement
-
     proof, stmt, _ = prove_step(TAPES[0], backend="numpy", rng=1)
     lay = _layout()
     assert (
@@ -86,7 +84,6 @@ def test_stacking_cuts_sumchecks_and_openings():
     # the same network without stacking would need one sumcheck per layer and relation
     per_layer = 4 * 5 - 1 + 3
     assert len(proof.sumchecks) < per_layer
-    assert isinstance(stmt, TrainingStatement)
     # every Wit claim of every relation goes through the claim reduction: one opening point
     assert count_wit_claims(lay, stmt) > 1 and proof.wit_commitment.num_points == 1
 

@@ -161,9 +161,9 @@ def prove_unit(
     before = {k: first.tensors[k] for k in theta_names(L)}
     after = {k: last.tensors[k + "n"] for k in theta_names(L)}
 
-    def commit(table: np.ndarray, points: int, own_rng: Any = None) -> tuple[Any, Any, Any]:
+    def commit(table: np.ndarray, points: int) -> tuple[Any, Any, Any]:
         field = xp.asarray(_field(table))
-        com, st = pcs.commit(field, num_points=points, rng=own_rng or rng)
+        com, st = pcs.commit(field, num_points=points, rng=rng)
         return com, st, field
 
     if prev is None:
@@ -172,9 +172,7 @@ def prove_unit(
         b_in_com, b_in_state = prev.statement.weights_out, prev.b_out_state
         b_in_tab = prev.b_out_table
     b_out_seed = rng.bytes(SEED_BYTES)  # B_out from its own seed, so a chain can be resumed
-    b_out_com, b_out_state, b_out_tab = commit(
-        theta_table(layout, after), 2, seeded_rng(b_out_seed)
-    )
+    b_out_com, b_out_state, b_out_tab = _commit_b_out(pcs, layout, after, b_out_seed, xp)
     batch_seed = rng.bytes(SEED_BYTES)  # the batch commitment's own randomness (see .batch)
     batch_com, batch_state, batch_tab = commit_batch(
         pcs, layout, [tp.tensors["x"] for tp in tapes], [tp.tensors["y"] for tp in tapes],
@@ -262,27 +260,17 @@ def prove_unit(
         for k, (com, j, full) in placed.items():
             claims[com][j] = (opening_point(full, claim.point), claim.evaluations[k])
 
-    s, q = first.frac_bits, first.value_bits
-    r16, c16 = prove_range(
-        tr,
-        to_numpy(v16_tab),
-        bits=s,
-        value_mask=pcs.round1_mask(v16_state, 1),
-        pcs=pcs,
-        rng=rng,
-        strict=strict,
-    )
-    rq, cq = prove_range(
-        tr,
-        to_numpy(vq_tab),
-        bits=q,
-        value_mask=pcs.round1_mask(vq_state, 1),
-        pcs=pcs,
-        rng=rng,
-        strict=strict,
-    )
-    claims["v16"][1] = (c16.point, c16.value)
-    claims["vq"][1] = (cq.point, cq.value)
+    ranges = []
+    for name, tab, state, bits in (
+        ("v16", v16_tab, v16_state, first.frac_bits),
+        ("vq", vq_tab, vq_state, first.value_bits),
+    ):
+        mask = pcs.round1_mask(state, 1)
+        rp, rc = prove_range(
+            tr, to_numpy(tab), bits=bits, value_mask=mask, pcs=pcs, rng=rng, strict=strict
+        )
+        ranges.append(rp)
+        claims[name][1] = (rc.point, rc.value)
     wit_claims = [claims["wit"][j] for j in range(next_wit)]
     reduction, red = prove_reduction(
         tr,
@@ -303,8 +291,7 @@ def prove_unit(
         c_point,
         c_value,
         sumchecks,
-        r16,
-        rq,
+        *ranges,
         reduction,
         pcs.open(wit_state, [red.point], tr),
         pcs.open(wit_mask_state, [red.point[:-1]], tr),
@@ -340,10 +327,8 @@ def resume_link(
     missing = [k for k in theta_names(layout.arch.num_layers) if k not in params]
     if missing:
         raise ParameterError(f"resume_link: weights {missing} missing")
-    xp = get_backend(backend).xp
-    table = xp.asarray(_field(theta_table(layout, params)))
     pcs = Ligero(LigeroConfig(statement.security_bits, statement.blowup))
-    com, state = pcs.commit(table, num_points=2, rng=seeded_rng(b_out_seed))
+    com, state, table = _commit_b_out(pcs, layout, params, b_out_seed, get_backend(backend).xp)
     if com != statement.weights_out:
         raise ChainError(
             "resumed weights recommit to the unit's B_out",
@@ -351,6 +336,15 @@ def resume_link(
             got=com.root.hex(),
         )
     return ChainLink(statement, state, table, pending, dict(params), b"", bytes(b_out_seed))
+
+
+def _commit_b_out(
+    pcs: Ligero, layout: Layout, params: dict[str, np.ndarray], seed: bytes, xp: Any
+) -> tuple[Any, LigeroState, Any]:
+    """B_out = (Theta after the unit, 0), from its own seed so a restart can recommit it."""
+    table = xp.asarray(_field(theta_table(layout, params)))
+    com, state = pcs.commit(table, num_points=2, rng=seeded_rng(seed))
+    return com, state, table
 
 
 def _field(table: np.ndarray) -> np.ndarray:

@@ -58,7 +58,7 @@ class Committed:
     com: str
     slot: str
     assign: tuple[Var, ...]
-    mask_index: int | None = None  # None: the next Wit opening index
+    mask_index: int | None = None  # the commitment's mask; None: the next Wit claim
 
 
 @dataclass(frozen=True)
@@ -132,6 +132,14 @@ class Relation:
 
     def term(self, coeff: Fp2 | int, *idx: int | None) -> None:
         self.terms.append((Fp2.lift(coeff), tuple(i for i in idx if i is not None)))
+
+    def rescaled(
+        self, coeff: Fp2 | int, s: int, q: int | None, r: int | None, *f: int | None
+    ) -> None:
+        """Terms -coeff (2^s q + r) prod(f): minus the rescaled value (raw = 2^s q + r) of every
+        fixed-point rescale, whose raw side the caller adds."""
+        self.term(Fp2.lift(coeff) * -(1 << s), *f, q)
+        self.term(-Fp2.lift(coeff), *f, r)
 
     def spec(self) -> SumcheckSpec:
         masked = tuple(isinstance(f, Committed) for f in self.factors)
@@ -269,8 +277,7 @@ def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
     so = rel.add(c.zero(y + no, n))
     bsz = c.arch.batch_size
     ind = small_mle([1] * bsz + [0] * ((1 << nb) - bsz), r_b)
-    rel.term(-(1 << s), et, el, ebo, z, sbo)
-    rel.term(-1, et, el, ebo, rz, sbo)
+    rel.rescaled(1, s, z, rz, et, el, ebo, sbo)
     rel.term(ind * (1 << s), et, el, eo, bias, so)
     return rel
 
@@ -301,8 +308,7 @@ def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
         Z, Y, G, RG = t(c.stack("Z", g)), t("y"), t("G"), t("RG")
         rel.term(c.st.mse_const, eq, Z)
         rel.term(-c.st.mse_const, eq, Y)
-        rel.term(-(1 << s), eq, G)
-        rel.term(-1, eq, RG)
+        rel.rescaled(1, s, G, RG, eq)
     return rel
 
 
@@ -328,8 +334,7 @@ def _weight_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
     eo = rel.add(c.eq(y, r_o))
     gb = rel.add(c.wit(c.stack("Gb", g), o=y, l=tau))
     so = rel.add(c.zero(y + no, n))
-    rel.term(-(1 << s), et, el, eok, gw, sok)
-    rel.term(-1, et, el, eok, rgw, sok)
+    rel.rescaled(1, s, gw, rgw, et, el, eok, sok)
     rel.term(gamma, et, el, gz, sb)
     rel.term(-gamma, et, el, eo, gb, so)
     return rel
@@ -355,8 +360,7 @@ def _input_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
         sel = rel.add(c.select(tau, r_l, [pos]))
         ga = rel.add(c.wit(f"GA{i - 1}", b=y, o=y + nb))
         rga = rel.add(c.wit(f"RGA{i - 1}", b=y, o=y + nb))
-        rel.term(-(1 << s), et, sel, ebk, ga, sbk)
-        rel.term(-1, et, sel, ebk, rga, sbk)
+        rel.rescaled(1, s, ga, rga, et, sel, ebk, sbk)
     return rel
 
 
@@ -380,14 +384,12 @@ def _update(c: _Ctx, tr: Transcript, g: int) -> Relation:
     W, GW, UW, RUW, Wn = (mat(k) for k in ("W", "GW", "UW", "RUW", "Wn"))
     b, bn, Gb, Ub, RUb = (vec(k) for k in ("b", "bn", "Gb", "Ub", "RUb"))
     rel.term(lr, ew, GW)
-    rel.term(-(1 << s), ew, UW)
-    rel.term(-1, ew, RUW)
+    rel.rescaled(1, s, UW, RUW, ew)
     rel.term(a1, ew, Wn)
     rel.term(-a1, ew, W)
     rel.term(a1, ew, UW)
     rel.term(a2 * lr, eb, sk, Gb)
-    rel.term(a2 * -(1 << s), eb, sk, Ub)
-    rel.term(-a2, eb, sk, RUb)
+    rel.rescaled(a2, s, Ub, RUb, eb, sk)
     rel.term(a3, eb, sk, bn)
     rel.term(-a3, eb, sk, b)
     rel.term(a3, eb, sk, Ub)

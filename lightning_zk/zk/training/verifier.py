@@ -127,14 +127,13 @@ def verify_unit(
                 want = public_value(f, claim.point)
                 if got != want:
                     raise SumcheckError(f"{rel.name}: public factor {k}", expected=want, got=got)
-    with _stage("range check of remainders (v16)"):
-        c16 = verify_range(
-            tr, proof.range16, num_vars=p16.num_vars, bits=stmt.frac_bits, pcs=pcs
-        )
-    with _stage("range check of values and signs (vQ)"):
-        cq = verify_range(tr, proof.rangeq, num_vars=pq.num_vars, bits=stmt.value_bits, pcs=pcs)
-    claims["v16"][1] = (c16.point, c16.value)
-    claims["vq"][1] = (cq.point, cq.value)
+    for name, rp, pack, bits, what in (
+        ("v16", proof.range16, p16, stmt.frac_bits, "remainders (v16)"),
+        ("vq", proof.rangeq, pq, stmt.value_bits, "values and signs (vQ)"),
+    ):
+        with _stage(f"range check of {what}"):
+            rc = verify_range(tr, rp, num_vars=pack.num_vars, bits=bits, pcs=pcs)
+        claims[name][1] = (rc.point, rc.value)
     wit = [claims["wit"][j] for j in range(next_wit)]
     with _stage("claim reduction of Wit"):
         wp, wv, rp, rv = verify_reduction(
