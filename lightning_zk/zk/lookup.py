@@ -3,12 +3,18 @@
 logUp (Haboeck, ePrint 2022/1530): a_1..a_N all lie in a table T iff, for multiplicities m_j,
     sum_i 1/(beta + a_i) = sum_j m_j/(beta + T_j)              (as rational functions)
 provided char F = p > N (each pole -a_i then has a nonzero residue). The prover commits m,
-gets beta, commits h_i = 1/(beta + a_i) and q_j = m_j/(beta + T_j), claims S = sum h = sum q,
-and two zero-knowledge sumchecks prove, with fresh alpha, tau:
+gets beta, commits h_i = 1/(beta + a_i) and q_j = m_j/(beta + T_j), and ONE zero-knowledge
+sumcheck proves, with fresh alpha, tau, that the two sides agree without ever stating their
+common value S (S is a fixed function of the private multiset at a public beta: sent in the
+clear it would let a verifier test guesses of the witness):
 
-  A-domain:  sum_y [ h(y) + a1 eq(tau_A, y) (h(y)(beta + A(y)) - 1)
-                    + a2 eq(tau_x, x) (sum_c W(c) A(x, c) - v(x) [c = 0]) ] = S
-  T-domain:  sum_j [ q(j) + a3 eq(tau_T, j) (q(j)(beta + T(j)) - m(j)) ] = S
+  sum_y main(y) - sum_j table(j) = 0, where
+  main(y)  = h(y) + a1 eq(tau_A, y) (h(y)(beta + A(y)) - 1)
+             + a2 eq(tau_x, x) (sum_c W(c) A(x, c) - v(x) [c = 0])       (y = (x, c), n_A vars)
+  table(j) = q(j) + a3 eq(tau_T, j) (q(j)(beta + T(j)) - m(j))             (b vars)
+
+run over n = max(n_A, b) variables with the shorter side broadcast (``SumcheckSpec.table_vars``)
+and its terms scaled by 2^-(n - n_side), so the hypercube sum is exactly main - table.
 
 Limb decomposition for [0, 2^bits) (see :class:`RangeLayout`: bits <= 16 is a direct lookup
 into a 2^bits table; else L = a power of two of limbs of b = ceil(bits/L) <= 16 bits): A(x, c)
@@ -20,10 +26,14 @@ bits <= 16 the lookup runs on v itself (A = v, no decomposition).
 The gadget reduces everything to one claim on the caller's committed v: a masked evaluation
 v^(point) (:class:`RangeClaim`), which the caller checks with its own opening.
 
-Soundness error: (N_A + 2^b)/p^2 (beta, cleared denominators) + (n_A + n + 16)/p^2 (zero
-checks) + 3/p^2 (alpha combinations) + two sumcheck errors + four commitment openings
-(<= 2^-100 each): dominated by the openings. Zero knowledge: h, q, m, A are hiding
-commitments opened only at masked points; both sumchecks are Libra-masked.
+Soundness error: (N_A + 2^b)/p^2 (beta, cleared denominators) + (n_A + n + b)/p^2 (the three
+zero checks) + 3/p^2 (the alpha combination: sum h - sum q and the zero-check sums are fixed
+before the alphas) + one sumcheck error (1 + sum D_i)/p^2 + four commitment openings (<= 2^-100
+each): dominated by the openings.
+
+Zero knowledge: h, q, m, A are hiding commitments opened only at masked points; the sumcheck
+is Libra-masked and its claimed sum is the public 0, so the proof carries no value that depends
+on the private multiset except through hiding commitments and masked evaluations.
 """
 
 from __future__ import annotations
@@ -37,7 +47,7 @@ import numpy as np
 from . import field as F
 from .backend import P, to_numpy
 from .errors import LookupError_, ParameterError
-from .extension import Fp2, e_add, e_const, e_from_base, e_inv, e_mul_base, e_sum
+from .extension import Fp2, e_add, e_const, e_from_base, e_inv, e_mul_base
 from .ligero import Ligero, LigeroProof
 from .multilinear import eq_eval, eq_table, num_vars_of
 from .pcs import Commitment
@@ -130,9 +140,7 @@ class RangeProof:
     mult_commitment: Commitment
     h_commitment: Commitment
     q_commitment: Commitment
-    logup_sum: Fp2
-    main: SumcheckProof
-    table: SumcheckProof
+    sumcheck: SumcheckProof  # sum main - sum table = 0 (the logUp identity, no sum revealed)
     limb_opening: LigeroProof | None
     h_opening: LigeroProof
     q_opening: LigeroProof
@@ -152,27 +160,33 @@ def _limbs(values: np.ndarray, lay: RangeLayout) -> np.ndarray:
     return a.reshape(-1)
 
 
-def _specs(lay: RangeLayout, ch: dict[str, Any]) -> tuple[SumcheckSpec, SumcheckSpec]:
+# table indices of the combined sumcheck: the A side first, then the table side
+_H, _EQ_A, _A, _EQ_X, _W, _VT = range(6)
+
+
+def _spec(lay: RangeLayout, ch: dict[str, Any], value_masked: bool) -> SumcheckSpec:
+    """sum_y main(y) - sum_j table(j) = 0 over n = max(n_A, b) variables (module doc)."""
     a1, a2, a3, beta = ch["a1"], ch["a2"], ch["a3"], ch["beta"]
-    terms: list[tuple[Fp2 | int, Sequence[int]]] = [
-        (1, [0]),
-        (a1, [1, 0, 2]),
-        (a1 * beta, [1, 0]),
-        (-a1, [1]),
+    n_main = 3 if lay.direct else 6
+    q, eq_t, t, m = range(n_main, n_main + 4)
+    n = max(lay.a_vars, lay.table_bits)
+    s_main = Fp2(pow(pow(2, n - lay.a_vars, P), P - 2, P))
+    s_table = -Fp2(pow(pow(2, n - lay.table_bits, P), P - 2, P))
+    main: list[tuple[Fp2 | int, Sequence[int]]] = [
+        (1, [_H]),
+        (a1, [_EQ_A, _H, _A]),
+        (a1 * beta, [_EQ_A, _H]),
+        (-a1, [_EQ_A]),
     ]
-    masked = [True, False, True]
+    masked = [True, False, value_masked if lay.direct else True]
     if not lay.direct:
-        terms += [(a2, [3, 4, 2]), (-a2, [3, 5])]
-        masked += [False, False, True]
-    main = SumcheckSpec.of(lay.a_vars, len(masked), terms, zk=True, masked=masked)
-    table = SumcheckSpec.of(
-        lay.table_bits,
-        4,
-        [(1, [0]), (a3, [1, 0, 2]), (a3 * beta, [1, 0]), (-a3, [1, 3])],
-        zk=True,
-        masked=[True, False, False, True],
-    )
-    return main, table
+        main += [(a2, [_EQ_X, _W, _A]), (-a2, [_EQ_X, _VT])]
+        masked += [False, False, value_masked]
+    table = [(1, [q]), (a3, [eq_t, q, t]), (a3 * beta, [eq_t, q]), (-a3, [eq_t, m])]
+    masked += [True, False, False, True]
+    terms = [(c * s_main, f) for c, f in main] + [(c * s_table, f) for c, f in table]
+    table_vars = [lay.a_vars] * n_main + [lay.table_bits] * 4
+    return SumcheckSpec.of(n, n_main + 4, terms, zk=True, masked=masked, table_vars=table_vars)
 
 
 def _challenges(tr: Transcript, lay: RangeLayout, beta: Fp2) -> dict[str, Any]:
@@ -240,12 +254,9 @@ def prove_range(
     q = e_mul_base(inv_t, mult)
     h_com, h_state = pcs.commit(inv_a, num_points=1, rng=rng)
     q_com, q_state = pcs.commit(q, num_points=1, rng=rng)
-    s = e_sum(inv_a)
     h_com.absorb_into(transcript, "logup.h")
     q_com.absorb_into(transcript, "logup.q")
-    transcript.absorb_ext("logup.sum", s)
     ch = _challenges(transcript, lay, beta)
-    main_spec, table_spec = _specs(lay, ch)
 
     tables = [inv_a, eq_table(ch["tau_a"]), a]
     masks: list[Any] = [pcs.round1_mask(h_state, 0), None]
@@ -269,51 +280,35 @@ def prove_range(
             vt_mask = np.zeros((2, vm.shape[1] * n_cols), dtype=np.uint64)
             vt_mask[:, ::n_cols] = vm
         masks += [None, None, vt_mask]
-    main_spec = _with_value_mask(main_spec, lay, value_mask is not None)
-    main, main_claim = prove_sumcheck(
-        main_spec, tables, transcript, claimed_sum=s, masks=masks, pcs=pcs, rng=rng
-    )
-    table, table_claim = prove_sumcheck(
-        table_spec,
-        [q, eq_table(ch["tau_t"]), _table_values(lay), mult],
-        transcript,
-        claimed_sum=s,
-        masks=[pcs.round1_mask(q_state, 0), None, None, pcs.round1_mask(m_state, 0)],
-        pcs=pcs,
-        rng=rng,
-    )
-    limb_open = pcs.open(limb_state, [main_claim.point], transcript) if limb_state else None
+    tables += [q, eq_table(ch["tau_t"]), _table_values(lay), mult]
+    masks += [pcs.round1_mask(q_state, 0), None, None, pcs.round1_mask(m_state, 0)]
+    spec = _spec(lay, ch, value_mask is not None)
+    sc, claim = prove_sumcheck(spec, tables, transcript, claimed_sum=0, masks=masks, pcs=pcs,
+                               rng=rng)
+    a_pt, t_pt = claim.point[: lay.a_vars], claim.point[: lay.table_bits]
+    limb_open = pcs.open(limb_state, [a_pt], transcript) if limb_state else None
     proof = RangeProof(
         limb_com,
         m_com,
         h_com,
         q_com,
-        s,
-        main,
-        table,
+        sc,
         limb_open,
-        pcs.open(h_state, [main_claim.point], transcript),
-        pcs.open(q_state, [table_claim.point], transcript),
-        pcs.open(m_state, [table_claim.point], transcript),
+        pcs.open(h_state, [a_pt], transcript),
+        pcs.open(q_state, [t_pt], transcript),
+        pcs.open(m_state, [t_pt], transcript),
     )
-    return proof, _value_claim(lay, main_claim.point, main_claim.evaluations)
-
-
-def _with_value_mask(spec: SumcheckSpec, lay: RangeLayout, masked: bool) -> SumcheckSpec:
-    """The main spec with v's table flagged as masked (or not) by the caller's choice."""
-    flags = list(spec.masked)
-    flags[2 if lay.direct else 5] = masked
-    return SumcheckSpec(spec.num_vars, spec.num_tables, spec.terms, spec.zk, tuple(flags))
+    return proof, _value_claim(lay, a_pt, claim.evaluations)
 
 
 def _value_claim(lay: RangeLayout, point: list[Fp2], evals: Sequence[Fp2]) -> RangeClaim:
     if lay.direct:
-        return RangeClaim(point, evals[2])
+        return RangeClaim(point, evals[_A])
     x_pt, c_pt = point[: lay.num_vars], point[lay.num_vars :]
     sel = eq_eval(c_pt, [0] * lay.col_vars)
     if sel.is_zero():
         raise LookupError_("column selector eq(0, r_c) is zero", got=sel)
-    return RangeClaim(x_pt, evals[5] / sel)
+    return RangeClaim(x_pt, evals[_VT] / sel)
 
 
 def verify_range(
@@ -358,34 +353,30 @@ def verify_range(
     )
     proof.h_commitment.absorb_into(transcript, "logup.h")
     proof.q_commitment.absorb_into(transcript, "logup.q")
-    transcript.absorb_ext("logup.sum", proof.logup_sum)
     ch = _challenges(transcript, lay, beta)
-    main_spec, table_spec = _specs(lay, ch)
-    main_spec = _with_value_mask(main_spec, lay, value_masked)
-    mc = verify_sumcheck(main_spec, proof.main, transcript, proof.logup_sum, pcs=pcs)
-    tc = verify_sumcheck(table_spec, proof.table, transcript, proof.logup_sum, pcs=pcs)
+    spec = _spec(lay, ch, value_masked)
+    sc = verify_sumcheck(spec, proof.sumcheck, transcript, 0, pcs=pcs)
+    ev = sc.evaluations
+    a_pt, t_pt = sc.point[: lay.a_vars], sc.point[: lay.table_bits]
+    n_main = 3 if lay.direct else 6
     # public tables: the verifier evaluates them itself
-    _expect("eq(tau_A, r)", eq_eval(ch["tau_a"], mc.point), mc.evaluations[1])
-    _expect("eq(tau_T, r)", eq_eval(ch["tau_t"], tc.point), tc.evaluations[1])
+    _expect("eq(tau_A, r)", eq_eval(ch["tau_a"], a_pt), ev[_EQ_A])
+    _expect("eq(tau_T, r)", eq_eval(ch["tau_t"], t_pt), ev[n_main + 1])
     tb = lay.table_bits
-    t_eval = sum((r * pow(2, tb - 1 - b, P) for b, r in enumerate(tc.point)), Fp2(0))
-    _expect("table T(r)", t_eval, tc.evaluations[2])
+    t_eval = sum((r * pow(2, tb - 1 - b, P) for b, r in enumerate(t_pt)), Fp2(0))
+    _expect("table T(r)", t_eval, ev[n_main + 2])
     if not lay.direct:
-        x_pt, c_pt = mc.point[: lay.num_vars], mc.point[lay.num_vars :]
-        _expect("eq(tau_x, r_x)", eq_eval(ch["tau_x"], x_pt), mc.evaluations[3])
+        x_pt, c_pt = a_pt[: lay.num_vars], a_pt[lay.num_vars :]
+        _expect("eq(tau_x, r_x)", eq_eval(ch["tau_x"], x_pt), ev[_EQ_X])
         wts = lay.weights(ch["aw"])
         w_eval = sum((w * eq_eval(c_pt, _bits(c, lay.col_vars)) for c, w in enumerate(wts)), Fp2(0))
-        _expect("limb weights W(r_c)", w_eval, mc.evaluations[4])
-        pcs.verify(
-            proof.limb_commitment, [mc.point], [mc.evaluations[2]], proof.limb_opening, transcript
-        )
+        _expect("limb weights W(r_c)", w_eval, ev[_W])
+        pcs.verify(proof.limb_commitment, [a_pt], [ev[_A]], proof.limb_opening, transcript)
     # committed tables: their masked openings
-    pcs.verify(proof.h_commitment, [mc.point], [mc.evaluations[0]], proof.h_opening, transcript)
-    pcs.verify(proof.q_commitment, [tc.point], [tc.evaluations[0]], proof.q_opening, transcript)
-    pcs.verify(
-        proof.mult_commitment, [tc.point], [tc.evaluations[3]], proof.mult_opening, transcript
-    )
-    return _value_claim(lay, mc.point, mc.evaluations)
+    pcs.verify(proof.h_commitment, [a_pt], [ev[_H]], proof.h_opening, transcript)
+    pcs.verify(proof.q_commitment, [t_pt], [ev[n_main]], proof.q_opening, transcript)
+    pcs.verify(proof.mult_commitment, [t_pt], [ev[n_main + 3]], proof.mult_opening, transcript)
+    return _value_claim(lay, a_pt, ev)
 
 
 def _bits(c: int, width: int) -> list[int]:

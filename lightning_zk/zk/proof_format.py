@@ -31,7 +31,7 @@ from .sumcheck import SumcheckProof
 __all__ = ["MAGIC", "VERSION", "KINDS", "encode_proof", "decode_proof"]
 
 MAGIC = b"LZKP"
-VERSION = 1
+VERSION = 2  # 2: the range proof sends no logUp sum (one zero-sum sumcheck)
 KIND_SUMCHECK, KIND_LIGERO, KIND_RANGE = 1, 2, 3
 KINDS = {KIND_SUMCHECK: SumcheckProof, KIND_LIGERO: LigeroProof, KIND_RANGE: RangeProof}
 _T_U32, _T_FP2, _T_FP2_LIST, _T_FIELD_ARRAY, _T_BYTE_ARRAY = 1, 2, 3, 4, 5
@@ -224,9 +224,7 @@ def _put_range(w: _Writer, p: RangeProof) -> None:
     w.optional(p.limb_commitment, w.commitment)
     for c in (p.mult_commitment, p.h_commitment, p.q_commitment):
         w.commitment(c)
-    w.fp2(p.logup_sum)
-    _put_sumcheck(w, p.main)
-    _put_sumcheck(w, p.table)
+    _put_sumcheck(w, p.sumcheck)
     w.optional(p.limb_opening, lambda x: _put_ligero(w, x))
     for o in (p.h_opening, p.q_opening, p.mult_opening):
         _put_ligero(w, o)
@@ -240,9 +238,7 @@ def _get_range(r: _Reader) -> RangeProof:
         mult_commitment=r.commitment("range.mult_commitment"),
         h_commitment=r.commitment("range.h_commitment"),
         q_commitment=r.commitment("range.q_commitment"),
-        logup_sum=r.fp2("range.logup_sum"),
-        main=_get_sumcheck(r),
-        table=_get_sumcheck(r),
+        sumcheck=_get_sumcheck(r),
         limb_opening=r.optional(lambda: _get_ligero(r), "limb_opening"),
         h_opening=_get_ligero(r),
         q_opening=_get_ligero(r),

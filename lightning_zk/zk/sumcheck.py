@@ -2,6 +2,11 @@
 
 Statement: H = sum_{x in {0,1}^n} f(x), f(x) = sum_t c_t prod_{k in S_t} P_k(x), where the P_k
 are multilinear tables and d = max |S_t| (any degree; d >= 3 for logUp and Hadamard relations).
+A table may have fewer variables n_k < n (``SumcheckSpec.table_vars``): it depends on the
+first n_k variables only and is broadcast over the rest, so a term whose factors all have n_t
+variables contributes 2^(n - n_t) times its own hypercube sum. This batches sums over domains
+of different sizes into one sumcheck without materialising the broadcast (the zero-knowledge
+logUp proves sum_x main(x) - sum_t table(t) = 0 this way, :mod:`.lookup`).
 Reduction (Lund-Fortnow-Karloff-Nisan): round i sends s_i(X) (evaluations at 0..D_i), the
 verifier checks s_i(0) + s_i(1) = claim, draws r_i and continues with claim = s_i(r_i); the
 last claim must equal f(r) evaluated on the prover's final values P_k(r), which the *caller*
@@ -64,13 +69,18 @@ class Term:
 
 @dataclass(frozen=True)
 class SumcheckSpec:
-    """Public structure of one sumcheck: variables, tables, terms, which tables are masked."""
+    """Public structure of one sumcheck: variables, tables, terms, which tables are masked.
+
+    ``table_vars[k]`` (default: all ``num_vars``) is the number of leading variables table k
+    depends on; every factor of one term must have the same number.
+    """
 
     num_vars: int
     num_tables: int
     terms: tuple[Term, ...]
     zk: bool = True
     masked: tuple[bool, ...] = ()
+    table_vars: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.num_vars < 1:
@@ -91,6 +101,19 @@ class SumcheckSpec:
         object.__setattr__(
             self, "terms", tuple(Term(Fp2.lift(t.coeff), tuple(t.factors)) for t in self.terms)
         )
+        tv = tuple(int(v) for v in self.table_vars) or (self.num_vars,) * self.num_tables
+        if len(tv) != self.num_tables or any(not 1 <= v <= self.num_vars for v in tv):
+            raise ParameterError(
+                f"SumcheckSpec: table_vars {tv} must give 1..{self.num_vars} variables for each "
+                f"of the {self.num_tables} tables"
+            )
+        for t in self.terms:
+            if len({tv[k] for k in t.factors}) != 1:
+                raise ParameterError(
+                    f"SumcheckSpec: the factors {t.factors} of a term have different numbers of "
+                    f"variables {[tv[k] for k in t.factors]}"
+                )
+        object.__setattr__(self, "table_vars", tv)
 
     @staticmethod
     def of(
@@ -100,6 +123,7 @@ class SumcheckSpec:
         *,
         zk: bool = True,
         masked: Sequence[bool] = (),
+        table_vars: Sequence[int] = (),
     ) -> SumcheckSpec:
         """Convenience constructor from (coeff, factor indices) pairs."""
         return SumcheckSpec(
@@ -108,7 +132,11 @@ class SumcheckSpec:
             tuple(Term(Fp2.lift(c), tuple(f)) for c, f in terms),
             zk,
             tuple(masked),
+            tuple(table_vars),
         )
+
+    def term_vars(self, term: Term) -> int:
+        return self.table_vars[term.factors[0]]
 
     @property
     def degree(self) -> int:
@@ -142,6 +170,7 @@ class SumcheckSpec:
             tr.absorb_ext("sumcheck.term.coeff", t.coeff)
             tr.absorb_u64("sumcheck.term.factors", len(t.factors), *t.factors)
         tr.absorb_u64("sumcheck.masked", *[int(m) for m in self.masked])
+        tr.absorb_u64("sumcheck.table_vars", *self.table_vars)
 
 
 @dataclass
@@ -288,15 +317,24 @@ def _mask_query(spec: SumcheckSpec, rs: Sequence[Fp2]) -> tuple[np.ndarray, Fp2]
 # ---- prover ---------------------------------------------------------------------------------
 
 
-def _round_evals(spec: SumcheckSpec, tables: list[Any], masks: list[Any], degree: int) -> list[Fp2]:
-    half = tables[0].shape[1] // 2
-    lo = [t[:, :half] for t in tables]
-    diff = [F.sub(t[:, half:], t[:, :half]) for t in tables]
+def _halves(t: Any) -> tuple[Any, Any]:
+    """(T(0, ...), T(1, ...) - T(0, ...)) along the first variable; a bound table is constant."""
+    if t.shape[1] == 1:
+        return t, None
+    half = t.shape[1] // 2
+    return t[:, :half], F.sub(t[:, half:], t[:, :half])
+
+
+def _round_evals(
+    spec: SumcheckSpec, tables: list[Any], masks: list[Any], degree: int, rnd: int
+) -> list[Fp2]:
+    """s_rnd(X) at X = 0..degree, summed over the remaining variables of every term."""
+    lo, diff = zip(*[_halves(t) for t in tables], strict=True)
     cur = list(lo)
     evals = []
     for x in range(degree + 1):
         if x:
-            cur = [e_add(c, d) for c, d in zip(cur, diff, strict=False)]
+            cur = [c if d is None else e_add(c, d) for c, d in zip(cur, diff, strict=True)]
         vals = cur
         if x >= 2 and any(m is not None for m in masks):
             s = Fp2(x * (1 - x))
@@ -304,7 +342,7 @@ def _round_evals(spec: SumcheckSpec, tables: list[Any], masks: list[Any], degree
                 c if m is None else e_add(c, e_scale(m, s))
                 for c, m in zip(cur, masks, strict=False)
             ]
-        evals.append(_eval_sum(spec, vals))
+        evals.append(_eval_sum(spec, vals, spec.num_vars - rnd - 1))
     return evals
 
 
@@ -336,8 +374,10 @@ def prove_sumcheck(
         )
     tabs = [as_ext_table(t) for t in tables]
     for k, t in enumerate(tabs):
-        if num_vars_of(t.shape[1], f"table {k}") != n:
-            raise ParameterError(f"prove_sumcheck: table {k} has length {t.shape[1]}, need 2^{n}")
+        if num_vars_of(t.shape[1], f"table {k}") != spec.table_vars[k]:
+            raise ParameterError(
+                f"prove_sumcheck: table {k} has length {t.shape[1]}, need 2^{spec.table_vars[k]}"
+            )
     masks = list(masks) if masks is not None else [None] * spec.num_tables
     if len(masks) != spec.num_tables:
         raise ParameterError("prove_sumcheck: one mask entry (or None) per table")
@@ -346,10 +386,11 @@ def prove_sumcheck(
             raise ParameterError(
                 f"prove_sumcheck: table {k} mask presence differs from spec.masked"
             )
-        if m is not None and tuple(m.shape) != (2, 1 << (n - 1)):
-            raise ParameterError(f"prove_sumcheck: mask {k} must have shape (2, {1 << (n - 1)})")
+        half = 1 << (spec.table_vars[k] - 1)
+        if m is not None and tuple(m.shape) != (2, half):
+            raise ParameterError(f"prove_sumcheck: mask {k} must have shape (2, {half})")
     if claimed_sum is None:
-        claimed_sum = _eval_sum(spec, tabs)
+        claimed_sum = _eval_sum(spec, tabs, n)
     rng = as_rng(rng)
     pcs = pcs or Ligero()
 
@@ -368,7 +409,7 @@ def prove_sumcheck(
         claim = claim + rho * proof.mask_sum
     rs: list[Fp2] = []
     for i, degree in enumerate(spec.round_degrees()):
-        evals = _round_evals(spec, tabs, masks if i == 0 else [None] * len(tabs), degree)
+        evals = _round_evals(spec, tabs, masks if i == 0 else [None] * len(tabs), degree, i)
         if g is not None:
             gv = g.round_values(i, rs, degree)
             evals = [e + rho * v for e, v in zip(evals, gv, strict=False)]
@@ -379,6 +420,9 @@ def prove_sumcheck(
         claim = interpolate(evals, r)
         new = []
         for k, t in enumerate(tabs):
+            if t.shape[1] == 1:  # bound already: constant in the remaining variables
+                new.append(t)
+                continue
             ft = fold(t, r)
             if i == 0 and masks[k] is not None:
                 ft = e_add(ft, e_scale(masks[k], r * (1 - r)))
@@ -395,13 +439,16 @@ def prove_sumcheck(
     return proof, SumcheckClaim(rs, finals)
 
 
-def _eval_sum(spec: SumcheckSpec, tabs: list[Any]) -> Fp2:
+def _eval_sum(spec: SumcheckSpec, tabs: list[Any], free_vars: int) -> Fp2:
+    """sum over a hypercube of ``free_vars`` variables of f, each term broadcast over the
+    variables its tables do not cover (a term over 2^m entries counts 2^(free_vars - m) times)."""
     total = Fp2(0)
     for t in spec.terms:
         prod = tabs[t.factors[0]]
         for k in t.factors[1:]:
             prod = e_mul(prod, tabs[k])
-        total = total + t.coeff * e_sum(prod)
+        copies = free_vars - num_vars_of(prod.shape[1], "term product")
+        total = total + t.coeff * e_sum(prod) * pow(2, copies, P)
     return total
 
 

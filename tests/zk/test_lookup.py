@@ -84,9 +84,10 @@ def test_honest_unmasked_value(honest):
 @pytest.mark.parametrize(
     "mutate",
     [
-        lambda p: setattr(p, "logup_sum", p.logup_sum + 1),
-        lambda p: p.main.final_evals.__setitem__(1, p.main.final_evals[1] + 1),
-        lambda p: p.table.round_polys[3].__setitem__(0, p.table.round_polys[3][0] + 1),
+        lambda p: p.sumcheck.final_evals.__setitem__(1, p.sumcheck.final_evals[1] + 1),
+        lambda p: p.sumcheck.final_evals.__setitem__(-1, p.sumcheck.final_evals[-1] + 1),
+        lambda p: p.sumcheck.round_polys[3].__setitem__(0, p.sumcheck.round_polys[3][0] + 1),
+        lambda p: setattr(p.sumcheck, "mask_sum", p.sumcheck.mask_sum + 1),
         lambda p: p.h_opening.columns.__setitem__((0, 0), (int(p.h_opening.columns[0, 0]) + 1) % P),
         lambda p: p.mult_opening.merkle.__setitem__((0, 0), p.mult_opening.merkle[0, 0] ^ 1),
         lambda p: setattr(p, "limb_commitment", None),

@@ -167,3 +167,47 @@ def test_interpolate():
     evals = [Fp2((3 * x * x + 2 * x + 1) % P) for x in range(4)]
     r = Fp2(11, 5)
     assert interpolate(evals, r) == 3 * r * r + 2 * r + 1
+
+
+@pytest.mark.parametrize("zk", [False, True])
+@pytest.mark.parametrize("short_vars", [1, 2, 3])
+def test_terms_over_fewer_variables_are_broadcast(rng, zk, short_vars):
+    """sum_x A(x)B(x) - 2^(N-m) sum_y C(y) over one N-variable domain: the short table C
+    depends on the first m variables only; its claim is an evaluation at the point's prefix."""
+    a, b = (rng.integers(0, P, 1 << N, dtype=np.uint64) for _ in range(2))
+    c = rng.integers(0, P, 1 << short_vars, dtype=np.uint64)
+    spec = SumcheckSpec.of(
+        N, 3, [(1, [0, 1]), (-1, [2])], zk=zk,
+        masked=(True, False, True) if zk else (), table_vars=(N, N, short_vars),
+    )
+    masks = [e_random(1 << (v - 1), rng) if m else None
+             for v, m in zip(spec.table_vars, spec.masked, strict=True)]
+    h = sum((Fp2(int(x) * int(y)) for x, y in zip(a, b, strict=True)), Fp2(0))
+    h = h - Fp2(sum(int(v) for v in c) * 2 ** (N - short_vars))
+    proof, claim = prove_sumcheck(spec, [a, b, c], Transcript(b"sc"), masks=masks, rng=3)
+    out = verify_sumcheck(spec, proof, Transcript(b"sc"), h)
+    r = out.point
+    want_c = evaluate(c, r[:short_vars])
+    if zk:
+        want_c = want_c + r[0] * (1 - r[0]) * evaluate(masks[2], r[1:short_vars])
+    assert out.evaluations[2] == want_c and out.evaluations == claim.evaluations
+    with pytest.raises(SumcheckError):
+        verify_sumcheck(spec, proof, Transcript(b"sc"), h + 1)
+
+
+def test_term_with_mixed_variable_counts_rejected():
+    with pytest.raises(Exception, match="different numbers of variables"):
+        SumcheckSpec.of(3, 2, [(1, [0, 1])], table_vars=(3, 2))
+
+
+def test_table_vars_are_part_of_the_transcript(rng):
+    """The same messages under another table_vars give other challenges: the proof fails."""
+    a = rng.integers(0, P, 1 << N, dtype=np.uint64)
+    b = rng.integers(0, P, 1 << N, dtype=np.uint64)
+    spec = SumcheckSpec.of(N, 2, [(1, [0]), (1, [1])], zk=False)
+    proof, _ = prove_sumcheck(spec, [a, b], Transcript(b"sc"))
+    h = Fp2(sum(int(v) for v in a) + sum(int(v) for v in b))
+    verify_sumcheck(spec, proof, Transcript(b"sc"), h)
+    other = SumcheckSpec.of(N, 2, [(1, [0]), (1, [1])], zk=False, table_vars=(N, N - 1))
+    with pytest.raises(VerificationError):
+        verify_sumcheck(other, proof, Transcript(b"sc"), h)

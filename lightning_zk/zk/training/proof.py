@@ -2,13 +2,14 @@
 
 Layout (little-endian, typed values as in docs/proof_format.md):
 
-    magic "LZKT" | version u16 (= 3) | kind u16 (1 = unit proof, 2 = chain seal) | body
+    magic "LZKT" | version u16 (= 4) | kind u16 (1 = unit proof, 2 = chain seal) | body
 
 Unit body: commitments Wit, R (Wit's full mask), v16, vQ; Fp2 list carried point, Fp2 carried
 value, list of SumcheckProof bodies (one per relation, in transcript order), RangeProof body
 (v16, 16 bits), RangeProof body (vQ), SumcheckProof body (the claim reduction of Wit),
 LigeroProof bodies: Wit, R, v16, vQ, B_in, batch openings (version 2 added the batch opening,
-version 3 the claim reduction: Wit is opened at one point; older proofs are rejected).
+version 3 the claim reduction: Wit is opened at one point; version 4 range proofs without a
+logUp sum; older proofs are rejected).
 Seal body: Fp2 list pending point, Fp2 pending value, Fp2 dummy value, LigeroProof body.
 The decoder checks every tag, length and field element and rejects trailing bytes; any
 malformation raises :class:`~lightning_zk.zk.errors.ProofFormatError` with the byte offset.
@@ -47,7 +48,7 @@ __all__ = [
 ]
 
 TRAINING_MAGIC = b"LZKT"
-TRAINING_VERSION = 3  # 2: batch commitment opened; 3: Wit claims reduced to one opening
+TRAINING_VERSION = 4  # 2: batch opened; 3: one Wit opening; 4: zero-knowledge range proofs
 KIND_UNIT, KIND_SEAL = 1, 2
 
 
