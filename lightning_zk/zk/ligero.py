@@ -162,11 +162,17 @@ def derive_params(
         col_vars = num_vars - row_vars
         k = 1 << col_vars
         code_len = 1 << max(1, (config.blowup * k - 1).bit_length())
+        t: int | None = None
         while True:
+            if math.log2(code_len) - 2 * math.log2(P) > -config.security_bits:
+                # the proximity-gap term K/p^2 alone exceeds the target: no t reaches it
+                break
             t = _min_t(k, code_len, num_points, config.security_bits)
             if t is not None:
                 break
             code_len *= 2
+        if t is None:
+            continue
         rows = (1 << row_vars) * (2 if extension else 1) + 2 + 2 * num_points
         depth = code_len.bit_length() - 1
         size = t * (rows * 8 + SALT_BYTES) + 32 * t * max(1, depth - int(math.log2(t)))
@@ -185,8 +191,12 @@ def derive_params(
                 t,
                 soundness_bits(k, t, code_len, t, num_points),
             )
-    if best is None:  # pragma: no cover - splits is never empty
-        raise ParameterError("no Ligero parameters")
+    if best is None:
+        raise ParameterError(
+            f"Ligero: {config.security_bits}-bit openings are not reachable for a commitment of "
+            f"2^{num_vars} entries over F_p2 (the proximity term K/p^2 alone is larger); lower "
+            "security_bits"
+        )
     return best
 
 

@@ -132,6 +132,8 @@ def prove_unit(
     strict: bool = True,
     security_bits: int = 100,
     blowup: int = 4,
+    run_id: str = "",
+    ledger_leaves: Sequence[bytes] = (),
 ) -> tuple[UnitProof, TrainingStatement, ChainLink]:
     """Prove the consecutive steps in ``tapes`` (a unit); ``prev`` continues a chain.
 
@@ -144,11 +146,23 @@ def prove_unit(
         rng: prover randomness (None: OS CSPRNG; an int only for tests).
         strict: check every relation in integers first (WitnessError); ``False`` only for
             soundness tests that feed a cheating witness to the verifier.
+        security_bits, blowup: commitment parameters (a verifier accepts them only if its own
+            policy allows; continuing a chain requires the chain's parameters).
+        run_id, ledger_leaves: the run binding of the statement: the run's identifier and the
+            ledger leaf hash of each step in ``tapes`` (``""``/``()``: unbound, which
+            ``lightning_zk.audit.proofs.verify_run`` never accepts for a run).
     Returns:
         (proof, public statement, link for the next unit / the seal); ``link.batch_seed`` is
         the secret seed of ``statement.batch`` (see :func:`.batch.check_batch`).
     """
     _check_tapes(tapes, prev)
+    if prev is not None and (security_bits, blowup) != (
+        prev.statement.security_bits, prev.statement.blowup
+    ):
+        raise ParameterError(
+            f"prove_unit: the chain is proved with security_bits={prev.statement.security_bits}, "
+            f"blowup={prev.statement.blowup}; got {security_bits}, {blowup}"
+        )
     if strict:
         check_witness(tapes, prev.params if prev is not None else None)
     xp = get_backend(backend).xp
@@ -193,6 +207,8 @@ def prove_unit(
         batch_com,
         security_bits,
         blowup,
+        run_id,
+        tuple(ledger_leaves),
     )
     wit_int = wit_table(layout, tapes)
     v16_int, vq_int = range_tables(layout, wit_int, first.frac_bits, first.value_bits)
@@ -376,9 +392,10 @@ def prove_epoch(
     return prove_unit(tapes, prev, **kw)
 
 
-def prove_seal(link: ChainLink, *, security_bits: int = 100, blowup: int = 4) -> SealProof:
-    """Open the last unit's B_out once, at its pending point (and a transcript-chosen point)."""
-    pcs = Ligero(LigeroConfig(security_bits, blowup))
+def prove_seal(link: ChainLink) -> SealProof:
+    """Open the last unit's B_out once, at its pending point (and a transcript-chosen point),
+    under the commitment parameters of the chain (those of the last unit's statement)."""
+    pcs = Ligero(link.statement.pcs_config)
     tr = Transcript(SEAL_DOMAIN)
     link.statement.absorb(tr)
     tr.absorb_ext("seal.pending_point", list(link.pending.point))

@@ -2,26 +2,41 @@
 
 Everything here is absorbed into the Fiat-Shamir transcript before the first challenge:
 architecture, true batch size, scale s, value bound, learning rate, MSE constant, first step
-index, number of steps, stacking width, whether the unit starts a chain, the commitments to the
-weights before (B_in) and after (B_out), the commitment to the unit's batch (x and y of every
-step, :mod:`.batch`), and the commitment parameters of the verifier.
+index, number of steps, stacking width, whether the unit starts a chain, the commitment
+parameters, the commitments to the weights before (B_in) and after (B_out) and to the unit's
+batch (x and y of every step, :mod:`.batch`), and the **run binding**: the identifier of the run
+the steps belong to and the ledger leaf of every step the unit proves (version 3). A proof
+therefore verifies only against the statement of *its* run and steps; which run and which
+ledger that is, is the caller's check (``lightning_zk.audit.proofs.verify_run`` compares every
+field with the run's manifest and Merkle ledger).
+
+Parsing is strict (:meth:`TrainingStatement.from_json`): every field must be present with its
+exact JSON type (an int is never a bool, a float or a string), no unknown field is allowed, and
+integers must lie in their documented ranges; anything else is a ``ParameterError`` naming the
+field.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import ParameterError
 from ..ligero import LigeroConfig
-from ..pcs import Commitment
+from ..pcs import LAYOUT_MULTILINEAR, LAYOUT_VECTOR, Commitment
 from ..transcript import Transcript
 from .layout import Arch
 
-__all__ = ["TrainingStatement", "STATEMENT_VERSION"]
+__all__ = ["TrainingStatement", "STATEMENT_VERSION", "STATEMENT_FORMAT", "MAX_STATEMENT_BYTES"]
 
-STATEMENT_VERSION = 2  # 2: adds the batch commitment
+STATEMENT_VERSION = 3  # 2: adds the batch commitment; 3: run binding (run_id, ledger leaves)
+STATEMENT_FORMAT = "lightning-zk/training-statement"
+MAX_STATEMENT_BYTES = 1 << 24  # 16 MiB: a statement of 2^18 steps; larger input is refused unread
+_U63 = (1 << 63) - 1
+_MAX_RUN_ID = 128
 
 
 def _com_json(c: Commitment) -> dict:
@@ -34,10 +49,58 @@ def _com_json(c: Commitment) -> dict:
     }
 
 
-def _com_from(d: dict) -> Commitment:
-    root = bytes.fromhex(d["root"])
+# --- strict JSON reading -------------------------------------------------------------------------
+def _fail(name: str, rule: str, value: Any) -> ParameterError:
+    return ParameterError(f"training statement field {name!r}: {rule}, got {value!r:.80}")
+
+
+def _int(d: Mapping[str, Any], name: str, lo: int = 0, hi: int = _U63) -> int:
+    v = d[name]
+    if type(v) is not int:  # noqa: E721 - bool and float are not ints here
+        raise _fail(name, "expected a JSON integer", v)
+    if not lo <= v <= hi:
+        raise _fail(name, f"must be in [{lo}, {hi}]", v)
+    return v
+
+
+def _bool(d: Mapping[str, Any], name: str) -> bool:
+    v = d[name]
+    if type(v) is not bool:  # noqa: E721
+        raise _fail(name, "expected true or false", v)
+    return v
+
+
+def _hex32(v: Any, name: str) -> bytes:
+    if not isinstance(v, str) or len(v) != 64:
+        raise _fail(name, "expected 64 hexadecimal digits", v)
+    try:
+        return bytes.fromhex(v)
+    except ValueError:
+        raise _fail(name, "expected 64 hexadecimal digits", v) from None
+
+
+def _exact_keys(d: Any, keys: set[str], what: str) -> None:
+    if not isinstance(d, dict):
+        raise _fail(what, "expected a JSON object", d)
+    missing, unknown = sorted(keys - d.keys()), sorted(d.keys() - keys)
+    if missing or unknown:
+        raise ParameterError(
+            f"{what}: missing fields {missing}, unknown fields {unknown} (format "
+            f"{STATEMENT_FORMAT} version {STATEMENT_VERSION})"
+        )
+
+
+_COM_KEYS = {"root", "num_vars", "extension", "num_points", "layout"}
+
+
+def _com_from(d: Any, name: str) -> Commitment:
+    _exact_keys(d, _COM_KEYS, f"training statement field {name!r}")
     return Commitment(
-        root, int(d["num_vars"]), bool(d["extension"]), int(d["num_points"]), int(d["layout"])
+        _hex32(d["root"], f"{name}.root"),
+        _int(d, "num_vars", 1, 64),
+        _bool(d, "extension"),
+        _int(d, "num_points", 1, 1 << 16),
+        _int(d, "layout", LAYOUT_MULTILINEAR, LAYOUT_VECTOR),
     )
 
 
@@ -59,6 +122,8 @@ class TrainingStatement:
     batch: Commitment
     security_bits: int = 100
     blowup: int = 4
+    run_id: str = ""  # the run the steps belong to ("" = not bound to a run)
+    ledger_leaves: tuple[bytes, ...] = field(default=())  # one 32-byte leaf hash per step
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.step_start < 0:
@@ -67,6 +132,20 @@ class TrainingStatement:
             )
         if len(self.dims) < 2 or min(self.dims) < 1 or self.batch_size < 1:
             raise ParameterError(f"TrainingStatement: bad dims {self.dims} / batch size")
+        if not isinstance(self.run_id, str) or len(self.run_id) > _MAX_RUN_ID or not (
+            self.run_id.isascii() and self.run_id.isprintable()
+        ):
+            raise ParameterError(
+                f"TrainingStatement: run_id {self.run_id!r:.80} must be printable ASCII of at "
+                f"most {_MAX_RUN_ID} characters"
+            )
+        leaves = tuple(bytes(x) for x in self.ledger_leaves)
+        if leaves and (len(leaves) != self.num_steps or any(len(x) != 32 for x in leaves)):
+            raise ParameterError(
+                f"TrainingStatement: {len(leaves)} ledger leaves for {self.num_steps} steps "
+                "(need one 32-byte leaf hash per step, or none for an unbound statement)"
+            )
+        object.__setattr__(self, "ledger_leaves", leaves)
 
     @property
     def arch(self) -> Arch:
@@ -87,13 +166,17 @@ class TrainingStatement:
         tr.absorb_u64("stmt.steps", self.step_start, self.num_steps, self.arch.num_instances)
         tr.absorb_u64("stmt.chain_start", int(self.chain_start))
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
+        tr.absorb_str("stmt.run_id", self.run_id)
+        tr.absorb_u64("stmt.ledger_leaves", len(self.ledger_leaves))
+        for leaf in self.ledger_leaves:
+            tr.absorb_digest("stmt.ledger_leaf", leaf)
         self.weights_in.absorb_into(tr, "stmt.weights_in")
         self.weights_out.absorb_into(tr, "stmt.weights_out")
         self.batch.absorb_into(tr, "stmt.batch")
 
     def to_json(self) -> dict:
         return {
-            "format": "lightning-zk/training-statement",
+            "format": STATEMENT_FORMAT,
             "version": STATEMENT_VERSION,
             "dims": list(self.dims),
             "batch_size": self.batch_size,
@@ -109,6 +192,8 @@ class TrainingStatement:
             "batch": _com_json(self.batch),
             "security_bits": self.security_bits,
             "blowup": self.blowup,
+            "run_id": self.run_id,
+            "ledger_leaves": [x.hex() for x in self.ledger_leaves],
         }
 
     def to_bytes(self) -> bytes:
@@ -118,44 +203,81 @@ class TrainingStatement:
         return hashlib.sha256(b"lzk.statement" + self.to_bytes()).digest()
 
     @classmethod
-    def from_json(cls, d: dict) -> TrainingStatement:
-        """Parse a statement dict; raise ParameterError on anything malformed."""
-        try:
-            if d.get("format") != "lightning-zk/training-statement":
-                raise ParameterError("not a lightning-zk training statement")
-            if d.get("version") != STATEMENT_VERSION:
-                raise ParameterError(
-                    f"training statement version {d.get('version')!r} unsupported (this build "
-                    f"reads version {STATEMENT_VERSION}; version 1 statements have no batch "
-                    "commitment: re-prove the run with `lightning-zk prove RUN`)"
-                )
-            return cls(
-                tuple(int(x) for x in d["dims"]),
-                int(d["batch_size"]),
-                int(d["frac_bits"]),
-                int(d["value_bits"]),
-                int(d["lr"]),
-                int(d["mse_const"]),
-                int(d["step_start"]),
-                int(d["num_steps"]),
-                bool(d["chain_start"]),
-                _com_from(d["weights_in"]),
-                _com_from(d["weights_out"]),
-                _com_from(d["batch"]),
-                int(d["security_bits"]),
-                int(d["blowup"]),
+    def from_json(cls, d: Any) -> TrainingStatement:
+        """Parse a statement object strictly; ParameterError names the first bad field."""
+        if not isinstance(d, dict):
+            raise _fail("(statement)", "expected a JSON object", d)
+        if d.get("format") != STATEMENT_FORMAT:
+            raise _fail("format", f"expected {STATEMENT_FORMAT!r}", d.get("format"))
+        version = d.get("version")
+        if version != STATEMENT_VERSION or type(version) is not int:  # noqa: E721
+            raise ParameterError(
+                f"training statement version {version!r:.20} unsupported (this build reads "
+                f"version {STATEMENT_VERSION}: older statements are not bound to their run, and "
+                "version 1 has no batch commitment; re-prove the run with `lightning-zk prove "
+                "RUN`)"
             )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            if isinstance(exc, ParameterError):
-                raise
-            raise ParameterError(f"malformed training statement: {exc}") from exc
+        _exact_keys(d, _KEYS, "training statement")
+        dims = d["dims"]
+        if not isinstance(dims, list) or not 2 <= len(dims) <= 1024:
+            raise _fail("dims", "expected a list of 2..1024 layer widths", dims)
+        leaves = d["ledger_leaves"]
+        if not isinstance(leaves, list):
+            raise _fail("ledger_leaves", "expected a list of 64-hex-digit leaf hashes", leaves)
+        run_id = d["run_id"]
+        if not isinstance(run_id, str):
+            raise _fail("run_id", "expected a string", run_id)
+        return cls(
+            tuple(_int({"dims": w}, "dims", 1, 1 << 24) for w in dims),
+            _int(d, "batch_size", 1, 1 << 24),
+            _int(d, "frac_bits", 1, 62),
+            _int(d, "value_bits", 1, 62),
+            _int(d, "lr", 0, _U63),
+            _int(d, "mse_const", 0, _U63),
+            _int(d, "step_start", 0, _U63),
+            _int(d, "num_steps", 1, 1 << 24),
+            _bool(d, "chain_start"),
+            _com_from(d["weights_in"], "weights_in"),
+            _com_from(d["weights_out"], "weights_out"),
+            _com_from(d["batch"], "batch"),
+            _int(d, "security_bits", 1, 1 << 16),
+            _int(d, "blowup", 1, 1 << 16),
+            run_id,
+            tuple(_hex32(x, "ledger_leaves[]") for x in leaves),
+        )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> TrainingStatement:
+        """Parse statement bytes (UTF-8 JSON, at most ``MAX_STATEMENT_BYTES``)."""
+        if len(data) > MAX_STATEMENT_BYTES:
+            raise ParameterError(
+                f"statement is {len(data)} bytes, more than the {MAX_STATEMENT_BYTES} a "
+                "statement can need"
+            )
         try:
-            d = json.loads(data)
+            d = json.loads(data, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+        except RecursionError:
+            raise ParameterError("statement JSON is nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise ParameterError(f"statement is not JSON: {exc}") from exc
-        if not isinstance(d, dict):
-            raise ParameterError("statement JSON must be an object")
         return cls.from_json(d)
+
+
+_KEYS = set(
+    TrainingStatement(
+        (1, 1), 1, 1, 2, 0, 0, 0, 1, True, *[Commitment(bytes(32), 1, False, 1)] * 3
+    ).to_json()
+)
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a statement may hold")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out

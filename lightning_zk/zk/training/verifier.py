@@ -15,8 +15,9 @@ from ...fixed.engine import mse_constant
 from ...fixed.format import FixedPointConfig
 from ..errors import ShapeMismatchError, SumcheckError, TranscriptError, VerificationError
 from ..extension import Fp2
-from ..ligero import Ligero
+from ..ligero import Ligero, LigeroConfig
 from ..lookup import verify_range
+from ..policy import VerifierPolicy
 from ..reduction import verify_reduction
 from ..sumcheck import verify_sumcheck
 from ..transcript import Transcript
@@ -31,8 +32,16 @@ from .statement import TrainingStatement
 __all__ = ["verify_unit", "verify_step", "verify_epoch", "verify_seal", "verify_chain"]
 
 
-def check_statement(stmt: TrainingStatement) -> None:
-    """Reject statements whose public constants could let values wrap in the field."""
+def check_statement(stmt: TrainingStatement, policy: VerifierPolicy | None = None) -> LigeroConfig:
+    """Reject statements below the verifier's policy or whose constants could let values wrap
+    in the field; return the commitment configuration to verify the statement's proofs with.
+
+    Raises:
+        SecurityPolicyError: ``security_bits``/``blowup`` not accepted by ``policy``
+            (default: :class:`~lightning_zk.zk.policy.VerifierPolicy`, at least 100 bits).
+        TranscriptError: fixed-point parameters, MSE constant or learning rate out of range.
+    """
+    config = (policy or VerifierPolicy()).ligero_config(stmt.security_bits, stmt.blowup)
     try:
         cfg = FixedPointConfig(stmt.frac_bits, stmt.value_bits)
         cfg.check_fan_in(max(*stmt.dims, stmt.batch_size))
@@ -43,22 +52,29 @@ def check_statement(stmt: TrainingStatement) -> None:
         raise TranscriptError("statement MSE constant", expected=want, got=stmt.mse_const)
     if not 0 < stmt.lr < 1 << stmt.frac_bits:
         raise TranscriptError("statement learning rate in (0, 2^s)", got=stmt.lr)
+    return config
 
 
 def verify_unit(
-    proof: UnitProof, stmt: TrainingStatement, carried: PendingClaim | None = None
+    proof: UnitProof,
+    stmt: TrainingStatement,
+    carried: PendingClaim | None = None,
+    *,
+    policy: VerifierPolicy | None = None,
 ) -> PendingClaim:
     """Check one unit proof against its statement; return the pending claim on B_out.
 
     Args:
         carried: the previous unit's pending claim (required to link a non-initial unit;
             :func:`verify_chain` passes it).
+        policy: the verifier's security policy (default: at least 100 bits); the statement's
+            commitment parameters must satisfy it, and every code parameter is derived here.
     Raises:
-        VerificationError (a subclass naming the failed check) on any mismatch.
+        VerificationError (a subclass naming the failed check) on any mismatch;
+        SecurityPolicyError when the statement asks for less than the policy.
     """
-    check_statement(stmt)
+    pcs = Ligero(check_statement(stmt, policy))
     layout = build_layout(stmt.arch, _names(stmt))
-    pcs = Ligero(stmt.pcs_config)
     proof.wit_commitment.expect(
         num_vars=layout.wit_vars, extension=False, num_points=1, what="Wit commitment"
     )
@@ -183,15 +199,22 @@ verify_step = verify_unit
 verify_epoch = verify_unit
 
 
-def verify_seal(seal: SealProof, stmt: TrainingStatement, pending: PendingClaim) -> None:
-    """Check the opening that discharges the last unit's pending claim on B_out."""
+def verify_seal(
+    seal: SealProof,
+    stmt: TrainingStatement,
+    pending: PendingClaim,
+    *,
+    policy: VerifierPolicy | None = None,
+) -> None:
+    """Check the opening that discharges the last unit's pending claim on B_out, under the
+    parameters of the last unit's statement (which ``policy`` must accept)."""
+    pcs = Ligero(check_statement(stmt, policy))
     if (tuple(seal.pending_point), seal.pending_value) != (pending.point, pending.value):
         raise ChainError(
             "seal covers the last pending claim",
             expected=pending,
             got=(seal.pending_point, seal.pending_value),
         )
-    pcs = Ligero(stmt.pcs_config)
     tr = Transcript(SEAL_DOMAIN)
     stmt.absorb(tr)
     tr.absorb_ext("seal.pending_point", list(pending.point))
@@ -208,14 +231,22 @@ def verify_seal(seal: SealProof, stmt: TrainingStatement, pending: PendingClaim)
 
 
 def verify_chain(
-    statements: Sequence[TrainingStatement], proofs: Sequence[UnitProof], seal: SealProof | None
+    statements: Sequence[TrainingStatement],
+    proofs: Sequence[UnitProof],
+    seal: SealProof | None,
+    *,
+    policy: VerifierPolicy | None = None,
 ) -> int:
     """Verify consecutive units from the start of a run and the seal; return steps covered.
+
+    Every unit and the seal are checked under ``policy`` (default: at least 100 bits).
 
     Raises:
         ChainError: empty chain, a unit that does not start the chain first, a gap or overlap
             in step indices, B_in of a unit not equal to B_out of the previous one, a carried
-            claim that is not the previous pending claim, or a missing seal.
+            claim that is not the previous pending claim, public parameters or the run that
+            change along the chain, or a missing seal.
+        SecurityPolicyError: a statement below the policy.
     """
     if not statements or len(statements) != len(proofs):
         raise ChainError("chain length", expected=len(statements), got=len(proofs))
@@ -243,12 +274,18 @@ def verify_chain(
                 "mse_const",
                 "security_bits",
                 "blowup",
+                "run_id",
             )
-            if any(getattr(stmt, k) != getattr(prev, k) for k in keep):
-                raise ChainError("public parameters constant along the chain", round=u)
-        pending = verify_unit(proof, stmt, carried=pending)
+            changed = [k for k in keep if getattr(stmt, k) != getattr(prev, k)]
+            if changed:
+                raise ChainError(
+                    "public parameters constant along the chain", round=u,
+                    expected={k: getattr(prev, k) for k in changed},
+                    got={k: getattr(stmt, k) for k in changed},
+                )
+        pending = verify_unit(proof, stmt, carried=pending, policy=policy)
         prev = stmt
     if seal is None or pending is None or prev is None:
         raise ChainError("chain seal", expected="present", got="missing")
-    verify_seal(seal, prev, pending)
+    verify_seal(seal, prev, pending, policy=policy)
     return prev.step_start + prev.num_steps - statements[0].step_start
