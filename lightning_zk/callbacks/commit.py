@@ -180,7 +180,7 @@ class CommitCallback(Callback):
         path = session.run.checkpoint_path(record.step + 1)
         if path.exists():
             return
-        digest = save_snapshot(path, session.snapshot())
+        digest = session.public_digest("state", record.step, save_snapshot(path, session.snapshot()))
         if digest != record.state_digest:
             path.unlink(missing_ok=True)
             raise CheckpointError(

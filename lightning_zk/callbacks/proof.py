@@ -51,6 +51,11 @@ class ProofCallback(Callback):
         aggregate: ``"step"`` (one proof per step) or ``"epoch"`` (one aggregated proof per epoch).
         backend: ``"auto"`` (CuPy when a GPU is available), ``"numpy"`` or ``"cupy"``.
         background: prove in a separate process (needs the tapes spilled to ``RUN/tapes/``).
+        security_bits: soundness of every commitment opening (>= 100; verifiers reject less and
+            may demand more: ``lightning-zk verify --security-bits N``). Declared in the
+            run's manifest at its start, so the whole chain uses one value.
+        blowup: Reed-Solomon blowup of the commitments (2, 4, 8 or 16: larger proves slower
+            with shorter proofs).
 
     Example::
 
@@ -60,7 +65,16 @@ class ProofCallback(Callback):
     """
 
     def __init__(self, every_n_steps: int = 1, aggregate: str = "step", backend: str = "auto",
-                 background: bool = False) -> None:
+                 background: bool = False, security_bits: int = 100, blowup: int = 4) -> None:
+        from ..zk.errors import ZkError
+        from ..zk.policy import VerifierPolicy
+
+        try:  # the same rule every verifier applies: at least 100 bits
+            VerifierPolicy(security_bits=security_bits).ligero_config(security_bits, blowup)
+        except ZkError as err:
+            raise ValueError(
+                f"ProofCallback(security_bits={security_bits!r}, blowup={blowup!r}): {err}"
+            ) from err
         if not isinstance(every_n_steps, int) or isinstance(every_n_steps, bool) or every_n_steps < 1:
             raise ValueError(f"ProofCallback(every_n_steps={every_n_steps!r}): expected an int >= 1")
         if aggregate not in ("step", "epoch"):
@@ -71,6 +85,7 @@ class ProofCallback(Callback):
         self.aggregate = aggregate
         self.backend = backend
         self.background = bool(background)
+        self.proof_params = {"security_bits": security_bits, "blowup": blowup}
         self._pending: list[tuple[int, Any]] = []  # (step, tape) not yet proved
         self._next: int | None = None  # first step the chain does not cover (None: not read yet)
         self._prover = None
@@ -88,6 +103,7 @@ class ProofCallback(Callback):
             )
         if self.background and not strategy.save_tapes:
             raise ValueError("ProofCallback(background=True) needs VerifiableStrategy(save_tapes=True)")
+        strategy.proof_params = dict(self.proof_params)  # declared in the manifest at the start
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         session = trainer.strategy.session

@@ -8,6 +8,13 @@ the dequantised weights, and the step's witness tape is kept for the zk prover (
 rounding log: each step record carries an empty one, and the state digest commits the integer
 weights.
 
+What a fixed-point run commits publicly must not reveal its private data: the state and batch
+digests of its step records (hence its Merkle ledger) are *hidden* digests, keyed by a private
+run key in ``RUN/tapes/digest-key.json`` whose commitment is in the manifest
+(:mod:`lightning_zk.ledger.hiding`). The manifest's ``fixed`` section declares everything the
+proofs' public statements must carry: dims, scale, bound, learning rate, batch size and the
+commitment parameters of the proofs (``ProofCallback(security_bits=..., blowup=...)``).
+
 The LightningModule must hold the network as an ``nn.Sequential`` of Linear(+bias)/ReLU (its
 ``net`` attribute, or its only Sequential child), a ``loss_fn = nn.MSELoss()``, and configure a
 plain ``torch.optim.SGD``; its ``training_step`` is not called (the engine computes the loss).
@@ -30,11 +37,14 @@ from ..fixed.torch_bridge import (
     mlp_from_torch,
     write_back,
 )
+from ..ledger.hiding import KEY_FILE, SCHEME, DigestKey, DigestKeyError
+from ..ledger.rundir import RunDirectoryError
 from ..ledger.state import StateSnapshot
 from ..rounding.log import StepLog
 from .session import TrainingSession
 
 TAPE_DIR = "tapes"
+DEFAULT_PROOF_PARAMS = {"security_bits": 100, "blowup": 4}
 
 
 def find_network(module: nn.Module) -> nn.Sequential:
@@ -76,8 +86,10 @@ class FixedPointSession(TrainingSession):
         self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step)
         write_back(self.engine, self.net)  # the module holds exactly the dequantised weights
         self.save_tapes = strategy.save_tapes
+        self.batch_size = batch_order.batch_size if batch_order is not None else None
         self.last_tape: WitnessTape | None = None
         self.last_loss: float | None = None
+        self._key: DigestKey | None = None
 
     @property
     def tape_dir(self) -> Path:
@@ -89,9 +101,50 @@ class FixedPointSession(TrainingSession):
     def _start(self) -> None:
         super()._start()
         # The public constants every proof of this run must carry.
-        self.manifest["fixed"] = {"dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
-                                  "value_bits": self.config.value_bits, "lr": self.engine.lr}
+        self.manifest["fixed"] = {
+            "dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
+            "value_bits": self.config.value_bits, "lr": self.engine.lr,
+            "batch_size": self.batch_size, "proof": self._proof_params(),
+            "digests": {"scheme": SCHEME, "key_commitment": self.digest_key.commitment()},
+        }
         self.run.write_manifest(self.manifest)
+
+    def _resume(self, marker) -> None:
+        super()._resume(marker)
+        declared = (self.manifest.get("fixed") or {}).get("proof")
+        if declared != self._proof_params():
+            raise RunDirectoryError(
+                f"the run {self.run.path} declares proof parameters {declared}, but this "
+                f"training passes {self._proof_params()}: a chain is proved under one set. "
+                "HINT: resume with the ProofCallback(security_bits=..., blowup=...) of the run."
+            )
+
+    def _proof_params(self) -> dict[str, int]:
+        return dict(getattr(self.strategy, "proof_params", None) or DEFAULT_PROOF_PARAMS)
+
+    @property
+    def digest_key(self) -> DigestKey:
+        """The run's private digest key: created at the start, loaded (and checked) on resume."""
+        if self._key is None:
+            path = self.tape_dir / KEY_FILE
+            committed = ((self.manifest.get("fixed") or {}).get("digests") or {}).get(
+                "key_commitment")
+            if committed is None:
+                self._key = DigestKey.new()
+                self._key.save(path)
+            else:
+                try:
+                    self._key = DigestKey.load(path, committed)
+                except DigestKeyError as err:
+                    raise RunDirectoryError(
+                        f"cannot resume the fixed-point run {self.run.path}: {err}. The run's "
+                        "private files in RUN/tapes/ must be kept to continue it."
+                    ) from err
+        return self._key
+
+    def public_digest(self, kind: str, index: int, digest: str) -> str:
+        """Hidden (keyed) digests: the records and the ledger of a zk run reveal no data."""
+        return self.digest_key.hide(kind, index, digest)
 
     def _round_initial_state(self) -> None:
         """Nothing to round: the engine quantised the weights onto the 2^-s grid."""
@@ -134,6 +187,13 @@ class FixedPointSession(TrainingSession):
         x, y = (t.detach().to("cpu", torch.float64).numpy() for t in batch)
         if y.ndim == 1:
             y = y[:, None]
+        if self.batch_size is not None and x.shape[0] != self.batch_size:
+            raise UnsupportedModelError(
+                f"batch {self._pending['batch_idx']} of epoch {self._pending['epoch']} has "
+                f"{x.shape[0]} samples, the DataLoader's batch_size is {self.batch_size}: every "
+                "step of a proof chain has the same public batch size. HINT: "
+                "DataLoader(..., drop_last=True), or a dataset size divisible by the batch size."
+            )
         tape = self.engine.step_float(x, y)
         write_back(self.engine, self.net)
         s = self.config.frac_bits

@@ -142,7 +142,7 @@ class TrainingSession:
         self._round_initial_state()
         initial = self.snapshot()
         initial_path = run.checkpoint_path(0)
-        initial_digest = save_snapshot(initial_path, initial)
+        initial_digest = self.public_digest("state", -1, save_snapshot(initial_path, initial))
         self.manifest = {
             "run_id": uuid.uuid4().hex,
             "fingerprint": fp,
@@ -185,7 +185,7 @@ class TrainingSession:
                 "the steps in between were never committed and cannot be resumed over."
             )
         if step > 0:
-            digest = self.snapshot().digest()
+            digest = self.public_digest("state", step - 1, self.snapshot().digest())
             if digest != records[step - 1].state_digest:
                 raise RunDirectoryError(
                     f"the checkpoint's state differs from the state committed after step {step - 1} "
@@ -243,7 +243,7 @@ class TrainingSession:
             "epoch": epoch,
             "batch_idx": batch_idx,
             "batch_indices": self.batch_order.indices(epoch, batch_idx) if self.batch_order else None,
-            "batch_digest": batch_digest(batch),
+            "batch_digest": self.public_digest("batch", self.next_step, batch_digest(batch)),
         }
         self._stepped = False
 
@@ -264,7 +264,7 @@ class TrainingSession:
             batch_idx=pending.get("batch_idx", -1),
             batch_indices=pending.get("batch_indices"),
             batch_digest=pending.get("batch_digest", ""),
-            state_digest=self.snapshot().digest(),
+            state_digest=self.public_digest("state", step, self.snapshot().digest()),
             log_file=str(log_path.relative_to(self.run.path)),
             log_sha256=hashlib.sha256(data).hexdigest(),
             log_bytes=len(data),
@@ -294,6 +294,14 @@ class TrainingSession:
         atomic_write_bytes(log_path, data)
         self.run.append_step(record)
 
+    def public_digest(self, kind: str, index: int, digest: str) -> str:
+        """The form in which a SHA-256 ``digest`` of the state or of a batch is committed.
+
+        Rounded-mode runs are replayed by an auditor who sees the data: the plain digest.
+        Fixed-point (zero-knowledge) runs hide it (:mod:`lightning_zk.ledger.hiding`).
+        """
+        return digest
+
     def snapshot(self):
         """The current canonical state (model + optimizers), as committed after a step."""
         return snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype)
@@ -303,7 +311,7 @@ class TrainingSession:
         self._restore_metric_logging()
         if self.mode.in_step:
             self.abort()
-        final = self.snapshot().digest()
+        final = self.public_digest("state", self.next_step - 1, self.snapshot().digest())
         self.manifest.update(
             steps_committed=self.next_step + len(self._expected),
             final_state_digest=final if not self._expected else self.manifest.get("final_state_digest"),

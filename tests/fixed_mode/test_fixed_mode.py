@@ -12,7 +12,7 @@ from lightning_zk import RunDirectory, VerifiableStrategy
 from lightning_zk.fixed import FixedPointConfig, WitnessTape, quantize, reference_step
 from lightning_zk.fixed.torch_bridge import UnsupportedModelError, mlp_from_torch
 from lightning_zk.testing import NondeterminismEmulator
-from tests.fixed_mode.models import make_regressor, regression_loader
+from tests.fixed_mode.models import make_regressor, regression_data, regression_loader
 from tests.models import trainer_kwargs
 
 
@@ -55,13 +55,45 @@ def test_matches_the_integer_reference(tmp_path):
             assert np.array_equal(np.array(ref_bs[i]), tape.tensors[f"b{i + 1}n"])
 
 
+def _integer_states(run: RunDirectory) -> list[bytes]:
+    out = []
+    for record in run.read_steps():
+        tape = WitnessTape.load(run.path / record.extra["tape"])
+        out.append(b"".join(tape.tensors[k].tobytes() for k in sorted(tape.tensors)
+                            if k.endswith("n")))
+    return out
+
+
 def test_bit_identical_under_different_emulated_hardware(tmp_path):
-    digests = []
+    states = []
     for seed in (1, 2):
         with NondeterminismEmulator(ulps=64, seed=seed):
             _fit(tmp_path / f"run{seed}", steps=6)
-        digests.append([r.state_digest for r in RunDirectory(tmp_path / f"run{seed}").read_steps()])
-    assert digests[0] == digests[1]
+        states.append(_integer_states(RunDirectory(tmp_path / f"run{seed}")))
+    assert states[0] == states[1]
+
+
+def test_records_hide_the_state_and_batch_digests(tmp_path):
+    """A zk run's records (and ledger) carry keyed digests: the plain SHA-256 of the state or
+    of a batch, which anyone with a guess could recompute, appears nowhere in what is public."""
+    from lightning_zk.ledger.hiding import KEY_FILE, DigestKey
+    from lightning_zk.ledger.state import batch_digest
+
+    model, trainer = _fit(tmp_path / "run", steps=2)
+    run = RunDirectory(tmp_path / "run")
+    manifest, records = run.read_manifest(), run.read_steps()
+    key = DigestKey.load(run.path / "tapes" / KEY_FILE, manifest["fixed"]["digests"]["key_commitment"])
+    plain_final = trainer.strategy.session.snapshot().digest()
+    assert manifest["final_state_digest"] == key.hide("state", 1, plain_final) != plain_final
+    public = (run.path / "manifest.json").read_text() + (run.path / "steps.jsonl").read_text()
+    assert plain_final not in public
+    x, y = regression_data()[records[0].batch_indices]
+    plain_batch = batch_digest([x, y])  # the batch as the DataLoader collates it
+    assert records[0].batch_digest == key.hide("batch", 0, plain_batch)
+    assert plain_batch not in public
+    assert manifest["fixed"]["batch_size"] == x.shape[0]
+    assert manifest["fixed"]["proof"] == {"security_bits": 100, "blowup": 4}
+    assert records[0].state_digest != records[1].state_digest
 
 
 def test_same_run_as_a_direct_engine_run(tmp_path):
