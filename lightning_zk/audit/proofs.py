@@ -14,11 +14,19 @@ Layout (fixed-point runs)::
 A chain is proved in order by a :class:`ChainProver`; before each unit is published, the private state
 that continues the chain after it goes to ``RUN/tapes/chain/`` (the seed of the unit's output-weights
 commitment and the weights), so a ``ProofCallback`` on a resumed training run (or a new prover after
-a crash) continues the chain instead of re-proving it. A sealed chain is final. :func:`verify_run` checks every proof, the chain (consecutive
-steps, each unit's input weights = the previous unit's output weights, the seal), that the proven
-steps are exactly the run's committed steps with the run's public constants, and the Merkle ledger
-when there is one. :func:`check_run_batches` is the data owner's check that each unit's public
-batch commitment commits to *their* data (it needs the private seeds of ``batch-openings.json``).
+a crash) continues the chain instead of re-proving it. A sealed chain is final. Every statement is
+bound to its run: the manifest's ``run_id`` and the ledger leaf of each step it proves, and it
+carries the commitment parameters the manifest declares (``fixed.proof``).
+
+:func:`verify_run` checks, under the *verifier's* :class:`~lightning_zk.zk.policy.VerifierPolicy`
+(at least 100 bits): every proof; the chain (consecutive steps, each unit's input weights = the
+previous unit's output weights, the seal); every unit file's name against its statement's steps;
+every statement field against the manifest (run id, dims, scale, bound, learning rate, batch size,
+proof parameters) and against the step records and the Merkle ledger (the leaf of every proven
+step); that the proven steps are exactly the run's committed steps; and the ledger itself, which a
+run that committed one must present. :func:`check_run_batches` is the data owner's check that each
+unit's public batch commitment commits to *their* data (it needs the private seeds of
+``batch-openings.json``).
 """
 
 from __future__ import annotations
@@ -35,9 +43,13 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..fixed import WitnessTape
+from ..fixed.engine import mse_constant
 from ..fixed.format import quantize
-from ..ledger.rundir import RunDirectory
-from ..zk.errors import ProofFormatError, VerificationError
+from ..ledger.hiding import SCHEME
+from ..ledger.merkle import LedgerError, leaf_bytes, leaf_hash
+from ..ledger.rundir import RunDirectory, StepRecord
+from ..zk.errors import ParameterError, ProofFormatError, VerificationError
+from ..zk.policy import VerifierPolicy
 from ..zk.training import (
     ChainError,
     SealProof,
@@ -60,6 +72,7 @@ BATCH_OPENINGS_FILE = "batch-openings.json"
 CHAIN_DIR = "chain"  # under tapes/: private state that continues a chain after its last unit
 BATCH_OPENINGS_FORMAT = "lightning-zk/batch-openings"
 _UNIT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.lzkt$")
+MAX_PROOF_BYTES = 1 << 30  # a proof file larger than this is refused before it is read
 
 
 class ProofRunError(RuntimeError):
@@ -127,13 +140,33 @@ def _unit_files(run: RunDirectory) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """A regular file's bytes, refusing anything else (FIFO, device, directory) or too large."""
+    try:
+        if path.is_symlink() or not path.is_file():
+            raise ProofRunError(f"{path} is missing or not a regular file")
+        size = path.stat().st_size
+        if size > limit:
+            raise ProofRunError(f"{path} is {size} bytes, more than the {limit} it may hold")
+        return path.read_bytes()
+    except OSError as err:
+        raise ProofRunError(f"cannot read {path}: {err}") from err
+
+
 def _read_unit(path: Path) -> tuple[TrainingStatement, UnitProof]:
     """A published unit's statement and proof (never unpickled)."""
+    from ..zk.training.statement import MAX_STATEMENT_BYTES
+
+    statement = path.with_suffix(".json")
     try:
-        stmt = TrainingStatement.from_bytes(path.with_suffix(".json").read_bytes())
-        return stmt, decode_training_proof(path.read_bytes(), UnitProof)
-    except OSError as err:
-        raise ProofRunError(f"cannot read {path} or its statement: {err}") from err
+        stmt = TrainingStatement.from_bytes(_read_bounded(statement, MAX_STATEMENT_BYTES))
+    except ParameterError as err:
+        raise ProofRunError(f"{statement}: {err}") from err
+    try:
+        proof = decode_training_proof(_read_bounded(path, MAX_PROOF_BYTES), UnitProof)
+    except ProofFormatError as err:
+        raise ProofRunError(f"{path}: {err}") from err
+    return stmt, proof
 
 
 def chain_progress(run_dir: str | Path) -> tuple[int, bool]:
@@ -158,7 +191,16 @@ class ChainProver:
     def __init__(self, run_dir: str | Path, backend: str = "auto", **prove_kwargs: Any) -> None:
         self.run = RunDirectory(run_dir)
         self.backend = backend
+        manifest = self.run.read_manifest()
+        self.run_id = str(manifest.get("run_id") or "")
+        declared = dict((manifest.get("fixed") or {}).get("proof") or {})
+        for key, value in declared.items():  # the run declares its proof parameters
+            if prove_kwargs.setdefault(key, value) != value:
+                raise ProofRunError(
+                    f"{self.run.path} declares proof parameter {key}={value} in its manifest; "
+                    f"got {key}={prove_kwargs[key]}")
         self.prove_kwargs = prove_kwargs
+        self._records: list[StepRecord] = []
         self.link = None
         self.next_step: int | None = None
         self.sealed = False
@@ -197,7 +239,10 @@ class ChainProver:
         if self.next_step is not None and tapes and tapes[0].step != self.next_step:
             raise ProofRunError(f"the chain continues at step {self.next_step}; got a unit "
                                 f"starting at step {tapes[0].step}")
+        first = tapes[0].step if tapes else 0
         proof, stmt, link = prove_unit(list(tapes), self.link, backend=self.backend,
+                                       run_id=self.run_id,
+                                       ledger_leaves=self._leaves(first, len(tapes)),
                                        **self.prove_kwargs)
         first, last = stmt.step_start, stmt.step_start + stmt.num_steps - 1
         path = unit_path(self.run, first, last)
@@ -209,6 +254,18 @@ class ChainProver:
         self.link, self.next_step = link, last + 1
         self._drop_chain_states(keep=path.stem)
         return path
+
+    def _leaves(self, first: int, count: int) -> list[bytes]:
+        """The ledger leaf hashes of steps first..first+count-1 (from their committed records)."""
+        if len(self._records) < first + count:
+            self._records = self.run.read_steps()
+        if len(self._records) < first + count:
+            raise ProofRunError(f"steps {first}..{first + count - 1} are not all committed in "
+                                f"{self.run.path} (it commits {len(self._records)} steps)")
+        try:
+            return [leaf_hash(leaf_bytes(r)) for r in self._records[first:first + count]]
+        except LedgerError as err:
+            raise ProofRunError(f"cannot bind the proof to the run's ledger: {err}") from err
 
     def _drop_chain_states(self, keep: str | None) -> None:
         folder = self.run.path / TAPE_DIR / CHAIN_DIR
@@ -295,72 +352,160 @@ class ProofReport:
     steps_proven: int = 0
     steps_committed: int = 0
     ledger: str = "absent"
+    security_bits: int | None = None  # the level the openings were checked at
+    policy_bits: int = 100  # the verifier's minimum
     problems: list[str] = field(default_factory=list)
 
 
 def _read_chain(run: RunDirectory) -> tuple[list[TrainingStatement], list[UnitProof], SealProof | None]:
+    """The units in step order and the seal; every file of ``proofs/`` must be one of them,
+    and every unit's file name must name its statement's steps."""
     proof_dir = run.path / PROOF_DIR
-    if not proof_dir.is_dir():
+    if not proof_dir.is_dir() or proof_dir.is_symlink():
         raise ProofRunError(f"{run.path} has no proofs/ directory: nothing to verify")
+    units = _unit_files(run)
+    expected = {SEAL_FILE} | {p.name for _, _, p in units} | {
+        p.with_suffix(".json").name for _, _, p in units}
+    stray = sorted(p.name for p in proof_dir.iterdir() if p.name not in expected)
+    if stray:
+        raise ProofRunError(f"{proof_dir} holds files that are not proof units or the seal: "
+                            f"{', '.join(stray[:5])}")
     statements, proofs = [], []
-    for _, _, path in _unit_files(run):
+    for first, last, path in units:
         stmt, proof = _read_unit(path)
+        if (first, last) != (stmt.step_start, stmt.step_start + stmt.num_steps - 1):
+            raise ProofRunError(
+                f"{path.name} names steps {first}..{last}, its statement proves steps "
+                f"{stmt.step_start}..{stmt.step_start + stmt.num_steps - 1}")
         statements.append(stmt)
         proofs.append(proof)
     seal_path = proof_dir / SEAL_FILE
-    seal = decode_training_proof(seal_path.read_bytes(), SealProof) if seal_path.is_file() else None
+    seal = None
+    if seal_path.exists() or seal_path.is_symlink():
+        try:
+            seal = decode_training_proof(_read_bounded(seal_path, MAX_PROOF_BYTES), SealProof)
+        except ProofFormatError as err:
+            raise ProofRunError(f"{seal_path}: {err}") from err
     return statements, proofs, seal
 
 
-def _check_against_run(run: RunDirectory, statements: Sequence[TrainingStatement],
-                       report: ProofReport) -> None:
-    manifest = run.read_manifest()
-    config = manifest.get("strategy") or {}
-    if config.get("mode") != "fixed":
-        report.problems.append("the run was not trained in fixed-point mode")
+def _declared(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """What a fixed-point run's manifest declares about its proofs (or ProofRunError)."""
+    config = manifest.get("strategy")
+    if not isinstance(config, dict) or config.get("mode") != "fixed":
+        raise ProofRunError("the run was not trained in fixed-point mode")
+    fixed = manifest.get("fixed")
+    need = ("dims", "frac_bits", "value_bits", "lr", "batch_size", "proof", "digests")
+    missing = [k for k in need if not isinstance(fixed, dict) or fixed.get(k) is None]
+    if missing:
+        raise ProofRunError(f"the manifest's fixed section lacks {missing} (a run written by an "
+                            "older lightning-zk: train it again)")
+    digests = fixed["digests"]
+    if not isinstance(digests, dict) or digests.get("scheme") != SCHEME:
+        raise ProofRunError(f"the run's records do not use hidden digests ({SCHEME}): they "
+                            "would reveal its private data")
+    if not isinstance(manifest.get("run_id"), str) or not manifest["run_id"]:
+        raise ProofRunError("the manifest has no run_id")
+    return fixed
+
+
+def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord],
+                       statements: Sequence[TrainingStatement], report: ProofReport) -> None:
+    """Every statement field against the manifest, the records and (through them) the ledger."""
+    try:
+        fixed = _declared(manifest)
+    except ProofRunError as err:
+        report.problems.append(str(err))
         return
-    fixed = manifest.get("fixed") or {}
+    proof = fixed["proof"] if isinstance(fixed["proof"], dict) else {}
     for stmt in statements:
-        public = {"dims": list(stmt.dims), "frac_bits": stmt.frac_bits,
-                  "value_bits": stmt.value_bits, "lr": stmt.lr}
-        committed = {k: fixed.get(k) for k in public}
-        if public != committed:
-            report.problems.append(
-                f"the unit at step {stmt.step_start} proves constants {public}, the run commits "
-                f"{committed}")
-            break
+        unit = f"the unit of steps {stmt.step_start}..{stmt.step_start + stmt.num_steps - 1}"
+        want = {
+            "run_id": manifest["run_id"], "dims": list(fixed["dims"]),
+            "frac_bits": fixed["frac_bits"], "value_bits": fixed["value_bits"],
+            "lr": fixed["lr"], "batch_size": fixed["batch_size"],
+            "mse_const": _mse_const(fixed), "security_bits": proof.get("security_bits"),
+            "blowup": proof.get("blowup"),
+        }
+        got = {k: getattr(stmt, k) for k in want}
+        got["dims"] = list(stmt.dims)
+        for key in want:
+            if got[key] != want[key]:
+                report.problems.append(f"{unit}: statement field {key} is {got[key]!r:.80}, the "
+                                       f"run's manifest says {want[key]!r:.80}")
+        steps = range(stmt.step_start, stmt.step_start + stmt.num_steps)
+        if steps.stop > len(records):
+            report.problems.append(f"{unit}: the run commits only {len(records)} steps")
+            continue
+        try:
+            leaves = [leaf_hash(leaf_bytes(records[s])) for s in steps]
+        except LedgerError as err:
+            report.problems.append(f"{unit}: {err}")
+            continue
+        for s, (have, leaf) in enumerate(zip(stmt.ledger_leaves, leaves, strict=False)):
+            if have != leaf:
+                report.problems.append(
+                    f"{unit}: statement field ledger_leaves[{s}] is {have.hex()[:16]}…, the "
+                    f"ledger leaf of step {steps.start + s} is {leaf.hex()[:16]}…")
+                break
+        if len(stmt.ledger_leaves) != len(leaves):
+            report.problems.append(f"{unit}: the statement binds {len(stmt.ledger_leaves)} "
+                                   f"ledger leaves for {len(leaves)} steps")
 
 
-def verify_run(run_dir: str | Path) -> ProofReport:
-    """Check a fixed-point run's proofs, chain, coverage and ledger (see the module doc)."""
-    from ..ledger.merkle import Ledger, LedgerError, parse_root
+def _mse_const(fixed: Mapping[str, Any]) -> int | None:
+    try:
+        return mse_constant(int(fixed["batch_size"]), int(fixed["dims"][-1]),
+                            int(fixed["frac_bits"]))
+    except (TypeError, ValueError, IndexError, KeyError):
+        return None
 
+
+def verify_run(run_dir: str | Path, policy: VerifierPolicy | None = None) -> ProofReport:
+    """Check a fixed-point run's proofs, chain, binding, coverage and ledger (module doc).
+
+    Args:
+        policy: the verifier's own security policy (default: at least 100 bits per opening).
+    Returns:
+        a :class:`ProofReport`; ``ok`` only when every check passed. Nothing is written.
+    """
+    from ..ledger.merkle import Ledger, parse_root
+
+    policy = policy or VerifierPolicy()
     run = RunDirectory(run_dir)
+    manifest = run.read_manifest()
     records = run.read_steps()
-    report = ProofReport(ok=False, steps_committed=len(records))
+    report = ProofReport(ok=False, steps_committed=len(records), policy_bits=policy.security_bits)
     try:
         statements, proofs, seal = _read_chain(run)
         report.units = len(proofs)
-        report.steps_proven = verify_chain(statements, proofs, seal)
+        report.steps_proven = verify_chain(statements, proofs, seal, policy=policy)
+        report.security_bits = statements[0].security_bits
     except (ChainError, VerificationError, ProofFormatError, ProofRunError, ValueError) as err:
         report.problems.append(f"proofs: {err}")
         return report
-    _check_against_run(run, statements, report)
+    _check_against_run(manifest, records, statements, report)
     first = statements[0].step_start if statements else None
     if first != 0 or report.steps_proven != len(records):
         report.problems.append(
             f"the proofs cover steps {first}..{(first or 0) + report.steps_proven - 1}, the run "
             f"commits steps 0..{len(records) - 1}")
-    published = run.read_manifest().get("ledger")
-    if (run.path / "ledger.sqlite").is_file():
+    published = manifest.get("ledger")
+    ledger_path = run.path / "ledger.sqlite"
+    if published is not None or ledger_path.exists():
         try:
+            if not isinstance(published, dict):
+                raise LedgerError(f"{ledger_path} exists, but the manifest publishes no ledger "
+                                  "root to check it against")
+            if not ledger_path.is_file():
+                raise LedgerError(f"the manifest publishes a ledger, but {ledger_path} is "
+                                  "missing or not a file")
             with Ledger.open(run.path) as ledger:
                 ledger.check_integrity()
                 ledger.check_records(records)
-                if published:
-                    ledger.check_root(int(published["size"]), parse_root(str(published["root"])))
+                ledger.check_root(int(published["size"]), parse_root(str(published["root"])))
             report.ledger = "verified"
-        except LedgerError as err:
+        except (LedgerError, KeyError, TypeError, ValueError) as err:
             report.ledger = "FAILED"
             report.problems.append(f"ledger: {err}")
     report.ok = not report.problems

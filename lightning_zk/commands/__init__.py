@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 
-SUBCOMMANDS = ("audit", "ledger", "dispute", "prove", "verify", "report")
+SUBCOMMANDS = ("audit", "ledger", "dispute", "prove", "verify", "publish", "report")
 
 
 def available() -> dict[str, str]:

@@ -1,4 +1,9 @@
-"""``lightning-zk verify RUN``: check every zk proof of a run, the chain, and the ledger."""
+"""``lightning-zk verify RUN``: check every zk proof of a run, the chain, and the ledger.
+
+RUN is a fixed-point run directory or its public bundle (``lightning-zk publish``). The security
+level is the verifier's choice (``--security-bits``, at least 100): proofs made under less are
+rejected, whatever their statements say. Nothing is written.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,14 @@ HELP = "verify a fixed-point run's zero-knowledge proofs, their chain and the le
 
 
 def main(argv: list[str]) -> int:
+    from ..zk.policy import MAX_SECURITY_BITS, MIN_SECURITY_BITS
+
     parser = argparse.ArgumentParser(prog="lightning-zk verify", description=HELP)
-    parser.add_argument("run", type=Path)
+    parser.add_argument("run", type=Path, help="the run directory or its public bundle")
+    parser.add_argument(
+        "--security-bits", type=int, default=MIN_SECURITY_BITS, metavar="N",
+        help=f"minimum soundness of every commitment opening, {MIN_SECURITY_BITS}..."
+        f"{MAX_SECURITY_BITS} (default {MIN_SECURITY_BITS}); proofs made under less are rejected")
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -19,9 +30,16 @@ def main(argv: list[str]) -> int:
 
     from ..audit.proofs import verify_run
     from ..ledger.rundir import RunDirectoryError
+    from ..zk.errors import ParameterError
+    from ..zk.policy import VerifierPolicy
 
     try:
-        report = verify_run(args.run)
+        policy = VerifierPolicy(security_bits=args.security_bits)
+    except ParameterError as err:
+        print(f"lightning-zk verify: --security-bits {args.security_bits}: {err}", file=sys.stderr)
+        return 2
+    try:
+        report = verify_run(args.run, policy)
     except RunDirectoryError as err:
         print(f"lightning-zk verify: {err}", file=sys.stderr)
         return 2
@@ -29,6 +47,9 @@ def main(argv: list[str]) -> int:
     table.add_row("result", "[green]OK[/green]" if report.ok else "[red]FAILED[/red]")
     table.add_row("proof units", str(report.units))
     table.add_row("steps proven / committed", f"{report.steps_proven} / {report.steps_committed}")
+    checked = f"{report.security_bits} bits" if report.security_bits else "not reached"
+    table.add_row("security checked", f"{checked} per opening (verifier minimum "
+                                      f"{report.policy_bits} bits)")
     table.add_row("ledger", report.ledger)
     for problem in report.problems:
         table.add_row("problem", problem)
