@@ -23,6 +23,14 @@ Zero knowledge (``spec.zk``), following Libra (Xie et al., CRYPTO'19, section 4)
   P^_k(x) = P_k(x) + x_1 (1 - x_1) M_k(x_2..x_n) (same hypercube sum); its final value
   P^_k(r) is what a hiding commitment opens (see :mod:`.pcs`), so no plain evaluation of a
   committed polynomial reaches the verifier. Round 1 then has degree up to 2d.
+* hiding variable (``spec.hiding``): variable 1 is a pure hiding variable that no table depends
+  on; table k lives on variables 2..n and its mask M_k on the *same* variables, so the sumcheck
+  runs on P^_k(x) = P_k(x_2..) + x_1 (1 - x_1) M_k(x_2..) and the final value is
+  P_k(r_2..) + r_1 (1 - r_1) M_k(r_2..): a masked opening with lambda = r_1 (1 - r_1) (the
+  commitment's ``lams`` argument, :mod:`.pcs`). No committed polynomial then needs a free first
+  variable of its own (a single training step needs no zero instance). The hypercube sum over
+  x_1 counts every value twice, so the round-1 check is s_1(0) + s_1(1) = 2H for claimed sum H;
+  round 1 has degree 2 per masked factor (the tables are constant in x_1).
 
 Soundness error (F = F_p2, |F| = p^2 ~ 2^128): 1/p^2 for rho plus D_i/p^2 per round (the
 opened form zeroes g's coefficients above each round's degree, so f^ + rho g^ has degree <= D_i
@@ -81,6 +89,7 @@ class SumcheckSpec:
     zk: bool = True
     masked: tuple[bool, ...] = ()
     table_vars: tuple[int, ...] = ()
+    hiding: bool = False
 
     def __post_init__(self) -> None:
         if self.num_vars < 1:
@@ -101,10 +110,13 @@ class SumcheckSpec:
         object.__setattr__(
             self, "terms", tuple(Term(Fp2.lift(t.coeff), tuple(t.factors)) for t in self.terms)
         )
-        tv = tuple(int(v) for v in self.table_vars) or (self.num_vars,) * self.num_tables
-        if len(tv) != self.num_tables or any(not 1 <= v <= self.num_vars for v in tv):
+        real = self.num_vars - int(self.hiding)  # the variables tables may depend on
+        if real < 1:
+            raise ParameterError("SumcheckSpec: a hiding sumcheck needs >= 2 variables")
+        tv = tuple(int(v) for v in self.table_vars) or (real,) * self.num_tables
+        if len(tv) != self.num_tables or any(not 1 <= v <= real for v in tv):
             raise ParameterError(
-                f"SumcheckSpec: table_vars {tv} must give 1..{self.num_vars} variables for each "
+                f"SumcheckSpec: table_vars {tv} must give 1..{real} variables for each "
                 f"of the {self.num_tables} tables"
             )
         for t in self.terms:
@@ -124,6 +136,7 @@ class SumcheckSpec:
         zk: bool = True,
         masked: Sequence[bool] = (),
         table_vars: Sequence[int] = (),
+        hiding: bool = False,
     ) -> SumcheckSpec:
         """Convenience constructor from (coeff, factor indices) pairs."""
         return SumcheckSpec(
@@ -133,18 +146,20 @@ class SumcheckSpec:
             zk,
             tuple(masked),
             tuple(table_vars),
+            hiding,
         )
-
-    def term_vars(self, term: Term) -> int:
-        return self.table_vars[term.factors[0]]
 
     @property
     def degree(self) -> int:
         return max(len(t.factors) for t in self.terms)
 
     def f_degrees(self) -> list[int]:
-        """Degree of f^ in each round's variable (round 1 doubles for masked factors)."""
-        d1 = max(len(t.factors) + sum(self.masked[k] for k in t.factors) for t in self.terms)
+        """Degree of f^ in each round's variable (round 1 doubles for masked factors; with a
+        hiding variable, round 1 has degree 2 per masked factor only)."""
+        if self.hiding:
+            d1 = max(1, max(2 * sum(self.masked[k] for k in t.factors) for t in self.terms))
+        else:
+            d1 = max(len(t.factors) + sum(self.masked[k] for k in t.factors) for t in self.terms)
         return [d1] + [self.degree] * (self.num_vars - 1)
 
     def round_degrees(self) -> list[int]:
@@ -171,6 +186,7 @@ class SumcheckSpec:
             tr.absorb_u64("sumcheck.term.factors", len(t.factors), *t.factors)
         tr.absorb_u64("sumcheck.masked", *[int(m) for m in self.masked])
         tr.absorb_u64("sumcheck.table_vars", *self.table_vars)
+        tr.absorb_u64("sumcheck.hiding", int(self.hiding))
 
 
 @dataclass
@@ -329,7 +345,10 @@ def _round_evals(
     spec: SumcheckSpec, tables: list[Any], masks: list[Any], degree: int, rnd: int
 ) -> list[Fp2]:
     """s_rnd(X) at X = 0..degree, summed over the remaining variables of every term."""
-    lo, diff = zip(*[_halves(t) for t in tables], strict=True)
+    if spec.hiding and rnd == 0:  # no table depends on the hiding variable
+        lo, diff = list(tables), [None] * len(tables)
+    else:
+        lo, diff = zip(*[_halves(t) for t in tables], strict=True)
     cur = list(lo)
     evals = []
     for x in range(degree + 1):
@@ -386,18 +405,18 @@ def prove_sumcheck(
             raise ParameterError(
                 f"prove_sumcheck: table {k} mask presence differs from spec.masked"
             )
-        half = 1 << (spec.table_vars[k] - 1)
+        half = 1 << (spec.table_vars[k] - int(not spec.hiding))
         if m is not None and tuple(m.shape) != (2, half):
             raise ParameterError(f"prove_sumcheck: mask {k} must have shape (2, {half})")
     if claimed_sum is None:
-        claimed_sum = _eval_sum(spec, tabs, n)
+        claimed_sum = _eval_sum(spec, tabs, n - int(spec.hiding))
     rng = as_rng(rng)
     pcs = pcs or Ligero()
 
     spec.absorb(transcript)
     transcript.absorb_ext("sumcheck.claim", Fp2.lift(claimed_sum))
     proof = SumcheckProof([], [])
-    claim = Fp2.lift(claimed_sum)
+    claim = Fp2.lift(claimed_sum) * (2 if spec.hiding else 1)
     rho = Fp2(0)
     g: _Mask | None = None
     if spec.zk:
@@ -420,6 +439,10 @@ def prove_sumcheck(
         claim = interpolate(evals, r)
         new = []
         for k, t in enumerate(tabs):
+            if i == 0 and spec.hiding:  # the tables do not depend on the hiding variable
+                ft = t if masks[k] is None else e_add(t, e_scale(masks[k], r * (1 - r)))
+                new.append(ft)
+                continue
             if t.shape[1] == 1:  # bound already: constant in the remaining variables
                 new.append(t)
                 continue
@@ -481,7 +504,7 @@ def verify_sumcheck(
         )
     spec.absorb(transcript)
     transcript.absorb_ext("sumcheck.claim", Fp2.lift(claimed_sum))
-    claim = Fp2.lift(claimed_sum)
+    claim = Fp2.lift(claimed_sum) * (2 if spec.hiding else 1)
     rho = Fp2(0)
     if spec.zk:
         if (

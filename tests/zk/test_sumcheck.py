@@ -211,3 +211,40 @@ def test_table_vars_are_part_of_the_transcript(rng):
     other = SumcheckSpec.of(N, 2, [(1, [0]), (1, [1])], zk=False, table_vars=(N, N - 1))
     with pytest.raises(VerificationError):
         verify_sumcheck(other, proof, Transcript(b"sc"), h)
+
+
+@pytest.mark.parametrize("short_vars", [N - 1, 2])
+def test_hiding_variable_masks_every_table_on_its_own_variables(rng, short_vars):
+    """With a hiding variable x_1 no table depends on, the final value of a masked table is
+    P(r_2..) + r_1 (1 - r_1) M(r_2..): masks live on the table's own variables, whatever they
+    are, and the round-1 check counts the hypercube sum twice."""
+    full = N - 1
+    a, b = (rng.integers(0, P, 1 << full, dtype=np.uint64) for _ in range(2))
+    c = rng.integers(0, P, 1 << short_vars, dtype=np.uint64)
+    spec = SumcheckSpec.of(
+        N, 3, [(1, [0, 1]), (7, [2])], masked=(True, False, True),
+        table_vars=(full, full, short_vars), hiding=True,
+    )
+    masks = [e_random(1 << v, rng) if m else None
+             for v, m in zip(spec.table_vars, spec.masked, strict=True)]
+    h = sum((Fp2(int(x) * int(y)) for x, y in zip(a, b, strict=True)), Fp2(0))
+    h = h + Fp2(7 * sum(int(v) for v in c) * 2 ** (full - short_vars))
+    proof, claim = prove_sumcheck(spec, [a, b, c], Transcript(b"sc"), masks=masks, rng=5)
+    out = verify_sumcheck(spec, proof, Transcript(b"sc"), h)
+    r, lam = out.point, out.point[0] * (1 - out.point[0])
+    assert out.evaluations[0] == evaluate(a, r[1:]) + lam * evaluate(masks[0], r[1:])
+    assert out.evaluations[1] == evaluate(b, r[1:])
+    assert out.evaluations[2] == evaluate(c, r[1:1 + short_vars]) + lam * evaluate(
+        masks[2], r[1:1 + short_vars])
+    assert spec.f_degrees()[0] == 2
+    with pytest.raises(SumcheckError):
+        verify_sumcheck(spec, proof, Transcript(b"sc"), h + 1)
+    plain = dataclasses_replace(spec, hiding=False, table_vars=(N - 1, N - 1, short_vars))
+    with pytest.raises(VerificationError):
+        verify_sumcheck(plain, proof, Transcript(b"sc"), h)
+
+
+def dataclasses_replace(obj, **kw):
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)
