@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ import numpy as np
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..fixed import WitnessTape
 from ..fixed.format import quantize
+from ..ledger import safeio
+from ..ledger.claims import check_run_claims
+from ..ledger.errors import RunDirectoryError
+from ..ledger.merkle import LedgerError
 from ..ledger.rundir import RunDirectory
 from ..zk.errors import ProofFormatError, VerificationError
 from ..zk.training import (
@@ -59,6 +64,7 @@ TAPE_DIR = "tapes"  # = strategies.fixed.TAPE_DIR: private, never published
 BATCH_OPENINGS_FILE = "batch-openings.json"
 CHAIN_DIR = "chain"  # under tapes/: private state that continues a chain after its last unit
 BATCH_OPENINGS_FORMAT = "lightning-zk/batch-openings"
+MAX_PROOF_BYTES = 1 << 30  # largest proof file a verifier reads
 _UNIT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.lzkt$")
 
 
@@ -78,14 +84,15 @@ def batch_openings_path(run_dir: str | Path) -> Path:
 def read_batch_openings(path: str | Path) -> dict[str, dict[str, Any]]:
     """Unit name (``unit-FFFFFFFF-LLLLLLLL``) -> {first, last, seed (hex), batch (root hex)}."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(safeio.read_regular(path, "batch openings", safeio.MAX_JSON_BYTES))
         if data.get("format") != BATCH_OPENINGS_FORMAT or data.get("version") != 1:
             raise ValueError("not a lightning-zk batch-openings file (version 1)")
         units = dict(data["units"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            RunDirectoryError) as err:
         raise ProofRunError(f"cannot read batch openings {path}: {err}") from err
     return units
 
@@ -127,13 +134,21 @@ def _unit_files(run: RunDirectory) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
-def _read_unit(path: Path) -> tuple[TrainingStatement, UnitProof]:
-    """A published unit's statement and proof (never unpickled)."""
+def _read_public(run: RunDirectory, path: Path, limit: int) -> bytes:
+    """A file of ``RUN/proofs/`` (resolved inside the run, regular, at most ``limit`` bytes)."""
+    name = path.relative_to(run.path).as_posix()
     try:
-        stmt = TrainingStatement.from_bytes(path.with_suffix(".json").read_bytes())
-        return stmt, decode_training_proof(path.read_bytes(), UnitProof)
-    except OSError as err:
-        raise ProofRunError(f"cannot read {path} or its statement: {err}") from err
+        return safeio.read_regular(run.file(name, "a proof file"), name, limit)
+    except RunDirectoryError as err:
+        raise ProofRunError(f"cannot read {path}: {err}") from err
+
+
+def _read_unit(path: Path, run: RunDirectory | None = None) -> tuple[TrainingStatement, UnitProof]:
+    """A published unit's statement and proof (never unpickled)."""
+    run = run or RunDirectory(path.parent.parent)
+    stmt = TrainingStatement.from_bytes(_read_public(run, path.with_suffix(".json"),
+                                                     safeio.MAX_JSON_BYTES))
+    return stmt, decode_training_proof(_read_public(run, path, MAX_PROOF_BYTES), UnitProof)
 
 
 def chain_progress(run_dir: str | Path) -> tuple[int, bool]:
@@ -180,7 +195,7 @@ class ChainProver:
             raise ProofRunError(f"cannot continue the chain after {path.name}: its private chain "
                                 f"state {state} is missing; {hint}")
         try:
-            stmt, proof = _read_unit(path)
+            stmt, proof = _read_unit(path, self.run)
             pending = verify_unit(proof, stmt)
             seed, params = _load_chain_state(state)
             self.link = resume_link(stmt, pending, params, seed, backend=self.backend)
@@ -271,6 +286,12 @@ def prove_run(run_dir: str | Path, aggregate: str = "step", backend: str = "auto
     units = plan_units(run, aggregate)
     if not units:
         raise ProofRunError(f"{run.path} commits no steps: nothing to prove")
+    with run.lock("proving"):
+        return _prove_all(run, units, backend, on_unit, prove_kwargs)
+
+
+def _prove_all(run: RunDirectory, units: list[list[int]], backend: str,
+               on_unit: Callable[[list[int]], None] | None, prove_kwargs: dict[str, Any]) -> int:
     proof_dir = run.path / PROOF_DIR
     if proof_dir.exists():
         for old in proof_dir.iterdir():
@@ -304,11 +325,12 @@ def _read_chain(run: RunDirectory) -> tuple[list[TrainingStatement], list[UnitPr
         raise ProofRunError(f"{run.path} has no proofs/ directory: nothing to verify")
     statements, proofs = [], []
     for _, _, path in _unit_files(run):
-        stmt, proof = _read_unit(path)
+        stmt, proof = _read_unit(path, run)
         statements.append(stmt)
         proofs.append(proof)
     seal_path = proof_dir / SEAL_FILE
-    seal = decode_training_proof(seal_path.read_bytes(), SealProof) if seal_path.is_file() else None
+    seal = decode_training_proof(_read_public(run, seal_path, MAX_PROOF_BYTES), SealProof) \
+        if os.path.lexists(seal_path) else None
     return statements, proofs, seal
 
 
@@ -333,11 +355,10 @@ def _check_against_run(run: RunDirectory, statements: Sequence[TrainingStatement
 
 def verify_run(run_dir: str | Path) -> ProofReport:
     """Check a fixed-point run's proofs, chain, coverage and ledger (see the module doc)."""
-    from ..ledger.merkle import Ledger, LedgerError, parse_root
-
     run = RunDirectory(run_dir)
     records = run.read_steps()
     report = ProofReport(ok=False, steps_committed=len(records))
+    manifest = run.read_manifest()
     try:
         statements, proofs, seal = _read_chain(run)
         report.units = len(proofs)
@@ -351,18 +372,12 @@ def verify_run(run_dir: str | Path) -> ProofReport:
         report.problems.append(
             f"the proofs cover steps {first}..{(first or 0) + report.steps_proven - 1}, the run "
             f"commits steps 0..{len(records) - 1}")
-    published = run.read_manifest().get("ledger")
-    if (run.path / "ledger.sqlite").is_file():
-        try:
-            with Ledger.open(run.path) as ledger:
-                ledger.check_integrity()
-                ledger.check_records(records)
-                if published:
-                    ledger.check_root(int(published["size"]), parse_root(str(published["root"])))
-            report.ledger = "verified"
-        except LedgerError as err:
-            report.ledger = "FAILED"
-            report.problems.append(f"ledger: {err}")
+    try:  # a finished run, all its records, and the ledger it published (if any) present
+        claims = check_run_claims(run, manifest, records)
+        report.ledger = "verified" if claims.ledger_root is not None else "absent"
+    except (RunDirectoryError, LedgerError) as err:
+        report.ledger = "FAILED" if isinstance(err, LedgerError) else report.ledger
+        report.problems.append(f"run: {err}")
     report.ok = not report.problems
     return report
 
@@ -397,7 +412,7 @@ def check_run_batches(run_dir: str | Path, batches: Mapping[int, tuple[Any, Any]
     units = sorted(p for p in proof_dir.glob("unit-*.json")) if proof_dir.is_dir() else []
     checked = []
     for path in units:
-        stmt = TrainingStatement.from_bytes(path.read_bytes())
+        stmt = TrainingStatement.from_bytes(_read_public(run, path, safeio.MAX_JSON_BYTES))
         steps = range(stmt.step_start, stmt.step_start + stmt.num_steps)
         given = [s in batches for s in steps]
         if not any(given):

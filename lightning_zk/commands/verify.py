@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ._guard import run_command
 
 HELP = "verify a fixed-point run's zero-knowledge proofs, their chain and the ledger"
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lightning-zk verify", description=HELP)
+    return run_command("lightning-zk verify", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-zk verify", description=HELP,
+                                     epilog="Add --debug to see the traceback of a failure.")
     parser.add_argument("run", type=Path)
     args = parser.parse_args(argv)
 
@@ -18,13 +24,8 @@ def main(argv: list[str]) -> int:
     from rich.table import Table
 
     from ..audit.proofs import verify_run
-    from ..ledger.rundir import RunDirectoryError
 
-    try:
-        report = verify_run(args.run)
-    except RunDirectoryError as err:
-        print(f"lightning-zk verify: {err}", file=sys.stderr)
-        return 2
+    report = verify_run(args.run)
     table = Table(title=f"zk verification of {args.run}", show_header=False)
     table.add_row("result", "[green]OK[/green]" if report.ok else "[red]FAILED[/red]")
     table.add_row("proof units", str(report.units))

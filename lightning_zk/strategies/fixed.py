@@ -86,12 +86,11 @@ class FixedPointSession(TrainingSession):
     def tape_path(self, step: int) -> Path:
         return self.tape_dir / f"step-{step:08d}.npz"
 
-    def _start(self) -> None:
-        super()._start()
-        # The public constants every proof of this run must carry.
-        self.manifest["fixed"] = {"dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
-                                  "value_bits": self.config.value_bits, "lr": self.engine.lr}
-        self.run.write_manifest(self.manifest)
+    def _manifest_sections(self) -> dict[str, Any]:
+        """The public constants every proof of this run must carry (in the first manifest write:
+        a kill can never leave a fixed-point manifest without them)."""
+        return {"fixed": {"dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
+                          "value_bits": self.config.value_bits, "lr": self.engine.lr}}
 
     def _round_initial_state(self) -> None:
         """Nothing to round: the engine quantised the weights onto the 2^-s grid."""

@@ -146,7 +146,7 @@ def test_ledger_not_matching_published_root(honest, tmp_path):
     manifest = run.read_manifest()
     manifest["ledger"]["root"] = "ab" * 32
     run.write_manifest(manifest)
-    with pytest.raises(DisputeError, match="trainer's ledger cannot be trusted"):
+    with pytest.raises(DisputeError, match="trainer's run cannot be trusted"):
         _dispute(tmp_path / "run", honest / "audit")
 
 
