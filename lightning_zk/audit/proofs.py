@@ -23,6 +23,7 @@ batch commitment commits to *their* data (it needs the private seeds of ``batch-
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -65,6 +66,7 @@ BATCH_OPENINGS_FILE = "batch-openings.json"
 CHAIN_DIR = "chain"  # under tapes/: private state that continues a chain after its last unit
 BATCH_OPENINGS_FORMAT = "lightning-zk/batch-openings"
 MAX_PROOF_BYTES = 1 << 30  # largest proof file a verifier reads
+MAX_TAPE_BYTES = 1 << 34  # largest witness tape the prover reads
 _UNIT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.lzkt$")
 
 
@@ -146,8 +148,11 @@ def _read_public(run: RunDirectory, path: Path, limit: int) -> bytes:
 def _read_unit(path: Path, run: RunDirectory | None = None) -> tuple[TrainingStatement, UnitProof]:
     """A published unit's statement and proof (never unpickled)."""
     run = run or RunDirectory(path.parent.parent)
-    stmt = TrainingStatement.from_bytes(_read_public(run, path.with_suffix(".json"),
-                                                     safeio.MAX_JSON_BYTES))
+    data = _read_public(run, path.with_suffix(".json"), safeio.MAX_JSON_BYTES)
+    try:
+        stmt = TrainingStatement.from_bytes(data)
+    except (RecursionError, OverflowError) as err:
+        raise ProofRunError(f"{path.with_suffix('.json')}: not a usable statement ({err})") from err
     return stmt, decode_training_proof(_read_public(run, path, MAX_PROOF_BYTES), UnitProof)
 
 
@@ -259,8 +264,22 @@ def load_tapes(run: RunDirectory, steps: Sequence[int]) -> list[WitnessTape]:
                 f"step {step} of {run.path} has no witness tape (train with "
                 "VerifiableStrategy(mode='fixed', save_tapes=True))"
             )
-        tapes.append(WitnessTape.load(run.path / str(extra["tape"])))
+        tapes.append(_load_tape(run, step, extra))
     return tapes
+
+
+def _load_tape(run: RunDirectory, step: int, extra: Mapping[str, Any]) -> WitnessTape:
+    """The tape a record names, read inside the run and checked against the record's digest."""
+    what = f"witness tape of step {step}"
+    try:
+        path = run.file(extra["tape"], what)
+        data = safeio.read_regular(path, what, MAX_TAPE_BYTES)
+    except RunDirectoryError as err:
+        raise ProofRunError(str(err)) from err
+    if hashlib.sha256(data).hexdigest() != extra.get("tape_sha256"):
+        raise ProofRunError(f"{path} is not the tape step {step} committed (its sha256 differs "
+                            "from the record's tape_sha256)")
+    return WitnessTape.load(io.BytesIO(data), source=str(path))
 
 
 def plan_units(run: RunDirectory, aggregate: str) -> list[list[int]]:

@@ -11,7 +11,13 @@ them first with :func:`check_run_claims`:
 - the last record's state digest is the claimed final state;
 - a run that publishes a ledger presents it: ``ledger.sqlite`` is a regular file in the run, every
   leaf equals the leaf of its record, and the leaves hash to the published root;
-- a finished run that holds a ledger but publishes none (``ledger: null``) was edited.
+- a finished run that holds a ledger but publishes none (``ledger: null``) was edited;
+- every state file in ``checkpoints/`` loads and is the state its step committed, and none that
+  the run's checkpoint schedule promises (``ledger.checkpoint_every_n_steps``, ``save_last``) is
+  missing;
+- (``logs=True``) every record's rounding log is present with its committed size and digest. A
+  replay reads each log at its step and reports a bad one as a mismatch of that step, so the
+  audit skips this; ``verify`` (a fixed-point run's empty logs) and ``ledger --verify`` do not.
 
 An unfinished run (killed, or still training: ``final_state_digest`` is ``null``) claims nothing
 about its end; :func:`check_run_claims` refuses it unless the caller accepts a prefix.
@@ -19,14 +25,22 @@ about its end; :func:`check_run_claims` refuses it unless the caller accepts a p
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from hmac import compare_digest
 from typing import Any
 
+from ..rounding.log import HEADER_SIZE, MAX_BODY_BYTES
+from . import safeio
 from .errors import RunClaimError
 from .merkle import LEDGER_FILE, Ledger, parse_root
-from .rundir import RunDirectory, StepRecord
+from .rundir import CHECKPOINT_DIR, RunDirectory, StepRecord
+from .state import StateError, load_snapshot
+
+_CHECKPOINT_RE = re.compile(r"step-(\d{8,})\.safetensors")
 
 
 @dataclass(frozen=True)
@@ -58,7 +72,7 @@ def _has_ledger_file(run: RunDirectory) -> bool:
 
 def check_run_claims(run: RunDirectory, manifest: Mapping[str, Any] | None = None,
                      records: Sequence[StepRecord] | None = None,
-                     require_finished: bool = True) -> RunClaims:
+                     require_finished: bool = True, logs: bool = True) -> RunClaims:
     """Check the manifest's claims against ``steps.jsonl`` and the ledger (module doc).
 
     Raises:
@@ -108,7 +122,66 @@ def check_run_claims(run: RunDirectory, manifest: Mapping[str, Any] | None = Non
             "(ledger is null or missing): the manifest was edited. A run that committed a "
             "ledger must publish its root."
         )
+    _check_checkpoints(run, manifest, records, finished)
+    if logs and manifest.get("role") != "audit":  # an auditor's run holds no logs of its own
+        _check_logs(run, records)
     return RunClaims(finished, len(records), claimed, final, size, root)
+
+
+def _check_logs(run: RunDirectory, records: Sequence[StepRecord]) -> None:
+    for record in records:
+        what = f"rounding log of step {record.step}"
+        path = run.file(record.log_file, what)
+        data = safeio.read_regular(path, what, HEADER_SIZE + MAX_BODY_BYTES)
+        digest = hashlib.sha256(data).hexdigest()
+        if len(data) != record.log_bytes or not compare_digest(digest, record.log_sha256):
+            raise RunClaimError(
+                f"{path} ({len(data)} bytes, sha256 {digest[:16]}…) is not the rounding log step "
+                f"{record.step} committed ({record.log_bytes} bytes, {record.log_sha256[:16]}…)"
+            )
+
+
+def _check_checkpoints(run: RunDirectory, manifest: Mapping[str, Any],
+                       records: Sequence[StepRecord], finished: bool) -> None:
+    """Each state file is its step's committed state; the promised ones are all there."""
+    committed = {0: manifest["initial_state"]["digest"]}
+    committed.update({r.step + 1: r.state_digest for r in records})
+    folder = run.file(CHECKPOINT_DIR, "the checkpoint directory")
+    found = set()
+    names = sorted(os.listdir(folder)) if folder.is_dir() else []
+    for name in names:
+        match = _CHECKPOINT_RE.fullmatch(name)
+        if match is None:
+            continue
+        n = int(match.group(1))
+        what = f"checkpoint after {n} steps"
+        if n not in committed:
+            raise RunClaimError(f"{folder / name}: the run commits only {len(records)} steps, so "
+                                f"there is no state after {n} steps to checkpoint")
+        path = run.file(f"{CHECKPOINT_DIR}/{name}", what)
+        safeio.regular_size(path, what, safeio.MAX_CHECKPOINT_BYTES)
+        try:
+            digest = load_snapshot(path).digest()
+        except StateError as err:
+            raise RunClaimError(f"{what}: {err}") from err
+        if not compare_digest(digest, committed[n]):
+            raise RunClaimError(f"{path} holds state {digest[:16]}…, but the run committed "
+                                f"{committed[n][:16]}… after {n} steps")
+        found.add(n)
+    expected = {0}
+    ledger = manifest.get("ledger")
+    if ledger is not None and finished:
+        every = ledger["checkpoint_every_n_steps"]
+        steps = len(records)
+        if every:
+            expected.update(range(every, steps + 1, every))
+        if ledger.get("save_last") and steps:
+            expected.add(steps)
+    missing = sorted(expected - found)
+    if missing:
+        raise RunClaimError(f"{folder} lacks the state after {missing[0]} steps "
+                            f"(checkpoints/step-{missing[0]:08d}.safetensors), which the run's "
+                            "checkpoint schedule promises")
 
 
 __all__ = ["RunClaims", "check_run_claims"]

@@ -197,11 +197,16 @@ def _check_ledger_file(path: Path) -> None:
                 safeio.regular_size(inner, companion.name, MAX_LEDGER_BYTES)
     except RunDirectoryError as err:
         raise LedgerFileError(str(err)) from err
+    had_wal = os.path.lexists(path.with_name(path.name + "-wal"))  # before SQLite makes one
     try:
-        con = sqlite3.connect(f"file:{quote(str(real))}?mode=ro", uri=True)
+        # immutable: a reader leaves no -wal/-shm behind (only a killed writer's WAL is read)
+        mode = "mode=ro" if had_wal else "mode=ro&immutable=1"
+        con = sqlite3.connect(f"file:{quote(str(real))}?{mode}", uri=True)
         try:
             found = con.execute(
                 "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='leaf'").fetchone()
+            pages = con.execute("PRAGMA page_count").fetchone()[0]
+            page_size = con.execute("PRAGMA page_size").fetchone()[0]
         finally:
             con.close()
     except sqlite3.Error as err:
@@ -209,6 +214,10 @@ def _check_ledger_file(path: Path) -> None:
     if not found or found[0] != 1:
         raise LedgerFileError(f"{path} is an SQLite file without a 'leaf' table, not a "
                               "lightning-zk ledger")
+    size = os.stat(real).st_size
+    if not had_wal and size != pages * page_size:
+        raise LedgerFileError(f"{path} is {size} bytes, but its {pages} pages of {page_size} bytes "
+                              f"make {pages * page_size}: truncated or with bytes appended")
 
 
 class Ledger:

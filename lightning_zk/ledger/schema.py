@@ -31,6 +31,7 @@ Unknown keys are refused in the sections a reader relies on (the top level, ``st
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -328,8 +329,8 @@ TRAINER_SETTINGS = Obj({
 LEDGER = Obj({
     "file": Enum("ledger.sqlite"), "leaf_format": Enum("lightning-zk/leaf/v1"),
     "algorithm": Enum("sha256"), "size": COUNT, "root": DIGEST,
-    "checkpoint_every_n_steps": Maybe(Int(1, U63)),
-})
+    "checkpoint_every_n_steps": Maybe(Int(1, U63)), "save_last": Bool(),
+}, optional=("save_last",))
 DATA_ORDER = Obj({"batch_size": Int(1, U63), "drop_last": Bool(), "length": COUNT, "shuffle": Bool()},
                  extra=Json())
 
@@ -342,6 +343,26 @@ def _fixed_matches_strategy(m: Mapping[str, Any]) -> str | None:
     if fixed and any(m["fixed"][k] != m["strategy"][k] for k in ("frac_bits", "value_bits")):
         return "frac_bits/value_bits differ from the strategy's"
     return None
+
+
+#: The manifest sections that identify a run's computation; ``fingerprint`` hashes exactly these
+#: (a new section that shapes the computation is added here, and to the session's identity).
+IDENTITY_PARTS = ("strategy", "model", "data", "optimizers")
+
+
+def run_fingerprint(parts: Mapping[str, Any]) -> str:
+    """SHA-256 over a domain tag and the canonical JSON of the identity sections."""
+    if set(parts) != set(IDENTITY_PARTS):
+        raise ValueError(f"a run's identity has the sections {sorted(IDENTITY_PARTS)}, got "
+                         f"{sorted(parts)}: declare new ones in IDENTITY_PARTS")
+    data = json.dumps(dict(parts), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return hashlib.sha256(b"lightning-zk/run-fingerprint/v1" + data).hexdigest()
+
+
+def _fingerprint(m: Mapping[str, Any]) -> str | None:
+    actual = run_fingerprint({k: m[k] for k in IDENTITY_PARTS})
+    return None if m["fingerprint"] == actual else (
+        f"is not the hash of the run's {', '.join(IDENTITY_PARTS)} sections ({actual[:16]}…)")
 
 
 def _ledger_size(m: Mapping[str, Any]) -> str | None:
@@ -385,7 +406,8 @@ MANIFEST = Obj({
     "audit_result": Obj({"ok": Bool(), "first_mismatch_step": Maybe(COUNT)}),
 }, optional=("updated", "lightning_zk_version", "fixed", "ledger", "role", "audited_run",
              "audit_result", "created", "versions", "hardware"),
-   rules=[("fixed", _fixed_matches_strategy), ("ledger.size", _ledger_size),
+   rules=[("fingerprint", _fingerprint), ("fixed", _fixed_matches_strategy),
+          ("ledger.size", _ledger_size),
           ("final_state_digest", _empty_run_final)])
 
 
@@ -490,7 +512,7 @@ def check_record(record: Any, file: str = "steps.jsonl", line: int | None = None
 
 
 __all__ = [
-    "Bool", "Enum", "Float", "Hex", "Int", "Json", "LEDGER", "List", "MANIFEST", "MAX_DEPTH",
+    "IDENTITY_PARTS", "run_fingerprint", "Bool", "Enum", "Float", "Hex", "Int", "Json", "LEDGER", "List", "MANIFEST", "MAX_DEPTH",
     "Map", "Maybe", "Obj", "RECORD_EXTRA", "STEP_RECORD", "STRATEGY", "Spec", "Str", "TRAINER_SETTINGS",
     "Tagged", "Tuple", "check", "check_manifest", "check_record", "log_file_name", "parse_json",
     "tape_file_name",

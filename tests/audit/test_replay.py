@@ -170,13 +170,13 @@ def test_corrupted_initial_checkpoint(honest_run):
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(AuditInputError, match="step-00000000.safetensors"):
+    with pytest.raises(RunClaimError, match="step-00000000.safetensors"):  # checked before replaying
         _audit("mlp", honest_run.path)
 
 
 def test_missing_initial_checkpoint(honest_run):
     honest_run.checkpoint_path(0).unlink()
-    with pytest.raises(AuditInputError, match="does not exist"):
+    with pytest.raises(RunClaimError, match="lacks the state after 0 steps"):
         _audit("mlp", honest_run.path)
 
 
