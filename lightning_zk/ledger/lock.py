@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -77,18 +78,19 @@ class RunLock:
         info = {"pid": os.getpid(), "host": socket.gethostname(), "purpose": self.purpose,
                 "started": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         data = (json.dumps(info, sort_keys=True) + "\n").encode("utf-8")
-        os.ftruncate(self._fd, 0)
+        # overwrite, then cut: a reader never sees an empty file once a holder has written
         os.pwrite(self._fd, data, 0)
+        os.ftruncate(self._fd, len(data))
         os.fsync(self._fd)
 
     def release(self) -> None:
-        """Give the lock back (the OS does it anyway when the process ends)."""
+        """Give the lock back (the OS does it anyway when the process ends).
+
+        The holder's description stays: it is only read by a writer that failed to lock, that is
+        while a (new) holder has written its own.
+        """
         fd, self._fd = self._fd, None
         if fd is not None:
-            try:
-                os.ftruncate(fd, 0)  # no stale holder description for the next reader
-            except OSError:
-                pass
             fcntl.flock(fd, fcntl.LOCK_UN)
             os.close(fd)
 
@@ -99,13 +101,19 @@ class RunLock:
         self.release()
 
 
-def _read_holder(fd: int) -> dict[str, object] | None:
-    try:
-        data = os.pread(fd, _MAX_HOLDER_BYTES, 0)
-        info = json.loads(data.decode("utf-8"))
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
+def _read_holder(fd: int, wait_s: float = 2.0) -> dict[str, object] | None:
+    """The holder's description; it writes it right after locking, so wait a moment for it."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            info = json.loads(os.pread(fd, _MAX_HOLDER_BYTES, 0).decode("utf-8"))
+            if isinstance(info, dict):
+                return info
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.01)
 
 
 def _describe(info: dict[str, object] | None) -> str:

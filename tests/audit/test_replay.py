@@ -12,6 +12,7 @@ import torch
 from lightning_zk import RunDirectory, RunDirectoryError, VerifiableStrategy
 from lightning_zk.audit import AuditConfigError, AuditInputError, replay
 from lightning_zk.ledger.errors import RunClaimError
+from lightning_zk.ledger.schema import IDENTITY_PARTS, run_fingerprint
 from lightning_zk.rounding.log import StepLog, encode_step_log, read_step_log
 from lightning_zk.testing import NondeterminismEmulator
 from tests.models import MLP, loader, make_model, trainer_kwargs
@@ -221,7 +222,11 @@ def test_other_optimizer_hyperparameters(honest_run):
 def test_thresholds_resolved_differently_are_refused(honest_run):
     manifest = json.loads(honest_run.manifest_path.read_text())
     manifest["strategy"]["thresholds"]["base"] = 0.001
-    honest_run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(RunDirectoryError, match="fingerprint"):  # an edit of the identity ...
+        honest_run.manifest_path.write_text(json.dumps(manifest))
+        honest_run.read_manifest()
+    manifest["fingerprint"] = run_fingerprint({k: manifest[k] for k in IDENTITY_PARTS})
+    honest_run.manifest_path.write_text(json.dumps(manifest))  # ... even with its fingerprint
     with pytest.raises(RunDirectoryError, match="strategy.thresholds.*resolved thresholds"):
         replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))
 
