@@ -48,6 +48,21 @@ def _lightning_cli(args: Sequence[str]) -> int:
     return 0
 
 
+def _fit_command(args: list[str]) -> int:
+    """LightningCLI, with lightning-zk's typed errors (a run directory in use, a run of another
+    configuration...) as one line; errors of the user's own code keep their traceback."""
+    from .commands._guard import DEBUG_FLAG, debug_requested, input_errors, one_line
+
+    debug = debug_requested(args)
+    try:
+        return _lightning_cli([a for a in args if a != DEBUG_FLAG])
+    except Exception as err:
+        if debug or not isinstance(err, input_errors()) or isinstance(err, OSError):
+            raise
+        print(f"lightning-zk {args[0]}: {one_line(err)}", file=sys.stderr)
+        return 2
+
+
 def _usage() -> str:
     lines = [
         "usage: lightning-zk COMMAND [options]",
@@ -56,6 +71,7 @@ def _usage() -> str:
     ]
     for name, text in commands.available().items():
         lines.append(f"  {name:<30} {text}")
+    lines += ["", "Every command prints a failure as one line; add --debug for its traceback."]
     return "\n".join(lines)
 
 
@@ -66,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(_usage())
         return 0
     if args[0] in LIGHTNING_SUBCOMMANDS:
-        return _lightning_cli(args)
+        return _fit_command(args)
     if args[0] in commands.available():
         return commands.run(args[0], args[1:])
     print(f"lightning-zk: unknown command {args[0]!r}; see `lightning-zk --help`", file=sys.stderr)

@@ -36,6 +36,7 @@ from typing import Any
 import lightning as L
 
 from ..atomic import atomic_write_json
+from ..ledger.claims import check_run_claims
 from ..ledger.merkle import (
     Ledger,
     LedgerError,
@@ -114,26 +115,21 @@ class _Party:
 
 
 def _open_party(name: str, path: str | Path) -> _Party:
+    """A party's run, its claims checked (record count, final state, ledger vs published root)."""
     run = RunDirectory(path)
     try:
         manifest = run.read_manifest()
-    except RunDirectoryError as err:
-        raise DisputeError(f"the {name}'s run: {err}") from err
-    published = manifest.get("ledger") or {}
-    if "root" not in published or "size" not in published:
-        raise DisputeError(
-            f"the {name}'s run {run.path} publishes no ledger root in its manifest. HINT: train "
-            "(or replay with audit_dir) with callbacks=[CommitCallback(...)]."
-        )
-    try:
+        if manifest.get("ledger") is None:
+            raise DisputeError(
+                f"the {name}'s run {run.path} publishes no ledger root in its manifest. HINT: train "
+                "(or replay with audit_dir) with callbacks=[CommitCallback(...)]."
+            )
+        check_run_claims(run, manifest, logs=False)  # the referee checks the logs it replays
+        published = manifest["ledger"]
         ledger = Ledger.open(run.path)
-        root = parse_root(str(published["root"]), f"the {name}'s published root")
-        size = int(published["size"])
-        ledger.check_integrity()
-        ledger.check_root(size, root, source=f"the {name}'s published root")
-    except LedgerError as err:
-        raise DisputeError(f"the {name}'s ledger cannot be trusted: {err}") from err
-    return _Party(name, run, manifest, ledger, size, root)
+    except (RunDirectoryError, LedgerError) as err:
+        raise DisputeError(f"the {name}'s run cannot be trusted: {err}") from err
+    return _Party(name, run, manifest, ledger, published["size"], parse_root(published["root"]))
 
 
 def _check_same_run(trainer: _Party, auditor: _Party) -> None:

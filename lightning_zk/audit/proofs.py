@@ -31,8 +31,10 @@ unit's public batch commitment commits to *their* data (it needs the private see
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +47,9 @@ from ..atomic import atomic_write_bytes, atomic_write_json
 from ..fixed import WitnessTape
 from ..fixed.engine import mse_constant
 from ..fixed.format import quantize
+from ..ledger import safeio
+from ..ledger.claims import check_run_claims
+from ..ledger.errors import RunDirectoryError
 from ..ledger.hiding import SCHEME
 from ..ledger.merkle import LedgerError, leaf_bytes, leaf_hash
 from ..ledger.rundir import RunDirectory, StepRecord
@@ -71,8 +76,11 @@ TAPE_DIR = "tapes"  # = strategies.fixed.TAPE_DIR: private, never published
 BATCH_OPENINGS_FILE = "batch-openings.json"
 CHAIN_DIR = "chain"  # under tapes/: private state that continues a chain after its last unit
 BATCH_OPENINGS_FORMAT = "lightning-zk/batch-openings"
+MAX_PROOF_BYTES = 1 << 30  # largest proof file a verifier reads
+MAX_TAPE_BYTES = 1 << 34  # largest witness tape the prover reads
 _UNIT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.lzkt$")
-MAX_PROOF_BYTES = 1 << 30  # a proof file larger than this is refused before it is read
+_STATEMENT_RE = re.compile(r"^unit-(\d{8,})-(\d{8,})\.json$")
+_TEMP_RE = re.compile(r"^\..+\.tmp$")  # an atomic write that a kill interrupted (lightning_zk.atomic)
 
 
 class ProofRunError(RuntimeError):
@@ -91,14 +99,15 @@ def batch_openings_path(run_dir: str | Path) -> Path:
 def read_batch_openings(path: str | Path) -> dict[str, dict[str, Any]]:
     """Unit name (``unit-FFFFFFFF-LLLLLLLL``) -> {first, last, seed (hex), batch (root hex)}."""
     path = Path(path)
-    if not path.is_file():
+    if not os.path.lexists(path):
         return {}
     try:
-        data = json.loads(path.read_bytes())
+        data = json.loads(safeio.read_regular(path, "batch openings", safeio.MAX_JSON_BYTES))
         if data.get("format") != BATCH_OPENINGS_FORMAT or data.get("version") != 1:
             raise ValueError("not a lightning-zk batch-openings file (version 1)")
         units = dict(data["units"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError,
+            RunDirectoryError) as err:
         raise ProofRunError(f"cannot read batch openings {path}: {err}") from err
     return units
 
@@ -140,30 +149,28 @@ def _unit_files(run: RunDirectory) -> list[tuple[int, int, Path]]:
     return sorted(found)
 
 
-def _read_bounded(path: Path, limit: int) -> bytes:
-    """A regular file's bytes, refusing anything else (FIFO, device, directory) or too large."""
+def _read_public(run: RunDirectory, path: Path, limit: int) -> bytes:
+    """A file of ``RUN/proofs/`` (resolved inside the run, regular, at most ``limit`` bytes)."""
+    name = path.relative_to(run.path).as_posix()
     try:
-        if path.is_symlink() or not path.is_file():
-            raise ProofRunError(f"{path} is missing or not a regular file")
-        size = path.stat().st_size
-        if size > limit:
-            raise ProofRunError(f"{path} is {size} bytes, more than the {limit} it may hold")
-        return path.read_bytes()
-    except OSError as err:
+        return safeio.read_regular(run.file(name, "a proof file"), name, limit)
+    except RunDirectoryError as err:
         raise ProofRunError(f"cannot read {path}: {err}") from err
 
 
-def _read_unit(path: Path) -> tuple[TrainingStatement, UnitProof]:
+def _read_unit(path: Path, run: RunDirectory | None = None) -> tuple[TrainingStatement, UnitProof]:
     """A published unit's statement and proof (never unpickled)."""
     from ..zk.training.statement import MAX_STATEMENT_BYTES
 
+    run = run or RunDirectory(path.parent.parent)
     statement = path.with_suffix(".json")
+    data = _read_public(run, statement, MAX_STATEMENT_BYTES)
     try:
-        stmt = TrainingStatement.from_bytes(_read_bounded(statement, MAX_STATEMENT_BYTES))
-    except ParameterError as err:
+        stmt = TrainingStatement.from_bytes(data)
+    except (ParameterError, RecursionError, OverflowError) as err:
         raise ProofRunError(f"{statement}: {err}") from err
     try:
-        proof = decode_training_proof(_read_bounded(path, MAX_PROOF_BYTES), UnitProof)
+        proof = decode_training_proof(_read_public(run, path, MAX_PROOF_BYTES), UnitProof)
     except ProofFormatError as err:
         raise ProofRunError(f"{path}: {err}") from err
     return stmt, proof
@@ -209,6 +216,8 @@ class ChainProver:
 
     def _resume(self) -> None:
         units = _unit_files(self.run)
+        for name in _publication_residue(self.run, units):  # a kill while publishing a unit
+            (self.run.path / PROOF_DIR / name).unlink(missing_ok=True)
         if not units:
             return
         first, last, path = units[-1]
@@ -222,7 +231,7 @@ class ChainProver:
             raise ProofRunError(f"cannot continue the chain after {path.name}: its private chain "
                                 f"state {state} is missing; {hint}")
         try:
-            stmt, proof = _read_unit(path)
+            stmt, proof = _read_unit(path, self.run)
             pending = verify_unit(proof, stmt)
             seed, params = _load_chain_state(state)
             self.link = resume_link(stmt, pending, params, seed, backend=self.backend)
@@ -301,8 +310,22 @@ def load_tapes(run: RunDirectory, steps: Sequence[int]) -> list[WitnessTape]:
                 f"step {step} of {run.path} has no witness tape (train with "
                 "VerifiableStrategy(mode='fixed', save_tapes=True))"
             )
-        tapes.append(WitnessTape.load(run.path / str(extra["tape"])))
+        tapes.append(_load_tape(run, step, extra))
     return tapes
+
+
+def _load_tape(run: RunDirectory, step: int, extra: Mapping[str, Any]) -> WitnessTape:
+    """The tape a record names, read inside the run and checked against the record's digest."""
+    what = f"witness tape of step {step}"
+    try:
+        path = run.file(extra["tape"], what)
+        data = safeio.read_regular(path, what, MAX_TAPE_BYTES)
+    except RunDirectoryError as err:
+        raise ProofRunError(str(err)) from err
+    if hashlib.sha256(data).hexdigest() != extra.get("tape_sha256"):
+        raise ProofRunError(f"{path} is not the tape step {step} committed (its sha256 differs "
+                            "from the record's tape_sha256)")
+    return WitnessTape.load(io.BytesIO(data), source=str(path))
 
 
 def plan_units(run: RunDirectory, aggregate: str) -> list[list[int]]:
@@ -328,6 +351,12 @@ def prove_run(run_dir: str | Path, aggregate: str = "step", backend: str = "auto
     units = plan_units(run, aggregate)
     if not units:
         raise ProofRunError(f"{run.path} commits no steps: nothing to prove")
+    with run.lock("proving"):
+        return _prove_all(run, units, backend, on_unit, prove_kwargs)
+
+
+def _prove_all(run: RunDirectory, units: list[list[int]], backend: str,
+               on_unit: Callable[[list[int]], None] | None, prove_kwargs: dict[str, Any]) -> int:
     proof_dir = run.path / PROOF_DIR
     if proof_dir.exists():
         for old in proof_dir.iterdir():
@@ -366,13 +395,14 @@ def _read_chain(run: RunDirectory) -> tuple[list[TrainingStatement], list[UnitPr
     units = _unit_files(run)
     expected = {SEAL_FILE} | {p.name for _, _, p in units} | {
         p.with_suffix(".json").name for _, _, p in units}
-    stray = sorted(p.name for p in proof_dir.iterdir() if p.name not in expected)
+    residue = set(_publication_residue(run, units))
+    stray = sorted(p.name for p in proof_dir.iterdir() if p.name not in expected | residue)
     if stray:
         raise ProofRunError(f"{proof_dir} holds files that are not proof units or the seal: "
                             f"{', '.join(stray[:5])}")
     statements, proofs = [], []
     for first, last, path in units:
-        stmt, proof = _read_unit(path)
+        stmt, proof = _read_unit(path, run)
         if (first, last) != (stmt.step_start, stmt.step_start + stmt.num_steps - 1):
             raise ProofRunError(
                 f"{path.name} names steps {first}..{last}, its statement proves steps "
@@ -381,12 +411,28 @@ def _read_chain(run: RunDirectory) -> tuple[list[TrainingStatement], list[UnitPr
         proofs.append(proof)
     seal_path = proof_dir / SEAL_FILE
     seal = None
-    if seal_path.exists() or seal_path.is_symlink():
+    if os.path.lexists(seal_path):
         try:
-            seal = decode_training_proof(_read_bounded(seal_path, MAX_PROOF_BYTES), SealProof)
+            seal = decode_training_proof(_read_public(run, seal_path, MAX_PROOF_BYTES), SealProof)
         except ProofFormatError as err:
             raise ProofRunError(f"{seal_path}: {err}") from err
     return statements, proofs, seal
+
+
+def _publication_residue(run: RunDirectory, units: list[tuple[int, int, Path]]) -> list[str]:
+    """What a kill while publishing the next unit leaves in ``proofs/`` (not a unit yet):
+    atomic-write temporaries, and that unit's statement without its proof (a unit is published
+    by the rename of its ``.lzkt``, written after the statement). A resuming prover removes it."""
+    proof_dir = run.path / PROOF_DIR
+    nxt = units[-1][1] + 1 if units else 0
+    out = []
+    for path in proof_dir.iterdir():
+        m = _STATEMENT_RE.match(path.name)
+        if _TEMP_RE.match(path.name) or (
+            m and int(m.group(1)) == nxt and not path.with_suffix(".lzkt").exists()
+        ):
+            out.append(path.name)
+    return out
 
 
 def _declared(manifest: Mapping[str, Any]) -> dict[str, Any]:
@@ -469,8 +515,6 @@ def verify_run(run_dir: str | Path, policy: VerifierPolicy | None = None) -> Pro
     Returns:
         a :class:`ProofReport`; ``ok`` only when every check passed. Nothing is written.
     """
-    from ..ledger.merkle import Ledger, parse_root
-
     policy = policy or VerifierPolicy()
     run = RunDirectory(run_dir)
     manifest = run.read_manifest()
@@ -490,24 +534,13 @@ def verify_run(run_dir: str | Path, policy: VerifierPolicy | None = None) -> Pro
         report.problems.append(
             f"the proofs cover steps {first}..{(first or 0) + report.steps_proven - 1}, the run "
             f"commits steps 0..{len(records) - 1}")
-    published = manifest.get("ledger")
-    ledger_path = run.path / "ledger.sqlite"
-    if published is not None or ledger_path.exists():
-        try:
-            if not isinstance(published, dict):
-                raise LedgerError(f"{ledger_path} exists, but the manifest publishes no ledger "
-                                  "root to check it against")
-            if not ledger_path.is_file():
-                raise LedgerError(f"the manifest publishes a ledger, but {ledger_path} is "
-                                  "missing or not a file")
-            with Ledger.open(run.path) as ledger:
-                ledger.check_integrity()
-                ledger.check_records(records)
-                ledger.check_root(int(published["size"]), parse_root(str(published["root"])))
-            report.ledger = "verified"
-        except (LedgerError, KeyError, TypeError, ValueError) as err:
-            report.ledger = "FAILED"
-            report.problems.append(f"ledger: {err}")
+    try:  # a finished run, all its records, and the ledger it published (if any) present;
+        # checkpoints are the trainer's private files (a public bundle has none)
+        claims = check_run_claims(run, manifest, records, checkpoints=False)
+        report.ledger = "verified" if claims.ledger_root is not None else "absent"
+    except (RunDirectoryError, LedgerError) as err:
+        report.ledger = "FAILED" if isinstance(err, LedgerError) else report.ledger
+        report.problems.append(f"run: {err}")
     report.ok = not report.problems
     return report
 
@@ -542,7 +575,7 @@ def check_run_batches(run_dir: str | Path, batches: Mapping[int, tuple[Any, Any]
     units = sorted(p for p in proof_dir.glob("unit-*.json")) if proof_dir.is_dir() else []
     checked = []
     for path in units:
-        stmt = TrainingStatement.from_bytes(path.read_bytes())
+        stmt = TrainingStatement.from_bytes(_read_public(run, path, safeio.MAX_JSON_BYTES))
         steps = range(stmt.step_start, stmt.step_start + stmt.num_steps)
         given = [s in batches for s in steps]
         if not any(given):

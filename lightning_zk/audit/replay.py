@@ -12,6 +12,7 @@ import lightning as L
 
 from ..atomic import atomic_write_json
 from ..callbacks.commit import CommitCallback
+from ..ledger.claims import check_run_claims
 from ..ledger.rundir import RunDirectory, StepRecord
 from ..rounding.mode import ReplayDivergenceError
 from ..strategies.manifest import hardware, now_utc
@@ -32,7 +33,7 @@ class AuditReport:
 
     ok: bool
     run_dir: str
-    steps_committed: int
+    steps_committed: int  # step records in steps.jsonl
     steps_checked: int
     first_mismatch_step: int | None
     mismatch: dict[str, Any] | None
@@ -43,6 +44,8 @@ class AuditReport:
     elapsed_s: float = 0.0
     hardware: dict[str, Any] = field(default_factory=dict)
     created: str = ""
+    steps_claimed: int | None = None  # what the trainer's finished manifest claims (full audits)
+    claims: str = ""  # the claims checked before the replay (count, final state, ledger root)
     records: list[StepRecord] = field(default_factory=list, repr=False)  # what the replay computed
 
     def to_json(self) -> dict[str, Any]:
@@ -56,7 +59,10 @@ class AuditReport:
 
     def summary(self) -> str:
         if self.ok:
-            return (f"OK: all {self.steps_checked} steps replayed bit-for-bit "
+            claimed = (f" of the {self.steps_claimed} steps the trainer claimed"
+                       if self.steps_claimed is not None else
+                       " recorded steps of an unfinished run" if self.claims else " steps")
+            return (f"OK: all {self.steps_checked}{claimed} replayed bit-for-bit "
                     f"({self.corrections} corrections from {self.logged_elements} logged elements)")
         m = self.mismatch or {}
         return (f"MISMATCH at step {self.first_mismatch_step}: {', '.join(m.get('fields', []))}"
@@ -90,6 +96,7 @@ def replay(
     callbacks: list[L.Callback] | None = None,
     start: ReplayStart | None = None,
     stop: int | None = None,
+    prefix: bool = False,
     **trainer_kwargs: Any,
 ) -> AuditReport:
     """Replay the committed run in ``run_dir`` with ``model`` and data; compare every step.
@@ -100,8 +107,18 @@ def replay(
     the trainer's record. With ``audit_dir`` the auditor commits its own run directory, with a
     Merkle ledger (a :class:`~lightning_zk.CommitCallback` is added unless one is given).
 
+    A full audit (no ``start``/``stop``) first checks the run's claims
+    (:func:`~lightning_zk.ledger.claims.check_run_claims`): the trainer's finished manifest claims
+    exactly the recorded number of steps, ends in the last record's state, and its published
+    ledger is present and hashes to its root. ``ok`` then means every claimed step was replayed.
+    ``prefix=True`` also accepts an unfinished run (killed, or still training) and replays the
+    steps it has recorded so far.
+
     Raises:
-        RunDirectoryError: not a run directory, or an incompatible format version.
+        RunDirectoryError: not a run directory, an incompatible format version, a field outside
+            the schema (``SchemaError``), a path that leaves the run (``UnsafePathError``), or a
+            run whose files disagree with its claims (``RunClaimError``; also an unfinished run).
+        LedgerError: a published ledger that is missing, damaged or does not match.
         AuditInputError: a missing, truncated or corrupted log or checkpoint (names file, step).
         AuditConfigError: the model, data or configuration differs from the committed run's.
 
@@ -113,6 +130,9 @@ def replay(
     source = RunDirectory(run_dir)
     manifest = source.read_manifest()
     records = source.read_steps()
+    full = start is None and stop is None
+    claims = check_run_claims(source, manifest, records, require_finished=not prefix,
+                              logs=False) if full else None  # the replay checks each log
     if not records:
         raise AuditInputError(f"{source.path} commits no steps: nothing to replay")
     start = start or ReplayStart()
@@ -175,4 +195,6 @@ def replay(
         hardware=hardware(strategy.root_device),
         created=now_utc(),
         records=list(session.replayed),
+        steps_claimed=claims.steps_claimed if claims else None,
+        claims=claims.describe() if claims else "",
     )

@@ -108,6 +108,7 @@ class CommitCallback(Callback):
             "size": ledger.size,
             "root": ledger.root().hex(),
             "checkpoint_every_n_steps": self.checkpoint_every_n_steps,
+            "save_last": self.save_last,
         }
         self._close()
 

@@ -88,6 +88,7 @@ class ProofCallback(Callback):
         self.proof_params = {"security_bits": security_bits, "blowup": blowup}
         self._pending: list[tuple[int, Any]] = []  # (step, tape) not yet proved
         self._next: int | None = None  # first step the chain does not cover (None: not read yet)
+        self._sealed = False
         self._prover = None
         self._process = None
         self._queue = None
@@ -115,6 +116,11 @@ class ProofCallback(Callback):
         expected = self._pending[-1][0] + 1 if self._pending else self._next
         if record.step < expected:
             return  # a step recomputed by a resume that the chain already covers
+        if self._sealed:
+            raise ProofError(
+                f"{trainer.strategy.session.run.path}/proofs holds a sealed chain up to step "
+                f"{self._next - 1}: it cannot be extended to step {record.step}. Train without "
+                "ProofCallback and re-prove the whole run afterwards with `lightning-zk prove RUN`.")
         if record.step > expected:
             self._catch_up(trainer, expected, record.step)
         self._pending.append((record.step, session.last_tape))
@@ -150,11 +156,9 @@ class ProofCallback(Callback):
                 self._next, sealed = self._prover.next_step or 0, self._prover.sealed
         except ProofRunError as err:
             raise ProofError(str(err)) from err
-        if sealed:
-            raise ProofError(
-                f"{run_dir}/proofs holds a sealed chain up to step {self._next - 1}: it cannot be "
-                "extended. Train without ProofCallback and re-prove the whole run afterwards with "
-                "`lightning-zk prove RUN`.")
+        # A sealed chain is fine while the resume only re-verifies steps it covers (a run killed
+        # after sealing, before its final manifest); extending it is refused at the next step.
+        self._sealed = sealed
 
     def _catch_up(self, trainer, first: int, stop: int) -> None:
         """Prove steps first..stop-1: committed before a restart, never proved, not recomputed."""

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ._guard import run_command
 
 HELP = "replay a committed run bit-for-bit and report the first mismatching step"
 
@@ -15,7 +16,11 @@ def _print_summary(report) -> None:
 
     table = Table(title=f"audit of {report.run_dir}", show_header=False)
     table.add_row("result", "[green]OK[/green]" if report.ok else "[red]MISMATCH[/red]")
+    claimed = report.steps_claimed if report.steps_claimed is not None else "none (unfinished run)"
+    table.add_row("steps claimed by the trainer", str(claimed))
     table.add_row("steps checked", f"{report.steps_checked} / {report.steps_committed}")
+    if report.claims:
+        table.add_row("claims checked", report.claims)
     table.add_row("first mismatching step", str(report.first_mismatch_step))
     if report.mismatch:
         table.add_row("what differs", ", ".join(report.mismatch.get("fields", [])))
@@ -27,35 +32,46 @@ def _print_summary(report) -> None:
     Console().print(table)
 
 
+def _announce(sources) -> None:
+    """Say which classes the audit will build and from which files, before building any."""
+    print("building from the config (code installed on this machine, never from the run):")
+    for source in sources:
+        print(f"  {source}")
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lightning-zk audit", description=HELP)
+    return run_command("lightning-zk audit", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-zk audit", description=HELP,
+                                     epilog="Add --debug to see the traceback of a failure.")
     parser.add_argument("run", type=Path, help="the trainer's run directory")
-    parser.add_argument("--config", type=Path, help="config with model/data (default: RUN/config.yaml)")
+    parser.add_argument("--config", type=Path, help="config with model/data (default: RUN/config.yaml; "
+                        "pass your own to build only classes you chose)")
     parser.add_argument("--out", type=Path, help="commit the auditor's own run directory here")
     parser.add_argument("--report", type=Path, help="JSON report path (default: OUT/audit_report.json "
                         "or ./audit-<run name>.json)")
     parser.add_argument("--device", help="device to replay on (default: cuda if available, else cpu)")
+    parser.add_argument("--prefix", action="store_true",
+                        help="accept an unfinished run (killed or still training) and replay the "
+                             "steps it has recorded so far")
     args = parser.parse_args(argv)
 
-    from ..audit.config import ConfigError, load_model_and_data
-    from ..audit.replay import AuditConfigError, AuditInputError, replay
-    from ..ledger.rundir import RunDirectoryError
-    from ..ledger.state import StateError
-    from ..rounding.log import RoundingLogError
+    from ..audit.config import load_model_and_data
+    from ..audit.replay import replay
+    from ..audit.untrusted import RunCodeGuard
 
     config = args.config or args.run / "config.yaml"
-    try:
-        model, data = load_model_and_data(config)
+    with RunCodeGuard([args.run]):  # also covers imports made while the replay runs
+        model, data = load_model_and_data(config, untrusted=[args.run], announce=_announce)
         accelerator = "cpu" if (args.device or "cpu").startswith("cpu") else "gpu"
         report = replay(args.run, model, datamodule=data, audit_dir=args.out, device=args.device,
-                        accelerator=accelerator)
-    except (ConfigError, AuditConfigError, AuditInputError, RunDirectoryError, StateError,
-            RoundingLogError) as err:
-        print(f"lightning-zk audit: {err}", file=sys.stderr)
-        return 2
+                        prefix=args.prefix, accelerator=accelerator)
     report_path = args.report or (args.out / "audit_report.json" if args.out else
                                   Path(f"audit-{args.run.resolve().name}.json"))
     report.save(report_path)
     _print_summary(report)
+    print(report.summary())
     print(f"report: {report_path}")
     return 0 if report.ok else 1

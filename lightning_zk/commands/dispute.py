@@ -3,31 +3,39 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ._guard import run_command
 
 HELP = "bisect a trainer's and an auditor's ledgers to the first disputed step and judge it"
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lightning-zk dispute", description=HELP)
+    return run_command("lightning-zk dispute", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-zk dispute", description=HELP,
+                                     epilog="Add --debug to see the traceback of a failure.")
     parser.add_argument("trainer_run", type=Path)
     parser.add_argument("auditor_run", type=Path)
-    parser.add_argument("--config", type=Path, help="model/data config (default: TRAINER_RUN/config.yaml)")
+    parser.add_argument("--config", type=Path, help="model/data config (default: "
+                        "TRAINER_RUN/config.yaml; pass your own to build only classes you chose)")
     parser.add_argument("--out", type=Path, default=Path("verdict.json"), help="verdict JSON path")
     parser.add_argument("--device", help="device the referee replays on")
     args = parser.parse_args(argv)
 
-    from ..audit.config import ConfigError, load_model_and_data
-    from ..audit.dispute import DisputeError, dispute
+    from ..audit.config import load_model_and_data
+    from ..audit.dispute import dispute
+    from ..audit.untrusted import RunCodeGuard
+    from .audit import _announce
 
-    try:
-        model, data = load_model_and_data(args.config or args.trainer_run / "config.yaml")
+    runs = [args.trainer_run, args.auditor_run]
+    with RunCodeGuard(runs):
+        model, data = load_model_and_data(args.config or args.trainer_run / "config.yaml",
+                                          untrusted=runs, announce=_announce)
         verdict = dispute(args.trainer_run, args.auditor_run, model, datamodule=data,
                           device=args.device)
-    except (ConfigError, DisputeError) as err:
-        print(f"lightning-zk dispute: {err}", file=sys.stderr)
-        return 2
     verdict.save(args.out)
     print(verdict.summary())
     for entry in verdict.evidence.get("rounds", []):

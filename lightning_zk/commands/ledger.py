@@ -19,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from ..ledger.claims import check_run_claims
 from ..ledger.merkle import (
     LEDGER_FILE,
     LeafProof,
@@ -31,7 +32,8 @@ from ..ledger.merkle import (
     parse_root,
     verify_consistency,
 )
-from ..ledger.rundir import RunDirectory, RunDirectoryError
+from ..ledger.rundir import RunDirectory
+from ._guard import run_command
 
 HELP = "Merkle ledger of a run: size and root, inclusion/consistency proofs, --verify"
 
@@ -96,16 +98,18 @@ def _verify(run_path: Path, ledger: Ledger, prefix: bool) -> None:
         raise
     print(f"ok      {ledger.size} leaves match {run.steps_path.name} ({len(records)} records) "
           "and their stored hashes")
-    published = manifest.get("ledger")
-    if isinstance(published, dict) and "root" in published:
-        size = published.get("size")
-        if not isinstance(size, int) or isinstance(size, bool):
-            raise LedgerError(f"{run.manifest_path}: ledger.size {size!r} is not an int")
-        ledger.check_root(size, parse_root(str(published["root"]), "manifest ledger.root"),
+    published = manifest["ledger"] if "ledger" in manifest else None
+    if published is not None:
+        size = published["size"]
+        ledger.check_root(size, parse_root(published["root"], "manifest ledger.root"),
                           source=f"the root published in {run.manifest_path.name}")
         print(f"ok      root of the first {size} leaves matches {run.manifest_path.name}")
+    if manifest["final_state_digest"] is not None:
+        claims = check_run_claims(run, manifest, records)
+        print(f"ok      the finished run's claims hold: {claims.describe()}")
     else:
-        print(f"note    {run.manifest_path.name} publishes no ledger root (the run did not finish)")
+        print(f"note    {run.manifest_path.name} claims no final state: the run did not finish "
+              "(killed or still training)")
     _info(ledger)
 
 
@@ -139,6 +143,10 @@ def _consistency(ledger: Ledger, old_size_text: str, old_root_hex: str, out: Pat
 
 
 def main(argv: list[str]) -> int:
+    return run_command("lightning-zk ledger", _main, argv, status=1, prefix="FAILED: ")
+
+
+def _main(argv: list[str]) -> int:
     parser = _parser()
     try:
         args = parser.parse_args(argv)
@@ -154,19 +162,15 @@ def main(argv: list[str]) -> int:
         parser.print_usage(sys.stderr)
         print(f"lightning-zk ledger: {misplaced[0]} does not go with this action", file=sys.stderr)
         return 2
-    try:
-        with _open(args.run) as ledger:
-            if args.verify:
-                _verify(args.run, ledger, args.prefix)
-            elif args.prove is not None:
-                _prove(ledger, args.prove, args.size, args.out)
-            elif args.check_proof is not None:
-                _check_proof(ledger, args.check_proof, args.root)
-            elif args.consistency is not None:
-                _consistency(ledger, *args.consistency, args.out)
-            else:
-                _info(ledger)
-    except (LedgerError, RunDirectoryError, OSError) as err:
-        print(f"lightning-zk ledger: FAILED: {err}", file=sys.stderr)
-        return 1
+    with _open(args.run) as ledger:
+        if args.verify:
+            _verify(args.run, ledger, args.prefix)
+        elif args.prove is not None:
+            _prove(ledger, args.prove, args.size, args.out)
+        elif args.check_proof is not None:
+            _check_proof(ledger, args.check_proof, args.root)
+        elif args.consistency is not None:
+            _consistency(ledger, *args.consistency, args.out)
+        else:
+            _info(ledger)
     return 0

@@ -3,26 +3,27 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ._guard import run_command
 
 HELP = "write the public bundle of a run: what a verifier or auditor needs, nothing private"
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="lightning-zk publish", description=HELP)
+    return run_command("lightning-zk publish", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="lightning-zk publish", description=HELP,
+                                     epilog="Add --debug to see the traceback of a failure.")
     parser.add_argument("run", type=Path, help="the run directory")
     parser.add_argument("out", type=Path, help="a new (or empty) directory for the bundle")
     args = parser.parse_args(argv)
 
     from ..audit.publish import BUNDLE_FILE, publish_run
-    from ..ledger.rundir import RunDirectoryError
 
-    try:
-        report = publish_run(args.run, args.out)
-    except (RunDirectoryError, OSError) as err:
-        print(f"lightning-zk publish: {err}", file=sys.stderr)
-        return 2
+    report = publish_run(args.run, args.out)
     print(f"public bundle of the {report.mode} run {args.run} in {args.out}: "
           f"{len(report.included)} files")
     groups: dict[tuple[str, str], int] = {}

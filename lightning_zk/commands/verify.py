@@ -8,16 +8,22 @@ rejected, whatever their statements say. Nothing is written.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+
+from ._guard import run_command
 
 HELP = "verify a fixed-point run's zero-knowledge proofs, their chain and the ledger"
 
 
 def main(argv: list[str]) -> int:
+    return run_command("lightning-zk verify", _main, argv)
+
+
+def _main(argv: list[str]) -> int:
     from ..zk.policy import MAX_SECURITY_BITS, MIN_SECURITY_BITS
 
-    parser = argparse.ArgumentParser(prog="lightning-zk verify", description=HELP)
+    parser = argparse.ArgumentParser(prog="lightning-zk verify", description=HELP,
+                                     epilog="Add --debug to see the traceback of a failure.")
     parser.add_argument("run", type=Path, help="the run directory or its public bundle")
     parser.add_argument(
         "--security-bits", type=int, default=MIN_SECURITY_BITS, metavar="N",
@@ -29,27 +35,16 @@ def main(argv: list[str]) -> int:
     from rich.table import Table
 
     from ..audit.proofs import verify_run
-    from ..ledger.rundir import RunDirectoryError
-    from ..zk.errors import ParameterError
     from ..zk.policy import VerifierPolicy
 
-    try:
-        policy = VerifierPolicy(security_bits=args.security_bits)
-    except ParameterError as err:
-        print(f"lightning-zk verify: --security-bits {args.security_bits}: {err}", file=sys.stderr)
-        return 2
-    try:
-        report = verify_run(args.run, policy)
-    except RunDirectoryError as err:
-        print(f"lightning-zk verify: {err}", file=sys.stderr)
-        return 2
+    policy = VerifierPolicy(security_bits=args.security_bits)  # ParameterError: one line, exit 2
+    report = verify_run(args.run, policy)
     table = Table(title=f"zk verification of {args.run}", show_header=False)
     table.add_row("result", "[green]OK[/green]" if report.ok else "[red]FAILED[/red]")
     table.add_row("proof units", str(report.units))
     table.add_row("steps proven / committed", f"{report.steps_proven} / {report.steps_committed}")
-    checked = f"{report.security_bits} bits" if report.security_bits else "not reached"
-    table.add_row("security checked", f"{checked} per opening (verifier minimum "
-                                      f"{report.policy_bits} bits)")
+    checked = f"{report.security_bits} bits per opening" if report.security_bits else "not reached"
+    table.add_row("security checked", f"{checked} (verifier minimum {report.policy_bits} bits)")
     table.add_row("ledger", report.ledger)
     for problem in report.problems:
         table.add_row("problem", problem)

@@ -27,8 +27,11 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 
@@ -125,18 +128,21 @@ class WitnessTape:
         atomic_write_bytes(Path(path), buf.getvalue())
 
     @classmethod
-    def load(cls, path: str | Path) -> WitnessTape:
-        """Read a tape file; never unpickles; raise TapeFormatError on anything malformed."""
+    def load(cls, path: str | Path | IO[bytes], source: str | None = None) -> WitnessTape:
+        """Read a tape (a file, or its bytes in a file object named ``source``); never
+        unpickles; raise TapeFormatError on anything malformed."""
+        file = Path(path) if isinstance(path, (str, Path)) else path
+        path = source or path
         try:
-            with np.load(Path(path), allow_pickle=False) as data:
+            with np.load(file, allow_pickle=False) as data:
                 arrays = {k: np.array(data[k]) for k in data.files}
-        except (OSError, ValueError, KeyError) as exc:
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise TapeFormatError(f"cannot read tape {path}: {exc}") from exc
         if "__header__" not in arrays:
             raise TapeFormatError(f"tape {path} has no __header__")
         try:
             head = json.loads(arrays.pop("__header__").astype(np.uint8).tobytes())
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise TapeFormatError(f"tape {path}: header is not JSON") from exc
         if not isinstance(head, dict) or head.get("format") != _FORMAT:
             raise TapeFormatError(f"tape {path}: not a lightning-zk tape")

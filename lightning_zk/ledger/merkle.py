@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sqlite3
 import struct
 from collections.abc import Iterable, Sequence
@@ -32,6 +33,7 @@ from dataclasses import dataclass
 from hmac import compare_digest
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from pymerkle import (
     ConsistencyProof,
@@ -41,6 +43,8 @@ from pymerkle import (
     SqliteTree,
 )
 
+from . import safeio
+from .errors import RunDirectoryError
 from .rundir import StepRecord
 
 LEAF_FORMAT = "lightning-zk/leaf/v1"
@@ -52,6 +56,8 @@ LEDGER_FILE = "ledger.sqlite"
 INCLUSION_FORMAT = "lightning-zk/inclusion-proof/v1"
 CONSISTENCY_FORMAT = "lightning-zk/consistency-proof/v1"
 _U64 = struct.Struct("<Q")
+#: Largest ledger file a reader opens (about 1.7 billion steps at ~600 bytes per leaf row).
+MAX_LEDGER_BYTES = 1 << 40
 
 
 class LedgerError(RuntimeError):
@@ -171,6 +177,49 @@ def parse_root(text: str, what: str = "root") -> bytes:
 
 
 # --- the ledger file ----------------------------------------------------------------------------
+_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+def _check_ledger_file(path: Path) -> None:
+    """Before SQLite opens an untrusted ledger: a regular file (and companions) inside its
+    directory, holding a ``leaf`` table (so that opening it never creates one)."""
+    try:
+        real = safeio.inside(path.parent, path.name, "the run's Merkle ledger")
+        if safeio.regular_size(real, LEDGER_FILE, MAX_LEDGER_BYTES, missing_ok=True) is None:
+            raise LedgerFileError(
+                f"{path} does not exist: the run has no Merkle ledger. HINT: train with "
+                "callbacks=[CommitCallback(...)] to commit steps to a ledger."
+            )
+        for suffix in _COMPANIONS:
+            companion = path.with_name(path.name + suffix)
+            if os.path.lexists(companion):
+                inner = safeio.inside(path.parent, companion.name, "a SQLite companion file")
+                safeio.regular_size(inner, companion.name, MAX_LEDGER_BYTES)
+    except RunDirectoryError as err:
+        raise LedgerFileError(str(err)) from err
+    had_wal = os.path.lexists(path.with_name(path.name + "-wal"))  # before SQLite makes one
+    try:
+        # immutable: a reader leaves no -wal/-shm behind (only a killed writer's WAL is read)
+        mode = "mode=ro" if had_wal else "mode=ro&immutable=1"
+        con = sqlite3.connect(f"file:{quote(str(real))}?{mode}", uri=True)
+        try:
+            found = con.execute(
+                "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='leaf'").fetchone()
+            pages = con.execute("PRAGMA page_count").fetchone()[0]
+            page_size = con.execute("PRAGMA page_size").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error as err:
+        raise LedgerFileError(f"{path} is not a readable lightning-zk ledger: {err}") from err
+    if not found or found[0] != 1:
+        raise LedgerFileError(f"{path} is an SQLite file without a 'leaf' table, not a "
+                              "lightning-zk ledger")
+    size = os.stat(real).st_size
+    if not had_wal and size != pages * page_size:
+        raise LedgerFileError(f"{path} is {size} bytes, but its {pages} pages of {page_size} bytes "
+                              f"make {pages * page_size}: truncated or with bytes appended")
+
+
 class Ledger:
     """A run's append-only Merkle log over step records (pymerkle ``SqliteTree``, SHA-256).
 
@@ -186,14 +235,11 @@ class Ledger:
 
     def __init__(self, path: str | Path, create: bool = False) -> None:
         path = Path(path)
-        if path.is_dir():
+        if path.is_dir() and not (path.name == LEDGER_FILE and not (path / LEDGER_FILE).exists()):
             path = path / LEDGER_FILE
         self.path = path
-        if not create and not path.is_file():
-            raise LedgerFileError(
-                f"{path} does not exist: the run has no Merkle ledger. HINT: train with "
-                "callbacks=[CommitCallback(...)] to commit steps to a ledger."
-            )
+        if not create:
+            _check_ledger_file(path)
         try:
             self.tree = SqliteTree(str(path), algorithm=ALGORITHM)
             self._check_schema()

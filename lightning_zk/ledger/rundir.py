@@ -12,6 +12,11 @@
 Every write is atomic (temporary file + rename) or an fsynced append, so a killed run leaves a
 consistent prefix: a torn last line of ``steps.jsonl`` is the only possible damage and is ignored
 (and reported) on reading.
+
+Reading treats the directory as untrusted input: every file is resolved inside the directory and
+read with a size bound (:mod:`.safeio`), and the manifest and every record are checked against the
+one schema (:mod:`.schema`) before anyone uses a field. Writing takes the directory's writer lock
+(:mod:`.lock`) first.
 """
 
 from __future__ import annotations
@@ -23,6 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..atomic import append_line, atomic_write_json
+from . import safeio, schema
+from .errors import RunDirectoryError
+from .lock import LOCK_FILE, RunLock
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -30,15 +38,16 @@ STEPS = "steps.jsonl"
 ROUNDING_DIR = "rounding"
 CHECKPOINT_DIR = "checkpoints"
 PROOF_DIR = "proofs"
-
-
-class RunDirectoryError(RuntimeError):
-    """A run directory that is missing, unwritable, foreign, damaged or of another format."""
+CONFIG = "config.yaml"
+INITIAL_STATE = f"{CHECKPOINT_DIR}/step-00000000.safetensors"
 
 
 @dataclass(frozen=True)
 class StepRecord:
-    """What the trainer commits for one training step (one line of ``steps.jsonl``)."""
+    """What the trainer commits for one training step (one line of ``steps.jsonl``).
+
+    The fields and their ranges are declared in :data:`lightning_zk.ledger.schema.STEP_RECORD`.
+    """
 
     step: int
     epoch: int
@@ -57,8 +66,11 @@ class StepRecord:
         return json.dumps(asdict(self), sort_keys=True, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, data: Mapping[str, object]) -> StepRecord:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})  # type: ignore[arg-type]
+    def from_json(cls, data: Mapping[str, object], file: str = STEPS,
+                  line: int | None = None) -> StepRecord:
+        """A record from its JSON object, checked field by field (:class:`SchemaError`)."""
+        schema.check_record(data, file, line)
+        return cls(**data)  # type: ignore[arg-type]
 
     COMMITTED_FIELDS = ("step", "batch_indices", "batch_digest", "log_sha256", "state_digest")
 
@@ -101,9 +113,18 @@ class RunDirectory:
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoint_dir / f"step-{step:08d}.safetensors"
 
-    # --- creation ------------------------------------------------------------------------
+    def file(self, name: object, what: str) -> Path:
+        """``name`` (from a record, the manifest or a fixed name) resolved inside the run, or
+        :class:`~lightning_zk.ledger.errors.UnsafePathError`."""
+        return safeio.inside(self.path, name, what)
+
+    # --- creation and the writer lock ----------------------------------------------------
     def exists(self) -> bool:
         return self.manifest_path.is_file()
+
+    def lock(self, purpose: str = "training") -> RunLock:
+        """Take the directory's writer lock (creating the directory); see :mod:`.lock`."""
+        return RunLock(self.path, purpose).acquire()
 
     def prepare(self) -> None:
         """Create the layout; fail clearly when the location cannot be written."""
@@ -122,57 +143,86 @@ class RunDirectory:
             ) from err
 
     def is_empty(self) -> bool:
+        """No files but the writer lock (the lock is taken before anything is written)."""
         if self.path.exists() and not self.path.is_dir():
             raise RunDirectoryError(f"run_dir {self.path} exists and is not a directory")
-        return not self.path.exists() or not any(self.path.iterdir())
+        return not self.path.exists() or all(p.name == LOCK_FILE for p in self.path.iterdir())
+
+    def is_uncommitted_start(self) -> bool:
+        """A start killed before its manifest: only the lock, the layout and the initial state.
+
+        The manifest is written last when a run starts, so a directory without one holds
+        nothing committed; a restart may begin again there.
+        """
+        if self.exists() or not self.path.is_dir():
+            return False
+        allowed = {LOCK_FILE, ROUNDING_DIR, CHECKPOINT_DIR, CONFIG, ".write-probe"}
+        for entry in self.path.iterdir():
+            if entry.name not in allowed and not _is_temp(entry.name):
+                return False
+        if self.rounding_dir.is_dir() and any(not _is_temp(p.name) for p in self.rounding_dir.iterdir()):
+            return False
+        initial = self.checkpoint_path(0).name
+        return not self.checkpoint_dir.is_dir() or all(
+            p.name == initial or _is_temp(p.name) for p in self.checkpoint_dir.iterdir())
 
     # --- manifest ------------------------------------------------------------------------
     def write_manifest(self, manifest: Mapping[str, object]) -> None:
-        atomic_write_json(self.manifest_path, {**manifest, "format_version": FORMAT_VERSION})
+        data = {**manifest, "format_version": FORMAT_VERSION}
+        schema.check_manifest(data, f"{self.manifest_path} (being written)")
+        atomic_write_json(self.manifest_path, data)
 
     def read_manifest(self) -> dict[str, object]:
-        if not self.manifest_path.is_file():
+        """The manifest, every field checked against :data:`~.schema.MANIFEST`."""
+        if not self.path.is_dir():
+            raise RunDirectoryError(f"{self.path} is not a lightning-zk run directory: it is not "
+                                    "a directory")
+        path = self.file(MANIFEST, "the run's manifest")
+        if safeio.regular_size(path, MANIFEST, safeio.MAX_MANIFEST_BYTES, missing_ok=True) is None:
             raise RunDirectoryError(
                 f"{self.path} is not a lightning-zk run directory: {MANIFEST} is missing"
             )
-        try:
-            manifest = json.loads(self.manifest_path.read_text("utf-8"))
-        except (OSError, ValueError) as err:
-            raise RunDirectoryError(f"{self.manifest_path} is unreadable or not JSON: {err}") from err
+        data = safeio.read_regular(path, MANIFEST, safeio.MAX_MANIFEST_BYTES)
+        manifest = schema.parse_json(data, str(self.manifest_path))
         if not isinstance(manifest, dict):
             raise RunDirectoryError(f"{self.manifest_path} does not hold a JSON object")
         version = manifest.get("format_version")
         if version != FORMAT_VERSION:
             raise RunDirectoryError(
-                f"{self.manifest_path} has format_version {version!r}; this lightning-zk reads "
+                f"{self.manifest_path} has format_version {version!r:.40}; this lightning-zk reads "
                 f"format {FORMAT_VERSION}. HINT: use the lightning-zk version that wrote the run."
             )
+        schema.check_manifest(manifest, str(self.manifest_path))
         return manifest
 
     # --- step records --------------------------------------------------------------------
     def append_step(self, record: StepRecord) -> None:
+        schema.check_record(asdict(record), f"{self.steps_path} (being written)")
         append_line(self.steps_path, record.to_json_line())
 
     def read_steps(self) -> list[StepRecord]:
-        """All complete records, checked to be numbered 0, 1, 2, … without gaps."""
+        """All complete records, each checked by the schema and numbered 0, 1, 2, … without gaps.
+
+        Streams the file with a bounded line length; a torn final line (a writer killed
+        mid-append) was never committed: it is skipped and ``torn_tail`` is set.
+        """
         self.torn_tail = False
-        if not self.steps_path.is_file():
+        path = self.file(STEPS, "the step records")
+        if safeio.regular_size(path, STEPS, 1 << 62, missing_ok=True) is None:
             return []
-        raw = self.steps_path.read_bytes()
-        lines = raw.split(b"\n")
-        if lines and lines[-1] == b"":
-            lines.pop()
-        elif lines:
-            lines.pop()  # a torn final line (killed mid-append): not committed
-            self.torn_tail = True
         records = []
-        for number, line in enumerate(lines):
-            try:
-                record = StepRecord.from_json(json.loads(line))
-            except (ValueError, TypeError) as err:
+        for number, (line, complete) in enumerate(
+                safeio.iter_lines(path, STEPS, safeio.MAX_RECORD_LINE_BYTES)):
+            if not complete:
+                self.torn_tail = True  # killed mid-append: not committed
+                break
+            data = schema.parse_json(line, str(self.steps_path), line=number + 1)
+            if not isinstance(data, dict):
                 raise RunDirectoryError(
-                    f"{self.steps_path} line {number + 1} is not a valid step record: {err}"
-                ) from err
+                    f"{self.steps_path} line {number + 1} is not a valid step record: not a JSON "
+                    "object"
+                )
+            record = StepRecord.from_json(data, str(self.steps_path), number + 1)
             if record.step != number:
                 raise RunDirectoryError(
                     f"{self.steps_path} line {number + 1} records step {record.step}, expected "
@@ -183,12 +233,31 @@ class RunDirectory:
 
     def repair_torn_tail(self) -> None:
         """Drop a torn final line before appending again (it was never committed)."""
-        if not self.steps_path.is_file():
+        path = self.file(STEPS, "the step records")
+        if safeio.regular_size(path, STEPS, 1 << 62, missing_ok=True) is None:
             return
-        raw = self.steps_path.read_bytes()
-        if raw and not raw.endswith(b"\n"):
-            keep = raw[: raw.rfind(b"\n") + 1]
-            with open(self.steps_path, "r+b") as handle:
-                handle.truncate(len(keep))
-                handle.flush()
-                os.fsync(handle.fileno())
+        with open(path, "r+b") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            if size == 0:
+                return
+            handle.seek(size - 1)
+            if handle.read(1) == b"\n":
+                return
+            keep, pos = 0, size
+            while pos > 0:  # find the last newline, reading backwards in blocks
+                start = max(0, pos - (1 << 16))
+                handle.seek(start)
+                block = handle.read(pos - start)
+                cut = block.rfind(b"\n")
+                if cut >= 0:
+                    keep = start + cut + 1
+                    break
+                pos = start
+            handle.truncate(keep)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def _is_temp(name: str) -> bool:
+    """Temporary files of atomic writes (``.NAME.XXXX.tmp``, ``.NAME.partial``)."""
+    return name.startswith(".") and (name.endswith(".tmp") or name.endswith(".partial"))

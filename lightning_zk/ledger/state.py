@@ -160,19 +160,43 @@ def save_snapshot(path: Path, snap: StateSnapshot) -> str:
     return digest
 
 
+_MAX_HEADER_BYTES = 100 * 1024 * 1024  # safetensors' own limit
+
+
+def _read_header(path: Path) -> dict:
+    """The safetensors header, after checking that the file is exactly header + tensor data.
+
+    Read before the tensors, so a header that claims more (or less) than the file holds, or
+    bytes appended after the data, are errors and never allocations.
+    """
+    size = path.stat().st_size
+    with open(path, "rb") as handle:
+        header_len = struct.unpack("<Q", handle.read(8))[0]
+        if not 2 <= header_len <= min(_MAX_HEADER_BYTES, size - 8):
+            raise ValueError(f"header length {header_len} does not fit the {size}-byte file")
+        header = json.loads(handle.read(header_len))
+    if not isinstance(header, dict):
+        raise ValueError("the header is not a JSON object")
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    data_end = max(ends, default=0)
+    if not isinstance(data_end, int) or 8 + header_len + data_end != size:
+        raise ValueError(f"the file is {size} bytes, its header describes "
+                         f"{8 + header_len + data_end!r} (truncated or with bytes appended)")
+    return header
+
+
 def load_snapshot(path: Path) -> StateSnapshot:
     """Read a safetensors state file and check it against its recorded digest."""
     path = Path(path)
     if not path.is_file():
         raise StateError(f"state file {path} does not exist")
     try:
+        header = _read_header(path)
         tensors = load_file(str(path))
-        with open(path, "rb") as handle:
-            header_len = struct.unpack("<Q", handle.read(8))[0]
-            header = json.loads(handle.read(header_len))
         stored = json.loads(header["__metadata__"][_META_KEY])
         meta, digest = stored["meta"], stored["digest"]
-    except (SafetensorError, OSError, KeyError, ValueError, struct.error) as err:
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, IndexError, struct.error,
+            RecursionError) as err:
         raise StateError(f"state file {path} is not a valid lightning-zk safetensors file: {err}") from err
     snap = StateSnapshot(tensors=dict(tensors), meta=meta)
     actual = snap.digest()

@@ -98,16 +98,15 @@ class FixedPointSession(TrainingSession):
     def tape_path(self, step: int) -> Path:
         return self.tape_dir / f"step-{step:08d}.npz"
 
-    def _start(self) -> None:
-        super()._start()
-        # The public constants every proof of this run must carry.
-        self.manifest["fixed"] = {
+    def _manifest_sections(self) -> dict[str, Any]:
+        """The public constants every proof of this run must carry (in the first manifest write:
+        a kill can never leave a fixed-point manifest without them)."""
+        return {"fixed": {
             "dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
             "value_bits": self.config.value_bits, "lr": self.engine.lr,
             "batch_size": self.batch_size, "proof": self._proof_params(),
             "digests": {"scheme": SCHEME, "key_commitment": self.digest_key.commitment()},
-        }
-        self.run.write_manifest(self.manifest)
+        }}
 
     def _resume(self, marker) -> None:
         super()._resume(marker)

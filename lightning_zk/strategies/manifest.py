@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import platform
 import sys
 from datetime import datetime, timezone
@@ -11,6 +9,8 @@ from importlib import metadata
 from typing import Any
 
 import torch
+
+from ..ledger.schema import run_fingerprint
 
 _PACKAGES = ("lightning-zk", "torch", "lightning", "numpy", "pymerkle", "safetensors", "torchmetrics")
 
@@ -88,8 +88,8 @@ def trainer_summary(trainer) -> dict[str, object]:
 
 
 def fingerprint(parts: dict[str, object]) -> str:
-    data = json.dumps(parts, sort_keys=True, separators=(",", ":")).encode("utf-8")
-    return hashlib.sha256(b"lightning-zk/run-fingerprint/v1" + data).hexdigest()
+    """The run fingerprint of the identity sections (:func:`lightning_zk.ledger.schema.run_fingerprint`)."""
+    return run_fingerprint(parts)
 
 
 def now_utc() -> str:

@@ -14,6 +14,7 @@ import hashlib
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..ledger import safeio
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
 from ..ledger.state import (
     StateError,
@@ -23,7 +24,7 @@ from ..ledger.state import (
     restore,
     save_snapshot,
 )
-from ..rounding.log import RoundingLogError, decode_step_log
+from ..rounding.log import HEADER_SIZE, MAX_BODY_BYTES, RoundingLogError, decode_step_log
 from . import manifest as mf
 from .session import TrainingSession
 
@@ -95,8 +96,12 @@ class ReplaySession(TrainingSession):
     def open(cls, strategy, trainer, batch_order) -> ReplaySession:
         own = RunDirectory(strategy.run_dir) if strategy.run_dir is not None else None
         session = cls(strategy, trainer, own, batch_order, strategy.replay_source)
-        session._check_identity()
-        session._load_initial_state()
+        try:
+            session._check_identity()
+            session._load_initial_state()
+        except BaseException:
+            session.release()
+            raise
         session._pause_metric_logging()
         return session
 
@@ -113,16 +118,15 @@ class ReplaySession(TrainingSession):
                 )
 
     def _load_initial_state(self) -> None:
-        info = self.source_manifest.get("initial_state") or {}
+        info = self.source_manifest["initial_state"]
         start = self.start
-        if start.checkpoint is None:
-            path = self.source.path / str(info.get("file", "checkpoints/step-00000000.safetensors"))
-            expected = info.get("digest")
-        else:
-            path, expected = self.source.path / start.checkpoint, start.digest
+        name, expected = (info["file"], info["digest"]) if start.checkpoint is None else \
+            (start.checkpoint, start.digest)
         try:
+            path = self.source.file(name, "starting state")
+            safeio.regular_size(path, "starting state", safeio.MAX_CHECKPOINT_BYTES)
             snap = load_snapshot(path)
-        except StateError as err:
+        except (StateError, RunDirectoryError) as err:
             raise AuditInputError(f"starting state: {err}") from err
         if snap.digest() != expected:
             raise AuditInputError(
@@ -147,6 +151,7 @@ class ReplaySession(TrainingSession):
             "final_state_digest": None,
         }
         if self.own_run is not None:
+            self._lock = self.own_run.lock("audit replay")
             if self.own_run.exists() or not self.own_run.is_empty():
                 raise RunDirectoryError(
                     f"audit_dir {self.own_run.path} is not empty. HINT: choose a new directory."
@@ -161,15 +166,17 @@ class ReplaySession(TrainingSession):
         if step >= len(self.records):
             raise AuditInputError(f"the replay ran past the {len(self.records)} committed steps")
         record = self._trainer_record = self.records[step]
-        path = self.source.path / record.log_file
+        what = f"rounding log of step {step}"
         try:
-            data = path.read_bytes()
-        except OSError as err:
-            raise AuditInputError(f"rounding log of step {step} ({path}) is missing: {err}") from err
-        if hashlib.sha256(data).hexdigest() != record.log_sha256:
+            path = self.source.file(record.log_file, what)
+            data = safeio.read_regular(path, what, HEADER_SIZE + MAX_BODY_BYTES)
+        except RunDirectoryError as err:
+            raise AuditInputError(f"step {step} of {self.source.path}: {err}") from err
+        if len(data) != record.log_bytes or hashlib.sha256(data).hexdigest() != record.log_sha256:
             self._mismatch(step, ["log_sha256"], {"log_sha256": record.log_sha256},
                            {"log_sha256": hashlib.sha256(data).hexdigest()},
-                           f"rounding log {path} does not match its committed digest")
+                           f"rounding log {path} ({len(data)} bytes) does not match its committed "
+                           f"digest ({record.log_bytes} bytes)")
         try:
             log = decode_step_log(data, source=str(path))
         except RoundingLogError as err:
@@ -251,9 +258,13 @@ class ReplaySession(TrainingSession):
                 audit_result={"ok": self.result.mismatch is None and self.next_step == len(self.records),
                               "first_mismatch_step": self.result.mismatch.step if self.result.mismatch else None},
             )
-            self.own_run.write_manifest(self.manifest)
+            try:
+                self.own_run.write_manifest(self.manifest)
+            finally:
+                self.release()
 
     def abort(self) -> None:
         self._restore_metric_logging()
         if self.mode.in_step:
             self.mode.end_step_discard()
+        self.release()

@@ -1,10 +1,24 @@
 """One verifiable training run inside a Trainer: open the run directory, commit every step.
 
-Order of writes per step (crash safety): the rounding log file first (atomic), then the step record
-(fsynced append). A record therefore always has its log; a killed run leaves a consistent prefix.
+One writer per run directory: the session takes the directory's writer lock
+(:mod:`lightning_zk.ledger.lock`) before it writes anything and holds it until the run closes or
+aborts (the OS releases it when the process is killed).
+
+Order of writes (crash safety; a kill anywhere leaves a consistent, resumable directory):
+
+- start: layout, initial state, ``config.yaml``, then ``manifest.json`` in one atomic write (every
+  section, including fixed-point constants). A directory killed before its manifest holds nothing
+  committed and a restart begins again there.
+- per step: the rounding log file first (atomic), then the step record (fsynced append). A record
+  therefore always has its log.
+- resume: a finished manifest is first marked unfinished (``final_state_digest: null``), so a run
+  killed while it continues never claims an end it does not have; closing writes the new claims.
+
 Resuming from a Lightning checkpoint re-executes the steps after it; where the run directory
 already holds records for those steps (the run was killed after the checkpoint), the recomputed
-steps must match them exactly, which re-verifies the log instead of duplicating it.
+steps must match them exactly, which re-verifies the log instead of duplicating it. Starting the
+same training again on an *unfinished* run without a checkpoint resumes it from its committed
+initial state in the same way (every committed step is recomputed and re-verified).
 """
 
 from __future__ import annotations
@@ -19,6 +33,7 @@ import torch
 import lightning_zk
 
 from ..atomic import atomic_write_bytes
+from ..ledger.lock import RunLock
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
 from ..ledger.state import batch_digest, named_state_tensors, save_snapshot, snapshot
 from ..rounding.log import StepLog, encode_step_log, step_log_path
@@ -53,6 +68,8 @@ class TrainingSession:
         self._stepped = False
         self._pending: dict[str, Any] | None = None
         self.last_record: StepRecord | None = None  # the step committed (or re-verified) last
+        self._lock: RunLock | None = None
+        self._claim: dict[str, Any] | None = None  # a finished run's claims, while it is resumed
 
     # --- opening -----------------------------------------------------------------------------
     def _pause_metric_logging(self) -> None:
@@ -87,13 +104,24 @@ class TrainingSession:
         marker = getattr(strategy, "_resume_marker", None)
         path = strategy.run_dir or _default_run_dir(trainer, marker)
         session = cls(strategy, trainer, RunDirectory(path), batch_order)
-        resuming = trainer.ckpt_path is not None or trainer.global_step > 0
-        if resuming:
-            session._resume(marker)
-        else:
-            session._start()
+        session._lock = session.run.lock("training")
+        try:
+            resuming = trainer.ckpt_path is not None or trainer.global_step > 0
+            if resuming:
+                session._resume(marker)
+            else:
+                session._start()
+        except BaseException:
+            session.release()
+            raise
         session._pause_metric_logging()
         return session
+
+    def release(self) -> None:
+        """Give back the run directory's writer lock (idempotent)."""
+        lock, self._lock = self._lock, None
+        if lock is not None:
+            lock.release()
 
     @property
     def model(self):
@@ -121,19 +149,23 @@ class TrainingSession:
         fp = mf.fingerprint(identity)
         if run.exists():
             old = run.read_manifest()
-            steps = len(run.read_steps())
             if old.get("fingerprint") != fp:
                 raise RunDirectoryError(
                     f"run_dir {run.path} belongs to another run (run_id {old.get('run_id')}, a "
                     "different model, data or strategy configuration). HINT: choose a new run_dir."
                 )
-            if steps:
+            run.repair_torn_tail()
+            records = run.read_steps()
+            if records and old["final_state_digest"] is not None:
                 raise RunDirectoryError(
-                    f"run_dir {run.path} already holds {steps} committed steps of run "
-                    f"{old.get('run_id')}. HINT: choose a new run_dir, or resume that run with "
-                    "trainer.fit(..., ckpt_path=...)."
+                    f"run_dir {run.path} already holds {len(records)} committed steps of the "
+                    f"finished run {old.get('run_id')}. HINT: choose a new run_dir, or continue "
+                    "that run with trainer.fit(..., ckpt_path=...)."
                 )
-        elif not run.is_empty():
+            if records:
+                self._restart_unfinished(old, records)
+                return
+        elif not run.is_empty() and not run.is_uncommitted_start():
             raise RunDirectoryError(
                 f"run_dir {run.path} is not empty and holds no lightning-zk run; refusing to mix "
                 "files. HINT: choose a new or empty run_dir."
@@ -143,6 +175,9 @@ class TrainingSession:
         initial = self.snapshot()
         initial_path = run.checkpoint_path(0)
         initial_digest = self.public_digest("state", -1, save_snapshot(initial_path, initial))
+        config = getattr(self.strategy, "cli_config", None)
+        if config:
+            atomic_write_bytes(run.path / "config.yaml", config.encode("utf-8"))
         self.manifest = {
             "run_id": uuid.uuid4().hex,
             "fingerprint": fp,
@@ -157,11 +192,33 @@ class TrainingSession:
             "initial_state": {"file": str(initial_path.relative_to(run.path)), "digest": initial_digest},
             "steps_committed": 0,
             "final_state_digest": None,
+            **self._manifest_sections(),
         }
-        run.write_manifest(self.manifest)
-        config = getattr(self.strategy, "cli_config", None)
-        if config:
-            atomic_write_bytes(run.path / "config.yaml", config.encode("utf-8"))
+        run.write_manifest(self.manifest)  # last: a manifest means the start is complete
+
+    def _manifest_sections(self) -> dict[str, Any]:
+        """Mode-specific manifest sections, written with the rest in one atomic write."""
+        return {}
+
+    def _restart_unfinished(self, manifest: dict[str, Any], records: list[StepRecord]) -> None:
+        """Fit again on an unfinished run without a checkpoint: recompute it from its start.
+
+        The model must start in the committed initial state; every committed step is then
+        recomputed and must reproduce its record (as after a resume from a checkpoint).
+        """
+        self._round_initial_state()
+        self.manifest = manifest  # first: a fixed-point run's digest key is checked against it
+        digest = self.public_digest("state", -1, self.snapshot().digest())
+        if digest != manifest["initial_state"]["digest"]:
+            raise RunDirectoryError(
+                f"run_dir {self.run.path} holds {len(records)} committed steps of the unfinished run "
+                f"{manifest.get('run_id')}, but the model's initial state differs from the committed "
+                "one. HINT: seed the model as the run did, resume with trainer.fit(..., "
+                "ckpt_path=...), or choose a new run_dir."
+            )
+        self.manifest = manifest
+        self.next_step = 0
+        self._expected = list(records)
 
     def _resume(self, marker: dict[str, Any] | None) -> None:
         run = self.run
@@ -193,12 +250,21 @@ class TrainingSession:
                 )
         self.next_step = step
         self._expected = records[step:]
+        self._mark_unfinished()
         # Lightning's progress counters differ by one depending on where the checkpoint was
         # saved; the committed records say exactly how many batches of this epoch were consumed.
         epoch = self.trainer.current_epoch
         done_in_epoch = sum(1 for r in records[:step] if r.epoch == epoch)
         if self.batch_order is not None and done_in_epoch:
             self.batch_order.sampler.resume_at(epoch, done_in_epoch * self.batch_order.batch_size)
+
+    def _mark_unfinished(self) -> None:
+        """Before a finished run continues: withdraw its final-state claim (kept to restore)."""
+        if self.manifest.get("final_state_digest") is None:
+            return
+        self._claim = {"final_state_digest": self.manifest["final_state_digest"]}
+        self.manifest["final_state_digest"] = None
+        self.run.write_manifest(self.manifest)
 
     def _round_initial_state(self) -> None:
         """Put the initial weights on the committed grid (exact for float32 weights and b = 23)."""
@@ -308,25 +374,36 @@ class TrainingSession:
 
     # --- closing -----------------------------------------------------------------------------
     def close(self) -> None:
+        """Write the run's claims (step count, final state) and give back the writer lock."""
         self._restore_metric_logging()
         if self.mode.in_step:
-            self.abort()
-        final = self.public_digest("state", self.next_step - 1, self.snapshot().digest())
+            self.mode.end_step_discard()
+            self._pending = None
+        if self._expected:
+            # stopped before re-verifying every committed step: the earlier claim still holds
+            # (or, for a run never finished, there is still no end to claim)
+            final = (self._claim or {}).get("final_state_digest")
+        else:
+            final = self.public_digest("state", self.next_step - 1, self.snapshot().digest())
         self.manifest.update(
             steps_committed=self.next_step + len(self._expected),
-            final_state_digest=final if not self._expected else self.manifest.get("final_state_digest"),
+            final_state_digest=final,
             updated=mf.now_utc(),
             lightning_zk_version=lightning_zk.__version__,
         )
-        self.run.write_manifest(self.manifest)
+        try:
+            self.run.write_manifest(self.manifest)
+        finally:
+            self.release()
 
     def abort(self) -> None:
-        """Drop an unfinished step: nothing of it was committed."""
+        """Drop an unfinished step (nothing of it was committed); give back the writer lock."""
         self._restore_metric_logging()
         if self.mode.in_step:
             self.mode.end_step_discard()
         self._pending = None
         self._stepped = False
+        self.release()
 
     def checkpoint_marker(self) -> dict[str, Any]:
         return {

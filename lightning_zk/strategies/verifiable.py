@@ -26,7 +26,7 @@ from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import RunningStage
 
 from ..fixed import FixedPointConfig
-from ..ledger.rundir import RunDirectory
+from ..ledger.rundir import RunDirectory, RunDirectoryError
 from ..rounding.precision import GridSpec, PrecisionError
 from ..rounding.threshold import ThresholdPolicy
 from .data import make_deterministic
@@ -145,20 +145,33 @@ class VerifiableStrategy(SingleDeviceStrategy):
         run_dir: str | Path | None = None,
         device: str | torch.device | None = None,
     ) -> VerifiableStrategy:
-        """The strategy a committed run was trained with (its arithmetic, τ and seed)."""
+        """The strategy a committed run was trained with (its arithmetic, τ and seed).
+
+        ``manifest`` is a schema-checked manifest (``RunDirectory.read_manifest``); a setting this
+        lightning-zk rejects is a :class:`RunDirectoryError` naming the manifest field.
+        """
         config = manifest["strategy"]
-        strategy = cls(
-            run_dir=run_dir,
-            seed=int(config["seed"]),
-            compute_dtype=str(config["compute_dtype"]),
-            mantissa_bits=int(config["mantissa_bits"]),
-            threshold=ThresholdPolicy.from_json(config["threshold_policy"]),
-            device=device,
-        )
+        if config.get("mode") != "rounded":
+            raise RunDirectoryError(
+                f"manifest field 'strategy.mode' is {config.get('mode')!r}: only a rounded-mode run "
+                "is replayed; check a fixed-point run with `lightning-zk verify RUN` (zk proofs)"
+            )
+        try:
+            strategy = cls(
+                run_dir=run_dir,
+                seed=config["seed"],
+                compute_dtype=config["compute_dtype"],
+                mantissa_bits=config["mantissa_bits"],
+                threshold=ThresholdPolicy.from_json(config["threshold_policy"]),
+                device=device,
+            )
+        except (ValueError, TypeError, KeyError) as err:  # PrecisionError, ThresholdError, ...
+            raise RunDirectoryError(f"manifest field 'strategy' is not usable: {err}") from err
         if strategy.thresholds.to_json() != config.get("thresholds"):
-            raise ValueError(
-                f"the run's resolved thresholds {config.get('thresholds')} differ from what this "
-                f"lightning-zk resolves from its policy ({strategy.thresholds.to_json()})"
+            raise RunDirectoryError(
+                f"manifest field 'strategy.thresholds': the run's resolved thresholds "
+                f"{config.get('thresholds')} differ from what this lightning-zk resolves from its "
+                f"policy ({strategy.thresholds.to_json()})"
             )
         return strategy
 
@@ -290,6 +303,8 @@ class VerifiableStrategy(SingleDeviceStrategy):
 
     def teardown(self) -> None:
         self._flags.restore()
+        if self.session is not None:  # normally released by close/abort already
+            self.session.release()
         super().teardown()
 
     # --- checkpoints carry the run's identity ------------------------------------------------

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from lightning_zk import RunDirectory
 from lightning_zk.cli import main
+from tests.forge import rewrite_records
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "examples" / "configs" / "digits_mlp.yaml"
@@ -33,11 +34,7 @@ def test_audit_ok_writes_report_and_audit_run(tmp_path, monkeypatch, capsys):
 
 def test_audit_mismatch_exit_status(tmp_path, monkeypatch):
     run = _fit(tmp_path, monkeypatch)
-    lines = (run / "steps.jsonl").read_text().splitlines()
-    record = json.loads(lines[4])
-    record["state_digest"] = "f" * 64
-    lines[4] = json.dumps(record)
-    (run / "steps.jsonl").write_text("\n".join(lines) + "\n")
+    rewrite_records(run, lambda records: records[4].update(state_digest="f" * 64))
     assert main(["audit", str(run), "--report", str(tmp_path / "r.json")]) == 1
     assert json.loads((tmp_path / "r.json").read_text())["first_mismatch_step"] == 4
 

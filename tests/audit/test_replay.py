@@ -11,6 +11,8 @@ import torch
 
 from lightning_zk import RunDirectory, RunDirectoryError, VerifiableStrategy
 from lightning_zk.audit import AuditConfigError, AuditInputError, replay
+from lightning_zk.ledger.errors import RunClaimError
+from lightning_zk.ledger.schema import IDENTITY_PARTS, run_fingerprint
 from lightning_zk.rounding.log import StepLog, encode_step_log, read_step_log
 from lightning_zk.testing import NondeterminismEmulator
 from tests.models import MLP, loader, make_model, trainer_kwargs
@@ -169,13 +171,13 @@ def test_corrupted_initial_checkpoint(honest_run):
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(AuditInputError, match="step-00000000.safetensors"):
+    with pytest.raises(RunClaimError, match="step-00000000.safetensors"):  # checked before replaying
         _audit("mlp", honest_run.path)
 
 
 def test_missing_initial_checkpoint(honest_run):
     honest_run.checkpoint_path(0).unlink()
-    with pytest.raises(AuditInputError, match="does not exist"):
+    with pytest.raises(RunClaimError, match="lacks the state after 0 steps"):
         _audit("mlp", honest_run.path)
 
 
@@ -220,12 +222,23 @@ def test_other_optimizer_hyperparameters(honest_run):
 def test_thresholds_resolved_differently_are_refused(honest_run):
     manifest = json.loads(honest_run.manifest_path.read_text())
     manifest["strategy"]["thresholds"]["base"] = 0.001
-    honest_run.manifest_path.write_text(json.dumps(manifest))
-    with pytest.raises(ValueError, match="resolved thresholds"):
+    with pytest.raises(RunDirectoryError, match="fingerprint"):  # an edit of the identity ...
+        honest_run.manifest_path.write_text(json.dumps(manifest))
+        honest_run.read_manifest()
+    manifest["fingerprint"] = run_fingerprint({k: manifest[k] for k in IDENTITY_PARTS})
+    honest_run.manifest_path.write_text(json.dumps(manifest))  # ... even with its fingerprint
+    with pytest.raises(RunDirectoryError, match="strategy.thresholds.*resolved thresholds"):
         replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))
 
 
 def test_run_without_steps(honest_run):
     honest_run.steps_path.write_text("")
-    with pytest.raises(AuditInputError, match="commits no steps"):
+    with pytest.raises(RunClaimError, match="holds 0 step records, but manifest.json claims 6"):
         replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))
+    manifest = json.loads(honest_run.manifest_path.read_text())
+    manifest["final_state_digest"] = None  # an unfinished run, killed before its first step
+    honest_run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(RunClaimError, match="unfinished run"):
+        replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))
+    with pytest.raises(AuditInputError, match="commits no steps"):
+        replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"), prefix=True)

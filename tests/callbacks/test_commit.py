@@ -108,7 +108,8 @@ def test_ledger_checkpoints_and_manifest(straight):
     assert size == len(records) == STEPS
     published = run.read_manifest()["ledger"]
     assert published == {"file": "ledger.sqlite", "leaf_format": LEAF_FORMAT, "algorithm": "sha256",
-                         "size": STEPS, "root": root, "checkpoint_every_n_steps": EVERY}
+                         "size": STEPS, "root": root, "checkpoint_every_n_steps": EVERY,
+                         "save_last": True}
     assert checkpoint_steps(straight) == [0, 4, 8, 12, 14]
     for n in (4, 8, 12, 14):
         assert load_snapshot(run.checkpoint_path(n)).digest() == records[n - 1].state_digest

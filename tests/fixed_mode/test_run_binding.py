@@ -18,6 +18,7 @@ from lightning_zk.audit.proofs import prove_run, verify_run
 from lightning_zk.audit.publish import BUNDLE_FILE, publish_run
 from lightning_zk.cli import main
 from lightning_zk.fixed import WitnessTape
+from lightning_zk.ledger.errors import RunDirectoryError
 from lightning_zk.ledger.state import batch_digest
 from lightning_zk.zk.policy import VerifierPolicy
 from lightning_zk.zk.training import TrainingStatement
@@ -83,8 +84,24 @@ def test_renamed_unit_rejected(run_a):
 
 
 def test_stray_files_in_proofs_rejected(run_a):
-    (run_a / "proofs" / "unit-00000001-00000001.lzkt").unlink()  # statement left without proof
+    (run_a / "proofs" / "unit-00000000-00000000.lzkt").unlink()  # an earlier unit's proof gone
     assert "not proof units or the seal" in _problems(run_a)
+
+
+def test_interrupted_publication_is_not_a_unit(run_a):
+    """A kill while the last unit was published leaves its statement and a temporary file: they
+    are not a unit (the proofs then miss a step), and a resuming prover removes them."""
+    from lightning_zk.audit.proofs import ChainProver, ProofRunError
+
+    proofs = run_a / "proofs"
+    (proofs / "seal.lzkt").unlink()
+    (proofs / "unit-00000001-00000001.lzkt").rename(proofs / ".unit-00000001-00000001.lzkt.x1.tmp")
+    problems = _problems(run_a)
+    assert "not proof units" not in problems and "chain seal" in problems
+    with pytest.raises(ProofRunError, match="chain state"):  # (this simulation dropped it)
+        ChainProver(run_a)
+    assert sorted(p.name for p in proofs.iterdir()) == [
+        "unit-00000000-00000000.json", "unit-00000000-00000000.lzkt"]
 
 
 @pytest.mark.parametrize(
@@ -101,8 +118,16 @@ def test_stray_files_in_proofs_rejected(run_a):
     ],
 )
 def test_every_statement_field_checked_against_the_manifest(run_a, field, edit):
+    """Each mismatch is refused, naming the field: by the statement comparison, or earlier by
+    the manifest schema where the edit also contradicts the manifest itself (frac_bits and
+    value_bits are in the strategy section too)."""
     _edit_manifest(run_a, edit)
-    assert f"statement field {field} is" in _problems(run_a)
+    try:
+        problems = _problems(run_a)
+    except RunDirectoryError as err:
+        assert field in str(err) and field in ("frac_bits", "value_bits"), err
+        return
+    assert f"statement field {field} is" in problems
 
 
 def test_statement_leaves_checked_against_the_ledger(run_a):
@@ -113,7 +138,7 @@ def test_statement_leaves_checked_against_the_ledger(run_a):
     lines[1] = json.dumps(record)
     (run_a / "steps.jsonl").write_text("\n".join(lines) + "\n")
     problems = _problems(run_a)
-    assert "statement field ledger_leaves[0]" in problems and "ledger:" in problems
+    assert "statement field ledger_leaves[0]" in problems and "disagrees with steps.jsonl" in problems
 
 
 @pytest.mark.parametrize("damage", ["delete", "directory", "null"])
