@@ -50,7 +50,7 @@ from . import field as F
 from .backend import P, array_module
 from .errors import ParameterError, ShapeMismatchError, SumcheckError
 from .extension import Fp2, e_add, e_mul, e_scale, e_sum
-from .ligero import Ligero, LigeroProof
+from .ligero import Ligero, LigeroProof, Query
 from .multilinear import as_ext_table, fold, num_vars_of
 from .pcs import LAYOUT_VECTOR, Commitment, LinearFormCommitment
 from .randomness import as_rng
@@ -64,6 +64,9 @@ __all__ = [
     "prove_sumcheck",
     "verify_sumcheck",
     "interpolate",
+    "MaskBank",
+    "bank_row_length",
+    "verify_bank",
 ]
 
 
@@ -80,7 +83,7 @@ class SumcheckSpec:
     """Public structure of one sumcheck: variables, tables, terms, which tables are masked.
 
     ``table_vars[k]`` (default: all ``num_vars``) is the number of leading variables table k
-    depends on; every factor of one term must have the same number.
+    depends on; a shorter factor of a term is broadcast over the term's other variables.
     """
 
     num_vars: int
@@ -119,12 +122,6 @@ class SumcheckSpec:
                 f"SumcheckSpec: table_vars {tv} must give 1..{real} variables for each "
                 f"of the {self.num_tables} tables"
             )
-        for t in self.terms:
-            if len({tv[k] for k in t.factors}) != 1:
-                raise ParameterError(
-                    f"SumcheckSpec: the factors {t.factors} of a term have different numbers of "
-                    f"variables {[tv[k] for k in t.factors]}"
-                )
         object.__setattr__(self, "table_vars", tv)
 
     @staticmethod
@@ -262,18 +259,37 @@ def _eval_f(spec: SumcheckSpec, values: Sequence[Fp2]) -> Fp2:
 # ---- the masking polynomial g ---------------------------------------------------------------
 
 
+def _mask_coeffs(spec: SumcheckSpec, rng: Any, length: int) -> np.ndarray:
+    """Random coefficients of g (n x width, above each round's degree zero) in a vector."""
+    n, width = spec.num_vars, spec.mask_width()
+    coeffs = rng.field((n, width))
+    for i, deg in enumerate(spec.f_degrees()):
+        coeffs[i, deg + 1 :] = 0  # g_i has exactly the round's degree
+    vec = np.zeros(length, dtype=np.uint64)
+    vec[: n * width] = coeffs.reshape(-1)
+    return vec
+
+
 class _Mask:
     """Prover view of g (base coefficients C) and its evaluation mask mu_g (extension)."""
 
     def __init__(self, spec: SumcheckSpec, pcs: LinearFormCommitment, rng: Any) -> None:
-        n, width = spec.num_vars, spec.mask_width()
-        coeffs = rng.field((n, width))
-        for i, deg in enumerate(spec.f_degrees()):
-            coeffs[i, deg + 1 :] = 0  # g_i has exactly the round's degree
-        vec = np.zeros(spec.mask_vector_len(), dtype=np.uint64)
-        vec[: n * width] = coeffs.reshape(-1)
+        vec = _mask_coeffs(spec, rng, spec.mask_vector_len())
         self.commitment, self.state = pcs.commit_vector(vec, num_points=1, rng=rng)
-        mu = np.asarray(pcs.vector_mask(self.state, 0))[:, : n * width].reshape(2, n, width)
+        self._load(spec, vec, np.asarray(pcs.vector_mask(self.state, 0)))
+
+    @classmethod
+    def from_row(cls, spec: SumcheckSpec, vec: np.ndarray, mu: np.ndarray) -> _Mask:
+        """g stored as one row of a :class:`MaskBank` (its commitment is the bank's)."""
+        self = cls.__new__(cls)
+        self.commitment = self.state = None
+        self._load(spec, vec, mu)
+        return self
+
+    def _load(self, spec: SumcheckSpec, vec: np.ndarray, mu_row: np.ndarray) -> None:
+        n, width = spec.num_vars, spec.mask_width()
+        coeffs = vec[: n * width].reshape(n, width)
+        mu = mu_row[:, : n * width].reshape(2, n, width)
         degs = spec.f_degrees()
         self.c = [[int(v) for v in coeffs[i, : degs[i] + 1]] for i in range(n)]
         # only coefficients up to the round's degree are ever queried (see _mask_query)
@@ -313,7 +329,9 @@ class _Mask:
         )
 
 
-def _mask_query(spec: SumcheckSpec, rs: Sequence[Fp2]) -> tuple[np.ndarray, Fp2]:
+def _mask_query(
+    spec: SumcheckSpec, rs: Sequence[Fp2], length: int | None = None
+) -> tuple[np.ndarray, Fp2]:
     """Weights w[i, e] = r_i^e for e <= deg_i (0 elsewhere) and lam = r_n (1 - r_n).
 
     Then g^(r) = <C + lam mu, w>; zero weights above each round's degree keep the committed
@@ -321,13 +339,67 @@ def _mask_query(spec: SumcheckSpec, rs: Sequence[Fp2]) -> tuple[np.ndarray, Fp2]
     """
     width = spec.mask_width()
     degs = spec.f_degrees()
-    w = np.zeros((2, spec.mask_vector_len()), dtype=np.uint64)
+    w = np.zeros((2, length or spec.mask_vector_len()), dtype=np.uint64)
     for i, r in enumerate(rs):
         pw = Fp2(1)
         for e in range(degs[i] + 1):
             w[0, i * width + e], w[1, i * width + e] = pw.c0, pw.c1
             pw = pw * r
     return w, rs[-1] * (1 - rs[-1])
+
+
+class MaskBank:
+    """The Libra masking polynomials of several sumchecks in ONE commitment, opened once.
+
+    Each sumcheck of a protocol commits its own g otherwise: one Ligero commitment and one
+    opening (t columns, a Merkle multi-proof) each. The bank commits every g as one row of a
+    matrix (``Ligero.commit_rows``) before the first of those sumchecks, and one batched opening
+    at the end answers every sumcheck's query <C_s + lam_s mu_s, w_s> (row s). The shapes of the
+    specs are public (fixed by the protocol, not by challenges), so prover and verifier build the
+    same bank; a sumcheck run with ``bank=(bank, s)`` sends G_s and g^_s(r) as usual but no
+    commitment or opening of its own. Soundness: each sumcheck's argument is unchanged (g_s is
+    committed before its rho is drawn; the opening binds g^_s(r)), and the one opening's error
+    is the commitment's (<= 2^-security_bits).
+    """
+
+    def __init__(self, specs: Sequence[SumcheckSpec], pcs: Ligero, rng: Any) -> None:
+        self.specs = list(specs)
+        self.length = bank_row_length(self.specs)
+        rows = np.stack([_mask_coeffs(sp, rng, self.length) for sp in self.specs])
+        self.commitment, self.state = pcs.commit_rows(rows, num_points=len(self.specs), rng=rng)
+        self.masks = [
+            _Mask.from_row(sp, rows[s], np.asarray(pcs.vector_mask(self.state, s)))
+            for s, sp in enumerate(self.specs)
+        ]
+        self.queries: list[Any] = [None] * len(self.specs)
+
+    def open(self, pcs: Ligero, transcript: Transcript) -> LigeroProof:
+        """The one opening of every sumcheck's g^(r) (after the last of them)."""
+        if any(q is None for q in self.queries):
+            raise ParameterError("MaskBank.open: a sumcheck of the bank has not run")
+        return pcs.open_linear(self.state, self.queries, transcript)
+
+
+def bank_row_length(specs: Sequence[SumcheckSpec]) -> int:
+    """Row length of a mask bank: the longest g, rounded up to a power of two."""
+    longest = max(sp.num_vars * sp.mask_width() for sp in specs)
+    return 1 << (longest - 1).bit_length()
+
+
+def verify_bank(
+    commitment: Commitment,
+    specs: Sequence[SumcheckSpec],
+    queries: Sequence[Any],
+    values: Sequence[Fp2],
+    proof: LigeroProof,
+    transcript: Transcript,
+    pcs: Ligero,
+) -> None:
+    """Check the bank's one opening against the queries the verified sumchecks left."""
+    n = num_vars_of(bank_row_length(specs), "mask bank rows")
+    commitment.expect(num_vars=n, extension=False, num_points=len(specs), layout=LAYOUT_VECTOR,
+                      what="sumcheck mask bank")
+    pcs.verify_linear(commitment, queries, values, proof, transcript, rows=len(specs))
 
 
 # ---- prover ---------------------------------------------------------------------------------
@@ -374,6 +446,7 @@ def prove_sumcheck(
     masks: Sequence[Any | None] | None = None,
     pcs: LinearFormCommitment | None = None,
     rng: Any = None,
+    bank: tuple[MaskBank, int] | None = None,
 ) -> tuple[SumcheckProof, SumcheckClaim]:
     """Prove sum_x f^(x) = H and return (proof, the claim it reduces to).
 
@@ -385,6 +458,8 @@ def prove_sumcheck(
         masks: per table, the round-1 mask M_k (2, 2^(n-1)) or None (zk only).
         pcs: commitment for g (default :class:`Ligero`).
         rng: prover randomness (None: OS CSPRNG; an int seed for tests only).
+        bank: (bank, s): use row s of a :class:`MaskBank` as g (committed there, opened by
+            ``bank.open`` later) instead of a commitment of its own.
     """
     n = spec.num_vars
     if len(tables) != spec.num_tables:
@@ -420,9 +495,14 @@ def prove_sumcheck(
     rho = Fp2(0)
     g: _Mask | None = None
     if spec.zk:
-        g = _Mask(spec, pcs, rng)
-        g.commitment.absorb_into(transcript, "sumcheck.mask")
-        proof.mask_commitment, proof.mask_sum = g.commitment, g.total()
+        if bank is not None:
+            g = bank[0].masks[bank[1]]
+            transcript.absorb_u64("sumcheck.mask_bank_row", bank[1])
+        else:
+            g = _Mask(spec, pcs, rng)
+            g.commitment.absorb_into(transcript, "sumcheck.mask")
+            proof.mask_commitment = g.commitment
+        proof.mask_sum = g.total()
         transcript.absorb_ext("sumcheck.mask_sum", proof.mask_sum)
         rho = transcript.challenge_ext("sumcheck.rho")  # soundness: 1/p^2
         claim = claim + rho * proof.mask_sum
@@ -457,9 +537,23 @@ def prove_sumcheck(
     if g is not None:
         proof.mask_eval = g.final(rs)
         transcript.absorb_ext("sumcheck.mask_eval", proof.mask_eval)
-        w, lam = _mask_query(spec, rs)
-        proof.mask_opening = pcs.open_linear(g.state, [(w, lam)], transcript)
+        if bank is not None:
+            w, lam = _mask_query(spec, rs, bank[0].length)
+            bank[0].queries[bank[1]] = Query(lam=lam, table=bank[1], weights=w)
+        else:
+            w, lam = _mask_query(spec, rs)
+            proof.mask_opening = pcs.open_linear(g.state, [(w, lam)], transcript)
     return proof, SumcheckClaim(rs, finals)
+
+
+def _bmul(long: Any, short: Any) -> Any:
+    """Product of two tables over leading variables; the shorter one is broadcast over the
+    longer one's trailing variables (entry i of the longer meets entry i >> (m - m') )."""
+    if long.shape[1] == short.shape[1]:
+        return e_mul(long, short)
+    ratio = long.shape[1] // short.shape[1]
+    lo = long.reshape(2, short.shape[1], ratio)
+    return e_mul(lo, short.reshape(2, short.shape[1], 1)).reshape(2, long.shape[1])
 
 
 def _eval_sum(spec: SumcheckSpec, tabs: list[Any], free_vars: int) -> Fp2:
@@ -467,9 +561,10 @@ def _eval_sum(spec: SumcheckSpec, tabs: list[Any], free_vars: int) -> Fp2:
     variables its tables do not cover (a term over 2^m entries counts 2^(free_vars - m) times)."""
     total = Fp2(0)
     for t in spec.terms:
-        prod = tabs[t.factors[0]]
-        for k in t.factors[1:]:
-            prod = e_mul(prod, tabs[k])
+        order = sorted(t.factors, key=lambda k: -tabs[k].shape[1])
+        prod = tabs[order[0]]
+        for k in order[1:]:
+            prod = _bmul(prod, tabs[k])
         copies = free_vars - num_vars_of(prod.shape[1], "term product")
         total = total + t.coeff * e_sum(prod) * pow(2, copies, P)
     return total
@@ -485,6 +580,7 @@ def verify_sumcheck(
     claimed_sum: Fp2 | int,
     *,
     pcs: LinearFormCommitment | None = None,
+    bank: tuple[list, int, int] | None = None,
 ) -> SumcheckClaim:
     """Check every round, the final claim and (zk) the mask opening; return the reduced claim.
 
@@ -507,21 +603,26 @@ def verify_sumcheck(
     claim = Fp2.lift(claimed_sum) * (2 if spec.hiding else 1)
     rho = Fp2(0)
     if spec.zk:
-        if (
-            proof.mask_commitment is None
-            or proof.mask_sum is None
-            or proof.mask_eval is None
-            or proof.mask_opening is None
+        own = (proof.mask_commitment, proof.mask_opening)
+        if proof.mask_sum is None or proof.mask_eval is None or any(
+            (x is None) != (bank is not None) for x in own
         ):
-            raise ShapeMismatchError("zk sumcheck mask fields", expected="present", got="missing")
-        proof.mask_commitment.expect(
-            num_vars=num_vars_of(spec.mask_vector_len()),
-            extension=False,
-            num_points=1,
-            layout=LAYOUT_VECTOR,
-            what="sumcheck mask commitment",
-        )
-        proof.mask_commitment.absorb_into(transcript, "sumcheck.mask")
+            raise ShapeMismatchError(
+                "zk sumcheck mask fields",
+                expected="sum and value" + ("" if bank else ", commitment and opening"),
+                got="missing or extra",
+            )
+        if bank is not None:
+            transcript.absorb_u64("sumcheck.mask_bank_row", bank[1])
+        else:
+            proof.mask_commitment.expect(
+                num_vars=num_vars_of(spec.mask_vector_len()),
+                extension=False,
+                num_points=1,
+                layout=LAYOUT_VECTOR,
+                what="sumcheck mask commitment",
+            )
+            proof.mask_commitment.absorb_into(transcript, "sumcheck.mask")
         transcript.absorb_ext("sumcheck.mask_sum", proof.mask_sum)
         rho = transcript.challenge_ext("sumcheck.rho")
         claim = claim + rho * proof.mask_sum
@@ -552,7 +653,11 @@ def verify_sumcheck(
         raise SumcheckError(
             "final claim f(r) + rho g(r)", round=spec.num_vars, expected=claim, got=expected
         )
-    if spec.zk:
+    if spec.zk and bank is not None:  # checked by the bank's one opening (verify_bank)
+        queries, row, length = bank
+        w, lam = _mask_query(spec, rs, length)
+        queries.append((Query(lam=lam, table=row, weights=w), proof.mask_eval))
+    elif spec.zk:
         w, lam = _mask_query(spec, rs)
         pcs.verify_linear(
             proof.mask_commitment, [(w, lam)], [proof.mask_eval], proof.mask_opening, transcript

@@ -195,9 +195,25 @@ def test_terms_over_fewer_variables_are_broadcast(rng, zk, short_vars):
         verify_sumcheck(spec, proof, Transcript(b"sc"), h + 1)
 
 
-def test_term_with_mixed_variable_counts_rejected():
-    with pytest.raises(Exception, match="different numbers of variables"):
-        SumcheckSpec.of(3, 2, [(1, [0, 1])], table_vars=(3, 2))
+@pytest.mark.parametrize("zk", [False, True])
+def test_factors_of_one_term_may_have_different_lengths(rng, zk):
+    """A(x) B(x_1..x_2) C(x_1): shorter factors are broadcast over the term's other variables."""
+    a = rng.integers(0, P, 1 << N, dtype=np.uint64)
+    b = rng.integers(0, P, 4, dtype=np.uint64)
+    c = rng.integers(0, P, 2, dtype=np.uint64)
+    spec = SumcheckSpec.of(N, 3, [(3, [0, 1, 2]), (1, [1])], zk=zk,
+                           masked=(True, False, True) if zk else (), table_vars=(N, 2, 1))
+    masks = [e_random(1 << (v - 1), rng) if m else None
+             for v, m in zip(spec.table_vars, spec.masked, strict=True)]
+    h = Fp2(0)
+    for i in range(1 << N):
+        h = h + Fp2(3 * int(a[i]) * int(b[i >> (N - 2)]) * int(c[i >> (N - 1)]))
+    h = h + Fp2(sum(int(v) for v in b) * 2 ** (N - 2))
+    proof, _ = prove_sumcheck(spec, [a, b, c], Transcript(b"sc"), masks=masks, rng=2)
+    out = verify_sumcheck(spec, proof, Transcript(b"sc"), h)
+    assert out.evaluations[1] == evaluate(b, out.point[:2])
+    with pytest.raises(SumcheckError):
+        verify_sumcheck(spec, proof, Transcript(b"sc"), h + 1)
 
 
 def test_table_vars_are_part_of_the_transcript(rng):
