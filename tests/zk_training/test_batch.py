@@ -55,8 +55,9 @@ def test_honest_epoch_unit_commits_to_all_its_batches(run):
     stmt = run.epoch_statement
     assert verify_chain([stmt], [run.epoch_proof], run.epoch_seal) == 3
     check_batch(stmt, *_xy(run.tapes), run.epoch_seed)
-    assert stmt.batch.num_vars == batch_layout(stmt.arch).num_vars  # T = 4: one more variable
-    assert stmt.batch.num_vars == run.step_proofs[0][1].batch.num_vars + 1
+    # T = 4 against T = 1 for a single step: two more (instance) variables
+    assert stmt.batch.num_vars == batch_layout(stmt.arch).num_vars
+    assert stmt.batch.num_vars == run.step_proofs[0][1].batch.num_vars + 2
 
 
 def test_statement_json_carries_the_batch_commitment(run):

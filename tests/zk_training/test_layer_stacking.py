@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from lightning_zk.fixed import FixedPointMLP, tensor_names
-from lightning_zk.zk import VerificationError
+from lightning_zk.zk import ParameterError, VerificationError
 from lightning_zk.zk.training import (
     build_layout,
     prove_epoch,
@@ -19,6 +19,7 @@ from lightning_zk.zk.training import (
 )
 from lightning_zk.zk.training import prover as prover_mod
 from lightning_zk.zk.training import witness as witness_mod
+from lightning_zk.zk.training.common import UnitShape
 from lightning_zk.zk.training.layout import Arch, layer_groups
 from lightning_zk.zk.training.relations import count_wit_claims, relation_builders
 
@@ -78,14 +79,16 @@ def test_stacks_are_the_union_of_their_layer_slots():
 def test_stacking_cuts_sumchecks_and_openings():
     proof, stmt, _ = prove_step(TAPES[0], backend="numpy", rng=1)
     lay = _layout()
-    assert (
-        len(proof.sumchecks) == len(relation_builders(lay, stmt)) == 2 * 5 + 3
-    )  # + chain, global, batch link
+    relations = len(relation_builders(lay, stmt))
+    assert relations == 2 * 5 + 2  # + chain, batch link
+    assert len(proof.sumchecks) == relations + 2  # + the range check, the claim reduction
     # the same network without stacking would need one sumcheck per layer and relation
-    per_layer = 4 * 5 - 1 + 3
+    per_layer = 4 * 5 - 1 + 2 + 2
     assert len(proof.sumchecks) < per_layer
-    # every Wit claim of every relation goes through the claim reduction: one opening point
-    assert count_wit_claims(lay, stmt) > 1 and proof.wit_commitment.num_points == 1
+    # every Wit claim of every relation goes through the claim reduction: Wit is opened at one
+    # point (the other queries of its commitment are the range limbs)
+    columns = UnitShape(stmt).ranges.columns
+    assert count_wit_claims(lay, stmt) > 1 and proof.wit_commitment.num_points == 1 + columns
 
 
 @pytest.fixture(scope="module")
@@ -141,10 +144,11 @@ def test_altered_stacked_tensor_rejected_by_verifier(name):
 
 
 def test_value_in_an_unused_layer_slot_rejected(monkeypatch):
-    """The 4th layer slot of the 3-layer group must stay zero (the pad relation).
+    """The 4th layer slot of the 3-layer group must stay zero: it is outside Wit's column
+    support (not committed at all), and, should a prover commit it anyway, the padding terms
+    of the elementwise relation reject it.
 
-    RGA is read per layer only (input gradient), so nothing but the pad relation sees its
-    unused slot.
+    RGA is read per layer only (input gradient), so nothing but those two sees its unused slot.
     """
     real = witness_mod.wit_table
 
@@ -156,6 +160,9 @@ def test_value_in_an_unused_layer_slot_rejected(monkeypatch):
         return out
 
     monkeypatch.setattr(prover_mod, "wit_table", planted)
+    with pytest.raises(ParameterError, match="outside its support"):
+        prove_step(TAPES[0], backend="numpy", rng=5, strict=False)
+    monkeypatch.setattr(UnitShape, "wit_support", property(lambda self: None))  # commit all
     proof, stmt, _ = prove_step(TAPES[0], backend="numpy", rng=5, strict=False)
-    with pytest.raises(VerificationError, match="relation global"):
+    with pytest.raises(VerificationError, match="relation elementwise"):
         verify_unit(proof, stmt)

@@ -86,7 +86,7 @@ class _ForgingLigero(Ligero):
         rows = [_combine_rows(state.msg, c) for c in coeffs]
         values = [_inner(v[:, : p.k], b) for v, (_, b, _) in zip(rows, queries, strict=True)]
         fake_msg = state.msg.copy()
-        fake_msg[: p.m_data, : p.k] = self.fake.reshape(p.m_data, p.k)
+        fake_msg[: p.m_data, : p.k] = self._data_rows([self.fake], p, np)
         false_value = _inner(_combine_rows(fake_msg, coeffs[j])[:, : p.k], queries[j][1])
         # Enc(e_i) for every message position: G (msg_len, code_len)
         g = _encode(np.eye(p.msg_len, dtype=np.uint64), p.code_len)

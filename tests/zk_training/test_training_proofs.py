@@ -126,7 +126,8 @@ def test_seal_for_other_statement_rejected(run):
     (_, s0), _, (_, s2) = run.step_proofs
     from lightning_zk.zk.training import PendingClaim
 
-    claim = PendingClaim(tuple(run.step_seal.pending_point), run.step_seal.pending_value)
+    claim = PendingClaim(tuple(run.step_seal.pending_point), run.step_seal.pending_value,
+                         run.step_seal.pending_lam)
     verify_seal(run.step_seal, s2, claim)
     with pytest.raises(VerificationError):
         verify_seal(run.step_seal, s0, claim)
@@ -163,10 +164,10 @@ def test_tampered_claim_reduction_or_wit_mask_rejected(run):
 
     proof, stmt = run.step_proofs[0]
     bad = copy.deepcopy(proof)
-    bad.reduction.final_evals[1] = bad.reduction.final_evals[1] + Fp2(1)
+    bad.sumchecks[-1].final_evals[1] = bad.sumchecks[-1].final_evals[1] + Fp2(1)
     with pytest.raises(VerificationError, match="claim reduction|opening of Wit"):
         verify_unit(bad, stmt)
     other, _ = run.step_proofs[1]
-    bad = dataclasses.replace(proof, wit_mask_commitment=other.wit_mask_commitment)
+    bad = dataclasses.replace(proof, mask_commitment=other.mask_commitment)
     with pytest.raises(VerificationError):
         verify_unit(bad, stmt)

@@ -36,9 +36,9 @@ from ..ligero import Ligero, LigeroConfig, LigeroState
 from ..pcs import Commitment
 from ..randomness import ProverRng
 from ..transcript import Transcript
-from .layout import Arch, Layout, TensorSlot, allocate, build_layout
+from .layout import Arch, Layout, TensorSlot, allocate, build_layout, instances_for
 from .placement import Free
-from .relations import Committed, PubEq, Relation
+from .relations import Committed, PubEq, PubPadBox, Relation
 
 __all__ = [
     "BATCH_POINTS",
@@ -126,6 +126,13 @@ def batch_link(layout: Layout, tr: Transcript) -> Relation:
     r = tr.challenge_ext_list("batch.r", n)
     alpha = tr.challenge_ext("batch.alpha")
     rel = Relation("batch_link", n)
+    a_pad = tr.challenge_ext("batch.alpha_pad")
+    x_slot = layout.wit["x"]
+    (_, nb), (_, nx) = x_slot.axes[1:]
+    tau = arch.tau
+    ex = rel.add(PubEq(tuple(range(mx)), tuple(r[:mx])))
+    pad = rel.add(PubPadBox(((tau, nb), (tau + nb, nx)), ((arch.batch_size, arch.dims[0]),)))
+    rel.term(a_pad, ex, pad, rel.add(Committed("wit", "x", tuple(Free(i) for i in range(mx)))))
     for k, (name, m) in enumerate((("x", mx), ("y", my))):
         free = tuple(Free(i) for i in range(m))
         e = rel.add(PubEq(tuple(range(m)), tuple(r[:m])))
@@ -213,7 +220,7 @@ def batch_commitment(
     if not xs:
         raise ParameterError("batch_commitment: no steps")
     batch = int(np.asarray(xs[0]).shape[0])
-    arch = Arch(tuple(int(d) for d in dims), batch, max(2, 1 << (len(xs) - 1).bit_length()))
+    arch = Arch(tuple(int(d) for d in dims), batch, instances_for(len(xs)))
     layout = build_layout(arch, tensor_names(arch.num_layers))
     pcs = Ligero(LigeroConfig(security_bits, blowup))
     return commit_batch(pcs, layout, xs, ys, seed)[0]

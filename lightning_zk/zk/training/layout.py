@@ -1,26 +1,27 @@
 """Where each witness tensor lives inside the committed multilinear polynomials.
 
 Every tensor of a proof unit is stacked over the unit's T = 2^tau steps (instance variable t,
-always the *first* variable, so every sumcheck sums over it and the commitment's round-1 mask
-applies; see docs/zk_training.md) and zero-padded to power-of-two axes. Tensors share one
-commitment ``Wit`` of 2^n entries: a tensor of 2^m entries gets a code c of n - m bits and
-element e sits at index (e << (n - m)) | c, i.e. *element bits first, code bits last*, so an
-opening point's first coordinate is always a challenge (never a constant 0/1, which would
-cancel the hiding mask). Codes come from an aligned buddy allocation, bit-reversed, which
-makes them suffix-free (no two tensors overlap).
+the first element variable; T = 1 for a single step: no instance variable, no zero instance)
+and zero-padded to power-of-two axes. Tensors share one commitment ``Wit`` of 2^n entries: a
+tensor of 2^m entries gets a code c of n - m bits and element e sits at index
+(e << (n - m)) | c, i.e. *element bits first, code bits last*. Codes come from an aligned buddy
+allocation, bit-reversed, which makes them suffix-free (no two tensors overlap). The space no
+tensor occupies is zero by definition: :meth:`Layout.wit_support` tells the commitment which
+columns can hold data, so unallocated space is never committed (docs/zk_training.md).
 
 Layers of one *layer group* (same padded shape and role) are stacked too: each tensor kind of
 a group is one block whose last element variables are the layer index l, so a relation proves
 all the group's layers in one sumcheck (FAC4DNN).
 
 The weights of all layers form the parameter layout Theta; Wit holds two Theta super-blocks
-(weights before and after each step), and the boundary commitments B hold Theta with a leading
-hiding variable h: B(0, .) = Theta, B(1, .) = 0.
+(weights before and after each step), and the boundary commitments B hold Theta itself.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from ..ligero import ColumnSupport
 
 __all__ = [
     "Arch",
@@ -30,6 +31,7 @@ __all__ = [
     "build_layout",
     "bits_of",
     "code_int",
+    "instances_for",
     "layer_groups",
     "split_name",
 ]
@@ -43,6 +45,13 @@ def code_int(code: tuple[int, ...] | list[int]) -> int:
     return out
 
 
+def instances_for(steps: int) -> int:
+    """T for a unit of ``steps`` steps: the next power of two (1 for a single step)."""
+    if steps < 1:
+        raise ValueError(f"a proof unit has >= 1 step, got {steps}")
+    return 1 << (steps - 1).bit_length()
+
+
 def bits_of(n: int) -> int:
     """Number of variables of an axis of length n (padded to a power of two, >= 1)."""
     return max(1, (int(n) - 1).bit_length())
@@ -54,7 +63,7 @@ class Arch:
 
     dims: tuple[int, ...]
     batch_size: int
-    num_instances: int  # T, a power of two >= 2
+    num_instances: int  # T, a power of two (1: a single step)
 
     @property
     def num_layers(self) -> int:
@@ -196,7 +205,21 @@ class Layout:
 
     @property
     def b_vars(self) -> int:
-        return 1 + self.theta_vars
+        return self.theta_vars
+
+    def leaf_blocks(self) -> list[tuple[str, TensorSlot]]:
+        """The tensors that hold data (per-layer slots of real layers, global tensors, Theta
+        blocks inside the two Theta super-blocks): every allocated entry lies in exactly one."""
+        return [(name, slot) for name, slot in self.wit.items() if not name.startswith("THETA")]
+
+    def wit_support(self) -> ColumnSupport:
+        """Where Wit can be nonzero (its public column support, :class:`ColumnSupport`)."""
+        return ColumnSupport(tuple(sorted((s.code_int, len(s.code)) for _, s in self.leaf_blocks())))
+
+    def theta_support(self) -> ColumnSupport:
+        """Where a boundary commitment B (Theta) can be nonzero."""
+        return ColumnSupport(tuple(sorted(
+            (s.code_int, len(s.code)) for name, s in self.theta.items() if name != "THETA")))
 
     def group_bits(self, g: int) -> int:
         """Number of layer variables of group ``g``."""
@@ -278,9 +301,9 @@ def build_layout(arch: Arch, names: list[str]) -> Layout:
         for k in ("W", "b"):
             for pos, i in enumerate(g):
                 theta[f"{k}{i}"] = TensorSlot(
-                    (("h", 1), *elem_axes(k, gi)), _lbits(pos, lam[gi]) + th_codes[f"{k}@{gi}"]
+                    elem_axes(k, gi), _lbits(pos, lam[gi]) + th_codes[f"{k}@{gi}"]
                 )
-    theta["THETA"] = TensorSlot((("h", 1), ("theta", n_theta)), ())
+    theta["THETA"] = TensorSlot((("theta", n_theta),), ())
     missing = [n for n in names if n not in wit]
     if missing or L < 1:
         raise ValueError(f"build_layout: tensors without a slot: {missing}")

@@ -1,12 +1,13 @@
 """Prover of a training proof unit (T >= 1 consecutive SGD steps) and of the chain seal.
 
-Transcript order (the verifier in :mod:`.verifier` mirrors it line by line):
-statement -> commitments Wit, R (Wit's full mask), v16, vQ -> carried claim on B_in -> one zk
-sumcheck per relation (challenges drawn inside each builder after everything before was
-absorbed) -> logUp range proofs of v16 (s bits) and vQ (Q bits) -> the claim reduction of every
-Wit claim (:mod:`..reduction`) -> one opening per commitment (Wit and R at one point each, v16,
-vQ, B_in, batch). B_out is *not* opened here: its claim is pending until the next unit (or the seal)
-opens B_out exactly once, so hiding commitments are never opened twice.
+Transcript order (the verifier in :mod:`.verifier` mirrors it line by line): statement ->
+commitments Wit (with the range limbs), M (with the multiplicities), the sumcheck mask bank ->
+carried claim on B_in -> one zk sumcheck per relation (challenges drawn inside each builder after
+everything before was absorbed) -> beta, the range inverses h and table side q, the range
+sumcheck (:mod:`.ranges`) -> the reduction of every Wit claim (:mod:`.claims`) -> one batched
+opening per commitment (bank, Wit, M, h, q, B_in, batch). B_out is *not* opened here: its claim is
+pending until the next unit (or the seal) opens B_out exactly once, so hiding commitments are
+never opened twice.
 """
 
 from __future__ import annotations
@@ -17,34 +18,34 @@ from typing import Any
 
 import numpy as np
 
-from ...fixed.tape import WitnessTape, tensor_names
-from ..backend import get_backend, to_numpy
+from ...fixed.tape import WitnessTape
+from ..backend import get_backend
 from ..errors import ParameterError
-from ..extension import Fp2, e_const, e_from_base, e_scale
+from ..extension import Fp2, e_from_base
 from ..field import from_signed
-from ..ligero import Ligero, LigeroConfig, LigeroState
-from ..lookup import prove_range
-from ..multilinear import eq_eval, eq_table
+from ..ligero import Ligero, LigeroConfig, LigeroState, Query
+from ..multilinear import eq_table
 from ..randomness import as_rng
-from ..reduction import prove_reduction
-from ..sumcheck import prove_sumcheck
+from ..sumcheck import MaskBank, prove_sumcheck
 from ..transcript import Transcript
-from .batch import SEED_BYTES, commit_batch, count_batch_claims, seeded_rng
-from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
-from .layout import Arch, Layout, build_layout, code_int, theta_names
-from .placement import Free, opening_point, place, place_mask
+from .batch import SEED_BYTES, commit_batch, seeded_rng
+from .claims import WitClaim, prove_claims, tiled_mask
+from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, UnitShape, slot_of
+from .layout import Layout, theta_names
+from .masking import expand_mask
+from .placement import Free, opening_point, place
 from .proof import PendingClaim, SealProof, UnitProof
-from .relations import (
-    Committed,
-    PubBlocks,
-    PubEmbed,
-    PubEq,
-    PubPad,
-    PubSmall,
-    relation_builders,
+from .ranges import (
+    range_challenges,
+    range_columns,
+    range_index,
+    range_inverses,
+    range_spec,
+    range_tables,
 )
+from .relations import Committed, PubEq, PubPadBox, PubSmall, relation_builders
 from .statement import TrainingStatement
-from .witness import check_witness, range_tables, theta_table, wit_table
+from .witness import check_witness, theta_table, wit_table
 
 __all__ = ["ChainLink", "prove_unit", "prove_step", "prove_epoch", "prove_seal", "resume_link"]
 
@@ -65,34 +66,36 @@ class ChainLink:
     b_out_seed: bytes = b""
 
 
-def _pad_table(f: PubPad, n: int, xp: Any) -> Any:
-    out = np.zeros(1 << n, dtype=np.uint64)
-    for code, axes in f.items:
-        block = np.ones([1 << f.tau, *[1 << b for b, _ in axes]], dtype=np.uint64)
-        block[(slice(None), *[slice(0, size) for _, size in axes])] = 0
-        out[code_int(code) :: 1 << len(code)] = block.reshape(-1)
-    return e_from_base(xp.asarray(out))
+def _pad_box_table(f: PubPadBox, n: int) -> np.ndarray:
+    """1 - [inside the tensor's true box], over n variables (broadcast elsewhere)."""
+    box = np.zeros((2,) * n, dtype=bool) if n else np.zeros((), dtype=bool)
+    for pos, sizes in enumerate(f.sizes):
+        inside = np.ones((2,) * n, dtype=bool) if n else np.ones((), dtype=bool)
+        parts = [(start, bits, size) for (start, bits), size in zip(f.axes, sizes, strict=True)]
+        for start, bits, size in parts:
+            inside = inside & _axis(np.arange(1 << bits) < size, start, bits, n)
+        if f.layer is not None:
+            start, bits = f.layer
+            inside = inside & _axis(np.arange(1 << bits) == pos, start, bits, n)
+        box = box | inside
+    return (~box).reshape(-1).astype(np.uint64)
 
 
-def _public_table(f: PubEq | PubSmall | PubBlocks | PubPad | PubEmbed, n: int, xp: Any) -> Any:
+def _axis(ind: np.ndarray, start: int, bits: int, n: int) -> np.ndarray:
+    shape = [1] * n
+    shape[start : start + bits] = [2] * bits
+    return ind.reshape((2,) * bits).reshape(shape)
+
+
+def _public_table(f: PubEq | PubSmall | PubPadBox, n: int, xp: Any) -> Any:
     if isinstance(f, PubEq):
         return place(eq_table(list(f.point), xp), [Free(i) for i in f.vars], n)
     if isinstance(f, PubSmall):
         vals = xp.asarray([[v.c0 for v in f.values], [v.c1 for v in f.values]], dtype=xp.uint64)
         return place(vals, [Free(i) for i in f.vars], n)
-    if isinstance(f, PubPad):
-        return _pad_table(f, n, xp)
-    if isinstance(f, PubEmbed):
-        out = e_const(0, 1 << n, xp)
-        r = list(f.point)
-        for code, m, packed in f.items:
-            block = e_scale(eq_table(r[:m], xp), eq_eval(r[m:], list(packed)))
-            out[:, code_int(code) :: 1 << len(code)] = block
-        return out
-    out = xp.zeros(1 << n, dtype=xp.uint64)
-    for code, w in f.items:
-        out[code_int(code) :: 1 << len(code)] += np.uint64(w)
-    return e_from_base(out)
+    if isinstance(f, PubPadBox):
+        return e_from_base(xp.asarray(_pad_box_table(f, n)))
+    raise TypeError(f"not a public factor: {f!r}")
 
 
 def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
@@ -123,6 +126,11 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             )
 
 
+def _lam(point: Sequence[Fp2]) -> Fp2:
+    """The mask factor of a hiding sumcheck's claims: r_1 (1 - r_1) of its hiding variable."""
+    return point[0] * (1 - point[0])
+
+
 def prove_unit(
     tapes: Sequence[WitnessTape],
     prev: ChainLink | None = None,
@@ -139,7 +147,7 @@ def prove_unit(
 
     Args:
         tapes: witness tapes of consecutive steps (1 for a step proof, an epoch for FAC4DNN
-            aggregation; stacked to T = max(2, next power of two) instances).
+            aggregation; stacked to T = the next power of two instances, 1 for one step).
         prev: the previous unit's :class:`ChainLink` (None starts a chain: B_in is committed
             here from the first tape's weights).
         backend: ``"auto"``, ``"numpy"`` or ``"cupy"`` for the commitments and sumchecks.
@@ -170,18 +178,18 @@ def prove_unit(
     pcs = Ligero(LigeroConfig(security_bits, blowup))
     first, last = tapes[0], tapes[-1]
     L = first.num_layers
-    arch = Arch(first.dims, first.batch_size, max(2, 1 << (len(tapes) - 1).bit_length()))
-    layout = build_layout(arch, tensor_names(L))
+    draft = UnitShape(TrainingStatement(  # the shapes only need the public constants
+        first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
+        first.mse_const, first.step, len(tapes), prev is None, *_DUMMY_COMS,
+        security_bits, blowup))
+    layout = draft.layout
     before = {k: first.tensors[k] for k in theta_names(L)}
     after = {k: last.tensors[k + "n"] for k in theta_names(L)}
 
-    def commit(table: np.ndarray, points: int) -> tuple[Any, Any, Any]:
-        field = xp.asarray(_field(table))
-        com, st = pcs.commit(field, num_points=points, rng=rng)
-        return com, st, field
-
     if prev is None:
-        b_in_com, b_in_state, b_in_tab = commit(theta_table(layout, before), 2)
+        b_in_tab = xp.asarray(_field(theta_table(layout, before)))
+        b_in_com, b_in_state = pcs.commit(b_in_tab, num_points=2, rng=rng,
+                                          support=draft.theta_support)
     else:
         b_in_com, b_in_state = prev.statement.weights_out, prev.b_out_state
         b_in_tab = prev.b_out_table
@@ -193,132 +201,139 @@ def prove_unit(
         batch_seed, xp,
     )
     stmt = TrainingStatement(
-        first.dims,
-        first.batch_size,
-        first.frac_bits,
-        first.value_bits,
-        first.lr,
-        first.mse_const,
-        first.step,
-        len(tapes),
-        prev is None,
-        b_in_com,
-        b_out_com,
-        batch_com,
-        security_bits,
-        blowup,
-        run_id,
-        tuple(ledger_leaves),
+        first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
+        first.mse_const, first.step, len(tapes), prev is None, b_in_com, b_out_com, batch_com,
+        security_bits, blowup, run_id, tuple(ledger_leaves),
     )
-    wit_int = wit_table(layout, tapes)
-    v16_int, vq_int = range_tables(layout, wit_int, first.frac_bits, first.value_bits)
+    shape = UnitShape(stmt)
+    ml, wr, n = shape.masks, shape.ranges, layout.wit_vars
     tr = Transcript(UNIT_DOMAIN)
     stmt.absorb(tr)  # the full public statement first
-    wit_com, wit_state, wit_tab = commit(wit_int, 1)  # one point: see ..reduction
-    wit_mask_tab = rng.field(1 << (layout.wit_vars - 1), xp)  # R, Wit's full mask
-    wit_mask_com, wit_mask_state = pcs.commit(wit_mask_tab, num_points=1, rng=rng)
-    v16_com, v16_state, v16_tab = commit(v16_int, 2)
-    vq_com, vq_state, vq_tab = commit(vq_int, 2)
+
+    # commitments made before any challenge: Wit with its range limbs, M with the multiplicities
+    wit_int = wit_table(layout, tapes)
+    wit = xp.asarray(_field(wit_int))
+    cols, mult = range_columns(wr, wit_int, strict)
+    del wit_int
+    mtable = rng.field(1 << ml.num_vars)
+    wit_com, wit_state = pcs.commit_tables([wit, *cols], num_points=1 + wr.columns, rng=rng,
+                                           support=shape.wit_support)
+    mask_com, mask_state = pcs.commit_tables([mtable, mult], num_points=2, rng=rng)
+    bank = MaskBank(shape.specs, pcs, rng)
     wit_com.absorb_into(tr, "unit.wit")
-    wit_mask_com.absorb_into(tr, "unit.wit_mask")
-    v16_com.absorb_into(tr, "unit.v16")
-    vq_com.absorb_into(tr, "unit.vq")
+    mask_com.absorb_into(tr, "unit.mask")
+    bank.commitment.absorb_into(tr, "unit.bank")
+
+    # the claim carried over from the previous unit on B_in (its B_out)
     if prev is None:
         c_point = tr.challenge_ext_list("chain.initial", layout.b_vars)
-        c_value = pcs.masked_evaluate(b_in_state, c_point, 0)
+        c_lam = _lam(c_point)
+        c_value = pcs.masked_evaluate(b_in_state, c_point, 0, c_lam)
     else:
-        c_point, c_value = list(prev.pending.point), prev.pending.value
+        c_point, c_lam, c_value = list(prev.pending.point), prev.pending.lam, prev.pending.value
     tr.absorb_ext("chain.carried_point", c_point)
-    tr.absorb_ext("chain.carried_value", c_value)
+    tr.absorb_ext("chain.carried", [c_lam, c_value])
 
-    data = {"wit": wit_tab, "v16": v16_tab, "vq": vq_tab, "bin": b_in_tab, "bout": b_out_tab}
-    data["batch"] = batch_tab
-    states = {
-        "wit": wit_state,
-        "v16": v16_state,
-        "vq": vq_state,
-        "bin": b_in_state,
-        "bout": b_out_state,
-        "batch": batch_state,
-    }
-    claims: dict[str, dict[int, tuple[list[Fp2], Fp2]]] = {k: {} for k in data}
+    data = {"wit": wit, "bin": b_in_tab, "bout": b_out_tab, "batch": batch_tab}
+    states = {"bin": b_in_state, "bout": b_out_state, "batch": batch_state}
+    wit_claims: list[WitClaim] = []
+    other: dict[str, dict[int, tuple[list[Fp2], Fp2, Fp2]]] = {k: {} for k in states}
     sumchecks = []
-    next_wit = 0
-    for build in relation_builders(layout, stmt):
+    builders = relation_builders(layout, stmt)
+    for row, build in enumerate(builders):
         rel = build(tr)
-        n = rel.num_vars
-        tables, masks, placed = [], [], {}
+        tables, masks = _relation_tables(rel, layout, ml, mtable, data, states, pcs, xp)
+        proof, claim = prove_sumcheck(rel.spec(), tables, tr, claimed_sum=rel.claimed,
+                                      masks=masks, pcs=pcs, rng=rng, bank=(bank, row))
+        sumchecks.append(proof)
+        lam, real = _lam(claim.point), claim.point[1:]
         for k, f in enumerate(rel.factors):
             if not isinstance(f, Committed):
-                tables.append(_public_table(f, n, xp))
-                masks.append(None)
                 continue
-            if f.mask_index is None:
-                j, next_wit = next_wit, next_wit + 1
+            full = f.assign + tuple(slot_of(layout, f).code)
+            pt, value = opening_point(full, real), claim.evaluations[k]
+            if f.com == "wit":
+                wit_claims.append(WitClaim(tuple(pt), lam, value))
             else:
-                j = f.mask_index
-            full = _full_assign(layout, f)
-            slot = slot_of(layout, f)
-            sub = data[f.com][slot.code_int :: 1 << len(slot.code)]
-            tables.append(place(sub, f.assign, n))
-            if f.com == "wit":  # masked by R placed like Wit's variables 2..n (..reduction)
-                r_sub = wit_mask_tab[slot.code_int :: 1 << len(slot.code)]
-                masks.append(place_mask(r_sub, f.assign[1:], n))
-            else:
-                st = states[f.com]
-                mu = pcs.mask_table(st, j)
-                masks.append(place_mask(mu, full[len(full) - st.params.col_vars :], n))
-            placed[k] = (f.com, j, full)
-        proof, claim = prove_sumcheck(
-            rel.spec(), tables, tr, claimed_sum=rel.claimed, masks=masks, pcs=pcs, rng=rng
-        )
-        sumchecks.append(proof)
-        for k, (com, j, full) in placed.items():
-            claims[com][j] = (opening_point(full, claim.point), claim.evaluations[k])
+                other[f.com][f.mask_index] = (pt, lam, value)
 
-    ranges = []
-    for name, tab, state, bits in (
-        ("v16", v16_tab, v16_state, first.frac_bits),
-        ("vq", vq_tab, vq_state, first.value_bits),
-    ):
-        mask = pcs.round1_mask(state, 1)
-        rp, rc = prove_range(
-            tr, to_numpy(tab), bits=bits, value_mask=mask, pcs=pcs, rng=rng, strict=strict
-        )
-        ranges.append(rp)
-        claims[name][1] = (rc.point, rc.value)
-    wit_claims = [claims["wit"][j] for j in range(next_wit)]
-    reduction, red = prove_reduction(
-        tr,
-        [p for p, _ in wit_claims],
-        [v for _, v in wit_claims],
-        wit_tab,
-        wit_mask_tab,
-        wit_state,
-        wit_mask_state,
-        pcs,
-        rng,
-    )
+    # the range check of every witness value (inverses and table side after beta)
+    beta = tr.challenge_ext("range.beta")  # soundness: (N_A + 2^b)/p^2
+    hs, q = range_inverses(wr, cols, mult, beta)
+    inv_com, inv_state = pcs.commit_tables(hs, num_points=wr.columns, rng=rng,
+                                           support=shape.wit_support)
+    q_com, q_state = pcs.commit(q, num_points=1, rng=rng)
+    inv_com.absorb_into(tr, "unit.inv")
+    q_com.absorb_into(tr, "unit.q")
+    ch = range_challenges(tr, wr, beta)
+    ix = range_index(wr)
+    b = wr.limb_bits
+    masks = [None] * ix["count"]
+    for c in range(wr.columns):
+        masks[ix["h"][c]] = tiled_mask(pcs, inv_state, c, n)
+        masks[ix["A"][c]] = tiled_mask(pcs, wit_state, 1 + c, n)
+    masks[ix["wit"]] = e_from_base(xp.asarray(expand_mask(ml, mtable, (), n)))
+    masks[ix["q"]] = tiled_mask(pcs, q_state, 0, b)
+    masks[ix["m"]] = tiled_mask(pcs, mask_state, 1, b)
+    tables = range_tables(wr, hs, cols, wit, q, mult, ch)
+    rproof, rclaim = prove_sumcheck(range_spec(wr, ch), tables, tr, claimed_sum=0, masks=masks,
+                                    pcs=pcs, rng=rng, bank=(bank, len(builders)))
+    sumchecks.append(rproof)
+    r_lam, pw, pt = _lam(rclaim.point), rclaim.point[1 : 1 + n], rclaim.point[1 : 1 + b]
+    wit_claims.append(WitClaim(tuple(pw), r_lam, rclaim.evaluations[ix["wit"]]))
+
+    # every claim on Wit reduced to one opening of Wit and one of M
+    red, red_point = prove_claims(tr, wit_claims, wit, mtable, ml, wit_state, mask_state, pcs,
+                                  rng, (bank, len(builders) + 1))
+    sumchecks.append(red)
+    d_lam, dw, dm = _lam(red_point), red_point[1 : 1 + n], red_point[1 : 1 + ml.num_vars]
+
+    # one batched opening per commitment
+    bank_open = bank.open(pcs, tr)
+    wit_open = pcs.open_queries(
+        wit_state, [Query(tuple(dw), d_lam, 0)]
+        + [Query(tuple(pw), r_lam, 1 + c) for c in range(wr.columns)], tr)
+    mask_open = pcs.open_queries(mask_state, [Query(tuple(dm), d_lam, 0),
+                                              Query(tuple(pt), r_lam, 1)], tr)
+    inv_open = pcs.open_queries(inv_state, [Query(tuple(pw), r_lam, c)
+                                            for c in range(wr.columns)], tr)
+    q_open = pcs.open_queries(q_state, [Query(tuple(pt), r_lam, 0)], tr)
+    bp, blam, _ = other["bin"][1]
+    b_in_open = pcs.open_queries(b_in_state, [Query(tuple(c_point), c_lam),
+                                              Query(tuple(bp), blam)], tr)
+    batch_open = pcs.open_queries(
+        batch_state, [Query(tuple(p), lam) for p, lam, _ in
+                      (other["batch"][j] for j in range(len(other["batch"])))], tr)
     proof = UnitProof(
-        wit_com,
-        wit_mask_com,
-        v16_com,
-        vq_com,
-        c_point,
-        c_value,
-        sumchecks,
-        *ranges,
-        reduction,
-        pcs.open(wit_state, [red.point], tr),
-        pcs.open(wit_mask_state, [red.point[:-1]], tr),
-        pcs.open(v16_state, [claims["v16"][0][0], claims["v16"][1][0]], tr),
-        pcs.open(vq_state, [claims["vq"][0][0], claims["vq"][1][0]], tr),
-        pcs.open(b_in_state, [c_point, claims["bin"][1][0]], tr),
-        pcs.open(batch_state, [claims["batch"][j][0] for j in range(count_batch_claims(layout))], tr),
+        wit_com, mask_com, bank.commitment, inv_com, q_com, c_point, c_lam, c_value, sumchecks,
+        wit_open, mask_open, bank_open, inv_open, q_open, b_in_open, batch_open,
     )
-    pend = PendingClaim(tuple(claims["bout"][0][0]), claims["bout"][0][1])
+    op, olam, oval = other["bout"][0]
+    pend = PendingClaim(tuple(op), oval, olam)
     link = ChainLink(stmt, b_out_state, b_out_tab, pend, after, batch_seed, b_out_seed)
     return proof, stmt, link
+
+
+def _relation_tables(rel, layout: Layout, ml, mtable, data, states, pcs: Ligero, xp: Any):
+    """A relation's factor tables and their masks (committed factors only) on its variables."""
+    n = rel.num_vars
+    tables, masks = [], []
+    for f in rel.factors:
+        if not isinstance(f, Committed):
+            tables.append(_public_table(f, n, xp))
+            masks.append(None)
+            continue
+        slot = slot_of(layout, f)
+        full = f.assign + tuple(slot.code)
+        sub = data[f.com][slot.code_int :: 1 << len(slot.code)]
+        tables.append(place(sub, f.assign, n))
+        if f.com == "wit":
+            masks.append(place(expand_mask(ml, mtable, slot.code, slot.elem_vars), f.assign, n))
+        else:
+            st = states[f.com]
+            mu = pcs.mask_table(st, f.mask_index)
+            masks.append(place(mu, full[len(full) - st.params.col_vars :], n))
+    return tables, masks
 
 
 def resume_link(
@@ -339,11 +354,11 @@ def resume_link(
     Raises:
         ChainError: the weights and seed do not recommit to ``statement.weights_out``.
     """
-    layout = build_layout(statement.arch, tensor_names(len(statement.dims) - 1))
+    layout = UnitShape(statement).layout
     missing = [k for k in theta_names(layout.arch.num_layers) if k not in params]
     if missing:
         raise ParameterError(f"resume_link: weights {missing} missing")
-    pcs = Ligero(LigeroConfig(statement.security_bits, statement.blowup))
+    pcs = Ligero(statement.pcs_config)
     com, state, table = _commit_b_out(pcs, layout, params, b_out_seed, get_backend(backend).xp)
     if com != statement.weights_out:
         raise ChainError(
@@ -357,9 +372,10 @@ def resume_link(
 def _commit_b_out(
     pcs: Ligero, layout: Layout, params: dict[str, np.ndarray], seed: bytes, xp: Any
 ) -> tuple[Any, LigeroState, Any]:
-    """B_out = (Theta after the unit, 0), from its own seed so a restart can recommit it."""
+    """B_out = Theta after the unit, from its own seed so a restart can recommit it."""
     table = xp.asarray(_field(theta_table(layout, params)))
-    com, state = pcs.commit(table, num_points=2, rng=seeded_rng(seed))
+    com, state = pcs.commit(table, num_points=2, rng=seeded_rng(seed),
+                            support=layout.theta_support())
     return com, state, table
 
 
@@ -368,20 +384,10 @@ def _field(table: np.ndarray) -> np.ndarray:
     return from_signed(np.asarray(table, dtype=np.int64))
 
 
-def _full_assign(layout: Layout, f: Committed) -> tuple:
-    full = f.assign + tuple(slot_of(layout, f).code)
-    if not isinstance(full[0], Free) or full[0].index != 0:
-        raise ParameterError(
-            f"factor {f.slot}: a committed polynomial's first variable must be sumcheck "
-            "variable 0 (its masked opening needs it)"
-        )
-    return full
-
-
 def prove_step(
     tape: WitnessTape, prev: ChainLink | None = None, **kw: Any
 ) -> tuple[UnitProof, TrainingStatement, ChainLink]:
-    """One step as its own unit (stacked with one zero instance)."""
+    """One step as its own unit (T = 1: no zero instance)."""
     return prove_unit([tape], prev, **kw)
 
 
@@ -399,9 +405,20 @@ def prove_seal(link: ChainLink) -> SealProof:
     tr = Transcript(SEAL_DOMAIN)
     link.statement.absorb(tr)
     tr.absorb_ext("seal.pending_point", list(link.pending.point))
-    tr.absorb_ext("seal.pending_value", link.pending.value)
+    tr.absorb_ext("seal.pending", [link.pending.lam, link.pending.value])
     dummy = tr.challenge_ext_list("seal.dummy", link.b_out_state.params.num_vars)
     dval = pcs.masked_evaluate(link.b_out_state, dummy, 1)
     tr.absorb_ext("seal.dummy_value", dval)
-    opening = pcs.open(link.b_out_state, [list(link.pending.point), dummy], tr)
-    return SealProof(list(link.pending.point), link.pending.value, dval, opening)
+    opening = pcs.open_queries(link.b_out_state, [
+        Query(tuple(link.pending.point), link.pending.lam), Query(tuple(dummy), None)], tr)
+    return SealProof(list(link.pending.point), link.pending.lam, link.pending.value, dval,
+                     opening)
+
+
+def _dummy_commitments():
+    from ..pcs import Commitment
+
+    return (Commitment(bytes(32), 1, False, 1),) * 3
+
+
+_DUMMY_COMS = _dummy_commitments()

@@ -1,4 +1,4 @@
-"""The relations of one proof unit, each proved by one zero-knowledge sumcheck with sum 0.
+"""The relations of one proof unit, each proved by one zero-knowledge sumcheck.
 
 Every relation is an identity over the Boolean hypercube (all steps t of the unit, all tensor
 indices); the verifier draws a random point r and the sumcheck proves sum_x eq(r, x) E(x) = 0,
@@ -6,25 +6,26 @@ which for a nonzero E fails except with probability (#vars)/p^2 (Schwartz-Zippel
 Inner products (matmuls) contract one axis inside the same sumcheck: terms over different
 index sets share one domain (t, y) and each term is padded by eq(0, unused y) selectors, so
 the claimed sum is the public constant 0 and every committed value leaves the sumcheck as a
-masked opening claim (nothing is revealed in the clear).
+masked opening claim (nothing is revealed in the clear). Every sumcheck has a hiding variable
+(:mod:`..sumcheck`): each committed factor is masked on its own variables, Wit by the small
+block mask M (:mod:`.masking`), a Ligero commitment by its evaluation mask.
 
 Relations per layer l (stacked over t and over the layers of a layer group, see
 :func:`.layout.layer_groups`; s = frac_bits, c = MSE constant, lr = learning rate):
 
 * forward:   sum_k A_{l-1}[b,k] W_l[o,k] + 2^s ind(b) b_l[o] - 2^s Z_l[b,o] - RZ_l[b,o] = 0
-* activation (l < L): A = Z S;  V = 2 S Z - Z - S;  GZ = GA S
+* activation (l < L): A = Z S;  V = 2 S Z - Z - S;  GZ = GA S;  S (1 - S) = 0
   output (l = L):     c (Z_L - y) - 2^s G - RG = 0
 * weight grad: sum_b GZ_l[b,o] A_{l-1}[b,k] - 2^s GW - RGW = 0;  sum_b GZ_l[b,o] - Gb = 0
 * input grad (l >= 2): sum_o GZ_l[b,o] W_l[o,k] - 2^s GA_{l-1}[b,k] - RGA_{l-1} = 0
 * update: lr GW - 2^s UW - RUW = 0;  W' = W - UW;  same for the bias
-* chain: Theta_out(t) = Theta_in(t+1) inside the unit; Theta_in(0) = B_in(0, .);
-  Theta_out(last) = B_out(0, .)
-* global: v16 = Pi16 Wit + shift16 (the remainder blocks packed, + 2^(s-1)), vQ = PiQ Wit +
-  shiftQ (signed blocks packed, + 2^(Q-1); V unshifted), S (1 - S) = 0 on sign blocks; v16 and
-  vQ are then range-checked by logUp (s and Q bits); every tensor's zero-padding is zero. The
-  packing Pi is public (:class:`RangePacking`): sum_x' eq(r, x') (Pi Wit)(x') is
-  sum_x E_r(x) Wit(x) with the public E_r = eq(r, pi(x)) on the packed blocks (:class:`PubEmbed`),
-  so the global relation's claimed sum is the shifts' public value, not 0.
+* chain: Theta_out(t) = Theta_in(t+1) inside the unit; Theta_in(0) = B_in; Theta_out(last) = B_out
+* zero padding: every tensor is 0 outside its true shape (and an unused layer slot entirely),
+  checked inside the relation that covers the tensor's whole index space (a random combination
+  of the tensors of that shape times the public padding indicator); without it a prover could
+  hide extra batch rows or hidden units in the padding.
+
+Every value of Wit is range-checked by :mod:`.ranges` (one lookup over Wit itself).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from ..extension import Fp2
 from ..multilinear import eq_eval
 from ..sumcheck import SumcheckSpec, Term
 from ..transcript import Transcript
-from .layout import Layout, TensorSlot, allocate
+from .layout import Layout, TensorSlot
 from .placement import Free, Var, small_mle
 from .statement import TrainingStatement
 
@@ -44,7 +45,7 @@ __all__ = [
     "Committed",
     "PubEq",
     "PubSmall",
-    "PubBlocks",
+    "PubPadBox",
     "Relation",
     "relation_builders",
     "tensor_class",
@@ -78,42 +79,25 @@ class PubSmall:
 
 
 @dataclass(frozen=True)
-class PubBlocks:
-    """sum_i w_i [low bits of y == code_i] over all variables (block selectors of Wit)."""
+class PubPadBox:
+    """1 - [y in the tensor's true box]: 0 on real entries, 1 on padding (and unused layers).
 
-    items: tuple[tuple[tuple[int, ...], int], ...]
-
-
-@dataclass(frozen=True)
-class PubPad:
-    """Indicator of the zero-padding of every tensor: sum_i [code_i] (1 - prod_a [y_a < n_a]).
-
-    Items are (code, ((bits, true length) per axis after t)); padding must hold zeros, or a
-    cheating prover could hide extra batch rows or hidden units there.
+    ``axes`` are (first sumcheck variable, bits) of each element axis and ``sizes`` the true
+    lengths of those axes, one tuple per layer of a stack (layers of one group share their
+    padded widths, not their true ones); ``layer`` is (first variable, bits) of the stack's
+    layer axis, or None for a single tensor (one tuple of sizes).
     """
 
-    tau: int
-    items: tuple[tuple[tuple[int, ...], tuple[tuple[int, int], ...]], ...]
-
-
-@dataclass(frozen=True)
-class PubEmbed:
-    """E_r(x) = eq(r, pi(x)) on the Wit blocks packed into a range vector, 0 elsewhere.
-
-    Items are (Wit code c_k, element bits m_k, packed code c'_k): the Wit entry (e, c_k) is the
-    range vector's entry (e, c'_k). Then sum_x E_r(x) Wit(x) = (Pi Wit)~(r), and the verifier
-    evaluates E_r(z) = sum_k eq(z[:m], r[:m]) eq(z[m:], c_k) eq(r[m:], c'_k) in O(#blocks n).
-    """
-
-    point: tuple[Fp2, ...]
-    items: tuple[tuple[tuple[int, ...], int, tuple[int, ...]], ...]
+    axes: tuple[tuple[int, int], ...]
+    sizes: tuple[tuple[int, ...], ...]
+    layer: tuple[int, int] | None = None
 
 
 def _ind(bits: int, size: int) -> list[int]:
     return [1] * size + [0] * ((1 << bits) - size)
 
 
-Factor = Committed | PubEq | PubSmall | PubBlocks | PubPad | PubEmbed
+Factor = Committed | PubEq | PubSmall | PubPadBox
 
 
 @dataclass
@@ -142,9 +126,10 @@ class Relation:
         self.term(-Fp2.lift(coeff), *f, r)
 
     def spec(self) -> SumcheckSpec:
+        """A zk sumcheck with a hiding variable in front of the relation's ``num_vars``."""
         masked = tuple(isinstance(f, Committed) for f in self.factors)
         terms = tuple(Term(c, f) for c, f in self.terms)
-        return SumcheckSpec(self.num_vars, len(self.factors), terms, True, masked)
+        return SumcheckSpec(self.num_vars + 1, len(self.factors), terms, True, masked, (), True)
 
 
 def public_value(f: Factor, point: Sequence[Fp2]) -> Fp2:
@@ -153,32 +138,23 @@ def public_value(f: Factor, point: Sequence[Fp2]) -> Fp2:
         return eq_eval(list(f.point), [point[i] for i in f.vars])
     if isinstance(f, PubSmall):
         return small_mle(list(f.values), [point[i] for i in f.vars])
-    if isinstance(f, PubPad):
-        n = len(point)
-        acc = Fp2(0)
-        for code, axes in f.items:
-            pos, inside = f.tau, Fp2(1)
-            for bits, size in axes:
-                inside = inside * small_mle(_ind(bits, size), list(point[pos : pos + bits]))
-                pos += bits
-            acc = acc + eq_eval(list(code), list(point[n - len(code) :])) * (1 - inside)
-        return acc
-    if isinstance(f, PubBlocks):
-        n = len(point)
-        acc = Fp2(0)
-        for code, w in f.items:
-            acc = acc + eq_eval(list(code), list(point[n - len(code) :])) * w
-        return acc
-    if isinstance(f, PubEmbed):
-        acc, r = Fp2(0), list(f.point)
-        for code, m, packed in f.items:
-            acc = acc + (
-                eq_eval(list(point[:m]), r[:m])
-                * eq_eval(list(point[m:]), list(code))
-                * eq_eval(r[m:], list(packed))
-            )
-        return acc
+    if isinstance(f, PubPadBox):
+        return 1 - _box(f, point)
     raise TypeError(f"not a public factor: {f!r}")
+
+
+def _box(f: PubPadBox, point: Sequence[Fp2]) -> Fp2:
+    """[inside the true box of the layer at ``point``'s layer coordinates] (MLE)."""
+    total = Fp2(0)
+    for pos, sizes in enumerate(f.sizes):
+        inside = Fp2(1)
+        for (start, bits), size in zip(f.axes, sizes, strict=True):
+            inside = inside * small_mle(_ind(bits, size), list(point[start : start + bits]))
+        if f.layer is not None:
+            start, bits = f.layer
+            inside = inside * eq_eval(list(point[start : start + bits]), _bits(pos, bits))
+        total = total + inside
+    return total
 
 
 def tensor_class(name: str) -> str:
@@ -233,6 +209,32 @@ class _Ctx:
             eq_eval(list(r_l), _bits(p, lam)) if p in keep else Fp2(0) for p in range(1 << lam)
         )
         return PubSmall(tuple(range(start, start + lam)), vals)
+
+    def pad(self, name: str, **starts: int) -> PubPadBox:
+        """Padding indicator of Wit slot ``name`` placed with axis -> first free variable."""
+        slot = self.lay.slot(name)
+        axes = tuple((starts[ax], bits) for ax, bits in slot.axes if ax not in ("t", "l"))
+        if "@" not in name:
+            return PubPadBox(axes, (self.lay.wit[name].sizes,))
+        kind, g = name.split("@")
+        from .layout import layer_name
+
+        sizes = tuple(self.lay.wit[layer_name(kind, i)].sizes for i in self.lay.groups[int(g)])
+        lam = sum(b for a, b in slot.axes if a == "l")
+        return PubPadBox(axes, sizes, (starts["l"], lam) if lam else None)
+
+    def padded(self, rel: Relation, tr: Transcript, eq: int | None, names: Sequence[str],
+               **starts: int) -> None:
+        """Terms alpha_i eq pad_i T_i: each tensor is zero on its padding (fresh alphas)."""
+        names = [n for n in names if n in self.lay.stacks or n in self.lay.wit]
+        alphas = tr.challenge_ext_list(f"{rel.name}.pad", len(names))
+        pads: dict[PubPadBox, int | None] = {}
+        for a, name in zip(alphas, names, strict=True):
+            box = self.pad(name, **starts)
+            if box not in pads:
+                pads[box] = rel.add(box)
+            axes = {k: v for k, v in starts.items() if k in {ax for ax, _ in self.lay.slot(name).axes}}
+            rel.term(a, eq, pads[box], rel.add(self.wit(name, **axes)))
 
     def stack(self, kind: str, g: int) -> str:
         """Name of the stacked slot of ``kind`` in group ``g`` (the output gradient is global)."""
@@ -296,6 +298,7 @@ def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
     if c.arch.num_layers not in layers:
         A, Z, S, V, GZ, GA = (t(c.stack(k, g)) for k in ("A", "Z", "S", "V", "GZ", "GA"))
+        a3 = tr.challenge_ext("elem.alpha_sign")
         rel.term(1, eq, A)
         rel.term(-1, eq, Z, S)
         rel.term(a1, eq, V)
@@ -304,11 +307,16 @@ def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
         rel.term(a1, eq, S)
         rel.term(a2, eq, GZ)
         rel.term(-a2, eq, GA, S)
+        rel.term(a3, eq, S)  # S (1 - S) = 0: the sign is a bit
+        rel.term(-a3, eq, S, S)
+        kinds = ("A", "Z", "S", "V", "GZ", "GA", "RGA", "RZ")
+        c.padded(rel, tr, eq, [f"{k}@{g}" for k in kinds], b=y, o=y + nb, l=tau)
     else:
         Z, Y, G, RG = t(c.stack("Z", g)), t("y"), t("G"), t("RG")
         rel.term(c.st.mse_const, eq, Z)
         rel.term(-c.st.mse_const, eq, Y)
         rel.rescaled(1, s, G, RG, eq)
+        c.padded(rel, tr, eq, [f"Z@{g}", f"RZ@{g}", "y", "G", "RG"], b=y, o=y + nb, l=tau)
     return rel
 
 
@@ -393,6 +401,10 @@ def _update(c: _Ctx, tr: Transcript, g: int) -> Relation:
     rel.term(a3, eb, sk, bn)
     rel.term(-a3, eb, sk, b)
     rel.term(a3, eb, sk, Ub)
+    mats = [f"{k}@{g}" for k in ("W", "GW", "RGW", "UW", "RUW", "Wn")]
+    c.padded(rel, tr, ew, mats, o=y, k=y + no, l=tau)
+    vecs = [f"{k}@{g}" for k in ("b", "Gb", "Ub", "RUb", "bn")]
+    c.padded(rel, tr, eb, vecs, o=y, l=tau)  # (bias terms: the zero selector sk is implied)
     return rel
 
 
@@ -401,6 +413,8 @@ def _bits(v: int, width: int) -> list[int]:
 
 
 def _chain(c: _Ctx, tr: Transcript) -> Relation:
+    """Theta_out(t) = Theta_in(t + 1) for the unit's real steps; Theta_in(0) = B_in;
+    Theta_out(last) = B_out (B = Theta, the boundary commitments of the chain)."""
     tau, nth = c.tau, c.lay.theta_vars
     T, Tr = c.arch.num_instances, c.st.num_steps
     n = tau + nth
@@ -410,126 +424,26 @@ def _chain(c: _Ctx, tr: Transcript) -> Relation:
     eqs = [eq_eval(r_t, _bits(t, tau)) for t in range(T)]
     e1 = [eqs[t] if t < Tr - 1 else Fp2(0) for t in range(T)]
     e2 = [eqs[t - 1] if 1 <= t <= Tr - 1 else Fp2(0) for t in range(T)]
-    last = Tr - 1
-    last_h0 = last & ~(1 << (tau - 1))
     d0 = [Fp2(int(t == 0)) for t in range(T)]
-    dl = [Fp2(int(t == last)) for t in range(T)]
-    dl0 = [Fp2(int(t == last_h0)) for t in range(T)]
+    dl = [Fp2(int(t == Tr - 1)) for t in range(T)]
     tv = tuple(range(tau))
     rel = Relation("chain", n)
     eth = rel.add(c.eq(tau, r_th))
     free = tuple(Free(i) for i in range(n))
     tin = rel.add(Committed("wit", "THETA_IN", free))
     tout = rel.add(Committed("wit", "THETA_OUT", free))
-    bfree = (Free(0), *[Free(tau + j) for j in range(nth)])
+    bfree = tuple(Free(tau + j) for j in range(nth))
     b_in = rel.add(Committed("bin", "THETA", bfree, mask_index=1))
     b_out = rel.add(Committed("bout", "THETA", bfree, mask_index=0))
-    f1, f2 = rel.add(PubSmall(tv, tuple(e1))), rel.add(PubSmall(tv, tuple(e2)))
-    g0, gl, gl0 = (rel.add(PubSmall(tv, tuple(x))) for x in (d0, dl, dl0))
-    rel.term(1, eth, f1, tout)
-    rel.term(-1, eth, f2, tin)
+    if Tr > 1:
+        f1, f2 = rel.add(PubSmall(tv, tuple(e1))), rel.add(PubSmall(tv, tuple(e2)))
+        rel.term(1, eth, f1, tout)
+        rel.term(-1, eth, f2, tin)
+    g0, gl = rel.add(PubSmall(tv, tuple(d0))), rel.add(PubSmall(tv, tuple(dl)))
     rel.term(a1, eth, g0, tin)
     rel.term(-a1, eth, g0, b_in)
     rel.term(a2, eth, gl, tout)
-    rel.term(-a2, eth, gl0, b_out)
-    return rel
-
-
-@dataclass(frozen=True)
-class RangePacking:
-    """Which Wit blocks a range vector holds, where, and with what shift (from the layout).
-
-    Only the range-checked tensors go into the vector (packed by the same aligned allocation as
-    Wit), so the logUp proof runs on their size, not on Wit's whole layout.
-    """
-
-    num_vars: int
-    items: tuple[tuple[tuple[int, ...], int, tuple[int, ...]], ...]  # (Wit code, m, packed code)
-    shifts: tuple[int, ...]
-
-    def embed(self, point: Sequence[Fp2]) -> PubEmbed:
-        return PubEmbed(tuple(point), self.items)
-
-    def shift_value(self, point: Sequence[Fp2]) -> Fp2:
-        """(shift table)~(point): each block's constant times its code's eq (elements sum to 1)."""
-        acc = Fp2(0)
-        for (_, m, packed), sh in zip(self.items, self.shifts, strict=True):
-            if sh:
-                acc = acc + eq_eval(list(point[m:]), list(packed)) * sh
-        return acc
-
-
-def range_packings(layout: Layout, s: int, q: int) -> tuple[RangePacking, RangePacking]:
-    """(v16: remainders + 2^(s-1); vQ: signed values + 2^(Q-1) and V unshifted)."""
-    groups: dict[str, dict[str, tuple[tuple[int, ...], int, int]]] = {"r": {}, "q": {}}
-    for name, slot in layout.wit.items():
-        if name.startswith("THETA"):
-            continue
-        kind = tensor_class(name)
-        if kind == "remainder":
-            groups["r"][name] = (slot.code, slot.elem_vars, 1 << (s - 1))
-        elif kind in ("signed", "vwit"):
-            groups["q"][name] = (slot.code, slot.elem_vars, 1 << (q - 1) if kind == "signed" else 0)
-    out = []
-    for key in ("r", "q"):
-        blocks = groups[key]
-        n, codes = allocate({name: m for name, (_, m, _) in blocks.items()})
-        names = sorted(blocks)
-        out.append(
-            RangePacking(
-                n,
-                tuple((blocks[k][0], blocks[k][1], codes[k]) for k in names),
-                tuple(blocks[k][2] for k in names),
-            )
-        )
-    return out[0], out[1]
-
-
-def range_blocks(layout: Layout) -> dict[str, PubBlocks | PubPad]:
-    """Public block selectors of the global relation: zero padding and sign blocks."""
-    signs: list[tuple[int, ...]] = []
-    pads = []
-    for name, slot in layout.wit.items():
-        if not name.startswith("THETA"):
-            if tensor_class(name) == "sign":
-                signs.append(slot.code)
-            axes = tuple((b, n) for (_, b), n in zip(slot.axes[1:], slot.sizes, strict=True))
-            if any(n < 1 << b for b, n in axes):
-                pads.append((slot.code, axes))
-    for slot in layout.unused:  # layer slots beyond a group's layers hold nothing
-        pads.append((slot.code, tuple((b, 0) for _, b in slot.axes[1:])))
-    return {
-        "pad": PubPad(layout.arch.tau, tuple(pads)),
-        "sels": PubBlocks(tuple((cd, 1) for cd in signs)),
-    }
-
-
-def _global(c: _Ctx, tr: Transcript) -> Relation:
-    """Range vectors = packed Wit blocks + shifts; S (1 - S) = 0 on signs; zero padding."""
-    n = c.lay.wit_vars
-    p16, pq = range_packings(c.lay, c.st.frac_bits, c.st.value_bits)
-    r = tr.challenge_ext_list("global.r", n)
-    r16 = tr.challenge_ext_list("global.r16", p16.num_vars)
-    rq = tr.challenge_ext_list("global.rq", pq.num_vars)
-    a1, a2, a3 = tr.challenge_ext_list("global.alpha", 3)
-    blocks = range_blocks(c.lay)
-    rel = Relation("global", n)
-    rel.claimed = p16.shift_value(r16) + a1 * pq.shift_value(rq)
-    eq = rel.add(c.eq(0, r))
-    w = rel.add(Committed("wit", "ALL", tuple(Free(i) for i in range(n))))
-    v16 = rel.add(Committed("v16", "ALL", tuple(Free(i) for i in range(p16.num_vars)), 0))
-    e16, z16 = rel.add(c.eq(0, r16)), rel.add(c.zero(p16.num_vars, n))
-    vq = rel.add(Committed("vq", "ALL", tuple(Free(i) for i in range(pq.num_vars)), 0))
-    eqq, zq = rel.add(c.eq(0, rq)), rel.add(c.zero(pq.num_vars, n))
-    emb16, embq = rel.add(p16.embed(r16)), rel.add(pq.embed(rq))
-    pad, sels = rel.add(blocks["pad"]), rel.add(blocks["sels"])
-    rel.term(1, e16, z16, v16)
-    rel.term(-1, emb16, w)
-    rel.term(a1, eqq, zq, vq)
-    rel.term(-a1, embq, w)
-    rel.term(a2, eq, sels, w)
-    rel.term(-a2, eq, sels, w, w)
-    rel.term(a3, eq, pad, w)
+    rel.term(-a2, eth, gl, b_out)
     return rel
 
 
@@ -548,7 +462,6 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
             out.append(lambda tr, g=g: _input_grad(c, tr, g))
         out.append(lambda tr, g=g: _update(c, tr, g))
     out.append(lambda tr: _chain(c, tr))
-    out.append(lambda tr: _global(c, tr))
     from .batch import batch_builders  # batch.py builds on this module
 
     out.extend(batch_builders(layout))  # Wit's x, y = the statement's batch commitment

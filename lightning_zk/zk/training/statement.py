@@ -28,7 +28,7 @@ from ..errors import ParameterError
 from ..ligero import LigeroConfig
 from ..pcs import LAYOUT_MULTILINEAR, LAYOUT_VECTOR, Commitment
 from ..transcript import Transcript
-from .layout import Arch
+from .layout import Arch, instances_for
 
 __all__ = ["TrainingStatement", "STATEMENT_VERSION", "STATEMENT_FORMAT", "MAX_STATEMENT_BYTES"]
 
@@ -149,8 +149,7 @@ class TrainingStatement:
 
     @property
     def arch(self) -> Arch:
-        t = max(2, 1 << (self.num_steps - 1).bit_length())
-        return Arch(tuple(self.dims), self.batch_size, t)
+        return Arch(tuple(self.dims), self.batch_size, instances_for(self.num_steps))
 
     @property
     def pcs_config(self) -> LigeroConfig:

@@ -1,9 +1,11 @@
 """Verifier of training proof units, of the chain seal, and of whole chains.
 
-Mirrors :mod:`.prover` absorb for absorb. A unit verifies the relations of its steps, every
-opening of Wit, v16, vQ, B_in and the batch commitment, and returns the *pending* claim on B_out that the next unit
-(or the seal) must discharge; :func:`verify_chain` links units and requires the seal, so only
-a complete chain binds the final weights commitment.
+Mirrors :mod:`.prover` absorb for absorb. A unit verifies the relations of its steps, the range
+check of every witness value, the reduction of all Wit claims, and one batched opening of each
+commitment (the sumcheck mask bank, Wit with the range limbs, M with the multiplicities, the
+range inverses h, the range table side q, B_in, the batch commitment), and returns the *pending*
+claim on B_out that the next unit (or the seal) must discharge; :func:`verify_chain` links units
+and requires the seal, so only a complete chain binds the final weights commitment.
 """
 
 from __future__ import annotations
@@ -15,18 +17,17 @@ from ...fixed.engine import mse_constant
 from ...fixed.format import FixedPointConfig
 from ..errors import ShapeMismatchError, SumcheckError, TranscriptError, VerificationError
 from ..extension import Fp2
-from ..ligero import Ligero, LigeroConfig
-from ..lookup import verify_range
+from ..ligero import Ligero, LigeroConfig, Query
 from ..policy import VerifierPolicy
-from ..reduction import verify_reduction
-from ..sumcheck import verify_sumcheck
+from ..sumcheck import verify_bank, verify_sumcheck
 from ..transcript import Transcript
-from .batch import batch_layout, count_batch_claims
-from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, slot_of
-from .layout import build_layout
+from .batch import batch_layout
+from .claims import WitClaim, verify_claims
+from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, UnitShape, slot_of
 from .placement import opening_point
 from .proof import PendingClaim, SealProof, UnitProof
-from .relations import Committed, public_value, range_packings, relation_builders
+from .ranges import range_challenges, range_index, range_public_checks, range_spec
+from .relations import Committed, public_value, relation_builders
 from .statement import TrainingStatement
 
 __all__ = ["verify_unit", "verify_step", "verify_epoch", "verify_seal", "verify_chain"]
@@ -55,6 +56,10 @@ def check_statement(stmt: TrainingStatement, policy: VerifierPolicy | None = Non
     return config
 
 
+def _lam(point: Sequence[Fp2]) -> Fp2:
+    return point[0] * (1 - point[0])
+
+
 def verify_unit(
     proof: UnitProof,
     stmt: TrainingStatement,
@@ -74,108 +79,136 @@ def verify_unit(
         SecurityPolicyError when the statement asks for less than the policy.
     """
     pcs = Ligero(check_statement(stmt, policy))
-    layout = build_layout(stmt.arch, _names(stmt))
-    proof.wit_commitment.expect(
-        num_vars=layout.wit_vars, extension=False, num_points=1, what="Wit commitment"
-    )
-    proof.wit_mask_commitment.expect(
-        num_vars=layout.wit_vars - 1, extension=False, num_points=1, what="Wit mask commitment"
-    )
-    p16, pq = range_packings(layout, stmt.frac_bits, stmt.value_bits)
-    for com, what, pack in ((proof.v16_commitment, "v16", p16), (proof.vq_commitment, "vQ", pq)):
-        com.expect(num_vars=pack.num_vars, extension=False, num_points=2, what=what)
+    shape = UnitShape(stmt)
+    layout, ml, wr = shape.layout, shape.masks, shape.ranges
+    n, b = layout.wit_vars, wr.limb_bits
+    wit_c = proof.wit_commitment
+    wit_c.expect(num_vars=n, extension=False, num_points=1 + wr.columns, what="Wit commitment")
+    proof.mask_commitment.expect(num_vars=ml.num_vars, extension=False, num_points=2,
+                                 what="mask commitment")
+    proof.inv_commitment.expect(num_vars=n, extension=True, num_points=wr.columns,
+                                what="range inverse commitment")
+    proof.q_commitment.expect(num_vars=b, extension=True, num_points=1, what="range table side")
     for com, what in ((stmt.weights_in, "B_in"), (stmt.weights_out, "B_out")):
         com.expect(num_vars=layout.b_vars, extension=False, num_points=2, what=what)
-    stmt.batch.expect(
-        num_vars=batch_layout(layout.arch).num_vars,
-        extension=False,
-        num_points=count_batch_claims(layout),
-        what="batch commitment",
-    )
+    bl = batch_layout(layout.arch)
+    batch_points = 2
+    stmt.batch.expect(num_vars=bl.num_vars, extension=False, num_points=batch_points,
+                      what="batch commitment")
+    specs = shape.specs
+    if len(proof.sumchecks) != len(specs):
+        raise ShapeMismatchError("number of sumchecks", expected=len(specs),
+                                 got=len(proof.sumchecks))
     tr = Transcript(UNIT_DOMAIN)
     stmt.absorb(tr)
-    proof.wit_commitment.absorb_into(tr, "unit.wit")
-    proof.wit_mask_commitment.absorb_into(tr, "unit.wit_mask")
-    proof.v16_commitment.absorb_into(tr, "unit.v16")
-    proof.vq_commitment.absorb_into(tr, "unit.vq")
+    wit_c.absorb_into(tr, "unit.wit")
+    proof.mask_commitment.absorb_into(tr, "unit.mask")
+    proof.bank_commitment.absorb_into(tr, "unit.bank")
     c_point = list(proof.carried_point)
     if len(c_point) != layout.b_vars:
         raise ShapeMismatchError("carried point length", expected=layout.b_vars, got=len(c_point))
     if stmt.chain_start:
         want = tr.challenge_ext_list("chain.initial", layout.b_vars)
-        if c_point != want:
+        if c_point != want or proof.carried_lam != _lam(want):
             raise ChainError("initial carried point", expected=want, got=c_point)
-    elif carried is not None and (tuple(c_point), proof.carried_value) != (
-        carried.point,
-        carried.value,
+    elif carried is not None and (tuple(c_point), proof.carried_value, proof.carried_lam) != (
+        carried.point, carried.value, carried.lam,
     ):
         raise ChainError(
             "carried claim = previous unit's pending claim on B_out",
             expected=carried,
-            got=(c_point, proof.carried_value),
+            got=(c_point, proof.carried_value, proof.carried_lam),
         )
     tr.absorb_ext("chain.carried_point", c_point)
-    tr.absorb_ext("chain.carried_value", proof.carried_value)
+    tr.absorb_ext("chain.carried", [proof.carried_lam, proof.carried_value])
 
+    bank_queries: list = []
+    length = _bank_length(specs)
+    wit_claims: list[WitClaim] = []
+    other: dict[str, dict[int, tuple[list[Fp2], Fp2, Fp2]]] = {"bin": {}, "bout": {}, "batch": {}}
     builders = relation_builders(layout, stmt)
-    if len(proof.sumchecks) != len(builders):
-        raise ShapeMismatchError(
-            "number of relation sumchecks", expected=len(builders), got=len(proof.sumchecks)
-        )
-    claims: dict[str, dict[int, tuple[list[Fp2], Fp2]]] = {
-        k: {} for k in ("wit", "v16", "vq", "bin", "bout", "batch")
-    }
-    next_wit = 0
-    for build, scp in zip(builders, proof.sumchecks, strict=True):
+    for row, (build, scp) in enumerate(zip(builders, proof.sumchecks, strict=False)):
         rel = build(tr)
         with _stage(f"relation {rel.name}"):
-            claim = verify_sumcheck(rel.spec(), scp, tr, rel.claimed, pcs=pcs)
+            claim = verify_sumcheck(rel.spec(), scp, tr, rel.claimed, pcs=pcs,
+                                    bank=(bank_queries, row, length))
+        lam, real = _lam(claim.point), claim.point[1:]
         for k, f in enumerate(rel.factors):
             got = claim.evaluations[k]
             if isinstance(f, Committed):
-                if f.mask_index is None:
-                    j, next_wit = next_wit, next_wit + 1
-                else:
-                    j = f.mask_index
                 full = f.assign + tuple(slot_of(layout, f).code)
-                claims[f.com][j] = (opening_point(full, claim.point), got)
+                pt = opening_point(full, real)
+                if f.com == "wit":
+                    wit_claims.append(WitClaim(tuple(pt), lam, got))
+                else:
+                    other[f.com][f.mask_index] = (pt, lam, got)
             else:
-                want = public_value(f, claim.point)
+                want = public_value(f, real)
                 if got != want:
                     raise SumcheckError(f"{rel.name}: public factor {k}", expected=want, got=got)
-    for name, rp, pack, bits, what in (
-        ("v16", proof.range16, p16, stmt.frac_bits, "remainders (v16)"),
-        ("vq", proof.rangeq, pq, stmt.value_bits, "values and signs (vQ)"),
-    ):
-        with _stage(f"range check of {what}"):
-            rc = verify_range(tr, rp, num_vars=pack.num_vars, bits=bits, pcs=pcs)
-        claims[name][1] = (rc.point, rc.value)
-    wit = [claims["wit"][j] for j in range(next_wit)]
+
+    # the range check
+    beta = tr.challenge_ext("range.beta")
+    proof.inv_commitment.absorb_into(tr, "unit.inv")
+    proof.q_commitment.absorb_into(tr, "unit.q")
+    ch = range_challenges(tr, wr, beta)
+    ix = range_index(wr)
+    with _stage("range check"):
+        rc = verify_sumcheck(range_spec(wr, ch), proof.sumchecks[len(builders)], tr, 0, pcs=pcs,
+                             bank=(bank_queries, len(builders), length))
+        for check, expected, got in range_public_checks(wr, ch, rc.point[1:], rc.evaluations):
+            if expected != got:
+                raise SumcheckError(f"range check: public table {check}", expected=expected,
+                                    got=got)
+    r_lam, pw, pt = _lam(rc.point), rc.point[1 : 1 + n], rc.point[1 : 1 + b]
+    ev = rc.evaluations
+    wit_claims.append(WitClaim(tuple(pw), r_lam, ev[ix["wit"]]))
+
     with _stage("claim reduction of Wit"):
-        wp, wv, rp, rv = verify_reduction(
-            tr, [p for p, _ in wit], [v for _, v in wit], proof.reduction, pcs
-        )
-    with _stage("opening of Wit"):
-        pcs.verify(proof.wit_commitment, [wp], [wv], proof.wit_opening, tr)
-    with _stage("opening of Wit's mask"):
-        pcs.verify(proof.wit_mask_commitment, [rp], [rv], proof.wit_mask_opening, tr)
-    for name, com, opening in (
-        ("v16", proof.v16_commitment, proof.v16_opening),
-        ("vq", proof.vq_commitment, proof.vq_opening),
-    ):
-        c = claims[name]
-        with _stage(f"opening of {name}"):
-            pcs.verify(com, [c[0][0], c[1][0]], [c[0][1], c[1][1]], opening, tr)
-    b = claims["bin"][1]
+        d_point, d_wit, d_mask = verify_claims(tr, wit_claims, proof.sumchecks[-1], ml, pcs,
+                                               (bank_queries, len(builders) + 1, length))
+    d_lam, dw, dm = _lam(d_point), d_point[1 : 1 + n], d_point[1 : 1 + ml.num_vars]
+
+    with _stage("opening of the sumcheck mask bank"):
+        verify_bank(proof.bank_commitment, specs, [q for q, _ in bank_queries],
+                    [v for _, v in bank_queries], proof.bank_opening, tr, pcs)
+    with _stage("opening of Wit and the range limbs"):
+        qs = [Query(tuple(dw), d_lam, 0)] + [Query(tuple(pw), r_lam, 1 + c)
+                                              for c in range(wr.columns)]
+        vals = [d_wit] + [ev[ix["A"][c]] for c in range(wr.columns)]
+        pcs.verify_queries(wit_c, shape.wit_shapes, qs, vals, proof.wit_opening, tr,
+                           shape.wit_support)
+    with _stage("opening of M and the multiplicities"):
+        pcs.verify_queries(proof.mask_commitment, shape.mask_shapes,
+                           [Query(tuple(dm), d_lam, 0), Query(tuple(pt), r_lam, 1)],
+                           [d_mask, ev[ix["m"]]], proof.mask_opening, tr)
+    with _stage("opening of the range inverses"):
+        pcs.verify_queries(proof.inv_commitment, shape.inv_shapes,
+                           [Query(tuple(pw), r_lam, c) for c in range(wr.columns)],
+                           [ev[ix["h"][c]] for c in range(wr.columns)], proof.inv_opening, tr,
+                           shape.wit_support)
+    with _stage("opening of the range table side"):
+        pcs.verify_queries(proof.q_commitment, ((b, True),), [Query(tuple(pt), r_lam, 0)],
+                           [ev[ix["q"]]], proof.q_opening, tr)
+    bp, blam, bval = other["bin"][1]
     with _stage("opening of B_in (weights before)"):
-        pcs.verify(
-            stmt.weights_in, [c_point, b[0]], [proof.carried_value, b[1]], proof.b_in_opening, tr
-        )
-    bc = [claims["batch"][j] for j in range(count_batch_claims(layout))]
+        pcs.verify_queries(stmt.weights_in, ((layout.b_vars, False),),
+                           [Query(tuple(c_point), proof.carried_lam), Query(tuple(bp), blam)],
+                           [proof.carried_value, bval], proof.b_in_opening, tr,
+                           shape.theta_support)
+    bc = [other["batch"][j] for j in range(batch_points)]
     with _stage("opening of the batch commitment"):
-        pcs.verify(stmt.batch, [p for p, _ in bc], [v for _, v in bc], proof.batch_opening, tr)
-    out = claims["bout"][0]
-    return PendingClaim(tuple(out[0]), out[1])
+        pcs.verify_queries(stmt.batch, ((bl.num_vars, False),),
+                           [Query(tuple(p), lam) for p, lam, _ in bc], [v for _, _, v in bc],
+                           proof.batch_opening, tr)
+    op, olam, oval = other["bout"][0]
+    return PendingClaim(tuple(op), oval, olam)
+
+
+def _bank_length(specs) -> int:
+    from ..sumcheck import bank_row_length
+
+    return bank_row_length(specs)
 
 
 @contextmanager
@@ -187,12 +220,6 @@ def _stage(name: str) -> Iterator[None]:
         raise type(exc)(
             f"{name}: {exc.check}", round=exc.round, expected=exc.expected, got=exc.got
         ) from exc
-
-
-def _names(stmt: TrainingStatement) -> list[str]:
-    from ...fixed.tape import tensor_names
-
-    return tensor_names(len(stmt.dims) - 1)
 
 
 verify_step = verify_unit
@@ -209,24 +236,25 @@ def verify_seal(
     """Check the opening that discharges the last unit's pending claim on B_out, under the
     parameters of the last unit's statement (which ``policy`` must accept)."""
     pcs = Ligero(check_statement(stmt, policy))
-    if (tuple(seal.pending_point), seal.pending_value) != (pending.point, pending.value):
+    if (tuple(seal.pending_point), seal.pending_value, seal.pending_lam) != (
+        pending.point, pending.value, pending.lam,
+    ):
         raise ChainError(
             "seal covers the last pending claim",
             expected=pending,
-            got=(seal.pending_point, seal.pending_value),
+            got=(seal.pending_point, seal.pending_value, seal.pending_lam),
         )
+    shape = UnitShape(stmt)
     tr = Transcript(SEAL_DOMAIN)
     stmt.absorb(tr)
     tr.absorb_ext("seal.pending_point", list(pending.point))
-    tr.absorb_ext("seal.pending_value", pending.value)
+    tr.absorb_ext("seal.pending", [pending.lam, pending.value])
     dummy = tr.challenge_ext_list("seal.dummy", stmt.weights_out.num_vars)
     tr.absorb_ext("seal.dummy_value", seal.dummy_value)
-    pcs.verify(
-        stmt.weights_out,
-        [list(pending.point), dummy],
-        [pending.value, seal.dummy_value],
-        seal.opening,
-        tr,
+    pcs.verify_queries(
+        stmt.weights_out, ((shape.layout.b_vars, False),),
+        [Query(tuple(pending.point), pending.lam), Query(tuple(dummy), None)],
+        [pending.value, seal.dummy_value], seal.opening, tr, shape.theta_support,
     )
 
 

@@ -13,10 +13,10 @@ import numpy as np
 
 from ...fixed.engine import mse_constant
 from ...fixed.tape import WitnessTape, tensor_names
-from .layout import Layout, TensorSlot, code_int
-from .relations import range_packings, tensor_class
+from .layout import Layout, TensorSlot
+from .relations import tensor_class
 
-__all__ = ["WitnessError", "check_witness", "wit_table", "theta_table", "range_tables"]
+__all__ = ["WitnessError", "check_witness", "wit_table", "theta_table"]
 
 
 class WitnessError(ValueError):
@@ -56,7 +56,7 @@ def wit_table(layout: Layout, tapes: Sequence[WitnessTape]) -> np.ndarray:
 
 
 def theta_table(layout: Layout, params: dict[str, np.ndarray]) -> np.ndarray:
-    """Signed int64 table of a boundary commitment B: B(0, .) = Theta, B(1, .) = 0."""
+    """Signed int64 table of a boundary commitment B = Theta (zero outside the weights)."""
     out = np.zeros(1 << layout.b_vars, dtype=np.int64)
     for name, slot in layout.theta.items():
         if name == "THETA":
@@ -64,21 +64,9 @@ def theta_table(layout: Layout, params: dict[str, np.ndarray]) -> np.ndarray:
         shape = [1 << b for _, b in slot.axes]
         data = np.zeros(shape, dtype=np.int64)
         arr = params[name]
-        data[(0, *[slice(0, d) for d in arr.shape])] = arr
+        data[tuple(slice(0, d) for d in arr.shape)] = arr
         _scatter(out, slot, data)
     return out
-
-
-def range_tables(layout: Layout, wit: np.ndarray, s: int, q: int) -> tuple[np.ndarray, np.ndarray]:
-    """Packed range vectors v16 (remainders + 2^(s-1)) and vQ (signed + 2^(Q-1), V as is)."""
-    out = []
-    for pack in range_packings(layout, s, q):
-        v = np.zeros(1 << pack.num_vars, dtype=np.int64)
-        for (code, _, packed), shift in zip(pack.items, pack.shifts, strict=True):
-            src = wit[code_int(code) :: 1 << len(code)]
-            v[code_int(packed) :: 1 << len(packed)] = src + shift
-        out.append(v)
-    return out[0], out[1]
 
 
 def _rescaled(raw: np.ndarray, q: np.ndarray, r: np.ndarray, s: int) -> bool:
