@@ -38,3 +38,25 @@ def test_zk_does_not_import_torch():
     for path in sorted((PACKAGE / "zk").rglob("*.py")):
         for name in _imports(path):
             assert name.split(".")[0] != "torch", f"{path} imports {name}"
+
+
+def _run(code: str) -> str:
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def test_a_zk_process_loads_neither_torch_nor_lightning():
+    out = _run("import sys, lightning_zk.zk.training, lightning_zk.fixed.engine\n"
+               "print('torch' in sys.modules, 'lightning' in sys.modules)")
+    assert out.split() == ["False", "False"]
+
+
+def test_the_strategy_name_is_registered_whatever_the_import_order():
+    for first, second in (("lightning_zk", "lightning"), ("lightning", "lightning_zk")):
+        out = _run(f"import {first}, {second}\n"
+                   "from lightning.pytorch.strategies import StrategyRegistry\n"
+                   "print('verifiable' in StrategyRegistry)")
+        assert out.strip() == "True", (first, second)

@@ -108,8 +108,19 @@ def expand_mask(ml: MaskLayout, mtable: np.ndarray, slot_code: Sequence[int], sl
 
 
 def _code_eq(point: Sequence[Fp2], code: tuple[int, ...]) -> Fp2:
+    """eq(point's last len(code) coordinates, code); exact integer test on Boolean coordinates
+    (claims on a tensor carry its code as constants), field arithmetic only for the rest."""
+    if not code:
+        return Fp2(1)
     n = len(point)
-    return eq_eval(list(point[n - len(code):]), list(code)) if code else Fp2(1)
+    tail = point[n - len(code):]
+    k = len(code)
+    while k > 0 and tail[k - 1].c1 == 0 and tail[k - 1].c0 in (0, 1):
+        k -= 1
+    for z, bit in zip(tail[k:], code[k:], strict=True):
+        if z.c0 != bit:
+            return Fp2(0)
+    return eq_eval(list(tail[:k]), list(code[:k])) if k else Fp2(1)
 
 
 def _local_point(b: MaskBlock, point: Sequence[Fp2]) -> list[Fp2]:
