@@ -20,7 +20,7 @@ import numpy as np
 from . import field as F
 from .backend import P, array_module, backend_of
 from .errors import ParameterError
-from .extension import Fp2, e_add, e_const, e_from_base, e_get, e_scale, e_sub
+from .extension import Fp2, e_add, e_const, e_from_base, e_get, e_mul, e_scale, e_sub
 
 __all__ = [
     "num_vars_of",
@@ -70,6 +70,30 @@ def eq_eval(a: Sequence[Fp2 | int], b: Sequence[Fp2 | int]) -> Fp2:
     for x, y in zip(a, b, strict=False):
         x, y = Fp2.lift(x), Fp2.lift(y)
         acc = acc * (x * y + (1 - x) * (1 - y))
+    return acc
+
+
+def eq_eval_many(points: Sequence[Sequence[Fp2 | int]], r: Sequence[Fp2 | int]) -> np.ndarray:
+    """eq(points_j, r) for many points at once, as an extension array (2, q) (verifier side).
+
+    eq(z, r) = prod_i (z_i (2 r_i - 1) + 1 - r_i): one vectorised pass per coordinate instead of
+    q n scalar products in Python.
+    """
+    q, n = len(points), len(r)
+    if any(len(z) != n for z in points):
+        raise ParameterError(f"eq_eval_many: every point needs {n} coordinates")
+    if q == 0:
+        return e_const(0, 0)
+    z = np.empty((2, q, n), dtype=np.uint64)
+    for j, pt in enumerate(points):
+        for i, c in enumerate(pt):
+            c = Fp2.lift(c)
+            z[0, j, i], z[1, j, i] = c.c0, c.c1
+    acc = e_const(1, q)
+    for i, ri in enumerate(r):
+        ri = Fp2.lift(ri)
+        term = e_add(e_scale(np.ascontiguousarray(z[:, :, i]), 2 * ri - 1), e_const(1 - ri, q))
+        acc = e_mul(acc, term)
     return acc
 
 

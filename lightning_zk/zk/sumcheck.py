@@ -42,6 +42,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -228,15 +229,24 @@ def interpolate(evals: Sequence[Fp2], r: Fp2) -> Fp2:
     for i in range(n - 1, -1, -1):
         suffix[i] = suffix[i + 1] * diffs[i]
     acc = Fp2(0)
+    for i, inv in enumerate(_lagrange_inverses(n)):
+        acc = acc + evals[i] * prefix[i] * suffix[i + 1] * inv
+    return acc
+
+
+@lru_cache(maxsize=64)
+def _lagrange_inverses(n: int) -> tuple[int, ...]:
+    """1 / prod_{j != i} (i - j) for the nodes 0..n-1 (barycentric weights, cached)."""
     fact = [1] * (n + 1)
     for i in range(1, n + 1):
         fact[i] = fact[i - 1] * i % P
+    out = []
     for i in range(n):
         denom = fact[i] * fact[n - 1 - i] % P
         if (n - 1 - i) % 2:
             denom = (-denom) % P
-        acc = acc + evals[i] * prefix[i] * suffix[i + 1] * pow(denom, P - 2, P)
-    return acc
+        out.append(pow(denom, P - 2, P))
+    return tuple(out)
 
 
 def _horner(coeffs: Sequence[Fp2 | int], x: Fp2) -> Fp2:

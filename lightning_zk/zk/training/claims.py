@@ -27,9 +27,9 @@ import numpy as np
 
 from ..backend import P
 from ..errors import ParameterError, SumcheckError
-from ..extension import Fp2
+from ..extension import Fp2, e_dot
 from ..ligero import Ligero, LigeroState
-from ..multilinear import eq_eval
+from ..multilinear import eq_eval_many
 from ..reduction import combination_table
 from ..sumcheck import MaskBank, SumcheckProof, SumcheckSpec, prove_sumcheck, verify_sumcheck
 from ..transcript import Transcript
@@ -62,6 +62,10 @@ def tiled_mask(pcs: Ligero, state: LigeroState, index: int, num_vars: int) -> An
     (it depends on the table's last col_vars variables, the low index bits)."""
     mu = np.asarray(pcs.mask_table(state, index))
     return np.tile(mu, (1, 1 << (num_vars - state.params.col_vars)))
+
+
+def _ext(values: Sequence[Fp2]) -> np.ndarray:
+    return np.array([[v.c0 for v in values], [v.c1 for v in values]], dtype=np.uint64)
 
 
 def _rho(tr: Transcript, claims: Sequence[WitClaim]) -> list[Fp2]:
@@ -124,8 +128,8 @@ def verify_claims(
     claimed = sum((r * c.value for r, c in zip(rho, claims, strict=True)), Fp2(0))
     out = verify_sumcheck(claims_spec(n, mv), proof, tr, claimed, pcs=pcs, bank=bank)
     r = out.point[1:]
-    q_val = sum((w * eq_eval(list(c.point), r[:n]) for w, c in zip(rho, claims, strict=True)),
-                Fp2(0))
+    eqs = eq_eval_many([c.point for c in claims], r[:n])
+    q_val = e_dot(eqs, _ext(rho))
     w_val = mask_weight_eval(ml, [c.point for c in claims],
                              [w * c.lam for w, c in zip(rho, claims, strict=True)], r[:mv])
     if out.evaluations[0] != q_val:

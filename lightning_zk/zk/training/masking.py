@@ -107,20 +107,34 @@ def expand_mask(ml: MaskLayout, mtable: np.ndarray, slot_code: Sequence[int], sl
     return out
 
 
-def _code_eq(point: Sequence[Fp2], code: tuple[int, ...]) -> Fp2:
-    """eq(point's last len(code) coordinates, code); exact integer test on Boolean coordinates
-    (claims on a tensor carry its code as constants), field arithmetic only for the rest."""
-    if not code:
-        return Fp2(1)
-    n = len(point)
-    tail = point[n - len(code):]
-    k = len(code)
-    while k > 0 and tail[k - 1].c1 == 0 and tail[k - 1].c0 in (0, 1):
-        k -= 1
-    for z, bit in zip(tail[k:], code[k:], strict=True):
-        if z.c0 != bit:
+class _Claim:
+    """A claim point with its Boolean suffix (a tensor's code) read once as an integer."""
+
+    __slots__ = ("point", "k", "suffix", "bits")
+
+    def __init__(self, point: Sequence[Fp2]) -> None:
+        self.point = point
+        k = len(point)
+        while k > 0 and point[k - 1].c1 == 0 and point[k - 1].c0 in (0, 1):
+            k -= 1
+        self.k, self.bits = k, len(point) - k
+        self.suffix = code_int([z.c0 for z in point[k:]])
+
+    def code_eq(self, code: tuple[int, ...]) -> Fp2:
+        """eq(the point's last len(code) coordinates, code): an exact integer test on the
+        Boolean coordinates, field arithmetic only for the others."""
+        length = len(code)
+        if length <= self.bits:
+            return Fp2(int(self.suffix & ((1 << length) - 1) == code_int(code)))
+        low = code[length - self.bits :]
+        if self.bits and self.suffix != code_int(low):
             return Fp2(0)
-    return eq_eval(list(tail[:k]), list(code[:k])) if k else Fp2(1)
+        n = len(self.point)
+        return eq_eval(list(self.point[n - length : self.k]), list(code[: length - self.bits]))
+
+
+def _code_eq(point: Sequence[Fp2], code: tuple[int, ...]) -> Fp2:
+    return _Claim(point).code_eq(code)
 
 
 def _local_point(b: MaskBlock, point: Sequence[Fp2]) -> list[Fp2]:
@@ -136,8 +150,9 @@ def mask_weights(ml: MaskLayout, points: Sequence[Sequence[Fp2]], weights: Seque
 
     out = e_const(0, 1 << ml.num_vars)
     for z, w in zip(points, weights, strict=True):
+        claim = _Claim(z)
         for b in ml.blocks:
-            c = _code_eq(z, b.code)
+            c = claim.code_eq(b.code)
             if c.is_zero():
                 continue
             sl = slice(code_int(b.mcode), None, 1 << len(b.mcode))
@@ -148,17 +163,32 @@ def mask_weights(ml: MaskLayout, points: Sequence[Sequence[Fp2]], weights: Seque
 def mask_weight_eval(ml: MaskLayout, points: Sequence[Sequence[Fp2]], weights: Sequence[Fp2],
                      r: Sequence[Fp2]) -> Fp2:
     """W~(r) for the table of :func:`mask_weights` (verifier side, O(claims x blocks x vars))."""
+    from ..extension import e_dot
+    from ..multilinear import eq_eval_many
+
     acc = Fp2(0)
+    claims = [_Claim(z) for z in points]
+    suffix = np.array([c.suffix for c in claims], dtype=np.int64)
+    bits = np.array([c.bits for c in claims], dtype=np.int64)
     for b in ml.blocks:
         sel = _code_eq(r, b.mcode)
         if sel.is_zero():
             continue
-        head = list(r[: b.vars])
-        inner = Fp2(0)
-        for z, w in zip(points, weights, strict=True):
-            c = _code_eq(z, b.code)
+        length, code = len(b.code), code_int(b.code)
+        exact = (bits >= length) & ((suffix & ((1 << length) - 1)) == code)
+        locs, coeffs = [], []
+        for j in np.nonzero(exact)[0]:  # claims on this block (their code ends in its code)
+            locs.append(_local_point(b, points[j]))
+            coeffs.append(weights[j])
+        for j in np.nonzero(bits < length)[0]:  # points not on one tensor: field arithmetic
+            c = claims[j].code_eq(b.code)
             if not c.is_zero():
-                inner = inner + c * w * eq_eval(_local_point(b, z), head)
-        acc = acc + sel * inner
+                locs.append(_local_point(b, points[j]))
+                coeffs.append(c * weights[j])
+        if locs:
+            eqs = eq_eval_many(locs, list(r[: b.vars]))
+            weights_arr = np.array([[v.c0 for v in coeffs], [v.c1 for v in coeffs]],
+                                   dtype=np.uint64)
+            acc = acc + sel * e_dot(eqs, weights_arr)
     return acc
 
