@@ -240,12 +240,13 @@ def _halves_sum_par(a):  # pragma: no cover - compiled
     return lo_sum, hi_sum
 
 
-@_lazy(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT))
-def _combine_par(msg, c, out):  # pragma: no cover - compiled
-    # _numba_kernels._combine_loop per block of columns: the same products and exact half-sums
+@_lazy(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT, types.int64))
+def _combine_par(msg, c, out, piece):  # pragma: no cover - compiled
+    # _numba_kernels._combine_loop per block of `piece` columns: the same products and exact
+    # half-sums per column (columns are independent, so the block size changes nothing)
     rows, n = msg.shape
-    for ch in numba.prange(_n_chunks(n)):
-        lo, hi = ch * CHUNK, min(n, (ch + 1) * CHUNK)
+    for ch in numba.prange((n + piece - 1) // piece):
+        lo, hi = ch * piece, min(n, (ch + 1) * piece)
         w = hi - lo
         acc_lo = np.zeros(w, dtype=np.uint64)
         acc_hi = np.zeros(w, dtype=np.uint64)
@@ -416,13 +417,14 @@ def halves_sum(a: np.ndarray) -> tuple[int, int]:
 
 
 def combine_rows(msg: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    if not _go(msg.size) or msg.shape[-1] < 2 * CHUNK:
+    if not _go(msg.size):
         return K.numba_combine_rows(msg, coeffs)
     msg = np.ascontiguousarray(msg, dtype=np.uint64)
     out = np.empty((2, msg.shape[1]), dtype=np.uint64)
     c0, c1 = K._rows(np.asarray(coeffs, dtype=np.uint64))
-    _combine_par(msg, c0, out[0])
-    _combine_par(msg, c1, out[1])
+    piece = min(CHUNK, max(64, -(-msg.shape[1] // (4 * threads()))))  # >= 4 pieces per thread
+    _combine_par(msg, c0, out[0], piece)
+    _combine_par(msg, c1, out[1], piece)
     return out
 
 
