@@ -460,3 +460,22 @@ def clipped_bincount(a: np.ndarray, size: int) -> np.ndarray:
     counts = np.zeros((threads(), size), dtype=np.int64)
     _hist_par(a, np.uint64(size - 1), counts)
     return counts.sum(axis=0)
+
+
+def compile_all() -> None:
+    """Compile every parallel kernel now (each otherwise compiles on its first large call)."""
+    z = np.zeros(4, dtype=np.uint64)
+    o = np.ones(4, dtype=np.uint64)
+    for k in (_add_par, _sub_par, _mul_par):
+        k(z, o, z.copy())
+    _neg_par(z, z.copy())
+    _e_mul_par(o, o, o, o, z.copy(), z.copy())
+    _e_scale_par(o, o, np.uint64(1), np.uint64(0), z.copy(), z.copy())
+    _fold_par(o, o, np.uint64(1), np.uint64(0), z[:2].copy(), z[:2].copy())
+    _halves_sum_par(o)
+    _combine_par(np.ones((2, 4), dtype=np.uint64), o[:2], z.copy(), 2)
+    _batch_inv_par(o, z.copy())
+    _hist_par(o, np.uint64(3), np.zeros((2, 4), dtype=np.int64))
+    tw, rev = np.ones(3, dtype=np.uint64), np.array([0, 2, 1, 3], dtype=np.int64)
+    _ntt_rows_par(np.ones((2, 4), dtype=np.uint64), tw, rev, np.uint64(1), False)
+    _ntt_row_par(o.copy(), tw, rev, np.uint64(1), False)

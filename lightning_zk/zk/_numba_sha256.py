@@ -185,6 +185,18 @@ def _self_test() -> bool:
     return got[1].tobytes() == hashlib.sha256(b"lzk.node" + kids[2:].tobytes()).digest()
 
 
+def compile_all() -> None:
+    """Compile the parallel hashing kernels now (serial ones compile in the self-test)."""
+    if available():
+        cols = np.zeros((2, 3), dtype=np.uint64)
+        salts = np.zeros((2, 16), dtype=np.uint8)
+        pre = np.zeros(8, dtype=np.uint8)
+        out = np.empty((2, 32), dtype=np.uint8)
+        _leaves_par(cols, salts, pre, out)
+        _leaves_rows_par(cols.T.copy(), salts, pre, out)
+        _nodes_par(out, pre, out[:1].copy())
+
+
 _STATUS: list[bool] = []
 
 

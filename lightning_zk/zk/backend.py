@@ -39,6 +39,7 @@ __all__ = [
     "array_module",
     "backend_of",
     "clipped_bincount",
+    "compile_kernels",
     "cupy_available",
     "numba_available",
     "num_threads",
@@ -358,6 +359,21 @@ def backend_of(a: Any) -> Backend:
     if _is_cupy_array(a):
         return _cupy_backend()
     return _numpy_backend(None)
+
+
+def compile_kernels() -> None:
+    """JIT-compile every numba kernel now instead of on first use (parallel ones included).
+
+    For benchmarks and latency-sensitive callers; results never depend on it. A no-op without
+    numba.
+    """
+    if not numba_available():
+        return
+    from . import _numba_parallel, _numba_sha256
+
+    _numpy_backend(None)
+    _numba_parallel.compile_all()
+    _numba_sha256.compile_all()
 
 
 def clipped_bincount(values: Any, size: int) -> np.ndarray:
