@@ -47,10 +47,26 @@ _S32 = K._S32
 
 _local = threading.local()
 _compile_lock = threading.Lock()
+# numba's OpenMP layer aborts a forked child that starts a parallel region after its parent
+# used one ("fork() called from a process already using GNU OpenMP"); such a child stays serial
+_state = {"parallel_ran": False, "forked": False}
+
+
+def _after_fork_in_child() -> None:
+    if _state["parallel_ran"]:
+        _state["forked"] = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def threads() -> int:
-    """The thread count to use, applied to numba (its setting is per calling thread)."""
+    """The thread count to use, applied to numba (its setting is per calling thread).
+
+    1 in a process forked after its parent ran a parallel kernel (see ``_state``).
+    """
+    if _state["forked"]:
+        return 1
     n = min(num_threads(), numba.config.NUMBA_NUM_THREADS)
     if getattr(_local, "n", 0) != n:
         numba.set_num_threads(n)
@@ -73,6 +89,7 @@ class _Lazy:
         self.__name__ = fn.__name__
 
     def __call__(self, *args: Any) -> Any:
+        _state["parallel_ran"] = True
         if self.kernel is None:
             with _compile_lock:
                 if self.kernel is None:

@@ -179,6 +179,28 @@ def test_ntt_parallel_paths_match_serial_and_stages(par, rng, rows, logk):
             assert np.array_equal(got, _transform_xp(x, inverse))
 
 
+@needs_numba
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_forked_child_of_a_parallel_process_stays_serial(par, rng):
+    """numba's OpenMP layer kills a forked child that starts a parallel region after its parent
+    ran one; the dispatch keeps such a child on the serial kernels (same results)."""
+    a, b = _field(rng, 4 * par.CHUNK), _field(rng, 4 * par.CHUNK)
+    want = par.mul(a, b)  # the parent runs a parallel kernel
+    assert par._state["parallel_ran"]
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            ok = np.array_equal(par.mul(a, b), want) and par.threads() == 1
+            os.write(write, b"ok" if ok else b"bad")
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    assert os.read(read, 8) == b"ok" and status == 0
+    os.close(read)
+
+
 # ---- hashing -------------------------------------------------------------------------------
 
 
