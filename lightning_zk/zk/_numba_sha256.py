@@ -4,9 +4,9 @@
 is most Ligero columns and every Merkle node, so a commitment of 2^16 columns spends most of its
 hashing time in the interpreter, on one core. Here a numba loop calls libcrypto's
 ``SHA256_Init/Update/Final`` (the same library, with the same SHA-NI/AVX code, that ``hashlib``
-uses) directly through ctypes: no Python per hash, no GIL, and a ``prange`` over leaves/nodes
-for the cores (measured on this machine: 72-byte nodes 0.68 us/hash with hashlib, 0.10 us here
-on one thread, 0.05 us on two).
+uses) directly through ctypes: no Python per hash and no GIL, so pieces of leaves/nodes run on
+all threads (:func:`._numba_parallel.run_ranges`; measured on this machine: 72-byte nodes
+0.68 us/hash with hashlib, 0.10 us here on one thread).
 
 SHA-256 is a function, so the digests are those of ``hashlib`` byte for byte; the module still
 checks itself against ``hashlib`` when it loads (several lengths around the block size) and is
@@ -25,10 +25,8 @@ from typing import Any
 
 import numba
 import numpy as np
-from numba import types
 
 from . import _numba_parallel as _par
-from ._numba_parallel import _lazy, threads
 
 _CTX_WORDS = 16  # SHA256_CTX is 112 bytes; 128 leaves room and keeps 8-byte alignment
 
@@ -56,10 +54,6 @@ def _load() -> tuple[Any, Any, Any] | None:
 _FUNCS = _load()
 if _FUNCS is not None:
     _init, _update, _final = _FUNCS
-    _U8_MAT_IN = types.Array(types.uint8, 2, "C", readonly=True)
-    _U8_IN = types.Array(types.uint8, 1, "C", readonly=True)
-    _U8_MAT_OUT = types.Array(types.uint8, 2, "C")
-    _U64_MAT_IN = types.Array(types.uint64, 2, "C", readonly=True)
 
     @numba.njit(nogil=True)  # compiled on first call (no signature): nothing at import
     def _leaves(cols, salts, prefix, out):  # pragma: no cover - compiled
@@ -102,32 +96,19 @@ if _FUNCS is not None:
             _update(c, children[2 * i].ctypes.data, 64)
             _final(out[i].ctypes.data, c)
 
-    _PIECE = 256  # leaves or nodes per parallel piece
-
-    @_lazy(types.void(_U64_MAT_IN, _U8_MAT_IN, _U8_IN, _U8_MAT_OUT), cache=False)
-    def _leaves_par(cols, salts, prefix, out):  # pragma: no cover - compiled
-        n = cols.shape[0]
-        for q in numba.prange((n + _PIECE - 1) // _PIECE):
-            lo, hi = q * _PIECE, min(n, (q + 1) * _PIECE)
-            _leaves(cols[lo:hi], salts[lo:hi], prefix, out[lo:hi])
-
-    @_lazy(types.void(_U64_MAT_IN, _U8_MAT_IN, _U8_IN, _U8_MAT_OUT), cache=False)
-    def _leaves_rows_par(mat, salts, prefix, out):  # pragma: no cover - compiled
-        n = mat.shape[1]
-        for q in numba.prange((n + _PIECE - 1) // _PIECE):
-            _leaves_rows(mat, salts, prefix, out, q * _PIECE, min(n, (q + 1) * _PIECE))
-
-    @_lazy(types.void(_U8_MAT_IN, _U8_IN, _U8_MAT_OUT), cache=False)
-    def _nodes_par(children, prefix, out):  # pragma: no cover - compiled
-        n = out.shape[0]
-        for q in numba.prange((n + _PIECE - 1) // _PIECE):
-            lo, hi = q * _PIECE, min(n, (q + 1) * _PIECE)
-            _nodes(children[2 * lo : 2 * hi], prefix, out[lo:hi])
 
 
 def _parallel(count: int, words: int) -> bool:
-    """Worth the threads: several pieces and enough hashing (~ words of 8 bytes in total)."""
-    return count >= 2 * _PIECE and words >= _par.PAR_MIN and threads() >= 2
+    """Worth the threads: enough leaves/nodes and hashing (~ words of 8 bytes in total)."""
+    return count >= 2 * 256 and words >= _par.PAR_MIN and _par.threads() >= 2
+
+
+def _pieces(fn: Any, count: int) -> None:
+    """fn(lo, hi) over pieces of ``count`` leaves or nodes (at least 256 per piece)."""
+    n = max(1, min(4 * _par.threads(), count // 256))
+    step = -(-count // n)
+    parts = [(lo, min(count, lo + step)) for lo in range(0, count, step)]
+    _par.run_pieces(lambda i: fn(*parts[i]), len(parts))
 
 
 def leaf_digests(
@@ -143,16 +124,14 @@ def leaf_digests(
     pre = np.frombuffer(prefix, dtype=np.uint8)
     k = data.shape[1] if row_major else data.shape[0]
     out = np.empty((k, 32), dtype=np.uint8)
-    par = _parallel(k, data.size + 4 * k)
     if row_major:
-        if par:
-            _leaves_rows_par(data, salts, pre, out)
-        else:
-            _leaves_rows(data, salts, pre, out, 0, k)
-    elif par:
-        _leaves_par(data, salts, pre, out)
+        fn = lambda lo, hi: _leaves_rows(data, salts, pre, out, lo, hi)  # noqa: E731
     else:
-        _leaves(data, salts, pre, out)
+        fn = lambda lo, hi: _leaves(data[lo:hi], salts[lo:hi], pre, out[lo:hi])  # noqa: E731
+    if _parallel(k, data.size + 4 * k):
+        _pieces(fn, k)
+    else:
+        fn(0, k)
     return out
 
 
@@ -161,10 +140,14 @@ def node_digests(children: np.ndarray, prefix: bytes) -> np.ndarray:
     children = np.ascontiguousarray(children, dtype=np.uint8)
     pre = np.frombuffer(prefix, dtype=np.uint8)
     out = np.empty((children.shape[0] // 2, 32), dtype=np.uint8)
+
+    def fn(lo: int, hi: int) -> None:
+        _nodes(children[2 * lo : 2 * hi], pre, out[lo:hi])
+
     if _parallel(out.shape[0], 10 * out.shape[0]):
-        _nodes_par(children, pre, out)
+        _pieces(fn, out.shape[0])
     else:
-        _nodes(children, pre, out)
+        fn(0, out.shape[0])
     return out
 
 
@@ -186,15 +169,8 @@ def _self_test() -> bool:
 
 
 def compile_all() -> None:
-    """Compile the parallel hashing kernels now (serial ones compile in the self-test)."""
-    if available():
-        cols = np.zeros((2, 3), dtype=np.uint64)
-        salts = np.zeros((2, 16), dtype=np.uint8)
-        pre = np.zeros(8, dtype=np.uint8)
-        out = np.empty((2, 32), dtype=np.uint8)
-        _leaves_par(cols, salts, pre, out)
-        _leaves_rows_par(cols.T.copy(), salts, pre, out)
-        _nodes_par(out, pre, out[:1].copy())
+    """Compile the hashing kernels now (the self-test calls each of them)."""
+    available()
 
 
 _STATUS: list[bool] = []

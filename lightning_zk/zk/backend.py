@@ -11,7 +11,8 @@ field kernels below are device-specific:
 * add / sub / neg: ``xp.where``-based corrections (NumPy and CuPy), or fused numba loops.
 
 Threads: :func:`num_threads` is the one knob for how many CPU threads the prover's parallel
-kernels use (numba ``prange`` kernels, SHA-256 leaf/node hashing, the hashlib thread pool):
+kernels use (numba kernels run on pieces by the caller and helper threads, SHA-256 leaf/node
+hashing, the hashlib thread pool):
 :func:`set_num_threads`, else the environment variable ``LIGHTNING_ZK_THREADS``, else every
 core this process may run on. Every parallel kernel computes exactly what its serial twin does
 (field arithmetic and integer sums are exact, so no order of reduction changes a bit), hence
@@ -209,8 +210,8 @@ class Backend:
             chunk), or ``None`` (``field.batch_inverse``'s product tree).
         bincount: ``(values, size) -> int64 counts of min(v, size - 1)``, or ``None``.
 
-    With numba every kernel above spreads large inputs over :func:`num_threads` threads
-    (:mod:`._numba_parallel`), with results identical to one thread.
+    With numba every kernel above cuts large inputs into pieces run by :func:`num_threads`
+    threads (:mod:`._numba_parallel`), with results identical to one thread.
     """
 
     name: str
@@ -362,7 +363,7 @@ def backend_of(a: Any) -> Backend:
 
 
 def compile_kernels() -> None:
-    """JIT-compile every numba kernel now instead of on first use (parallel ones included).
+    """JIT-compile every numba kernel now instead of on first use (the hashing ones included).
 
     For benchmarks and latency-sensitive callers; results never depend on it. A no-op without
     numba.
