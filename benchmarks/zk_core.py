@@ -186,7 +186,6 @@ def _thread_kernels(quick: bool) -> list[tuple[str, Callable[[], Any]]]:
         (f"fsum 2^{big}", lambda: F.fsum(a)),
         (f"row combination {rows} x 2^{cols.bit_length() - 1}", lambda: be.combine_rows(msg, coeffs)),
         (f"NTT {rows} rows x 2^{cols.bit_length() + 1}", lambda: ntt(code)),
-        (f"NTT 1 row x 2^{big - 2}", lambda: ntt(a[: 1 << (big - 2)])),
         (f"batch inverse 2^{mid}", lambda: F.batch_inverse(a[: 1 << mid])),
         (f"bincount 2^{mid + 1} -> 2^16", lambda: clipped_bincount(vals, 1 << 16)),
         (

@@ -77,8 +77,15 @@ def threads() -> int:
     return num_threads()
 
 
-def _go(size: int) -> bool:
-    return size >= PAR_MIN and threads() >= 2
+# Work per element in units of one field addition (~1 ns here): a call goes multi-threaded
+# from PAR_MIN units on and its pieces hold >= PIECE_MIN units, so cheap and costly kernels
+# reach the same ~30 us per piece (the hand-off costs ~3-10 us).
+COST = {"add": 1, "mul": 4, "e_mul": 12, "e_scale": 8, "fold": 8, "sum": 1, "inv": 12,
+        "combine": 8, "ntt": 6, "hist": 1}
+
+
+def _go(size: int, cost: int = 1) -> bool:
+    return size * cost >= PAR_MIN and threads() >= 2
 
 
 def _helpers(n: int) -> ThreadPoolExecutor:
@@ -134,16 +141,17 @@ def run_pieces(fn: Callable[[int], Any], count: int) -> None:
         raise errors[0]
 
 
-def _ranges(size: int) -> list[tuple[int, int]]:
-    """[lo, hi) pieces of ``size`` elements: 4 per thread, none below PIECE_MIN (or PAR_MIN)."""
-    pieces = max(1, min(4 * threads(), size // max(1, min(PIECE_MIN, PAR_MIN))))
+def _ranges(size: int, cost: int = 1) -> list[tuple[int, int]]:
+    """[lo, hi) pieces of ``size`` elements: 4 per thread, none below PIECE_MIN work units (or
+    PAR_MIN, which tests lower)."""
+    pieces = max(1, min(4 * threads(), size * cost // max(1, min(PIECE_MIN, PAR_MIN))))
     step = -(-size // pieces)
     return [(lo, min(size, lo + step)) for lo in range(0, size, step)]
 
 
-def run_ranges(fn: Callable[[int, int], Any], size: int) -> None:
+def run_ranges(fn: Callable[[int, int], Any], size: int, cost: int = 1) -> None:
     """fn(lo, hi) over the pieces of ``range(size)`` (see :func:`run_pieces`)."""
-    parts = _ranges(size)
+    parts = _ranges(size, cost)
     run_pieces(lambda i: fn(*parts[i]), len(parts))
 
 
@@ -263,45 +271,50 @@ def _row_views(arrays: list[np.ndarray]) -> list[list[np.ndarray]] | None:
     return None
 
 
-def _elementwise(kernel: Any, *args: Any) -> np.ndarray | None:
+def _elementwise(kernel: Any, cost: int, *args: Any) -> np.ndarray | None:
     """A same-shape elementwise serial kernel over pieces, or None when the plain path should
     run (one thread, small, broadcasting or an unsupported layout)."""
     arrays = [np.asarray(a, dtype=np.uint64) for a in args]
     shape = arrays[0].shape
-    if any(a.shape != shape for a in arrays) or not _go(arrays[0].size):
+    if any(a.shape != shape for a in arrays) or not _go(arrays[0].size, cost):
         return None
     out = np.empty(shape, dtype=np.uint64)
     views = _row_views([*arrays, out])
     if views is None:
         return None
     for pieces in zip(*views, strict=True):
-        run_ranges(lambda lo, hi, p=pieces: kernel(*[x[lo:hi] for x in p]), pieces[0].size)
+        run_ranges(lambda lo, hi, p=pieces: kernel(*[x[lo:hi] for x in p]), pieces[0].size, cost)
     return out
+
+
+def _small(a: Any, cost: int = 1) -> bool:
+    """Cheap first test (most calls are small): not an array worth PAR_MIN work units."""
+    return not isinstance(a, np.ndarray) or a.size * cost < PAR_MIN
 
 
 def add(a: Any, b: Any) -> np.ndarray:
     """a + b mod p (broadcasting): multi-threaded for large equal shapes, else the ufunc."""
-    out = _elementwise(_add_loop, a, b)
+    out = None if _small(a) else _elementwise(_add_loop, COST["add"], a, b)
     return K.numba_add(a, b) if out is None else out
 
 
 def sub(a: Any, b: Any) -> np.ndarray:
-    out = _elementwise(_sub_loop, a, b)
+    out = None if _small(a) else _elementwise(_sub_loop, COST["add"], a, b)
     return K.numba_sub(a, b) if out is None else out
 
 
 def mul(a: Any, b: Any) -> np.ndarray:
-    out = _elementwise(_mul_loop, a, b)
+    out = None if _small(a, COST["mul"]) else _elementwise(_mul_loop, COST["mul"], a, b)
     return K.numba_mul(a, b) if out is None else out
 
 
 def neg(a: Any) -> np.ndarray:
-    out = _elementwise(_neg_loop, a)
+    out = None if _small(a) else _elementwise(_neg_loop, COST["add"], a)
     return K.numba_neg(a) if out is None else out
 
 
 def e_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    if not _go(a[0].size):
+    if not _go(a[0].size, COST["e_mul"]):
         return K.numba_e_mul(a, b)
     out = np.empty((2, a[0].size), dtype=np.uint64)
     a0, a1 = K._rows(a)
@@ -312,12 +325,13 @@ def e_mul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
             a0[lo:hi], a1[lo:hi], b0[lo:hi], b1[lo:hi], c0[lo:hi], c1[lo:hi]
         ),
         a0.size,
+        COST["e_mul"],
     )
     return out.reshape(a.shape)
 
 
 def e_scale(a: np.ndarray, s0: int, s1: int) -> np.ndarray:
-    if not _go(a[0].size):
+    if not _go(a[0].size, COST["e_scale"]):
         return K.numba_e_scale(a, s0, s1)
     out = np.empty((2, a[0].size), dtype=np.uint64)
     a0, a1 = K._rows(a)
@@ -326,13 +340,14 @@ def e_scale(a: np.ndarray, s0: int, s1: int) -> np.ndarray:
     run_ranges(
         lambda lo, hi: K._e_scale_loop(a0[lo:hi], a1[lo:hi], r0, r1, c0[lo:hi], c1[lo:hi]),
         a0.size,
+        COST["e_scale"],
     )
     return out.reshape(a.shape)
 
 
 def fold(t: np.ndarray, s0: int, s1: int) -> np.ndarray:
     h = t.shape[1] // 2
-    if not _go(h):
+    if not _go(h, COST["fold"]):
         return K.numba_fold(t, s0, s1)
     out = np.empty((2, h), dtype=np.uint64)
     t0, t1 = K._rows(t)
@@ -345,6 +360,7 @@ def fold(t: np.ndarray, s0: int, s1: int) -> np.ndarray:
             r0, r1, c0[lo:hi], c1[lo:hi],
         ),
         h,
+        COST["fold"],
     )
     return out
 
@@ -365,7 +381,7 @@ def halves_sum(a: np.ndarray) -> tuple[int, int]:
 
 
 def combine_rows(msg: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
-    if not _go(msg.size):
+    if not _go(msg.size, COST["combine"]):
         return K.numba_combine_rows(msg, coeffs)
     msg = np.ascontiguousarray(msg, dtype=np.uint64)
     out = np.empty((2, msg.shape[1]), dtype=np.uint64)
@@ -375,7 +391,7 @@ def combine_rows(msg: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
         _combine_range(msg, c0, out[0], lo, hi)
         _combine_range(msg, c1, out[1], lo, hi)
 
-    run_ranges(block, msg.shape[1])
+    run_ranges(block, msg.shape[1], msg.shape[0] * COST["combine"])
     return out
 
 
@@ -383,7 +399,7 @@ def ntt_rows(x: np.ndarray, tw: np.ndarray, rev: np.ndarray, kinv: int, scale: b
     """In-place NTT of every row of C-contiguous (rows, K), rows spread over the threads (a
     single row, e.g. one verifier row, stays on one thread)."""
     rows = x.shape[0]
-    if rows < 2 or not _go(x.size):
+    if rows < 2 or not _go(x.size, COST["ntt"]):
         K.numba_ntt_rows(x, tw, rev, kinv, scale)
         return
     kinv_u, flag = np.uint64(kinv), bool(scale)
@@ -394,8 +410,8 @@ def batch_inverse(a: np.ndarray) -> np.ndarray:
     """Inverses of a 1-D array of nonzero field elements (the caller checks for zeros)."""
     a = np.ascontiguousarray(a, dtype=np.uint64)
     out = np.empty_like(a)
-    if _go(a.size):
-        run_ranges(lambda lo, hi: _batch_inv_loop(a[lo:hi], out[lo:hi]), a.size)
+    if _go(a.size, COST["inv"]):
+        run_ranges(lambda lo, hi: _batch_inv_loop(a[lo:hi], out[lo:hi]), a.size, COST["inv"])
     else:
         _batch_inv_loop(a, out)
     return out
