@@ -16,9 +16,10 @@ to 1.5 s on two. Here the caller takes pieces until none are left and then waits
 pieces a helper has already started, so a helper that gets no CPU delays nothing and a busy
 machine degrades to the one-thread speed.
 
-Dispatch: a call goes multi-threaded when :func:`.backend.num_threads` >= 2 and the work has at
-least ``PAR_MIN`` elements (``LIGHTNING_ZK_PAR_MIN``, default 2^15: below that the ~10 us of
-hand-off costs more than it saves; tests lower it to force the parallel paths on tiny inputs).
+Dispatch: a call goes multi-threaded when :func:`.backend.num_threads` >= 2 and its work is at
+least ``PAR_MIN`` units of one field addition (``COST`` per element per kernel;
+``LIGHTNING_ZK_PAR_MIN``, default 2^15: below that the ~10 us of hand-off costs more than it
+saves; tests lower it to force the parallel paths on tiny inputs).
 """
 
 from __future__ import annotations
