@@ -164,3 +164,16 @@ def test_engine_at_the_magnitude_bound_and_large_fan_in(rng):
     y = mlp.forward(x) + rng.integers(-64, 65, (batch, out))  # small loss: updates stay tiny
     _compare_step(mlp, x, y)
     assert np.abs(mlp.weights[0]).max() == BOUND  # still at the bound after the step
+
+
+def test_rescale_owned_equals_rescale(rng):
+    from lightning_zk.fixed.format import rescale, rescale_owned
+
+    for s in (1, 16, 30):
+        half = 1 << (s - 1)
+        edges = [0, 1, -1, half, -half, half - 1, -half - 1, 3 * half, -3 * half, (1 << 61) - 1,
+                 -(1 << 61)]
+        raw = np.concatenate([np.array(edges), rng.integers(-(1 << 61), 1 << 61, 5000)])
+        q, r = rescale(raw, s)
+        q2, r2 = rescale_owned(raw.copy(), s)
+        assert np.array_equal(q, q2) and np.array_equal(r, r2)
