@@ -18,8 +18,9 @@ machine degrades to the one-thread speed.
 
 Dispatch: a call goes multi-threaded when :func:`.backend.num_threads` >= 2 and its work is at
 least ``PAR_MIN`` units of one field addition (``COST`` per element per kernel;
-``LIGHTNING_ZK_PAR_MIN``, default 2^15: below that the ~10 us of hand-off costs more than it
-saves; tests lower it to force the parallel paths on tiny inputs).
+``LIGHTNING_ZK_PAR_MIN``, default 2^17, ~130 us of work: waking a helper thread takes tens of
+microseconds on this VM and a call pays ~40 us of hand-off, measured; tests lower it to force
+the parallel paths on tiny inputs).
 """
 
 from __future__ import annotations
@@ -39,13 +40,13 @@ from . import _numba_kernels as K
 from .backend import num_threads
 from .errors import ParameterError
 
-PIECE_MIN = 1 << 14  # fewest elements per piece (~30-100 us of work: hand-off ~3-10 us)
+PIECE_MIN = 1 << 15  # fewest work units per piece (~30 us)
 
 
 def _par_min() -> int:
     raw = os.environ.get("LIGHTNING_ZK_PAR_MIN", "").strip()
     if not raw:
-        return 2 * PIECE_MIN
+        return 4 * PIECE_MIN
     if not raw.isdigit() or int(raw) < 1:
         raise ParameterError(f"LIGHTNING_ZK_PAR_MIN={raw!r}: must be a positive integer")
     return int(raw)
@@ -78,14 +79,16 @@ def threads() -> int:
     return num_threads()
 
 
-# Work per element in units of one field addition (~1 ns here): a call goes multi-threaded
+# Work per element in units of ~1 ns (one field addition in cache): a call goes multi-threaded
 # from PAR_MIN units on and its pieces hold >= PIECE_MIN units, so cheap and costly kernels
-# reach the same ~30 us per piece (the hand-off costs ~3-10 us).
-COST = {"add": 1, "mul": 4, "e_mul": 12, "e_scale": 8, "fold": 8, "sum": 1, "inv": 12,
+# split at the same amount of work. Memory-bound passes (add/sub/neg: 2 loads and a store per
+# addition) gain little from a second core and count a quarter (measured: 2^22 additions
+# 1.09x, 2^17 0.77x on two threads).
+COST = {"add": 0.25, "mul": 4, "e_mul": 12, "e_scale": 8, "fold": 8, "sum": 1, "inv": 12,
         "combine": 8, "ntt": 6, "hist": 1}
 
 
-def _go(size: int, cost: int = 1) -> bool:
+def _go(size: int, cost: float = 1) -> bool:
     return size * cost >= PAR_MIN and threads() >= 2
 
 
@@ -142,15 +145,15 @@ def run_pieces(fn: Callable[[int], Any], count: int) -> None:
         raise errors[0]
 
 
-def _ranges(size: int, cost: int = 1) -> list[tuple[int, int]]:
+def _ranges(size: int, cost: float = 1) -> list[tuple[int, int]]:
     """[lo, hi) pieces of ``size`` elements: 4 per thread, none below PIECE_MIN work units (or
     PAR_MIN, which tests lower)."""
-    pieces = max(1, min(4 * threads(), size * cost // max(1, min(PIECE_MIN, PAR_MIN))))
+    pieces = max(1, min(4 * threads(), int(size * cost) // max(1, min(PIECE_MIN, PAR_MIN))))
     step = -(-size // pieces)
     return [(lo, min(size, lo + step)) for lo in range(0, size, step)]
 
 
-def run_ranges(fn: Callable[[int, int], Any], size: int, cost: int = 1) -> None:
+def run_ranges(fn: Callable[[int, int], Any], size: int, cost: float = 1) -> None:
     """fn(lo, hi) over the pieces of ``range(size)`` (see :func:`run_pieces`)."""
     parts = _ranges(size, cost)
     run_pieces(lambda i: fn(*parts[i]), len(parts))
@@ -272,9 +275,10 @@ def _row_views(arrays: list[np.ndarray]) -> list[list[np.ndarray]] | None:
     return None
 
 
-def _elementwise(kernel: Any, cost: int, *args: Any) -> np.ndarray | None:
+def _elementwise(kernel: Any, cost: float, *args: Any) -> np.ndarray | None:
     """A same-shape elementwise serial kernel over pieces, or None when the plain path should
-    run (one thread, small, broadcasting or an unsupported layout)."""
+    run (one thread, small, broadcasting or an unsupported layout). The pieces of all rows go
+    to one :func:`run_pieces` call."""
     arrays = [np.asarray(a, dtype=np.uint64) for a in args]
     shape = arrays[0].shape
     if any(a.shape != shape for a in arrays) or not _go(arrays[0].size, cost):
@@ -283,24 +287,25 @@ def _elementwise(kernel: Any, cost: int, *args: Any) -> np.ndarray | None:
     views = _row_views([*arrays, out])
     if views is None:
         return None
-    for pieces in zip(*views, strict=True):
-        run_ranges(lambda lo, hi, p=pieces: kernel(*[x[lo:hi] for x in p]), pieces[0].size, cost)
+    rows = list(zip(*views, strict=True))
+    parts = [(r, lo, hi) for r in rows for lo, hi in _ranges(r[0].size, cost * len(rows))]
+    run_pieces(lambda i: kernel(*[x[parts[i][1] : parts[i][2]] for x in parts[i][0]]), len(parts))
     return out
 
 
-def _small(a: Any, cost: int = 1) -> bool:
+def _small(a: Any, cost: float = 1) -> bool:
     """Cheap first test (most calls are small): not an array worth PAR_MIN work units."""
     return not isinstance(a, np.ndarray) or a.size * cost < PAR_MIN
 
 
 def add(a: Any, b: Any) -> np.ndarray:
     """a + b mod p (broadcasting): multi-threaded for large equal shapes, else the ufunc."""
-    out = None if _small(a) else _elementwise(_add_loop, COST["add"], a, b)
+    out = None if _small(a, COST["add"]) else _elementwise(_add_loop, COST["add"], a, b)
     return K.numba_add(a, b) if out is None else out
 
 
 def sub(a: Any, b: Any) -> np.ndarray:
-    out = None if _small(a) else _elementwise(_sub_loop, COST["add"], a, b)
+    out = None if _small(a, COST["add"]) else _elementwise(_sub_loop, COST["add"], a, b)
     return K.numba_sub(a, b) if out is None else out
 
 
@@ -310,7 +315,7 @@ def mul(a: Any, b: Any) -> np.ndarray:
 
 
 def neg(a: Any) -> np.ndarray:
-    out = None if _small(a) else _elementwise(_neg_loop, COST["add"], a)
+    out = None if _small(a, COST["add"]) else _elementwise(_neg_loop, COST["add"], a)
     return K.numba_neg(a) if out is None else out
 
 
