@@ -117,7 +117,7 @@ def _step_times(dims, batches, lr, reps: int):
 
 def _step_rows(name, dims, batches, lr, reps, target: float | None):
     f32, fixed, tapes = _step_times(dims, batches, lr, reps)
-    note = f"tape incl.; {fixed / f32:.1f}x float32"
+    note = f"tape incl.; {fixed / f32:.2f}x float32"
     if target is not None:
         verdict = "met" if fixed <= target * f32 else "NOT met"
         note += f" (target <= {target:.0f}x: {verdict})"
@@ -194,7 +194,7 @@ def _zk_rows(name, dims, tapes, backend, epoch_steps, one_thread: bool = False):
     note = f"Wit 2^{nv}, peak {peak:.1f} GiB, {num_threads()} threads"
     if one_thread:
         p1, v1, _, peak1, _ = _prove_row(tapes, backend, epoch=False, threads=1)
-        note += f" ({p1 / p:.2f}x faster than 1 thread)"
+        note += f" (speedup {p1 / p:.2f}x over 1 thread)"
         rows.append((name, "zk step, 1 thread", 1, p1 * 1e3, v1 * 1e3, kb, f"peak {peak1:.1f} GiB"))
     rows.append((name, "zk step", 1, p * 1e3, v * 1e3, kb, note))
     if epoch_steps > 1:
