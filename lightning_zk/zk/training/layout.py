@@ -13,8 +13,8 @@ Layers of one *layer group* (same padded shape and role) are stacked too: each t
 a group is one block whose last element variables are the layer index l, so a relation proves
 all the group's layers in one sumcheck (FAC4DNN).
 
-The weights of all layers form the parameter layout Theta; Wit holds two Theta super-blocks
-(weights before and after each step), and the boundary commitments B hold Theta itself.
+The weights of all layers form the parameter layout Theta, which the boundary commitments B
+hold; inside Wit the weight blocks (before and after each step) are allocated like any other.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ class Layout:
     wit_vars: int
     theta_vars: int
     wit: dict[str, TensorSlot]
-    theta: dict[str, TensorSlot]  # inside B: leading ("h", 1) axis
+    theta: dict[str, TensorSlot]  # inside B: per layer, per (group, W|b) stack "W@g", "THETA"
     groups: tuple[tuple[int, ...], ...] = ()
     stacks: dict[str, TensorSlot] = field(default_factory=dict)
     unused: tuple[TensorSlot, ...] = ()
@@ -208,9 +208,9 @@ class Layout:
         return self.theta_vars
 
     def leaf_blocks(self) -> list[tuple[str, TensorSlot]]:
-        """The tensors that hold data (per-layer slots of real layers, global tensors, Theta
-        blocks inside the two Theta super-blocks): every allocated entry lies in exactly one."""
-        return [(name, slot) for name, slot in self.wit.items() if not name.startswith("THETA")]
+        """The tensors that hold data (per-layer slots of real layers, global tensors): every
+        allocated entry lies in exactly one."""
+        return list(self.wit.items())
 
     def wit_support(self) -> ColumnSupport:
         """Where Wit can be nonzero (its public column support, :class:`ColumnSupport`)."""
@@ -219,7 +219,11 @@ class Layout:
     def theta_support(self) -> ColumnSupport:
         """Where a boundary commitment B (Theta) can be nonzero."""
         return ColumnSupport(tuple(sorted(
-            (s.code_int, len(s.code)) for name, s in self.theta.items() if name != "THETA")))
+            (s.code_int, len(s.code)) for _, s in self.theta_leaves())))
+
+    def theta_leaves(self) -> list[tuple[str, TensorSlot]]:
+        """The per-layer weight slots of B (every entry of Theta that can be nonzero lies in one)."""
+        return [(n, s) for n, s in self.theta.items() if "@" not in n and n != "THETA"]
 
     def group_bits(self, g: int) -> int:
         """Number of layer variables of group ``g``."""
@@ -241,10 +245,13 @@ def _group_kinds(names: list[str], layers: tuple[int, ...]) -> list[str]:
 
 
 def build_layout(arch: Arch, names: list[str]) -> Layout:
-    """Allocate Theta, then Wit = {Theta-in, Theta-out super-blocks} + every other tensor.
+    """Allocate Theta (the boundary commitments' layout), then Wit: one block per (layer group,
+    tensor kind), the weights before (W, b) and after (Wn, bn) included, and the global tensors.
 
     Each (group, kind) gets one aligned block whose last element variables are the layer index
-    inside the group, so a group's tensors of one kind form one multilinear polynomial.
+    inside the group, so a group's tensors of one kind form one multilinear polynomial. Wit has
+    no Theta super-block: the chain relation compares Wit's weight blocks with B block by block,
+    so Wit's size is the sum of its blocks' (rounded once), not of two rounded Theta copies.
     """
     tau, L = arch.tau, arch.num_layers
     groups = layer_groups(arch)
@@ -260,23 +267,12 @@ def build_layout(arch: Arch, names: list[str]) -> Layout:
     # Theta: one block per (group, W|b)
     th_blocks = {f"{k}@{gi}": block_bits(k, gi) for gi in range(len(groups)) for k in ("W", "b")}
     n_theta, th_codes = allocate(th_blocks)
-    # Wit: the two Theta super-blocks, one block per (group, kind), the global tensors
+    # Wit: one block per (group, kind), the global tensors
     kinds = {gi: _group_kinds(names, g) for gi, g in enumerate(groups)}
-    sizes = {"THETA_IN": tau + n_theta, "THETA_OUT": tau + n_theta}
-    for gi, ks in kinds.items():
-        for k in ks:
-            if k not in ("W", "b", "Wn", "bn"):
-                sizes[f"{k}@{gi}"] = tau + block_bits(k, gi)
+    sizes = {f"{k}@{gi}": tau + block_bits(k, gi) for gi, ks in kinds.items() for k in ks}
     glob = [n for n in names if split_name(n)[1] is None]
     sizes.update({n: tau + sum(b for _, b in _axes(n, arch)) for n in glob})
     n_wit, codes = allocate(sizes)
-
-    def block_code(kind: str, gi: int) -> tuple[int, ...]:
-        if kind in ("W", "b"):
-            return th_codes[f"{kind}@{gi}"] + codes["THETA_IN"]
-        if kind in ("Wn", "bn"):
-            return th_codes[f"{kind[0]}@{gi}"] + codes["THETA_OUT"]
-        return codes[f"{kind}@{gi}"]
 
     wit = {n: TensorSlot((("t", tau), *_axes(n, arch)), codes[n], _sizes(n, arch)) for n in glob}
     stacks: dict[str, TensorSlot] = {}
@@ -284,7 +280,7 @@ def build_layout(arch: Arch, names: list[str]) -> Layout:
     for gi, g in enumerate(groups):
         for k in kinds[gi]:
             axes = (("t", tau), *elem_axes(k, gi))
-            code = block_code(k, gi)
+            code = codes[f"{k}@{gi}"]
             layer_axis = (("l", lam[gi]),) if lam[gi] else ()
             stacks[f"{k}@{gi}"] = TensorSlot(axes + layer_axis, code)
             for pos in range(1 << lam[gi]):
@@ -294,11 +290,11 @@ def build_layout(arch: Arch, names: list[str]) -> Layout:
                     wit[name] = TensorSlot(axes, sub, _sizes(name, arch))
                 else:
                     unused.append(TensorSlot(axes, sub, tuple(0 for _ in axes[1:])))
-    for block in ("THETA_IN", "THETA_OUT"):
-        wit[block] = TensorSlot((("t", tau), ("theta", n_theta)), codes[block])
     theta: dict[str, TensorSlot] = {}
     for gi, g in enumerate(groups):
         for k in ("W", "b"):
+            layer_axis = (("l", lam[gi]),) if lam[gi] else ()
+            theta[f"{k}@{gi}"] = TensorSlot(elem_axes(k, gi) + layer_axis, th_codes[f"{k}@{gi}"])
             for pos, i in enumerate(g):
                 theta[f"{k}{i}"] = TensorSlot(
                     elem_axes(k, gi), _lbits(pos, lam[gi]) + th_codes[f"{k}@{gi}"]

@@ -65,7 +65,7 @@ def mask_layout(layout: Layout) -> MaskLayout:
         lam = sum(b for a, b in slot.axes if a == "l")
         parts.append((name, slot.code, slot.elem_vars, lam))
     for name, slot in layout.wit.items():
-        if "@" not in name and not name.startswith("THETA") and name in ("x", "y", "G", "RG"):
+        if name in ("x", "y", "G", "RG"):
             parts.append((name, slot.code, slot.elem_vars, 0))
     sizes = {}
     for name, _, m, lam in parts:

@@ -413,8 +413,15 @@ def _bits(v: int, width: int) -> list[int]:
 
 
 def _chain(c: _Ctx, tr: Transcript) -> Relation:
-    """Theta_out(t) = Theta_in(t + 1) for the unit's real steps; Theta_in(0) = B_in;
-    Theta_out(last) = B_out (B = Theta, the boundary commitments of the chain)."""
+    """Wn(t) = W(t + 1) for the unit's real steps; W(0) = B_in; Wn(last) = B_out, for every
+    weight block (W|b of each layer group), with B = Theta the chain's boundary commitments.
+
+    The relation runs over (t, Theta's variables). Wit holds each weight block on its own, so a
+    block k enters as ``sel_k(high) * Wit_k(t, low)``: its element variables are Theta's low
+    variables and ``sel_k`` is the public indicator of its code in the high ones. Summed over the
+    blocks this is exactly the Theta-shaped polynomial of the weights before (or after) each step,
+    and B enters once, as one factor over Theta's variables.
+    """
     tau, nth = c.tau, c.lay.theta_vars
     T, Tr = c.arch.num_instances, c.st.num_steps
     n = tau + nth
@@ -428,21 +435,32 @@ def _chain(c: _Ctx, tr: Transcript) -> Relation:
     dl = [Fp2(int(t == Tr - 1)) for t in range(T)]
     tv = tuple(range(tau))
     rel = Relation("chain", n)
+    f1 = f2 = None
+    if Tr > 1:
+        f1, f2 = rel.add(PubSmall(tv, tuple(e1))), rel.add(PubSmall(tv, tuple(e2)))
+    g0, gl = rel.add(PubSmall(tv, tuple(d0))), rel.add(PubSmall(tv, tuple(dl)))
+    for g in range(len(c.lay.groups)):
+        for k in ("W", "b"):
+            block = c.lay.theta[f"{k}@{g}"]
+            m = block.elem_vars
+            # eq(r_theta, x) * sel_k(x_high) = eq(r_high, code) * eq(r_low, x_low) * sel_k(x_high)
+            scale = eq_eval(r_th[m:], [int(b) for b in block.code])
+            elow = rel.add(c.eq(tau, r_th[:m]))
+            sel = rel.add(PubEq(tuple(range(tau + m, n)), tuple(Fp2(b) for b in block.code))
+                          if m < nth else None)
+            vars_ = tuple(Free(i) for i in range(tau + m))
+            w_in = rel.add(Committed("wit", f"{k}@{g}", vars_))
+            w_out = rel.add(Committed("wit", f"{k}n@{g}", vars_))
+            if Tr > 1:
+                rel.term(scale, elow, sel, f1, w_out)
+                rel.term(-scale, elow, sel, f2, w_in)
+            rel.term(a1 * scale, elow, sel, g0, w_in)
+            rel.term(a2 * scale, elow, sel, gl, w_out)
     eth = rel.add(c.eq(tau, r_th))
-    free = tuple(Free(i) for i in range(n))
-    tin = rel.add(Committed("wit", "THETA_IN", free))
-    tout = rel.add(Committed("wit", "THETA_OUT", free))
     bfree = tuple(Free(tau + j) for j in range(nth))
     b_in = rel.add(Committed("bin", "THETA", bfree, mask_index=1))
     b_out = rel.add(Committed("bout", "THETA", bfree, mask_index=0))
-    if Tr > 1:
-        f1, f2 = rel.add(PubSmall(tv, tuple(e1))), rel.add(PubSmall(tv, tuple(e2)))
-        rel.term(1, eth, f1, tout)
-        rel.term(-1, eth, f2, tin)
-    g0, gl = rel.add(PubSmall(tv, tuple(d0))), rel.add(PubSmall(tv, tuple(dl)))
-    rel.term(a1, eth, g0, tin)
     rel.term(-a1, eth, g0, b_in)
-    rel.term(a2, eth, gl, tout)
     rel.term(-a2, eth, gl, b_out)
     return rel
 

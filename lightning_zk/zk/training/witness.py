@@ -49,7 +49,7 @@ def wit_table(layout: Layout, tapes: Sequence[WitnessTape]) -> np.ndarray:
     for name in tensor_names(layout.arch.num_layers):
         slot = layout.wit[name]
         _scatter(out, slot, _stack(tapes, name, slot, T))
-    for name in [n for n in layout.theta if n != "THETA"]:
+    for name, _ in layout.theta_leaves():
         slot = layout.wit[name + "n"]
         _scatter(out, slot, _stack(tapes, name + "n", slot, T))
     return out
@@ -58,9 +58,7 @@ def wit_table(layout: Layout, tapes: Sequence[WitnessTape]) -> np.ndarray:
 def theta_table(layout: Layout, params: dict[str, np.ndarray]) -> np.ndarray:
     """Signed int64 table of a boundary commitment B = Theta (zero outside the weights)."""
     out = np.zeros(1 << layout.b_vars, dtype=np.int64)
-    for name, slot in layout.theta.items():
-        if name == "THETA":
-            continue
+    for name, slot in layout.theta_leaves():
         shape = [1 << b for _, b in slot.axes]
         data = np.zeros(shape, dtype=np.int64)
         arr = params[name]
