@@ -20,7 +20,7 @@ from .conftest import make_tapes
 def test_layout_slots_are_disjoint(dims, batch, t):
     lay = build_layout(Arch(dims, batch, t), tensor_names(len(dims) - 1))
     used = np.zeros(1 << lay.wit_vars, dtype=np.int64)
-    for name, slot in lay.wit.items():
+    for slot in lay.wit.values():
         assert slot.elem_vars + len(slot.code) == lay.wit_vars
         assert slot.axes[0] == ("t", lay.arch.tau)  # instance variable first
         used[slot.code_int :: 1 << len(slot.code)] += 1
