@@ -51,6 +51,8 @@ class StepRecord:
     log_bytes: int
     logged_elements: int
     rounded_elements: int
+    updates: list[int] | None = None  # optimizer index of each update inside the step, in order
+    global_step: int | None = None  # Trainer.global_step when the step's batch started
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_json_line(self) -> str:
@@ -60,11 +62,15 @@ class StepRecord:
     def from_json(cls, data: Mapping[str, object]) -> StepRecord:
         return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})  # type: ignore[arg-type]
 
-    COMMITTED_FIELDS = ("step", "batch_indices", "batch_digest", "log_sha256", "state_digest")
+    COMMITTED_FIELDS = ("step", "batch_indices", "batch_digest", "updates", "global_step",
+                        "log_sha256", "state_digest")
+    OPTIONAL_FIELDS = ("updates", "global_step")  # absent from records of older versions
 
     def differences(self, other: StepRecord) -> list[str]:
         """Committed fields (not statistics) in which ``other`` differs, in commitment order."""
-        return [f for f in self.COMMITTED_FIELDS if getattr(self, f) != getattr(other, f)]
+        return [f for f in self.COMMITTED_FIELDS
+                if getattr(self, f) != getattr(other, f)
+                and not (f in self.OPTIONAL_FIELDS and getattr(self, f) is None)]
 
 
 class RunDirectory:
