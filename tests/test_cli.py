@@ -40,3 +40,17 @@ def test_console_script_help():
 def test_unknown_command(capsys):
     assert main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
+
+
+def test_fit_output_is_what_matters(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--config", str(CONFIG), "--trainer.max_steps", "2",
+                 "--trainer.strategy.init_args.run_dir", str(run_dir),
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                 "--trainer.enable_model_summary", "false"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert f"2 steps committed to {run_dir}" in text and f"lightning-zk audit {run_dir}" in text
+    for noise in ("GPU available", "TPU available", "Tip:", "LightningCLI's args parameter", "LeafSpec"):
+        assert noise not in text, noise

@@ -35,9 +35,11 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--report", type=Path, help="JSON report path (default: OUT/audit_report.json "
                         "or ./audit-<run name>.json)")
     parser.add_argument("--device", help="device to replay on (default: cuda if available, else cpu)")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: shown on an interactive terminal)")
     args = parser.parse_args(argv)
 
-    from ..audit.config import ConfigError, load_model_and_data
+    from ..audit.config import ConfigError, load_run_config
     from ..audit.replay import AuditConfigError, AuditInputError, replay
     from ..ledger.rundir import RunDirectoryError
     from ..ledger.state import StateError
@@ -45,10 +47,13 @@ def main(argv: list[str]) -> int:
 
     config = args.config or args.run / "config.yaml"
     try:
-        model, data = load_model_and_data(config)
+        # Built as `lightning-zk fit` built them (seed first); the config's Trainer settings must
+        # be the committed ones (the replay applies those).
+        built = load_run_config(config)
         accelerator = "cpu" if (args.device or "cpu").startswith("cpu") else "gpu"
-        report = replay(args.run, model, datamodule=data, audit_dir=args.out, device=args.device,
-                        accelerator=accelerator)
+        report = replay(args.run, built.model, datamodule=built.datamodule, audit_dir=args.out,
+                        device=args.device, accelerator=accelerator,
+                        progress=False if args.no_progress else None, **built.trainer_settings)
     except (ConfigError, AuditConfigError, AuditInputError, RunDirectoryError, StateError,
             RoundingLogError) as err:
         print(f"lightning-zk audit: {err}", file=sys.stderr)
