@@ -15,6 +15,7 @@ from .callbacks import CommitCallback, ProofCallback  # noqa: E402
 from .ledger.merkle import LedgerError  # noqa: E402
 from .ledger.rundir import RunDirectory, RunDirectoryError  # noqa: E402
 from .rounding.precision import GridSpec, PrecisionError  # noqa: E402
+from .rounding.taint import UnroundedValueWarning  # noqa: E402
 from .rounding.threshold import ThresholdError, ThresholdPolicy  # noqa: E402
 from .strategies import VerifiableStrategy  # noqa: E402
 from .strategies.calibrate import calibrate_threshold  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "RunDirectoryError",
     "ThresholdError",
     "ThresholdPolicy",
+    "UnroundedValueWarning",
     "VerifiableStrategy",
     "__version__",
     "calibrate_threshold",

@@ -8,17 +8,15 @@ an auditor can rebuild model and data from the run directory alone.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
-import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from . import commands
+from .commands.quiet import quiet_lightning
 from .strategies.verifiable import VerifiableStrategy
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -43,40 +41,12 @@ class VerifiableCLI(LightningCLI):
               f"  audit with: lightning-zk audit {session.run.path}")
 
 
-# Lightning's start-up notices that say nothing about this run (hardware it does not use, tips).
-_NOISE = ("GPU available", "TPU available", "HPU available", "💡 Tip", "You are using a CUDA device")
-
-
-class _DropNoise(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.getMessage()).startswith(_NOISE)
-
-
-@contextmanager
-def _quiet_lightning() -> Iterator[None]:
-    """Keep ``lightning-zk fit`` output to what matters: progress, results, real warnings."""
-    noise = _DropNoise()
-    loggers = [logging.getLogger(n) for n in ("lightning.pytorch.utilities.rank_zero",
-                                               "lightning.fabric.utilities.rank_zero")]
-    for logger in loggers:
-        logger.addFilter(noise)
-    try:
-        with warnings.catch_warnings():
-            # We pass the arguments on purpose (they came from our own command line).
-            warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")
-            warnings.filterwarnings("ignore", ".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
-            yield
-    finally:
-        for logger in loggers:
-            logger.removeFilter(noise)
-
-
 def _lightning_cli(args: Sequence[str]) -> int:
     # Model and data classes are named by import path in configs: resolve them from the current
     # directory too, as ``python -m`` would.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    with _quiet_lightning():
+    with quiet_lightning():
         VerifiableCLI(
             LightningModule,
             LightningDataModule,

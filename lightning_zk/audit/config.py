@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,12 @@ def load_run_config(config_path: str | Path) -> RunConfig:
     sections = {k: raw[k] for k in _SECTIONS if raw.get(k) is not None}
     sections.setdefault("seed_everything", False)
     try:
-        cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
-                           subclass_mode_data=True, save_config_callback=None, trainer_class=_NoTrainer,
-                           seed_everything_default=False, args=sections, run=False)
+        with warnings.catch_warnings():  # the arguments are the config's, on purpose
+            warnings.filterwarnings("ignore", ".*LightningCLI's args parameter is intended.*")
+            cli = LightningCLI(LightningModule, LightningDataModule, subclass_mode_model=True,
+                               subclass_mode_data=True, save_config_callback=None,
+                               trainer_class=_NoTrainer, seed_everything_default=False, args=sections,
+                               run=False)
     except (Exception, SystemExit) as err:  # jsonargparse reports through several types
         raise ConfigError(f"config {path}: cannot build model/data: {err}") from err
     trainer = raw.get("trainer") if isinstance(raw.get("trainer"), dict) else {}

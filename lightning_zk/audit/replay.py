@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -127,6 +128,13 @@ def _replay_trainer_kwargs(manifest: dict[str, Any], overrides: dict[str, Any]) 
     return {**_QUIET, **committed, **rest}
 
 
+class _OwnSettingsNotices(logging.Filter):
+    """Lightning announces each limit passed explicitly; the replay passes the run's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "` was configured so " not in str(record.getMessage())
+
+
 def replay(
     run_dir: str | Path,
     model: L.LightningModule,
@@ -188,7 +196,13 @@ def replay(
         every = (manifest.get("ledger") or {}).get("checkpoint_every_n_steps", 100)
         callbacks.append(CommitCallback(checkpoint_every_n_steps=every))
     callbacks.append(ReplayProgressBar(stop - start.step, enabled=progress))
-    trainer = L.Trainer(strategy=strategy, callbacks=callbacks, **kwargs)
+    notices = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    quiet = _OwnSettingsNotices()
+    notices.addFilter(quiet)
+    try:
+        trainer = L.Trainer(strategy=strategy, callbacks=callbacks, **kwargs)
+    finally:
+        notices.removeFilter(quiet)
     started = time.perf_counter()
     try:
         with warnings.catch_warnings():

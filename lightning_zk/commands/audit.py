@@ -44,6 +44,7 @@ def main(argv: list[str]) -> int:
     from ..ledger.rundir import RunDirectoryError
     from ..ledger.state import StateError
     from ..rounding.log import RoundingLogError
+    from .quiet import quiet_lightning
 
     config = args.config or args.run / "config.yaml"
     try:
@@ -51,9 +52,10 @@ def main(argv: list[str]) -> int:
         # be the committed ones (the replay applies those).
         built = load_run_config(config)
         accelerator = "cpu" if (args.device or "cpu").startswith("cpu") else "gpu"
-        report = replay(args.run, built.model, datamodule=built.datamodule, audit_dir=args.out,
-                        device=args.device, accelerator=accelerator,
-                        progress=False if args.no_progress else None, **built.trainer_settings)
+        with quiet_lightning():
+            report = replay(args.run, built.model, datamodule=built.datamodule, audit_dir=args.out,
+                            device=args.device, accelerator=accelerator,
+                            progress=False if args.no_progress else None, **built.trainer_settings)
     except (ConfigError, AuditConfigError, AuditInputError, RunDirectoryError, StateError,
             RoundingLogError) as err:
         print(f"lightning-zk audit: {err}", file=sys.stderr)
