@@ -190,11 +190,13 @@ def test_run_without_ledger(honest, tmp_path):
 
 
 # --- the referee restarts mid-run: Lightning's counters, schedulers, several updates per step -----
-@pytest.mark.parametrize("name", ["transformer_warmup", "gan_two_optimizers"])
-def test_referee_restarts_projects_mid_run(tmp_path, name):
-    """A warm-up that reads trainer.global_step and a GAN with two updates per step: the referee
-    restarts from the checkpoint before the disputed step with Lightning's counters as they were,
-    so an honest trainer is upheld against a lying auditor."""
+@pytest.mark.parametrize("name,every", [("transformer_warmup", 2), ("gan_two_optimizers", 2),
+                                        ("accumulate_clip", 1)])
+def test_referee_restarts_projects_mid_run(tmp_path, name, every):
+    """A warm-up that reads trainer.global_step, a GAN with two updates per step, and a restart in
+    the middle of an accumulation window (live gradients in the checkpoint): the referee restarts
+    from the checkpoint before the disputed step with Lightning's counters as they were, so an
+    honest trainer is upheld against a lying auditor."""
     import importlib
 
     mod = importlib.import_module(f"tests.corpus.{name}")
@@ -204,7 +206,8 @@ def test_referee_restarts_projects_mid_run(tmp_path, name):
         return mod.Model(**mod.MODEL_ARGS), mod.Data(**mod.DATA_ARGS)
 
     model, data = build()
-    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), callbacks=[CommitCallback(checkpoint_every_n_steps=2)],
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"),
+              callbacks=[CommitCallback(checkpoint_every_n_steps=every)],
               **trainer_kwargs(**mod.TRAINER)).fit(model, datamodule=data)
     model, data = build()
     assert replay(tmp_path / "run", model, datamodule=data, audit_dir=tmp_path / "audit", progress=False).ok
@@ -218,4 +221,4 @@ def test_referee_restarts_projects_mid_run(tmp_path, name):
     model, data = build()
     verdict = dispute(tmp_path / "run", tmp_path / "audit", model, datamodule=data)
     assert verdict.first_disputed_step == 3 and verdict.honest == "trainer", verdict.evidence
-    assert verdict.evidence["referee"]["from_step"] == 2
+    assert verdict.evidence["referee"]["from_step"] == (3 if every == 1 else 2)
