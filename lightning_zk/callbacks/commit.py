@@ -83,7 +83,7 @@ class CommitCallback(Callback, StepListener):
 
     # --- the session's notifications ------------------------------------------------------------
     def on_step_committed(self, session, record: StepRecord, state: StateSnapshot) -> None:
-        if not session.trainer.is_global_zero:
+        if not session.trainer.is_global_zero or session.run is None:  # a replay without audit_dir
             return
         self._commit(self._open(session), session, record)
         k = self.checkpoint_every_n_steps
@@ -91,7 +91,7 @@ class CommitCallback(Callback, StepListener):
             self._checkpoint(session, record, state)
 
     def on_session_close(self, session) -> None:
-        if not session.trainer.is_global_zero:
+        if not session.trainer.is_global_zero or session.run is None:
             return
         ledger = self._open(session)
         ledger.extend(session.run.read_steps())

@@ -2,10 +2,14 @@
 
 A :class:`ReplaySession` replaces the trainer's :class:`TrainingSession` when the strategy replays
 (``VerifiableStrategy.from_manifest(...)`` with a replay source). It starts from the committed
-initial state, feeds each step the trainer's rounding log, and compares the batch, the log and the
-state after the step with the trainer's record. The first difference stops the replay. With an
-``audit_dir`` the auditor commits its own run directory (its own records and initial state), which
-a dispute compares against the trainer's.
+initial state, feeds each step the trainer's rounding log, and compares the batch (before the step
+runs), the updates, the Trainer's step counter, the log and the state at the step boundary with the
+trainer's record. The first difference stops the replay; so does the boundary of its last step
+(:class:`ReplayComplete`, caught by :func:`lightning_zk.audit.replay`), so a replay of a prefix
+ends exactly where the trainer's step ended. A replay that starts mid-run (the dispute's referee)
+first sets Lightning's loop counters to that step (:func:`restart_loops`). With an ``audit_dir``
+the auditor commits its own run directory (its own records and initial state), which a dispute
+compares against the trainer's.
 """
 
 from __future__ import annotations

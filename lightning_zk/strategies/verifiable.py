@@ -95,10 +95,16 @@ class VerifiableStrategy(SingleDeviceStrategy):
         save_tapes: spill each step's witness tape to ``RUN/tapes/`` (``mode="fixed"``), for
             ``lightning-zk prove RUN``.
 
+    Every training batch becomes one committed step, with all its optimizer updates (manual
+    optimization, several optimizers), the scheduler steps and validation that follow it (see
+    :mod:`lightning_zk.strategies.session`); the Trainer settings that shape the run are recorded
+    for the replay. After ``fit`` the module is float32: the committed precision.
+
     Raises:
         PrecisionError: unsupported ``compute_dtype``/``mantissa_bits`` combination.
         ThresholdError: τ outside [0, 0.5].
-        ValueError: a conflicting ``Trainer(precision=...)`` or other unsupported Trainer setting.
+        ValueError: a conflicting ``Trainer(precision=...)``, a wall-clock ``val_check_interval``,
+            or accumulation in fixed-point mode.
         RunDirectoryError: an unwritable run directory, or one that belongs to another run.
 
     Example::
@@ -309,7 +315,7 @@ class VerifiableStrategy(SingleDeviceStrategy):
         super().on_exception(exception)
 
     def teardown(self) -> None:
-        trainer = self.lightning_module.trainer if self.lightning_module is not None else None
+        trainer = getattr(self.lightning_module, "_trainer", None)
         fitted = self.mode == "rounded" and self._fitting()
         StepBoundary.remove(trainer)
         self._flags.restore()
