@@ -106,3 +106,21 @@ def test_a_batch_without_update_commits_its_live_gradients(tmp_path):
     assert run.read_manifest()["final_state_digest"] == records[-1].state_digest
     L.seed_everything(0, verbose=False)
     assert replay(tmp_path / "run", ManualEveryOther(), train_dataloaders=loader("mlp"), progress=False).ok
+
+
+def test_a_run_stopped_early_replays(tmp_path):
+    """EarlyStopping ends the trainer's run inside an epoch; the replay (without the callback) ends
+    its last step at the same boundary."""
+    from lightning.pytorch.callbacks import EarlyStopping
+
+    L.seed_everything(0, verbose=False)
+    stop = EarlyStopping(monitor="val_loss", mode="max", patience=0, check_on_train_epoch_end=False)
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=40,
+                        **trainer_kwargs(callbacks=[stop], val_check_interval=2, check_val_every_n_epoch=None))
+    trainer.fit(Scheduled(), train_dataloaders=loader("mlp"), val_dataloaders=loader("mlp", shuffle=False))
+    records = RunDirectory(tmp_path / "run").read_steps()
+    assert 2 <= len(records) < 40  # stopped by the callback
+    L.seed_everything(0, verbose=False)
+    report = replay(tmp_path / "run", Scheduled(), train_dataloaders=loader("mlp"),
+                    val_dataloaders=loader("mlp", shuffle=False), progress=False)
+    assert report.ok and report.steps_checked == len(records), report.summary()
