@@ -222,3 +222,34 @@ def test_referee_restarts_projects_mid_run(tmp_path, name, every):
     verdict = dispute(tmp_path / "run", tmp_path / "audit", model, datamodule=data)
     assert verdict.first_disputed_step == 3 and verdict.honest == "trainer", verdict.evidence
     assert verdict.evidence["referee"]["from_step"] == (3 if every == 1 else 2)
+
+
+def test_referee_refuses_when_it_cannot_reproduce_an_agreed_step(tmp_path):
+    """The step counter a referee restarts from is the trainer's record (not part of the leaf):
+    a wrong one makes the agreed steps irreproducible, and the referee gives no verdict."""
+    import importlib
+
+    mod = importlib.import_module("tests.corpus.transformer_warmup")
+
+    def build():
+        L.seed_everything(0, verbose=False)
+        return mod.Model(**mod.MODEL_ARGS), mod.Data(**mod.DATA_ARGS)
+
+    model, data = build()
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"),
+              callbacks=[CommitCallback(checkpoint_every_n_steps=2)],
+              **trainer_kwargs(**mod.TRAINER)).fit(model, datamodule=data)
+    model, data = build()
+    replay(tmp_path / "run", model, datamodule=data, audit_dir=tmp_path / "audit", progress=False)
+    for run, step, field, value in ((tmp_path / "audit", 3, "state_digest", "0" * 64),
+                                    (tmp_path / "run", 2, "global_step", 0)):
+        run = RunDirectory(run)
+        lines = run.steps_path.read_text().splitlines()
+        record = json.loads(lines[step])
+        record[field] = value
+        lines[step] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        run.steps_path.write_text("\n".join(lines) + "\n")
+    _rebuild_ledger(RunDirectory(tmp_path / "audit"))
+    model, data = build()
+    with pytest.raises(DisputeError, match="could not reproduce agreed step 2"):
+        dispute(tmp_path / "run", tmp_path / "audit", model, datamodule=data)

@@ -265,3 +265,22 @@ def test_progress_bar_shows_steps_and_corrections(honest_run, capsys):
     assert "replay" in err and "6/6" in err and "corrections=" in err
     replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))  # not a terminal
     assert "corrections=" not in capsys.readouterr().err
+
+
+def test_a_wall_clock_limit_cannot_apply_to_a_replay(honest_run):
+    with pytest.raises(AuditConfigError, match=r"max_time=.*HINT: use stop="):
+        replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"), max_time="00:00:01:00")
+
+
+def test_resume_with_another_setting_names_it(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    L.seed_everything(0, verbose=False)
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=4, callbacks=[ckpt],
+              **trainer_kwargs(enable_checkpointing=True)).fit(make_model("mlp"), train_dataloaders=loader("mlp"))
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=6,
+                        **trainer_kwargs(gradient_clip_val=0.5))
+    with pytest.raises(RunDirectoryError, match=r"trainer.settings.gradient_clip_val: committed null, replay 0.5"):
+        trainer.fit(make_model("mlp"), train_dataloaders=loader("mlp"),
+                    ckpt_path=tmp_path / "ckpt" / "epoch=0-step=2.ckpt")
