@@ -148,7 +148,7 @@ class FixedPointSession(TrainingSession):
     def _round_initial_state(self) -> None:
         """Nothing to round: the engine quantised the weights onto the 2^-s grid."""
 
-    def snapshot(self) -> StateSnapshot:
+    def snapshot(self, grads: bool = False) -> StateSnapshot:
         """The committed state: the engine's integer weights and biases, and the public constants."""
         tensors = {}
         for i, (w, b) in enumerate(zip(self.engine.weights, self.engine.biases, strict=True)):
@@ -164,7 +164,13 @@ class FixedPointSession(TrainingSession):
     def in_step(self) -> bool:
         return self._pending is not None
 
-    def begin_step(self, batch: Any, batch_idx: int) -> None:
+    def boundary(self) -> None:
+        """Fixed-point steps are committed inside the optimizer step: no boundary to keep."""
+
+    def end_of_training(self) -> None:
+        """Every step was committed inside its optimizer step."""
+
+    def begin_batch(self, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:
             raise RuntimeError("the previous fixed-point step was never committed")
         if self.trainer.global_step != self.next_step:
@@ -199,7 +205,7 @@ class FixedPointSession(TrainingSession):
         output = dequantize(tape.tensors[f"Z{self.engine.num_layers}"], s)
         self.last_loss = float(np.mean((output - dequantize(tape.tensors["y"], s)) ** 2))
         self.last_tape = tape
-        self._stepped = True
+        self._updates = [0]  # the engine's SGD update (no torch optimizer step runs)
         return torch.tensor(self.last_loss)
 
     def finish_step(self) -> None:
