@@ -42,6 +42,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,6 +122,7 @@ class TrainingSession:
         self.last_state: StateSnapshot | None = None  # the state it commits
         self._lock: RunLock | None = None
         self._claim: dict[str, Any] | None = None  # a finished run's claims, while it is resumed
+        self._after_commit: list[Callable[[], None]] = []  # writes waiting for the open step
 
     # --- opening -----------------------------------------------------------------------------
     def _pause_metric_logging(self) -> None:
@@ -457,6 +459,27 @@ class TrainingSession:
         self._updates = []
         for listener in self.listeners:
             listener.on_step_committed(self, record, state)
+        waiting, self._after_commit = self._after_commit, []
+        for write in waiting:
+            write()
+
+    @property
+    def step_open(self) -> bool:
+        """A training batch ran and its step is not committed yet (it ends at the next boundary)."""
+        return self.in_step and self._pending is not None
+
+    def after_commit(self, write: Callable[[], None]) -> None:
+        """Run ``write`` once the open step is committed (at once when none is open).
+
+        A Lightning checkpoint saved inside a step (after its batch, before the scheduler steps
+        and validation that end it) counts that step; it is written only after the step's record,
+        ledger leaf and state file, so a kill in between never leaves a checkpoint that is ahead of
+        what the run committed. An aborted step drops its writes.
+        """
+        if self.step_open:
+            self._after_commit.append(write)
+        else:
+            write()
 
     def _commit(self, record: StepRecord, log_path: Path, data: bytes) -> None:
         if self._expected:
@@ -528,16 +551,18 @@ class TrainingSession:
         if self.mode.in_step:
             self.mode.end_step_discard()
         self._pending = None
+        self._after_commit = []  # the step was never committed: neither are its checkpoints
         self.release()
 
     def checkpoint_marker(self) -> dict[str, Any]:
         """Which committed state a Lightning checkpoint saved now holds: ``step`` steps' worth.
 
         Lightning saves after a batch (``on_train_batch_end``, after validation, at epoch end), so
-        an open step counts: its state is committed at the next boundary.
+        an open step counts: its state is committed at the next boundary, and the checkpoint is
+        written then (:meth:`after_commit`).
         """
         return {
             "run_id": self.manifest.get("run_id"),
             "run_dir": str(self.run.path.resolve()),
-            "step": self.next_step + (1 if self.in_step and self._pending is not None else 0),
+            "step": self.next_step + (1 if self.step_open else 0),
         }

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
 from lightning.pytorch.trainer.states import RunningStage, TrainerFn
@@ -341,11 +342,19 @@ class VerifiableStrategy(SingleDeviceStrategy):
 
     # --- checkpoints carry the run's identity ------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
-        if self.session is not None:
-            checkpoint["lightning_zk"] = self.session.checkpoint_marker()
+        session = self.session
+        if session is not None:
+            checkpoint["lightning_zk"] = session.checkpoint_marker()
         if self.mode == "rounded":
             checkpoint = committed_precision(checkpoint, self.spec)
-        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        if session is None or not session.step_open:
+            super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+            return
+        # Saved inside an open step: written once the step is committed (kill safety, see
+        # TrainingSession.after_commit), with the tensors as they are now.
+        frozen = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        save = super().save_checkpoint
+        session.after_commit(lambda: save(frozen, filepath, storage_options=storage_options))
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict[str, Any]:
         checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)

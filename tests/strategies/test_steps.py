@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import lightning as L
+import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader
 
-from lightning_zk import RunDirectory, VerifiableStrategy
+from lightning_zk import CommitCallback, RunDirectory, VerifiableStrategy
 from lightning_zk.audit import replay
 from lightning_zk.ledger.state import load_snapshot
 from tests.models import MLP, loader, make_data, trainer_kwargs
@@ -125,3 +126,40 @@ def test_a_run_stopped_early_replays(tmp_path):
                     val_dataloaders=loader("mlp", shuffle=False), progress=False)
     assert report.ok and report.steps_checked == len(records), report.summary()
 
+
+def test_a_checkpoint_inside_an_open_step_is_written_only_once_the_step_is_committed(tmp_path):
+    """Lightning saves after a batch, before the scheduler steps and validation that end the step:
+    a failure in between drops the checkpoint (it would be ahead of the records, the ledger and
+    the state files); a run that goes on writes it at the step's commit, and it resumes."""
+    L.seed_everything(0, verbose=False)
+    failing = Scheduled()
+
+    def fail_after_the_save(outputs, batch, batch_idx):  # the module's hook runs after the saver's
+        if failing.trainer.global_step == 4:  # inside the open step 3
+            raise RuntimeError("killed inside the open step")
+
+    failing.on_train_batch_end = fail_after_the_save
+
+    ckpt_dir = tmp_path / "ckpt"
+
+    def saver():
+        return ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1)
+
+    with pytest.raises(RuntimeError, match="killed inside the open step"):
+        _fit(tmp_path / "run", steps=8, model=failing, callbacks=[CommitCallback(2), saver()],
+             enable_checkpointing=True)
+    run = RunDirectory(tmp_path / "run")
+    assert len(run.read_steps()) == 3  # steps 0-2; step 3 was never committed
+    assert sorted(p.name for p in ckpt_dir.glob("*.ckpt")) == ["epoch=0-step=2.ckpt"]
+    assert torch.load(ckpt_dir / "epoch=0-step=2.ckpt", weights_only=False)["lightning_zk"]["step"] == 2
+    assert run.checkpoint_path(2).exists() and not run.checkpoint_path(4).exists()
+
+    L.seed_everything(0, verbose=False)
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=8,
+              callbacks=[CommitCallback(2), saver()], **trainer_kwargs(enable_checkpointing=True)).fit(
+        Scheduled(), train_dataloaders=loader("mlp"), ckpt_path=ckpt_dir / "epoch=0-step=2.ckpt")
+    _fit(tmp_path / "straight", steps=8)
+    assert [r.state_digest for r in run.read_steps()] == \
+        [r.state_digest for r in RunDirectory(tmp_path / "straight").read_steps()]
+    assert torch.load(ckpt_dir / "epoch=0-step=4.ckpt", weights_only=False)["lightning_zk"]["step"] == 4
+    assert all(run.checkpoint_path(n).exists() for n in (2, 4, 6, 8))
