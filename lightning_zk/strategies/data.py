@@ -162,6 +162,7 @@ class RecordedOrder:
     def __init__(self, sampler: RecordingBatchSampler, loader: DataLoader) -> None:
         """``loader``: the user's DataLoader (what the manifest describes)."""
         self.sampler = sampler
+        self.batch_size: int | None = loader.batch_size  # None with a custom batch_sampler
         self.description: dict[str, object] = {
             "kind": self.kind,
             "sampler": type(loader.sampler).__qualname__,

@@ -86,7 +86,13 @@ class FixedPointSession(TrainingSession):
         self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step)
         write_back(self.engine, self.net)  # the module holds exactly the dequantised weights
         self.save_tapes = strategy.save_tapes
-        self.batch_size = batch_order.batch_size if batch_order is not None else None
+        self.batch_size = getattr(batch_order, "batch_size", None)
+        if self.batch_size is None:
+            raise UnsupportedModelError(
+                "fixed-point mode needs a training DataLoader over a map-style dataset with a "
+                "batch_size (no batch_sampler): every step of a proof chain has the same public "
+                "batch size. HINT: DataLoader(dataset, batch_size=B, drop_last=True)."
+            )
         self.last_tape: WitnessTape | None = None
         self.last_loss: float | None = None
         self._key: DigestKey | None = None
