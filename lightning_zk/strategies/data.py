@@ -334,6 +334,11 @@ def make_deterministic(
         recording = RecordingBatchSampler(inner)
         return _with_index_sampler(dataloader, recording), RecordedOrder(recording, dataloader)
     new_sampler = VerifiableSampler(len(dataloader.dataset), plain_shuffle, seed)
+    if dataloader.batch_size is None:  # DataLoader(batch_sampler=BatchSampler(...)) given as such:
+        # Lightning's rebuild would drop it (and yield single samples); keep its batching
+        batches = BatchSampler(new_sampler, batch_sampler.batch_size, batch_sampler.drop_last)
+        return _with_index_sampler(dataloader, batches), BatchOrder(new_sampler, batches.batch_size,
+                                                                    batches.drop_last)
     new_loader = _update_dataloader(dataloader, new_sampler, mode=RunningStage.TRAINING)
     new_batch_sampler = new_loader.batch_sampler
     return new_loader, BatchOrder(new_sampler, new_batch_sampler.batch_size, new_batch_sampler.drop_last)

@@ -147,6 +147,22 @@ def test_custom_sampler_is_recorded(tmp_path):
     assert all(len(r.batch_indices) == 16 for r in run.read_steps())
 
 
+def test_explicit_batch_sampler_keeps_its_batches_in_the_seeded_order(tmp_path):
+    """DataLoader(batch_sampler=BatchSampler(RandomSampler(...), 16, False)) is a plain shuffle:
+    the strategy draws its seeded order and keeps the batch size (Lightning's own rebuild would
+    drop the batch sampler and yield single samples)."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from lightning_zk.audit import replay
+
+    data = make_data("mlp")
+    _fit(tmp_path, data=DataLoader(data, batch_sampler=BatchSampler(RandomSampler(data), 16, False)))
+    run = RunDirectory(tmp_path / "run")
+    assert run.read_manifest()["data"]["order"]["kind"] == "seeded"
+    assert all(len(r.batch_indices) == 16 for r in run.read_steps())
+    assert replay(tmp_path / "run", make_model("mlp"), train_dataloaders=loader("mlp"), progress=False).ok
+
+
 def test_sampler_without_integer_indices_rejected(tmp_path):
     class Keys(torch.utils.data.Sampler):
         def __iter__(self):
