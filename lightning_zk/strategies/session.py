@@ -24,8 +24,10 @@ Order of writes (crash safety; a kill anywhere leaves a consistent, resumable di
   section, including fixed-point constants). A directory killed before its manifest holds nothing
   committed and a restart begins again there.
 - per step (at its boundary): the rounding log file first (atomic), then the step record (fsynced
-  append), then the listeners (the Merkle ledger and checkpoints of ``CommitCallback``). A record
-  therefore always has its log, and the ledger is always a prefix of the records.
+  append), then the listeners (the Merkle ledger and checkpoints of ``CommitCallback``), then the
+  Lightning checkpoints saved while the step was open (:meth:`TrainingSession.after_commit`). A
+  record therefore always has its log, the ledger is always a prefix of the records, and a
+  Lightning checkpoint never counts a step that was not committed.
 - resume: a finished manifest is first marked unfinished (``final_state_digest: null``), so a run
   killed while it continues never claims an end it does not have; closing writes the new claims
   (the final state is the state committed by the last step).
