@@ -4,12 +4,16 @@ Prints one table (and the machine) for the sklearn digits MLP 64-256-256-10 at b
 zkDL's benchmark network (8 Linear layers of width 1024, batch 64, ~8M parameters):
 
 * float32 step  — torch forward + MSE backward + SGD step
-* fixed step    — the exact integer engine (lightning_zk.fixed), witness tape included
-* zk step       — one step per proof unit (prove / verify / proof size)
+* fixed step    — the exact integer engine (lightning_zk.fixed, matmuls exact on float64 BLAS),
+                  witness tape included; float32 and fixed steps alternate in blocks over
+                  --reps repetitions and the medians are reported, with their ratio against
+                  the target (fixed step within 10x of float32 on the 8x1024 network)
+* zk step       — one step per proof unit (prove / verify / proof size), on all threads
+                  (LIGHTNING_ZK_THREADS); the digits step also on 1 thread, for the speedup
 * zk epoch      — FAC4DNN aggregation: E steps in one unit, reported per step
 
 Usage:  python benchmarks/zk_training.py [--epoch-steps 4] [--backend auto] [--zkdl-width 128]
-        [--zkdl-prove]
+        [--zkdl-prove] [--reps 5]
 The network of zkDL's shape (8 Linear layers, batch 64) is proved at --zkdl-width; the full
 8x1024 only with --zkdl-prove, otherwise its row gives the time and peak memory scaled from the
 measured width (both linear in the committed witness). Each proof runs in a fresh process so
@@ -31,7 +35,8 @@ from torch import nn
 
 from lightning_zk.fixed import tensor_names
 from lightning_zk.fixed.torch_bridge import mlp_from_torch
-from lightning_zk.zk import get_backend
+from lightning_zk.zk import get_backend, num_threads, set_num_threads
+from lightning_zk.zk.backend import compile_kernels
 from lightning_zk.zk.training import (
     build_layout,
     encode_training_proof,
@@ -48,7 +53,7 @@ def _machine(backend: str) -> str:
     return (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical cores, "
         f"{mem:.0f} GiB RAM, numpy {np.__version__}, torch {torch.__version__}, "
-        f"zk backend {be.describe()}"
+        f"zk backend {be.describe()}, zk threads {num_threads()}"
     )
 
 
@@ -84,40 +89,58 @@ def _model(dims) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def _float_step_ms(dims, batches, lr) -> float:
+def _step_times(dims, batches, lr, reps: int):
+    """Medians (ms) of the float32 step and the fixed step, measured alternately in blocks of
+    len(batches) steps over ``reps`` repetitions (both see the same machine load), and the
+    fixed-point tapes of the first block."""
     model = _model(dims)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    times = []
-    for x, y in batches * 3:
-        xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
-        t0 = time.perf_counter()
-        opt.zero_grad()
-        nn.functional.mse_loss(model(xt), yt).backward()
-        opt.step()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * float(np.median(times))
-
-
-def _fixed_tapes(dims, batches, lr):
     engine = mlp_from_torch(_model(dims), lr=lr)
-    tapes, times = [], []
-    for x, y in batches:
-        t0 = time.perf_counter()
-        tapes.append(engine.step_float(x, y))
-        times.append(time.perf_counter() - t0)
-    return tapes, 1e3 * float(np.median(times))
+    f32, fixed, tapes = [], [], []
+    for rep in range(reps):
+        for x, y in batches:
+            xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+            t0 = time.perf_counter()
+            opt.zero_grad()
+            nn.functional.mse_loss(model(xt), yt).backward()
+            opt.step()
+            f32.append(time.perf_counter() - t0)
+        for x, y in batches:
+            t0 = time.perf_counter()
+            tape = engine.step_float(x, y)
+            fixed.append(time.perf_counter() - t0)
+            if rep == 0:
+                tapes.append(tape)
+    skip = len(batches)  # the first block warms up both (allocations, BLAS threads)
+    return 1e3 * float(np.median(f32[skip:])), 1e3 * float(np.median(fixed[skip:])), tapes
+
+
+def _step_rows(name, dims, batches, lr, reps, target: float | None):
+    f32, fixed, tapes = _step_times(dims, batches, lr, reps)
+    note = f"tape incl.; {fixed / f32:.2f}x float32"
+    if target is not None:
+        verdict = "met" if fixed <= target * f32 else "NOT met"
+        note += f" (target <= {target:.0f}x: {verdict})"
+    rows = [
+        (name, "float32 step", 1, f32, None, None, ""),
+        (name, "fixed step", 1, fixed, None, None, note),
+    ]
+    return rows, tapes
 
 
 def _warm_up() -> None:
-    """Prove and verify a tiny step once (first calls of the numba kernels compile them)."""
-    tiny, _ = _fixed_tapes((4, 4, 2), _random_batches((4, 4, 2), 2, 1), 0.05)
-    proof, stmt, _ = prove_step(tiny[0], None, backend="numpy", rng=0)
+    """Compile the numba kernels (parallel ones too), then prove and verify a tiny step once."""
+    compile_kernels()
+    engine = mlp_from_torch(_model((4, 4, 2)), lr=0.05)
+    tiny = engine.step_float(*_random_batches((4, 4, 2), 2, 1)[0])
+    proof, stmt, _ = prove_step(tiny, None, backend="numpy", rng=0)
     verify_unit(proof, stmt)
 
 
-def _prove_child(tapes, backend, epoch: bool):
+def _prove_child(tapes, backend, epoch: bool, threads: int | None = None):
     import resource
 
+    set_num_threads(threads)
     _warm_up()  # JIT-compile the numba kernels outside the timed proof
     base_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     t0 = time.perf_counter()
@@ -133,12 +156,13 @@ def _prove_child(tapes, backend, epoch: bool):
     return prove, verify, len(encode_training_proof(proof)), peak_gib, base_gib
 
 
-def _prove_row(tapes, backend, epoch: bool):
+def _prove_row(tapes, backend, epoch: bool, threads: int | None = None):
     """Prove + verify in a fresh process (so its peak memory is the unit's own)."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(1) as pool:
-        prove, verify, size, peak, base = pool.apply(_prove_child, (tapes, backend, epoch))
+        args = (tapes, backend, epoch, threads)
+        prove, verify, size, peak, base = pool.apply(_prove_child, args)
     n = len(tapes) if epoch else 1
     return prove / n, verify / n, size / 1024 / n, peak, base
 
@@ -160,13 +184,18 @@ def _print(rows) -> None:
         print(f"{model:<22} {mode:<20} {steps:>5} {f(pms, 14)} {f(vms, 15)} {f(kb, 15)}  {note}")
 
 
-def _zk_rows(name, dims, tapes, backend, epoch_steps):
+def _zk_rows(name, dims, tapes, backend, epoch_steps, one_thread: bool = False):
     """zk step (and epoch) rows, plus the step's seconds and GiB (above the process's own
-    footprint) per committed Wit entry, for scaling to sizes that are not run."""
+    footprint) per committed Wit entry, for scaling to sizes that are not run. With
+    ``one_thread`` the step is also proved on one thread (speedup of the parallel kernels)."""
     rows = []
     nv = _wit_vars(dims, tapes[0].batch_size, 1)
     p, v, kb, peak, base = _prove_row(tapes, backend, epoch=False)
-    note = f"Wit 2^{nv}, peak {peak:.1f} GiB"
+    note = f"Wit 2^{nv}, peak {peak:.1f} GiB, {num_threads()} threads"
+    if one_thread:
+        p1, v1, _, peak1, _ = _prove_row(tapes, backend, epoch=False, threads=1)
+        note += f" (speedup {p1 / p:.2f}x over 1 thread)"
+        rows.append((name, "zk step, 1 thread", 1, p1 * 1e3, v1 * 1e3, kb, f"peak {peak1:.1f} GiB"))
     rows.append((name, "zk step", 1, p * 1e3, v * 1e3, kb, note))
     if epoch_steps > 1:
         ep = tapes[:epoch_steps]
@@ -187,6 +216,7 @@ def main() -> None:
         help="width of the measured 8-layer network of zkDL's shape (batch 64)",
     )
     ap.add_argument("--zkdl-prove", action="store_true", help="also prove the full 8x1024")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the step timings")
     args = ap.parse_args()
     print("machine:", _machine(args.backend))
     rows = []
@@ -194,26 +224,23 @@ def main() -> None:
     digits = (64, 256, 256, 10)
     name = "digits 64-256-256-10"
     batches = _digits(64, max(args.epoch_steps, 1))
-    rows.append((name, "float32 step", 1, _float_step_ms(digits, batches, lr), None, None, ""))
-    tapes, fixed_ms = _fixed_tapes(digits, batches, lr)
-    rows.append((name, "fixed step", 1, fixed_ms, None, None, "tape incl."))
-    zk, _, _ = _zk_rows(name, digits, tapes, args.backend, args.epoch_steps)
+    step_rows, tapes = _step_rows(name, digits, batches, lr, args.reps, None)
+    rows += step_rows
+    zk, _, _ = _zk_rows(name, digits, tapes, args.backend, args.epoch_steps, one_thread=True)
     rows += zk
     w = args.zkdl_width
     small = (w,) * 9
     name = f"zkDL shape 8x{w}"
     sb = _random_batches(small, 64, 2)
-    rows.append((name, "float32 step", 1, _float_step_ms(small, sb, lr), None, None, ""))
-    stapes, sfixed = _fixed_tapes(small, sb, lr)
-    rows.append((name, "fixed step", 1, sfixed, None, None, "tape incl."))
+    step_rows, stapes = _step_rows(name, small, sb, lr, args.reps, None)
+    rows += step_rows
     zk, rate, gib_per_entry = _zk_rows(name, small, stapes, args.backend, 2)
     rows += zk
     zkdl = (1024,) * 9
     name = "zkDL 8x1024"
     zb = _random_batches(zkdl, 64, 2)
-    rows.append((name, "float32 step", 1, _float_step_ms(zkdl, zb, lr), None, None, ""))
-    ztapes, zfixed = _fixed_tapes(zkdl, zb, lr)
-    rows.append((name, "fixed step", 1, zfixed, None, None, "tape incl."))
+    step_rows, ztapes = _step_rows(name, zkdl, zb, lr, args.reps, 10.0)
+    rows += step_rows
     nv = _wit_vars(zkdl, 64, 1)
     if args.zkdl_prove:
         rows += _zk_rows(name, zkdl, ztapes, args.backend, 1)[0]

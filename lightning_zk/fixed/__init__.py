@@ -5,6 +5,7 @@ See ``docs/fixed_point.md``.
 """
 
 from .engine import FixedPointMLP, mse_constant
+from .exact import ExactOverflowError, exact_matmul, plan_limbs
 from .format import (
     FixedPointConfig,
     FixedPointError,
@@ -20,6 +21,9 @@ from .tape import TapeFormatError, WitnessTape, tensor_names
 __all__ = [
     "FixedPointMLP",
     "mse_constant",
+    "ExactOverflowError",
+    "exact_matmul",
+    "plan_limbs",
     "FixedPointConfig",
     "FixedPointError",
     "check_bound",

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .exact import exact_matmul
 from .format import (
     FixedPointConfig,
     check_bound,
@@ -30,6 +31,7 @@ from .format import (
     fixed_constant,
     quantize,
     rescale,
+    rescale_owned,
 )
 from .tape import WitnessTape
 
@@ -115,7 +117,7 @@ class FixedPointMLP:
         """Fixed-point predictions (no tape, no update)."""
         s, a = self.config.frac_bits, np.asarray(x, dtype=np.int64)
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            z, _ = rescale(a @ w.T + (b << s)[None, :], s)
+            z, _ = rescale(exact_matmul(a, w.T) + (b << s)[None, :], s)
             a = z * (z > 0) if i < self.num_layers - 1 else z
         return a
 
@@ -125,6 +127,11 @@ class FixedPointMLP:
 
     def step(self, x: np.ndarray, y: np.ndarray) -> WitnessTape:
         """One exact SGD step on the fixed-point batch (x, y); returns its witness tape.
+
+        Every tensor is bound-checked as soon as it exists (in tape order, so the first tensor
+        named by an error is the same as checking them all at the end); the measured max |x|
+        then sizes the exact BLAS matmuls (:func:`.exact.exact_matmul`). The tape takes over
+        the arrays of the weights before the step (the engine only ever replaces its arrays).
 
         Raises:
             FixedPointError: some tensor leaves |x| < 2^(value_bits-1) (nothing is updated).
@@ -137,37 +144,62 @@ class FixedPointMLP:
             raise ValueError(f"step: batch shapes {x.shape}, {y.shape} do not fit dims {self.dims}")
         for fan_in in (*self.dims[:-1], bsz, *self.dims[1:]):
             cfg.check_fan_in(fan_in)
-        t: dict[str, np.ndarray] = {"x": x, "y": y}
-        acts = [x]
+        t: dict[str, np.ndarray] = {}
+        top: dict[str, int] = {}  # max |tensor| of the checked signed tensors
+
+        def put(name: str, arr: np.ndarray) -> None:
+            t[name] = arr
+            if name[0] != "R" and name[0] not in _UNSIGNED:
+                top[name] = check_bound(name, arr, cfg.bound, self.step_index)
+
+        def matmul(a: str, b: str, ta: bool = False, tb: bool = False) -> np.ndarray:
+            """Exact product of two checked tape tensors (optionally transposed), sized by their
+            measured max |x| (exact whatever the bound, see :mod:`.exact`)."""
+            ma, mb = t[a].T if ta else t[a], t[b].T if tb else t[b]
+            return exact_matmul(ma, mb, bound_a=top[a], bound_b=top[b])
+
+        put("x", x)
+        put("y", y)
+        acts = ["x"]
         for i in range(1, L + 1):
-            w, b = self.weights[i - 1], self.biases[i - 1]
-            t[f"W{i}"], t[f"b{i}"] = w.copy(), b.copy()
-            z, rz = rescale(acts[-1] @ w.T + (b << s)[None, :], s)
-            t[f"Z{i}"], t[f"RZ{i}"] = z, rz
+            put(f"W{i}", self.weights[i - 1])
+            put(f"b{i}", self.biases[i - 1])
+            raw = matmul(acts[-1], f"W{i}", tb=True)
+            raw += self.biases[i - 1][None, :] << s
+            z, rz = rescale_owned(raw, s)
+            put(f"Z{i}", z)
+            put(f"RZ{i}", rz)
             if i < L:
                 sign = (z > 0).astype(np.int64)
-                t[f"S{i}"], t[f"V{i}"], t[f"A{i}"] = sign, 2 * sign * z - z - sign, z * sign
-                acts.append(t[f"A{i}"])
+                put(f"S{i}", sign)
+                put(f"V{i}", 2 * sign * z - z - sign)
+                put(f"A{i}", z * sign)
+                acts.append(f"A{i}")
         c = mse_constant(bsz, self.dims[-1], s)
-        t["G"], t["RG"] = rescale(c * (t[f"Z{L}"] - y), s)
-        gz = t["G"]
+        g, rg = rescale_owned(c * (t[f"Z{L}"] - y), s)
+        put("G", g)
+        put("RG", rg)
+        gz = "G"
         for i in range(L, 0, -1):
-            t[f"GW{i}"], t[f"RGW{i}"] = rescale(gz.T @ acts[i - 1], s)
-            t[f"Gb{i}"] = gz.sum(axis=0)
+            gw, rgw = rescale_owned(matmul(gz, acts[i - 1], ta=True), s)
+            put(f"GW{i}", gw)
+            put(f"RGW{i}", rgw)
+            put(f"Gb{i}", t[gz].sum(axis=0))
             if i > 1:
-                ga, rga = rescale(gz @ self.weights[i - 1], s)
-                t[f"GA{i - 1}"], t[f"RGA{i - 1}"] = ga, rga
-                gz = ga * t[f"S{i - 1}"]
-                t[f"GZ{i - 1}"] = gz
+                ga, rga = rescale_owned(matmul(gz, f"W{i}"), s)
+                put(f"GA{i - 1}", ga)
+                put(f"RGA{i - 1}", rga)
+                put(f"GZ{i - 1}", ga * t[f"S{i - 1}"])
+                gz = f"GZ{i - 1}"
         for i in range(1, L + 1):
-            t[f"UW{i}"], t[f"RUW{i}"] = rescale(self.lr * t[f"GW{i}"], s)
-            t[f"Ub{i}"], t[f"RUb{i}"] = rescale(self.lr * t[f"Gb{i}"], s)
-            t[f"W{i}n"] = t[f"W{i}"] - t[f"UW{i}"]
-            t[f"b{i}n"] = t[f"b{i}"] - t[f"Ub{i}"]
-        for name, arr in t.items():
-            if name[0] == "R" or name[0] in _UNSIGNED:
-                continue
-            check_bound(name, arr, cfg.bound, self.step_index)
+            uw, ruw = rescale_owned(self.lr * t[f"GW{i}"], s)
+            put(f"UW{i}", uw)
+            put(f"RUW{i}", ruw)
+            ub, rub = rescale_owned(self.lr * t[f"Gb{i}"], s)
+            put(f"Ub{i}", ub)
+            put(f"RUb{i}", rub)
+            put(f"W{i}n", t[f"W{i}"] - uw)
+            put(f"b{i}n", t[f"b{i}"] - ub)
         tape = WitnessTape(
             step=self.step_index,
             dims=self.dims,
@@ -182,3 +214,4 @@ class FixedPointMLP:
             self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()
         self.step_index += 1
         return tape
+

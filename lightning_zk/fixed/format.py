@@ -21,6 +21,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "rescale",
+    "rescale_owned",
     "fixed_constant",
     "check_bound",
 ]
@@ -104,13 +105,37 @@ def rescale(raw: np.ndarray, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
     return q, raw - (q << frac_bits)
 
 
+def rescale_owned(raw: np.ndarray, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rescale` computed in place on an int64 temporary the caller gives up (|raw| < 2^62).
+
+    With t = raw + 2^(s-1): q = t >> s and r = raw - 2^s q = (t & (2^s - 1)) - 2^(s-1), so ``raw``
+    becomes q and only r is allocated (the engine's weight-sized products: 2 passes fewer).
+    """
+    if raw.dtype != np.int64:
+        return rescale(raw, frac_bits)
+    half = 1 << (frac_bits - 1)
+    raw += half
+    r = raw & ((1 << frac_bits) - 1)
+    r -= half
+    raw >>= frac_bits
+    return raw, r
+
+
 def fixed_constant(value: float, frac_bits: int) -> int:
     """A public constant (learning rate, 2/(B k)) as a fixed-point integer round(v * 2^s)."""
     return int(np.floor(float(value) * (1 << frac_bits) + 0.5))
 
 
-def check_bound(name: str, x: np.ndarray, bound: int, step: int | None) -> None:
-    """Raise FixedPointError naming the tensor, step and bound if any |x| >= bound."""
-    bad = np.abs(x) >= bound
-    if bad.any():
+def check_bound(name: str, x: np.ndarray, bound: int, step: int | None) -> int:
+    """Raise FixedPointError naming the tensor, step and bound if any |x| >= bound.
+
+    Returns max |x| (0 for an empty array): the engine uses it to size its exact matmuls.
+    Two reductions (max, min) and no temporaries; the offending value is the first in C order.
+    """
+    if x.size == 0:
+        return 0
+    top = max(int(x.max()), -int(x.min()))
+    if top >= bound:
+        bad = np.abs(x) >= bound
         raise FixedPointError(name, step, bound, int(x[bad].reshape(-1)[0]))
+    return top

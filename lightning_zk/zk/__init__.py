@@ -4,7 +4,16 @@ Layer rule: this package imports NumPy (and optionally CuPy via :mod:`.backend`,
 ``_numba_kernels``) but never Lightning or torch. See ``docs/zk_core.md``.
 """
 
-from .backend import Backend, array_module, cupy_available, get_backend, numba_available, to_numpy
+from .backend import (
+    Backend,
+    array_module,
+    cupy_available,
+    get_backend,
+    num_threads,
+    numba_available,
+    set_num_threads,
+    to_numpy,
+)
 from .errors import (
     CommitmentError,
     FieldRangeError,
@@ -43,6 +52,8 @@ __all__ = [
     "cupy_available",
     "get_backend",
     "numba_available",
+    "num_threads",
+    "set_num_threads",
     "to_numpy",
     "CommitmentError",
     "FieldRangeError",

@@ -186,8 +186,8 @@ def _ntt_row(row, tw, rev, kinv, scale):  # pragma: no cover - compiled
     nogil=True,
 )
 def _ntt_rows(x, tw, rev, kinv, scale):  # pragma: no cover - compiled
-    # Serial on purpose: a prange (parallel=True) version measured no steady gain on the
-    # shared 2-core machine (within noise, sometimes slower) and costs extra compile time.
+    # Serial: rows are spread over threads by _numba_parallel.ntt_rows (a prange here stalls
+    # when other work keeps the cores busy; see that module)
     for r in range(x.shape[0]):
         _ntt_row(x[r], tw, rev, kinv, scale)
 

@@ -10,6 +10,14 @@ field kernels below are device-specific:
   using ``__umul64hi``.
 * add / sub / neg: ``xp.where``-based corrections (NumPy and CuPy), or fused numba loops.
 
+Threads: :func:`num_threads` is the one knob for how many CPU threads the prover's parallel
+kernels use (numba kernels run on pieces by the caller and helper threads, SHA-256 leaf/node
+hashing, the hashlib thread pool):
+:func:`set_num_threads`, else the environment variable ``LIGHTNING_ZK_THREADS``, else every
+core this process may run on. Every parallel kernel computes exactly what its serial twin does
+(field arithmetic and integer sums are exact, so no order of reduction changes a bit), hence
+proofs are byte-identical for any thread count.
+
 ``get_backend("auto")`` picks CuPy only when ``import cupy`` succeeds *and*
 ``cupy.is_available()`` is true (``import cupy`` succeeds on machines without a GPU).
 """
@@ -31,10 +39,68 @@ __all__ = [
     "get_backend",
     "array_module",
     "backend_of",
+    "clipped_bincount",
+    "compile_kernels",
     "cupy_available",
     "numba_available",
+    "num_threads",
+    "set_num_threads",
     "to_numpy",
 ]
+
+THREADS_ENV = "LIGHTNING_ZK_THREADS"
+_threads_override: int | None = None
+
+
+def _cores() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def num_threads() -> int:
+    """CPU threads for the parallel kernels: :func:`set_num_threads`, else ``LIGHTNING_ZK_THREADS``,
+    else all cores this process may use.
+
+    Raises:
+        ParameterError: ``LIGHTNING_ZK_THREADS`` is not a positive integer.
+    """
+    if _threads_override is not None:
+        return _threads_override
+    raw = os.environ.get(THREADS_ENV, "").strip()
+    if not raw:
+        return _cores()
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ParameterError(
+            f"{THREADS_ENV}={raw!r}: must be a positive integer (number of threads). "
+            f"HINT: unset it to use every core ({_cores()} here)."
+        )
+    return n
+
+
+def set_num_threads(n: int | None) -> None:
+    """Use ``n`` threads in the parallel kernels from now on (``None``: back to the default).
+
+    Results do not depend on it (proof bytes are identical for any count); only speed does.
+
+    Raises:
+        ParameterError: ``n`` is not a positive integer.
+
+    Example::
+
+        >>> set_num_threads(1); num_threads()
+        1
+        >>> set_num_threads(None)
+    """
+    global _threads_override
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ParameterError(f"set_num_threads(n={n!r}): n must be a positive integer or None")
+    _threads_override = n
 
 P = 0xFFFF_FFFF_0000_0001
 EPS = 0xFFFF_FFFF  # 2^64 mod p
@@ -140,6 +206,12 @@ class Backend:
             sums of the 32-bit halves for ``fsum``), or ``None`` to use the generic ``xp`` code.
         combine_rows: Ligero's coeffs^T msg (the ``fsum(mul(...), axis=0)`` of
             ``ligero._combine_rows`` in one pass), or ``None``.
+        batch_inverse: inverses of a 1-D array of nonzero elements (Montgomery's trick per
+            chunk), or ``None`` (``field.batch_inverse``'s product tree).
+        bincount: ``(values, size) -> int64 counts of min(v, size - 1)``, or ``None``.
+
+    With numba every kernel above cuts large inputs into pieces run by :func:`num_threads`
+    threads (:mod:`._numba_parallel`), with results identical to one thread.
     """
 
     name: str
@@ -156,6 +228,8 @@ class Backend:
     fold: Callable[[Any, int, int], Any] | None = None
     combine_rows: BinaryKernel | None = None
     halves_sum: Callable[[Any], tuple[int, int]] | None = None
+    batch_inverse: UnaryKernel | None = None
+    bincount: Callable[[Any, int], Any] | None = None
 
     def asarray(self, a: Any) -> Any:
         """Move ``a`` to this backend as a uint64 array (no copy when already there)."""
@@ -199,33 +273,24 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
         return _CACHE[key]
     want = numba_available() if use_numba is None else use_numba
     if want:
-        from ._numba_kernels import (
-            numba_add,
-            numba_combine_rows,
-            numba_e_mul,
-            numba_e_scale,
-            numba_fold,
-            numba_halves_sum,
-            numba_mul,
-            numba_neg,
-            numba_ntt_rows,
-            numba_sub,
-        )
+        from . import _numba_parallel as par
 
         be = Backend(
             "numpy",
             np,
-            numba_mul,
+            par.mul,
             "numba",
-            add=numba_add,
-            sub=numba_sub,
-            neg=numba_neg,
-            ntt_rows=numba_ntt_rows,
-            e_mul=numba_e_mul,
-            e_scale=numba_e_scale,
-            fold=numba_fold,
-            combine_rows=numba_combine_rows,
-            halves_sum=numba_halves_sum,
+            add=par.add,
+            sub=par.sub,
+            neg=par.neg,
+            ntt_rows=par.ntt_rows,
+            e_mul=par.e_mul,
+            e_scale=par.e_scale,
+            fold=par.fold,
+            combine_rows=par.combine_rows,
+            halves_sum=par.halves_sum,
+            batch_inverse=par.batch_inverse,
+            bincount=par.clipped_bincount,
         )
     else:
         be = Backend("numpy", np, _mul_limbs, "limbs")
@@ -295,6 +360,33 @@ def backend_of(a: Any) -> Backend:
     if _is_cupy_array(a):
         return _cupy_backend()
     return _numpy_backend(None)
+
+
+def compile_kernels() -> None:
+    """JIT-compile every numba kernel now instead of on first use (the hashing ones included).
+
+    For benchmarks and latency-sensitive callers; results never depend on it. A no-op without
+    numba.
+    """
+    if not numba_available():
+        return
+    from . import _numba_parallel, _numba_sha256
+
+    _numpy_backend(None)
+    _numba_parallel.compile_all()
+    _numba_sha256.compile_all()
+
+
+def clipped_bincount(values: Any, size: int) -> np.ndarray:
+    """Counts of min(v, size - 1) for v in a host uint64 array (int64, length ``size``).
+
+    logUp's multiplicities (:mod:`.lookup`); parallel with numba, ``np.bincount`` otherwise.
+    """
+    v = np.asarray(to_numpy(values), dtype=np.uint64).reshape(-1)
+    fast = _numpy_backend(None).bincount
+    if fast is not None:
+        return fast(v, size)
+    return np.bincount(np.minimum(v, np.uint64(size - 1)).astype(np.int64), minlength=size)
 
 
 def to_numpy(a: Any) -> np.ndarray:

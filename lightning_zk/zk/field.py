@@ -132,6 +132,9 @@ def batch_inverse(a: Any) -> Any:
     if bool((flat == 0).any()):
         idx = int(to_ints(xp.nonzero(flat == 0)[0][:1])[0])
         raise ParameterError(f"batch_inverse: element {idx} is zero and has no inverse")
+    fast = backend_of(flat).batch_inverse
+    if fast is not None:  # numba: Montgomery's trick per chunk (inverses are unique: same bits)
+        return fast(flat).reshape(shape)
     size = 1 << (n - 1).bit_length()
     level = xp.ones(size, dtype=xp.uint64)
     level[:n] = flat

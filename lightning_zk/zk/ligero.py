@@ -474,10 +474,9 @@ class Ligero(PolynomialCommitment, LinearFormCommitment):
         msg[: params.m_data, k:] = rng.field((params.m_data, params.pad), xp)
         msg[params.m_data :] = rng.field((rows - params.m_data, params.msg_len), xp)
         code = _encode(msg, params.code_len)
-        cols = np.ascontiguousarray(to_numpy(code).T)
         salt_bytes = rng.bytes(SALT_BYTES * params.code_len)
         salts = [salt_bytes[i * SALT_BYTES : (i + 1) * SALT_BYTES] for i in range(params.code_len)]
-        tree = MerkleTree.from_columns(cols, salts)
+        tree = MerkleTree.from_rows(to_numpy(code), salts)  # leaves hash the code's columns
         com = _commitment(tree.root, params)
         return com, LigeroState(params, com, msg, code, salts, tree)
 

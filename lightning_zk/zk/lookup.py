@@ -45,7 +45,7 @@ from typing import Any
 import numpy as np
 
 from . import field as F
-from .backend import P, to_numpy
+from .backend import P, clipped_bincount, to_numpy
 from .errors import LookupError_, ParameterError
 from .extension import Fp2, e_add, e_const, e_from_base, e_inv, e_mul_base
 from .ligero import Ligero, LigeroProof
@@ -237,9 +237,7 @@ def prove_range(
     a = v if lay.direct else _limbs(v, lay)
     # out-of-range entries (only without strict) are counted as the top table entry, so the
     # sums then disagree and the verifier rejects
-    top = lay.table_size - 1
-    mult = np.bincount(np.minimum(a, top).astype(np.int64), minlength=lay.table_size)
-    mult = mult.astype(np.uint64)
+    mult = clipped_bincount(a, lay.table_size).astype(np.uint64)
 
     transcript.absorb_u64("logup.layout", lay.num_vars, lay.bits, lay.table_bits)
     limb_com = limb_state = None

@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from ..backend import P
+from ..backend import P, clipped_bincount
 from ..errors import ParameterError
 from ..extension import Fp2, e_add, e_const, e_from_base, e_inv, e_mul_base
 from ..multilinear import eq_eval, eq_table
@@ -136,8 +136,8 @@ def range_columns(wr: WitRange, wit: np.ndarray, strict: bool = True) -> tuple[l
     sel = block_table(wr, "sel").astype(bool)
     top = (1 << wr.limb_bits) - 1
     mult = np.zeros(1 << wr.limb_bits, dtype=np.int64)
-    for col in cols:
-        mult += np.bincount(np.minimum(col[sel], top).astype(np.int64), minlength=top + 1)
+    for col in cols:  # out-of-range limbs (only without strict) count as the top entry
+        mult += clipped_bincount(col[sel], top + 1).astype(np.int64)
     return [c % np.uint64(P) for c in cols], mult.astype(np.uint64)
 
 
