@@ -13,11 +13,20 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 
+def make_optimizer(name: str, params) -> torch.optim.Optimizer:
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=1e-3, weight_decay=0.01)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=1e-3)
+    return torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+
 class Classifier(L.LightningModule):
-    def __init__(self, net: nn.Module, optimizer: str = "sgd") -> None:
+    def __init__(self, net: nn.Module, optimizer: str = "sgd", step_schedule: bool = False) -> None:
         super().__init__()
         self.net = net
         self.optimizer_name = optimizer
+        self.step_schedule = step_schedule
 
     def forward(self, x):
         return self.net(x)
@@ -27,9 +36,40 @@ class Classifier(L.LightningModule):
         return F.cross_entropy(self(x), y)
 
     def configure_optimizers(self):
-        if self.optimizer_name == "adamw":
-            return torch.optim.AdamW(self.parameters(), lr=1e-3, weight_decay=0.01)
-        return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
+        opt = make_optimizer(self.optimizer_name, self.parameters())
+        if not self.step_schedule:
+            return opt
+        schedule = torch.optim.lr_scheduler.StepLR(opt, step_size=10, gamma=0.5)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+class Autoencoder(L.LightningModule):
+    """Digits 64 → 32 → 8 → 32 → 64 with ReLU, MSE reconstruction."""
+
+    def __init__(self, optimizer: str = "adam") -> None:
+        super().__init__()
+        self.optimizer_name = optimizer
+        self.encoder = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 8))
+        self.decoder = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 64))
+
+    def training_step(self, batch, batch_idx):
+        x, _ = batch
+        return F.mse_loss(self.decoder(self.encoder(x)), x)
+
+    def configure_optimizers(self):
+        return make_optimizer(self.optimizer_name, self.parameters())
+
+
+class Residual(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels), nn.ReLU(),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=False), nn.BatchNorm2d(channels),
+        )
+
+    def forward(self, x):
+        return F.relu(x + self.body(x))
 
 
 class Transformer(nn.Module):
@@ -55,14 +95,23 @@ def digits_data(n: int | None = None) -> TensorDataset:
     return TensorDataset(x[:n], y[:n]) if n else TensorDataset(x, y)
 
 
-def make_family(name: str, seed: int = 0):
-    """(LightningModule, dataset, batch size) of one benchmark family."""
+def make_family(name: str, seed: int = 0, optimizer: str | None = None):
+    """(LightningModule, dataset, batch size) of one benchmark family (optimizer: its own default)."""
     L.seed_everything(seed, verbose=False)
     g = torch.Generator().manual_seed(0)  # the data are fixed; only the model init follows seed
     if name == "mlp":
         net = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.1), nn.Linear(256, 256),
                             nn.ReLU(), nn.Linear(256, 10))
-        return Classifier(net), digits_data(), 64
+        return Classifier(net, optimizer or "sgd"), digits_data(), 64
+    if name == "autoencoder":
+        return Autoencoder(optimizer or "adam"), digits_data(), 64
+    if name == "resnet":
+        net = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                            Residual(16), Residual(16), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                            nn.Linear(16, 10))
+        data = digits_data()
+        images = TensorDataset(data.tensors[0].reshape(-1, 1, 8, 8), data.tensors[1])
+        return Classifier(net, optimizer or "sgd", step_schedule=True), images, 64
     if name == "cnn":
         net = nn.Sequential(
             nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
@@ -70,15 +119,15 @@ def make_family(name: str, seed: int = 0):
             nn.Flatten(), nn.Linear(32 * 4 * 4, 10),
         )
         data = digits_data()
-        return Classifier(net), TensorDataset(data.tensors[0].reshape(-1, 1, 8, 8), data.tensors[1]), 64
+        return Classifier(net, optimizer or "sgd"), TensorDataset(data.tensors[0].reshape(-1, 1, 8, 8), data.tensors[1]), 64
     if name == "transformer":
         y = torch.randint(0, 10, (1024,), generator=g)
         x = (torch.randint(0, 54, (1024, 32), generator=g) + y[:, None]) % 64
-        return Classifier(Transformer(), optimizer="adamw"), TensorDataset(x, y), 32
+        return Classifier(Transformer(), optimizer=optimizer or "adamw"), TensorDataset(x, y), 32
     raise ValueError(name)
 
 
-FAMILIES = ("mlp", "cnn", "transformer")
+FAMILIES = ("mlp", "cnn", "transformer", "autoencoder", "resnet")
 
 
 class StepTimer(L.Callback):

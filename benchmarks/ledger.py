@@ -45,15 +45,15 @@ from lightning_zk.ledger.rundir import StepRecord
 
 
 class TimedCommit(CommitCallback):
-    """CommitCallback that records how long its per-batch work takes."""
+    """CommitCallback that records how long its per-step work (leaf, checkpoint) takes."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.times: list[float] = []
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+    def on_step_committed(self, session, record, state) -> None:
         t0 = time.perf_counter()
-        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        super().on_step_committed(session, record, state)
         self.times.append(time.perf_counter() - t0)
 
 
@@ -71,7 +71,7 @@ def train(name: str, steps: int, run_dir: Path, every: int | None) -> tuple[floa
     commit = None
     if every is not None:
         commit = TimedCommit(checkpoint_every_n_steps=every)
-        callbacks = [commit, timer]  # the timer's batch end runs after the commit
+        callbacks = [commit, timer]
     quiet_trainer(max_steps=steps, strategy=VerifiableStrategy(run_dir=run_dir), callbacks=callbacks,
                   ).fit(model, train_dataloaders=loader(data, bs))
     return timer.median(), commit.times[2:] if commit else []

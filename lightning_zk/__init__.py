@@ -31,6 +31,7 @@ _LAZY = {
     "PrecisionError": ".rounding.precision",
     "ThresholdError": ".rounding.threshold",
     "ThresholdPolicy": ".rounding.threshold",
+    "UnroundedValueWarning": ".rounding.taint",
     "VerifiableStrategy": ".strategies",
     "calibrate_threshold": ".strategies.calibrate",
 }

@@ -16,6 +16,7 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 from . import commands
+from .commands.quiet import quiet_lightning
 from .strategies.verifiable import VerifiableStrategy
 
 LIGHTNING_SUBCOMMANDS = ("fit", "validate", "test", "predict")
@@ -30,21 +31,31 @@ class VerifiableCLI(LightningCLI):
             config = self._parser(self.subcommand).dump(self.config[self.subcommand], skip_none=False)
             strategy.cli_config = config
 
+    def after_fit(self) -> None:
+        session = getattr(self.trainer.strategy, "session", None)
+        if session is None or session.run is None:
+            return
+        ledger = session.manifest.get("ledger") or {}
+        root = f", ledger root {ledger['root'][:16]}…" if ledger.get("root") else ""
+        print(f"lightning-zk: {session.next_step} steps committed to {session.run.path}{root}\n"
+              f"  audit with: lightning-zk audit {session.run.path}")
+
 
 def _lightning_cli(args: Sequence[str]) -> int:
     # Model and data classes are named by import path in configs: resolve them from the current
     # directory too, as ``python -m`` would.
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    VerifiableCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=None,
-        args=list(args),
-        auto_configure_optimizers=True,
-    )
+    with quiet_lightning():
+        VerifiableCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=None,
+            args=list(args),
+            auto_configure_optimizers=True,
+        )
     return 0
 
 

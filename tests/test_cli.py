@@ -81,3 +81,17 @@ def test_fit_refusal_is_one_line(tmp_path, capsys):
                      "--trainer.default_root_dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 2 and "lightning-zk fit: RunLockedError: run_dir" in err and "Traceback" not in err
+
+
+def test_fit_output_is_what_matters(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    run_dir = tmp_path / "run"
+    assert main(["fit", "--config", str(CONFIG), "--trainer.max_steps", "2",
+                 "--trainer.strategy.init_args.run_dir", str(run_dir),
+                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+                 "--trainer.enable_model_summary", "false"]) == 0
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert f"2 steps committed to {run_dir}" in text and f"lightning-zk audit {run_dir}" in text
+    for noise in ("GPU available", "TPU available", "Tip:", "LightningCLI's args parameter", "LeafSpec"):
+        assert noise not in text, noise

@@ -215,6 +215,13 @@ def _referee(trainer: _Party, auditor: _Party, step: int, model, datamodule, tra
     replayed = report.records
     evidence["referee_report"] = {k: report.to_json()[k] for k in
                                   ("ok", "steps_checked", "first_mismatch_step", "mismatch")}
+    early = report.first_mismatch_step
+    if early is not None and early < step:  # any field of an agreed step, not only its leaf
+        raise DisputeError(
+            f"the referee could not reproduce agreed step {early} "
+            f"({', '.join((report.mismatch or {}).get('fields', []))}): its machine or code cannot "
+            "judge this run (different software versions?)"
+        )
     for record in replayed:
         if record.step < step and leaf_bytes(record) != trainer.leaf(record.step):
             raise DisputeError(

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,9 +18,23 @@ from ..callbacks.commit import CommitCallback
 from ..ledger.claims import check_run_claims
 from ..ledger.rundir import RunDirectory, StepRecord
 from ..rounding.mode import ReplayDivergenceError
-from ..strategies.manifest import hardware, now_utc
-from ..strategies.replay import AuditConfigError, AuditInputError, ReplaySession, ReplayStart
+from ..strategies.manifest import (
+    SHAPING_SETTINGS,
+    STOPPING_SETTINGS,
+    hardware,
+    json_safe,
+    now_utc,
+    same_setting,
+)
+from ..strategies.replay import (
+    AuditConfigError,
+    AuditInputError,
+    ReplayComplete,
+    ReplaySession,
+    ReplayStart,
+)
 from ..strategies.verifiable import VerifiableStrategy
+from .progress import ReplayProgressBar
 
 __all__ = ["AuditConfigError", "AuditInputError", "AuditReport", "ReplayStart", "replay"]
 
@@ -73,17 +90,55 @@ class AuditReport:
         return self.summary()
 
 
-def _trainer_kwargs(manifest: dict[str, Any], steps: int, overrides: dict[str, Any]) -> dict[str, Any]:
-    committed = (manifest.get("hyperparameters") or {}).get("trainer") or {}
-    kwargs: dict[str, Any] = dict(
-        max_steps=steps, max_epochs=-1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-        limit_val_batches=0,
-        gradient_clip_val=committed.get("gradient_clip_val"),
-        gradient_clip_algorithm=committed.get("gradient_clip_algorithm"),
-    )
-    kwargs.update(overrides)
-    return kwargs
+_QUIET = dict(logger=False, enable_checkpointing=False, enable_progress_bar=False,
+              enable_model_summary=False, num_sanity_val_steps=0)
+
+
+def committed_settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer settings the committed run trained with, as Trainer keyword arguments."""
+    section = manifest.get("trainer")
+    if not isinstance(section, dict):  # a run written before the settings were recorded
+        old = (manifest.get("hyperparameters") or {}).get("trainer") or {}
+        return {"gradient_clip_val": old.get("gradient_clip_val"),
+                "gradient_clip_algorithm": old.get("gradient_clip_algorithm"),
+                "limit_val_batches": 0, "max_steps": -1, "max_epochs": -1}
+    settings = {k: v for k, v in (section.get("settings") or {}).items() if k in SHAPING_SETTINGS}
+    stopping = {k: v for k, v in (section.get("stopping") or {}).items() if k in STOPPING_SETTINGS}
+    return {**settings, **stopping}
+
+
+def _replay_trainer_kwargs(manifest: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The committed settings plus the caller's other arguments; a differing setting is an error.
+
+    A wall-clock ``max_time`` is not applied: the committed steps say where the replay ends.
+    """
+    committed = committed_settings(manifest)
+    conflicts = [
+        f"{name}={overrides[name]!r} (the committed run used {name}={committed[name]!r})"
+        for name in (*SHAPING_SETTINGS, *STOPPING_SETTINGS)
+        if overrides.get(name) is not None and name in committed
+        and not same_setting(json_safe(overrides[name]), committed[name])
+    ]
+    if conflicts:
+        raise AuditConfigError(
+            f"the replay's Trainer setting differs from the committed run's: {'; '.join(conflicts)}. "
+            "A replay reproduces the committed computation, so it applies the run's own Trainer "
+            "settings. HINT: drop the argument (the replay applies the committed value by itself)."
+        )
+    if overrides.get("max_time") is not None:
+        raise AuditConfigError(
+            f"Trainer(max_time={overrides['max_time']!r}) cannot apply to a replay: it replays "
+            "exactly the committed steps. HINT: use stop= to replay a prefix."
+        )
+    rest = {k: v for k, v in overrides.items() if k not in committed}
+    return {**_QUIET, **committed, **rest}
+
+
+class _OwnSettingsNotices(logging.Filter):
+    """Lightning announces each limit passed explicitly; the replay passes the run's own."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "` was configured so " not in str(record.getMessage())
 
 
 def replay(
@@ -96,23 +151,38 @@ def replay(
     callbacks: list[L.Callback] | None = None,
     start: ReplayStart | None = None,
     stop: int | None = None,
+    val_dataloaders: Any = None,
+    progress: bool | None = None,
     prefix: bool = False,
     **trainer_kwargs: Any,
 ) -> AuditReport:
     """Replay the committed run in ``run_dir`` with ``model`` and data; compare every step.
 
-    The replay uses the run's own arithmetic (compute dtype, mantissa bits, τ, seed) from
-    ``manifest.json``, starts from the committed initial state, feeds each step the trainer's
-    rounding log, and stops at the first step whose batch, log or resulting state differs from
-    the trainer's record. With ``audit_dir`` the auditor commits its own run directory, with a
-    Merkle ledger (a :class:`~lightning_zk.CommitCallback` is added unless one is given).
+    The replay uses the run's own arithmetic (compute dtype, mantissa bits, τ, seed) and Trainer
+    settings (validation schedule and limits, train limits, gradient clipping and accumulation,
+    stopping) from ``manifest.json``, starts from the committed initial state, feeds each step the
+    trainer's rounding log, and stops at the first step whose batch, updates, log or resulting
+    state differs from the trainer's record. With ``audit_dir`` the auditor commits its own run
+    directory, with a Merkle ledger (a :class:`~lightning_zk.CommitCallback` is added unless one is
+    given). A progress bar (steps, corrections so far, time left) is shown on an interactive
+    terminal; ``progress=True``/``False`` forces it on or off.
+
+    Args:
+        start, stop: replay only the committed steps ``[start.step, stop)`` (the referee's replay).
+        val_dataloaders: validation data, when the run validated during training and the data
+            is not a datamodule.
+        progress: draw the progress bar (default: only on an interactive terminal).
+        prefix: also accept an unfinished run (killed, or still training) and replay the steps it
+            has recorded so far.
+        **trainer_kwargs: other Trainer arguments (``accelerator``, ...). A setting that shapes the
+            computation must equal the committed one (it is applied anyway).
 
     A full audit (no ``start``/``stop``) first checks the run's claims
     (:func:`~lightning_zk.ledger.claims.check_run_claims`): the trainer's finished manifest claims
-    exactly the recorded number of steps, ends in the last record's state, and its published
-    ledger is present and hashes to its root. ``ok`` then means every claimed step was replayed.
-    ``prefix=True`` also accepts an unfinished run (killed, or still training) and replays the
-    steps it has recorded so far.
+    exactly the recorded number of steps, ends in the last record's state (the state committed at
+    the end of training), its published ledger is present and hashes to its root, and its
+    checkpoints hold the states their steps committed. ``ok`` then means every claimed step was
+    replayed.
 
     Raises:
         RunDirectoryError: not a run directory, an incompatible format version, a field outside
@@ -120,7 +190,8 @@ def replay(
             run whose files disagree with its claims (``RunClaimError``; also an unfinished run).
         LedgerError: a published ledger that is missing, damaged or does not match.
         AuditInputError: a missing, truncated or corrupted log or checkpoint (names file, step).
-        AuditConfigError: the model, data or configuration differs from the committed run's.
+        AuditConfigError: the model, data, optimizers, schedulers or a Trainer setting differs from
+            the committed run's (names the differing field); raised before the first step runs.
 
     Example::
 
@@ -136,35 +207,41 @@ def replay(
     if not records:
         raise AuditInputError(f"{source.path} commits no steps: nothing to replay")
     start = start or ReplayStart()
+    if start.global_step is None and start.step < len(records):
+        start = dataclasses.replace(start, global_step=records[start.step].global_step)
     stop = len(records) if stop is None else min(stop, len(records))
+    kwargs = _replay_trainer_kwargs(manifest, trainer_kwargs)
     strategy = VerifiableStrategy.from_manifest(manifest, run_dir=audit_dir, device=device)
-    strategy.replay_source = source
-    strategy.replay_start = start
+    strategy.replay_source, strategy.replay_start, strategy.replay_stop = source, start, stop
     callbacks = list(callbacks or [])
     if audit_dir is not None and not any(isinstance(c, CommitCallback) for c in callbacks):
         # The auditor's run gets its own ledger and checkpoints: what a dispute needs.
         every = (manifest.get("ledger") or {}).get("checkpoint_every_n_steps", 100)
         callbacks.append(CommitCallback(checkpoint_every_n_steps=every))
-    trainer = L.Trainer(strategy=strategy, callbacks=callbacks,
-                        **_trainer_kwargs(manifest, stop - start.step, trainer_kwargs))
+    callbacks.append(ReplayProgressBar(stop - start.step, enabled=progress))
+    notices = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    quiet = _OwnSettingsNotices()
+    notices.addFilter(quiet)
+    try:
+        trainer = L.Trainer(strategy=strategy, callbacks=callbacks, **kwargs)
+    finally:
+        notices.removeFilter(quiet)
     started = time.perf_counter()
     try:
-        trainer.fit(model, datamodule=datamodule, train_dataloaders=train_dataloaders)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", ".*resuming from a checkpoint that ended before the epoch.*")
+            trainer.fit(model, datamodule=datamodule, train_dataloaders=train_dataloaders,
+                        val_dataloaders=val_dataloaders)
+    except ReplayComplete:
+        pass  # the last requested step (or the first difference) was committed
     except ReplayDivergenceError as err:
         session = strategy.session
         if not isinstance(session, ReplaySession):
             raise
+        # Publish what the auditor did verify (records, ledger root, manifest): the step it could
+        # not complete is then the disputed one.
         session.record_failure(err.step, str(err))
-        if audit_dir is not None:
-            # Publish what the auditor did verify (records, ledger root, manifest): the step it
-            # could not complete is then the disputed one. No final checkpoint: the aborted step
-            # left the model half-updated.
-            for callback in callbacks:
-                if isinstance(callback, CommitCallback):
-                    keep, callback.save_last = callback.save_last, False
-                    callback.on_train_end(trainer, model)
-                    callback.save_last = keep
-            session.close()
+        session.close()
     session = strategy.session
     if not isinstance(session, ReplaySession):
         raise AuditInputError("the replay did not start (no training batch was run)")

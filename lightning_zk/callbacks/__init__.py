@@ -1,6 +1,6 @@
 """Lightning callbacks that commit a verifiable run: the Merkle ledger and checkpoints."""
 
-from .commit import CheckpointError, CommitCallback
+from .commit import CommitCallback
 from .proof import ProofCallback, ProofError
 
-__all__ = ["CheckpointError", "CommitCallback", "ProofCallback", "ProofError"]
+__all__ = ["CommitCallback", "ProofCallback", "ProofError"]

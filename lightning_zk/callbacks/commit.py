@@ -1,10 +1,13 @@
 """CommitCallback: commit every training step to the run's Merkle ledger, checkpoint every k steps.
 
 Why a callback on top of the strategy's step records: ``steps.jsonl`` is the source of truth and is
-written first (inside the optimizer step); the ledger is a pure function of it, so the callback can
-always catch up. Order per batch: record (strategy) → leaf (one SQLite transaction) → checkpoint
-(atomic rename). A process killed anywhere leaves ``ledger ⊆ steps.jsonl`` as a prefix and only
-complete checkpoints; the next ``fit`` appends the missing leaves and never a duplicate.
+written first (when the step is committed, at the step boundary); the ledger is a pure function of
+it, so the callback can always catch up. The session tells the callback about every committed
+step (:class:`~lightning_zk.strategies.session.StepListener`) together with the exact state the
+step commits, so a checkpoint is that state — never one a later hook has touched. Order per step:
+record (strategy) → leaf (one SQLite transaction) → checkpoint (atomic rename). A process killed
+anywhere leaves ``ledger ⊆ steps.jsonl`` as a prefix and only complete checkpoints; the next
+``fit`` appends the missing leaves and never a duplicate.
 """
 
 from __future__ import annotations
@@ -22,17 +25,14 @@ from ..ledger.merkle import (
     parse_root,
 )
 from ..ledger.rundir import StepRecord
-from ..ledger.state import save_snapshot
+from ..ledger.state import StateSnapshot, save_snapshot
+from ..strategies.session import StepListener
 from ..strategies.verifiable import VerifiableStrategy
 
 _STATE_VERSION = 1
 
 
-class CheckpointError(RuntimeError):
-    """The state about to be checkpointed is not the state committed for that step."""
-
-
-class CommitCallback(Callback):
+class CommitCallback(Callback, StepListener):
     """Append one ledger leaf per committed step and save safetensors checkpoints.
 
     Args:
@@ -46,7 +46,6 @@ class CommitCallback(Callback):
         TypeError: the Trainer's strategy is not a :class:`~lightning_zk.VerifiableStrategy`.
         LedgerError: the ledger disagrees with ``steps.jsonl`` or with the Lightning checkpoint
             being resumed (subclasses name the file, the step and the mismatch).
-        CheckpointError: the model changed after its step was committed.
 
     Example::
 
@@ -82,25 +81,22 @@ class CommitCallback(Callback):
                 "run_dir=...), callbacks=[CommitCallback(...)])."
             )
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        session = trainer.strategy.session
-        if not trainer.is_global_zero or session is None or session.last_record is None:
+    # --- the session's notifications ------------------------------------------------------------
+    def on_step_committed(self, session, record: StepRecord, state: StateSnapshot) -> None:
+        if not session.trainer.is_global_zero or session.run is None:  # a replay without audit_dir
             return
-        record = session.last_record
         self._commit(self._open(session), session, record)
         k = self.checkpoint_every_n_steps
         if k is not None and (record.step + 1) % k == 0:
-            self._checkpoint(session, record)
+            self._checkpoint(session, record, state)
 
-    def on_train_end(self, trainer, pl_module) -> None:
-        session = trainer.strategy.session
-        if not trainer.is_global_zero or session is None:
+    def on_session_close(self, session) -> None:
+        if not session.trainer.is_global_zero or session.run is None:
             return
         ledger = self._open(session)
-        records = session.run.read_steps()
-        ledger.extend(records)
-        if self.save_last and session.next_step > 0:
-            self._checkpoint(session, records[session.next_step - 1])
+        ledger.extend(session.run.read_steps())
+        if self.save_last and session.last_record is not None and session.last_state is not None:
+            self._checkpoint(session, session.last_record, session.last_state)
         session.manifest["ledger"] = {
             "file": LEDGER_FILE,
             "leaf_format": LEAF_FORMAT,
@@ -176,18 +172,18 @@ class CommitCallback(Callback):
         else:  # re-verified after a resume: already committed, must be the same leaf
             ledger.check_leaf(record, source="the re-verified step record")
 
-    def _checkpoint(self, session, record: StepRecord) -> None:
-        """Save the state after ``record.step + 1`` steps unless a (complete) file exists."""
+    def _checkpoint(self, session, record: StepRecord, state: StateSnapshot) -> None:
+        """Save ``state``, committed by ``record``, unless a (complete) file exists."""
         path = session.run.checkpoint_path(record.step + 1)
         if path.exists():
             return
-        digest = session.public_digest("state", record.step, save_snapshot(path, session.snapshot()))
-        if digest != record.state_digest:
+        digest = session.public_digest("state", record.step, save_snapshot(path, state))
+        if digest != record.state_digest:  # the session handed over another state: a bug
             path.unlink(missing_ok=True)
-            raise CheckpointError(
-                f"the state after step {record.step} hashes to {digest[:16]}…, but the committed "
-                f"record says {record.state_digest[:16]}…: something changed the model or optimizer "
-                f"after the step was committed; {path.name} was not kept."
+            raise RuntimeError(
+                f"internal error: the state handed over for step {record.step} hashes to "
+                f"{digest[:16]}…, but its record commits {record.state_digest[:16]}…; "
+                f"{path.name} was not kept"
             )
 
     def _close(self) -> None:
@@ -196,4 +192,4 @@ class CommitCallback(Callback):
             self._ledger = None
 
 
-__all__ = ["CheckpointError", "CommitCallback"]
+__all__ = ["CommitCallback"]

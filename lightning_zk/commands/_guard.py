@@ -29,7 +29,6 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from ..audit.dispute import DisputeError
     from ..audit.proofs import ProofRunError
     from ..audit.untrusted import UntrustedCodeError
-    from ..callbacks.commit import CheckpointError
     from ..callbacks.proof import ProofError as TrainingProofError
     from ..fixed.format import FixedPointError
     from ..fixed.tape import TapeFormatError
@@ -50,7 +49,7 @@ def input_errors() -> tuple[type[BaseException], ...]:
             ThresholdError, UnsupportedRandomOpError, TapeFormatError, FixedPointError,
             UnsupportedModelError, ZkError, WitnessError, ConfigError, UntrustedCodeError,
             AuditInputError, AuditConfigError, DisputeError, ProofRunError, TrainingProofError,
-            CheckpointError, UnsupportedDataLoaderError, OSError)
+            UnsupportedDataLoaderError, OSError)
 
 
 def one_line(err: BaseException) -> str:

@@ -56,18 +56,25 @@ def _main(argv: list[str]) -> int:
     parser.add_argument("--prefix", action="store_true",
                         help="accept an unfinished run (killed or still training) and replay the "
                              "steps it has recorded so far")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bar (default: shown on an interactive terminal)")
     args = parser.parse_args(argv)
 
-    from ..audit.config import load_model_and_data
+    from ..audit.config import load_run_config
     from ..audit.replay import replay
     from ..audit.untrusted import RunCodeGuard
+    from .quiet import quiet_lightning
 
     config = args.config or args.run / "config.yaml"
     with RunCodeGuard([args.run]):  # also covers imports made while the replay runs
-        model, data = load_model_and_data(config, untrusted=[args.run], announce=_announce)
+        # Built as `lightning-zk fit` built them (seed first); the config's Trainer settings must
+        # be the committed ones (the replay applies those).
+        built = load_run_config(config, untrusted=[args.run], announce=_announce)
         accelerator = "cpu" if (args.device or "cpu").startswith("cpu") else "gpu"
-        report = replay(args.run, model, datamodule=data, audit_dir=args.out, device=args.device,
-                        prefix=args.prefix, accelerator=accelerator)
+        with quiet_lightning():
+            report = replay(args.run, built.model, datamodule=built.datamodule, audit_dir=args.out,
+                            device=args.device, accelerator=accelerator, prefix=args.prefix,
+                            progress=False if args.no_progress else None, **built.trainer_settings)
     report_path = args.report or (args.out / "audit_report.json" if args.out else
                                   Path(f"audit-{args.run.resolve().name}.json"))
     report.save(report_path)

@@ -60,6 +60,8 @@ class StepRecord:
     log_bytes: int
     logged_elements: int
     rounded_elements: int
+    updates: list[int] | None = None  # optimizer index of each update inside the step, in order
+    global_step: int | None = None  # Trainer.global_step when the step's batch started
     extra: dict[str, object] = field(default_factory=dict)
 
     def to_json_line(self) -> str:
@@ -72,11 +74,15 @@ class StepRecord:
         schema.check_record(data, file, line)
         return cls(**data)  # type: ignore[arg-type]
 
-    COMMITTED_FIELDS = ("step", "batch_indices", "batch_digest", "log_sha256", "state_digest")
+    COMMITTED_FIELDS = ("step", "batch_indices", "batch_digest", "updates", "global_step",
+                        "log_sha256", "state_digest")
+    OPTIONAL_FIELDS = ("updates", "global_step")  # absent from records of older versions
 
     def differences(self, other: StepRecord) -> list[str]:
         """Committed fields (not statistics) in which ``other`` differs, in commitment order."""
-        return [f for f in self.COMMITTED_FIELDS if getattr(self, f) != getattr(other, f)]
+        return [f for f in self.COMMITTED_FIELDS
+                if getattr(self, f) != getattr(other, f)
+                and not (f in self.OPTIONAL_FIELDS and getattr(self, f) is None)]
 
 
 class RunDirectory:

@@ -24,9 +24,15 @@ Fields are declared once, below, as data: :data:`MANIFEST` (the manifest's top l
 3. a step record field is also a field of :class:`~lightning_zk.ledger.rundir.StepRecord`
    (``tests/ledger/test_schema.py`` checks that the two agree).
 
+A section that identifies the run's computation (what a replay, a resume and a dispute must
+share) is also listed in :data:`IDENTITY_PARTS` (and, when only some of its fields are identity,
+in :data:`IDENTITY_FIELDS`): the ``fingerprint`` rule hashes exactly those, and so does the
+training session (``tests/ledger/test_schema.py`` checks that a new run's fingerprint holds).
+
 Unknown keys are refused in the sections a reader relies on (the top level, ``strategy``,
-``ledger``, a record); free-form sections (``hyperparameters``, ``hardware``, a record's
-``extra``, an optimizer's ``param_groups``) accept extra keys of any JSON value (bounded depth).
+``model``, ``data.order``, ``lr_schedulers``, ``trainer``, ``ledger``, a record); free-form
+sections (``hyperparameters``, ``model.hyperparameters``, ``hardware``, a record's ``extra``, an
+optimizer's ``param_groups``) accept extra keys of any JSON value (bounded depth).
 """
 
 from __future__ import annotations
@@ -325,7 +331,7 @@ FIXED = Obj({"dims": List(Int(1, 1 << 24), 2, 64), "frac_bits": Int(1, 30),
              # the records' state and batch digests are keyed (lightning_zk.ledger.hiding)
              "digests": Obj({"scheme": Enum("hmac-sha256/v1"), "key_commitment": DIGEST})},
             optional=("batch_size", "proof", "digests"))
-#: The Trainer settings a replay applies (free-form otherwise: more may be recorded).
+#: ``hyperparameters.trainer`` of runs written before the ``trainer`` section (read, not written).
 TRAINER_SETTINGS = Obj({
     "max_epochs": Maybe(Int(-1, U63)), "max_steps": Int(-1, U63),
     "accumulate_grad_batches": Int(1, U63), "gradient_clip_val": Maybe(Float(0.0)),
@@ -337,8 +343,58 @@ LEDGER = Obj({
     "algorithm": Enum("sha256"), "size": COUNT, "root": DIGEST,
     "checkpoint_every_n_steps": Maybe(Int(1, U63)), "save_last": Bool(),
 }, optional=("save_last",))
-DATA_ORDER = Obj({"batch_size": Int(1, U63), "drop_last": Bool(), "length": COUNT, "shuffle": Bool()},
-                 extra=Json())
+#: ``manifest["trainer"]`` (``lightning_zk.strategies.manifest.trainer_section``). ``settings``
+#: shape the computation (identity; the replay applies them), ``stopping`` only decides where
+#: training stops (the replay applies it; a resume may change it), ``callbacks`` is for people.
+NUMBER = Float(0.0)  # Lightning reads an int (batches) and a float (a fraction) differently
+TRAINER = Obj({
+    "settings": Obj({
+        "limit_train_batches": NUMBER, "limit_val_batches": NUMBER, "val_check_interval": NUMBER,
+        "check_val_every_n_epoch": Maybe(Int(1, U63)), "accumulate_grad_batches": Int(1, U63),
+        "gradient_clip_val": Maybe(Float(0.0)), "gradient_clip_algorithm": Maybe(Enum("norm", "value")),
+        "reload_dataloaders_every_n_epochs": Int(0, U63), "overfit_batches": NUMBER,
+        "validation": Bool(),
+    }),
+    "stopping": Obj({"max_epochs": Maybe(Int(-1, U63)), "min_epochs": Maybe(Int(-1, U63)),
+                     "max_steps": Int(-1, U63), "min_steps": Maybe(Int(-1, U63)),
+                     "max_time": Maybe(Str(64))}),
+    "callbacks": List(NAME, 0, 4096),
+})
+LR_SCHEDULERS = List(Obj({
+    "class": NAME, "interval": Enum("step", "epoch"), "frequency": Int(1, U63),
+    "monitor": Maybe(NAME), "reduce_on_plateau": Bool(), "strict": Bool(),
+}), 0, 1024)
+MODEL = Obj({
+    "class": NAME, "parameters": COUNT,
+    "state_entries": Map(Tuple(List(Int(0, U63), 0, 64), Str(64))),
+    # each submodule's path -> class name and extra_repr (layer sizes, dropout rates, ...)
+    "structure": Map(Str(1 << 16)),
+    "hyperparameters": Json(object_only=True),  # save_hyperparameters(), free-form
+    "automatic_optimization": Bool(),
+}, optional=("structure", "hyperparameters", "automatic_optimization"))
+
+
+def _order_kind(order: Mapping[str, Any]) -> str | None:
+    kind = order.get("kind", "seeded")
+    needs = {"seeded": ("shuffle",), "recorded": ("sampler", "batch_sampler")}[kind]
+    foreign = {"seeded": ("sampler", "batch_sampler"), "recorded": ("shuffle",)}[kind]
+    missing = [k for k in needs if k not in order]
+    if missing:
+        return f"a {kind} order needs {', '.join(missing)}"
+    if any(k in order for k in foreign):
+        return f"a {kind} order has no {' or '.join(foreign)}"
+    if kind == "seeded" and order["batch_size"] is None:
+        return "a seeded order has a batch_size"
+    return None
+
+
+#: How the training batches were drawn: ``seeded`` (the strategy's own sampler, a pure function of
+#: the seed and the epoch) or ``recorded`` (the user's sampler; the records hold the indices).
+DATA_ORDER = Obj({"kind": Enum("seeded", "recorded"), "batch_size": Maybe(Int(1, U63)),
+                  "drop_last": Bool(), "length": COUNT, "shuffle": Bool(), "sampler": NAME,
+                  "batch_sampler": Maybe(NAME)},
+                 optional=("kind", "shuffle", "sampler", "batch_sampler"),
+                 rules=[("kind", _order_kind)])
 
 
 def _fixed_matches_strategy(m: Mapping[str, Any]) -> str | None:
@@ -353,22 +409,38 @@ def _fixed_matches_strategy(m: Mapping[str, Any]) -> str | None:
 
 #: The manifest sections that identify a run's computation; ``fingerprint`` hashes exactly these
 #: (a new section that shapes the computation is added here, and to the session's identity).
-IDENTITY_PARTS = ("strategy", "model", "data", "optimizers")
+IDENTITY_PARTS = ("strategy", "model", "data", "optimizers", "lr_schedulers", "trainer")
+#: Sections of which only some fields are identity: the rest may change (``trainer.stopping``
+#: when a resume trains longer) or is informational (``trainer.callbacks``).
+IDENTITY_FIELDS = {"trainer": ("settings",)}
+#: Identity sections that runs written before they were recorded lack (hashed only when present).
+LATER_IDENTITY_PARTS = ("lr_schedulers", "trainer")
+
+
+def identity(sections: Mapping[str, Any]) -> dict[str, Any]:
+    """The identity of a run (its manifest, or a session's identity parts): what is hashed."""
+    parts = {k: sections[k] for k in IDENTITY_PARTS if k in sections}
+    for name, fields in IDENTITY_FIELDS.items():
+        if isinstance(parts.get(name), Mapping):
+            parts[name] = {f: parts[name][f] for f in fields if f in parts[name]}
+    return parts
 
 
 def run_fingerprint(parts: Mapping[str, Any]) -> str:
-    """SHA-256 over a domain tag and the canonical JSON of the identity sections."""
-    if set(parts) != set(IDENTITY_PARTS):
+    """SHA-256 over a domain tag and the canonical JSON of the identity sections (:func:`identity`)."""
+    unknown = set(parts) - set(IDENTITY_PARTS)
+    missing = set(IDENTITY_PARTS) - set(LATER_IDENTITY_PARTS) - set(parts)
+    if unknown or missing:
         raise ValueError(f"a run's identity has the sections {sorted(IDENTITY_PARTS)}, got "
                          f"{sorted(parts)}: declare new ones in IDENTITY_PARTS")
-    data = json.dumps(dict(parts), sort_keys=True, separators=(",", ":")).encode("utf-8")
+    data = json.dumps(identity(parts), sort_keys=True, separators=(",", ":")).encode("utf-8")
     return hashlib.sha256(b"lightning-zk/run-fingerprint/v1" + data).hexdigest()
 
 
 def _fingerprint(m: Mapping[str, Any]) -> str | None:
-    actual = run_fingerprint({k: m[k] for k in IDENTITY_PARTS})
+    actual = run_fingerprint(identity(m))
     return None if m["fingerprint"] == actual else (
-        f"is not the hash of the run's {', '.join(IDENTITY_PARTS)} sections ({actual[:16]}…)")
+        f"is not the hash of the run's {', '.join(identity(m))} sections ({actual[:16]}…)")
 
 
 def _ledger_size(m: Mapping[str, Any]) -> str | None:
@@ -402,10 +474,12 @@ MANIFEST = Obj({
     "hardware": Json(object_only=True),
     "strategy": STRATEGY,
     "fixed": FIXED,
-    "model": Obj({"class": NAME, "parameters": COUNT,
-                  "state_entries": Map(Tuple(List(Int(0, U63), 0, 64), Str(64)))}),
+    "model": MODEL,
+    "model_class": NAME,  # the module's import path, for people (not identity: it may differ)
     "data": Obj({"dataset_class": Maybe(NAME), "order": Maybe(DATA_ORDER)}),
     "optimizers": List(Obj({"class": NAME, "param_groups": List(Json(object_only=True))}), 0, 1024),
+    "lr_schedulers": LR_SCHEDULERS,
+    "trainer": TRAINER,
     "hyperparameters": Obj({"module": Json(object_only=True), "trainer": TRAINER_SETTINGS},
                            optional=("module", "trainer"), extra=Json()),
     # a zero-knowledge run's public bundle names no state file (the weights are private)
@@ -419,7 +493,8 @@ MANIFEST = Obj({
     "audited_run": Str(4096),
     "audit_result": Obj({"ok": Bool(), "first_mismatch_step": Maybe(COUNT)}),
 }, optional=("updated", "lightning_zk_version", "fixed", "ledger", "role", "audited_run",
-             "audit_result", "created", "versions", "hardware"),
+             "audit_result", "created", "versions", "hardware", "model_class",
+             *LATER_IDENTITY_PARTS),
    rules=[("fingerprint", _fingerprint), ("fixed", _fixed_matches_strategy),
           ("ledger.size", _ledger_size),
           ("initial_state.file", _initial_file),
@@ -467,8 +542,12 @@ STEP_RECORD = Obj({
     "log_bytes": Int(HEADER_SIZE, HEADER_SIZE + MAX_BODY_BYTES),
     "logged_elements": COUNT,
     "rounded_elements": COUNT,
+    # the optimizer (by index) of each update inside the step, in order; none on a batch that
+    # only accumulated gradients
+    "updates": Maybe(List(Int(0, 1023))),
+    "global_step": Maybe(COUNT),  # Trainer.global_step when the step's batch started
     "extra": RECORD_EXTRA,
-}, optional=("extra",), rules=[
+}, optional=("updates", "global_step", "extra"), rules=[
     ("log_file", _canonical("log_file", log_file_name, lambda r: r)),
     ("extra.tape", _canonical("tape", tape_file_name, lambda r: r.get("extra", {}))),
     ("extra.tape_sha256", lambda r: _tape_pair(r) if "extra" in r else None),
@@ -527,8 +606,9 @@ def check_record(record: Any, file: str = "steps.jsonl", line: int | None = None
 
 
 __all__ = [
-    "IDENTITY_PARTS", "run_fingerprint", "Bool", "Enum", "Float", "Hex", "Int", "Json", "LEDGER", "List", "MANIFEST", "MAX_DEPTH",
-    "Map", "Maybe", "Obj", "RECORD_EXTRA", "STEP_RECORD", "STRATEGY", "Spec", "Str", "TRAINER_SETTINGS",
-    "Tagged", "Tuple", "check", "check_manifest", "check_record", "log_file_name", "parse_json",
-    "tape_file_name",
+    "IDENTITY_FIELDS", "IDENTITY_PARTS", "LATER_IDENTITY_PARTS", "identity", "run_fingerprint", "Bool",
+    "DATA_ORDER", "Enum", "Float", "Hex", "Int", "Json", "LEDGER", "LR_SCHEDULERS", "List", "MANIFEST",
+    "MAX_DEPTH", "MODEL", "Map", "Maybe", "Obj", "RECORD_EXTRA", "STEP_RECORD", "STRATEGY", "Spec", "Str",
+    "TRAINER", "TRAINER_SETTINGS", "Tagged", "Tuple", "check", "check_manifest", "check_record",
+    "log_file_name", "parse_json", "tape_file_name",
 ]

@@ -6,8 +6,12 @@ optimizer's state, under flat names::
     model/<state_dict key>
     optim/<i>/state/<param index>/<key>
     optim/<i>/group/<g>/<hyperparameter>      (numeric hyperparameters as float64 scalars)
+    sched/<i>/<key>[/<key or index>...]       (LR scheduler state_dict: ints as int64, floats as
+                                               float64, number lists as 1-d tensors)
+    grad/<parameter name>                     (only where gradients are live at the step boundary)
 
-plus a JSON ``meta`` (non-numeric optimizer settings, original dtypes). Floating tensors in the
+plus a JSON ``meta`` (non-numeric optimizer and scheduler settings, original dtypes). Runs without
+schedulers or live gradients have no such entries, and their digests are what they always were. Floating tensors in the
 compute dtype are stored in the committed dtype (float32): values are on the committed grid, so
 this is exact, and the digest does not depend on the compute dtype.
 
@@ -109,18 +113,73 @@ def _json_safe(value: object) -> bool:
     return value is None or isinstance(value, (bool, str))
 
 
+def _flatten(prefix: str, value: object, tensors: dict, settings: dict, compute_dtype: torch.dtype) -> None:
+    """A scheduler's state_dict as named leaves: numbers and number lists become tensors."""
+    if isinstance(value, dict):
+        for key in sorted(value, key=str):
+            _flatten(f"{prefix}/{key}", value[key], tensors, settings, compute_dtype)
+    elif isinstance(value, torch.Tensor):
+        tensors[prefix] = _committed(value, compute_dtype)
+    elif isinstance(value, bool) or value is None or isinstance(value, str):
+        settings[prefix] = value
+    elif isinstance(value, int):
+        tensors[prefix] = torch.tensor(value, dtype=torch.int64)
+    elif isinstance(value, float):
+        tensors[prefix] = torch.tensor(value, dtype=torch.float64)
+    elif isinstance(value, (list, tuple)) and value and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value
+    ):
+        ints = all(isinstance(v, int) for v in value)
+        tensors[prefix] = torch.tensor(list(value), dtype=torch.int64 if ints else torch.float64)
+    elif isinstance(value, (list, tuple)):
+        settings[f"{prefix}/#"] = len(value)
+        for j, item in enumerate(value):
+            _flatten(f"{prefix}/{j}", item, tensors, settings, compute_dtype)
+    else:
+        settings[prefix] = f"<{type(value).__qualname__}>"
+
+
+def _unflatten(prefix: str, template: object, snap: StateSnapshot) -> object:
+    """Inverse of :func:`_flatten`, typed by the live state_dict ``template``."""
+    if prefix in snap.tensors:
+        stored = snap.tensors[prefix]
+        if isinstance(template, torch.Tensor):
+            return stored.to(dtype=template.dtype)
+        if isinstance(template, (list, tuple)):  # int64 → int, float64 → float, as stored
+            return type(template)(stored.tolist())
+        return stored.item() if stored.dim() == 0 else stored.tolist()
+    if isinstance(template, dict):
+        return {k: _unflatten(f"{prefix}/{k}", v, snap) for k, v in template.items()}
+    settings: Mapping[str, object] = snap.meta.get("settings", {})  # type: ignore[assignment]
+    if isinstance(template, (list, tuple)) and f"{prefix}/#" in settings:
+        return type(template)(_unflatten(f"{prefix}/{j}", v, snap) for j, v in enumerate(template))
+    if prefix in settings and _json_safe(settings[prefix]):
+        return settings[prefix]
+    return template
+
+
 def snapshot(
     model: torch.nn.Module,
     optimizers: Sequence[torch.optim.Optimizer],
     compute_dtype: torch.dtype = torch.float64,
+    schedulers: Sequence[object] = (),
+    grads: bool = False,
 ) -> StateSnapshot:
-    """The canonical state of ``model`` and ``optimizers`` (see module doc)."""
+    """The canonical state of ``model``, ``optimizers``, LR ``schedulers`` (see module doc).
+
+    With ``grads``, every parameter gradient that is set is part of the state (``grad/<name>``).
+    """
     tensors: dict[str, torch.Tensor] = {}
     dtypes: dict[str, str] = {}
     settings: dict[str, object] = {}
     for key, value in model.state_dict().items():
         tensors[f"model/{key}"] = _committed(value, compute_dtype)
         dtypes[f"model/{key}"] = str(value.dtype).removeprefix("torch.")
+    if grads:
+        for name, param in model.named_parameters():
+            if param.grad is not None:
+                tensors[f"grad/{name}"] = _committed(param.grad, compute_dtype)
+                dtypes[f"grad/{name}"] = str(param.grad.dtype).removeprefix("torch.")
     for i, opt in enumerate(optimizers):
         sd = opt.state_dict()
         for pid, pstate in sd["state"].items():
@@ -143,7 +202,12 @@ def snapshot(
                 else:
                     settings[f"optim/{i}/group/{g}/{key}"] = repr(value)
         settings[f"optim/{i}/class"] = type(opt).__qualname__
-    meta = {"dtypes": dtypes, "settings": settings, "num_optimizers": len(optimizers)}
+    meta: dict[str, object] = {"dtypes": dtypes, "settings": settings, "num_optimizers": len(optimizers)}
+    if schedulers:
+        for i, scheduler in enumerate(schedulers):
+            settings[f"sched/{i}/class"] = type(scheduler).__qualname__
+            _flatten(f"sched/{i}", scheduler.state_dict(), tensors, settings, compute_dtype)  # type: ignore[attr-defined]
+        meta["num_schedulers"] = len(schedulers)
     return StateSnapshot(tensors=tensors, meta=meta)
 
 
@@ -212,8 +276,12 @@ def restore(
     snap: StateSnapshot,
     model: torch.nn.Module,
     optimizers: Sequence[torch.optim.Optimizer] = (),
+    schedulers: Sequence[object] = (),
 ) -> None:
-    """Load ``snap`` into ``model`` (and ``optimizers``), keeping each tensor's current dtype."""
+    """Load ``snap`` into ``model``, ``optimizers`` and ``schedulers``, keeping each tensor's dtype.
+
+    Gradients are set from the ``grad/`` entries; parameters without one get no gradient.
+    """
     current = model.state_dict()
     wanted = {k.removeprefix("model/") for k in snap.tensors if k.startswith("model/")}
     if set(current) != wanted:
@@ -233,7 +301,20 @@ def restore(
             )
         new_sd[key] = stored.to(dtype=value.dtype)
     model.load_state_dict(new_sd)
+    for name, param in model.named_parameters():
+        stored = snap.tensors.get(f"grad/{name}")
+        param.grad = None if stored is None else stored.to(dtype=param.dtype, device=param.device)
     _restore_optimizers(snap, optimizers)
+    _restore_schedulers(snap, schedulers)
+
+
+def _restore_schedulers(snap: StateSnapshot, schedulers: Sequence[object]) -> None:
+    count = int(snap.meta.get("num_schedulers", 0))  # type: ignore[arg-type]
+    if schedulers and count != len(schedulers):
+        raise StateError(f"committed state has {count} LR schedulers, the run configures {len(schedulers)}")
+    for i, scheduler in enumerate(schedulers):
+        template = scheduler.state_dict()  # type: ignore[attr-defined]
+        scheduler.load_state_dict(_unflatten(f"sched/{i}", template, snap))  # type: ignore[attr-defined]
 
 
 def _restore_optimizers(snap: StateSnapshot, optimizers: Sequence[torch.optim.Optimizer]) -> None:
@@ -268,10 +349,12 @@ def _restore_optimizers(snap: StateSnapshot, optimizers: Sequence[torch.optim.Op
 
 
 def named_state_tensors(
-    model: torch.nn.Module, optimizers: Iterable[torch.optim.Optimizer]
+    model: torch.nn.Module, optimizers: Iterable[torch.optim.Optimizer], grads: bool = False
 ) -> list[tuple[str, torch.Tensor]]:
     """Live tensors of model and optimizer state (for in-place rounding after a step)."""
     named = [(f"model/{k}", v) for k, v in model.state_dict(keep_vars=True).items()]
+    if grads:
+        named += [(f"grad/{k}", p.grad) for k, p in model.named_parameters() if p.grad is not None]
     for i, opt in enumerate(optimizers):
         index = {id(p): j for j, p in enumerate(p for g in opt.param_groups for p in g["params"])}
         for param, pstate in opt.state.items():

@@ -13,11 +13,12 @@ from .log import (
 )
 from .mode import ReplayDivergenceError, ReplayStats, RoundingMode
 from .precision import GridSpec, PrecisionError, apply_directions, round_to_grid
+from .taint import UnroundedValueWarning
 from .threshold import ThresholdError, ThresholdPolicy, default_tau
 
 __all__ = [
     "GridSpec", "LogEntry", "PrecisionError", "ReplayDivergenceError", "ReplayStats",
     "RoundingLogError", "RoundingMode", "StepLog", "StepLogBuilder", "ThresholdError",
-    "ThresholdPolicy", "apply_directions", "decode_step_log", "default_tau", "encode_step_log",
+    "ThresholdPolicy", "UnroundedValueWarning", "apply_directions", "decode_step_log", "default_tau", "encode_step_log",
     "round_to_grid",
 ]

@@ -13,11 +13,22 @@ update are all covered (module hooks miss the last three). Per op call it:
 
 Rounded outputs are numbered per step (``op_seq``) in execution order; a replay must run the same
 sequence of rounded ops, which it checks against the op names stored in the log.
+
+Two rewrites keep user code that names dtypes working in the compute dtype:
+
+- **float32 is the committed dtype inside the compute dtype.** A conversion or factory asking for
+  float32 (``x.float()``, ``.to(torch.float32)``, ``torch.zeros(..., dtype=torch.float32)``) yields
+  the same float32 values held in the compute dtype, and a reduction asked to accumulate in float32
+  (``sum(dtype=torch.float32)``) accumulates in the compute dtype and is rounded like any other.
+- **Fused elementwise ops are decomposed** into single IEEE operations (:mod:`.decompose`), whose
+  compute-dtype result is the same on every device: rounded with τ = 0, never logged.
+
+Results in other floating dtypes are left unrounded and tracked (:mod:`.taint`): a warning names
+the user's line only when such a value can reach the committed state.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,10 +37,12 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .decompose import Decomposition, decomposition
 from .log import LogEntry, StepLog, StepLogBuilder
 from .ops import OpClass, classify
 from .precision import GridSpec, apply_directions, round_to_grid
 from .rng import StepRandom
+from .taint import TaintTracker
 from .threshold import ResolvedThresholds
 
 
@@ -83,6 +96,8 @@ class OpInfo:
     mutated: tuple[tuple[int, str], ...]  # (position, name) of arguments the op writes
     n_returns: int
     fresh_returns: tuple[int, ...]  # returns that do not alias an input
+    dtype_at: int | None = None  # position of a ``dtype`` argument
+    decompose: Decomposition | None = None  # single-IEEE-op form of a fused elementwise op
 
     @classmethod
     def of(cls, func: torch._ops.OpOverload) -> OpInfo:
@@ -102,7 +117,14 @@ class OpInfo:
             mutated=mutated,
             n_returns=len(schema.returns),
             fresh_returns=fresh,
+            dtype_at=next((i for i, a in enumerate(schema.arguments) if a.name == "dtype"), None),
+            decompose=decomposition(func),
         )
+
+    def requested_dtype(self, args: tuple, kwargs: dict) -> torch.dtype | None:
+        if self.dtype_at is None:
+            return None
+        return args[self.dtype_at] if self.dtype_at < len(args) else kwargs.get("dtype")
 
     def kind_of_call(self, args: tuple, kwargs: dict) -> OpClass:
         if self.has_alpha and self.kind is OpClass.IEEE and kwargs.get("alpha", 1) != 1:
@@ -155,7 +177,7 @@ class RoundingMode(TorchDispatchMode):
         self._state: _StepState | None = None
         self._depth = 0
         self._paused = 0
-        self._warned: set[str] = set()
+        self.taint = TaintTracker()  # its ``committed`` callback is set by the training session
         self._ops: dict[torch._ops.OpOverload, OpInfo] = {}
 
     # --- step lifecycle ----------------------------------------------------------------------
@@ -299,41 +321,67 @@ class RoundingMode(TorchDispatchMode):
         return rounded
 
     # --- dispatch ----------------------------------------------------------------------------
+    def _info(self, func) -> OpInfo:
+        info = self._ops.get(func)
+        if info is None:
+            info = self._ops[func] = OpInfo.of(func)
+        return info
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         state = self._state
         if state is None or self._paused:
             return func(*args, **kwargs)
-        info = self._ops.get(func)
-        if info is None:
-            info = self._ops[func] = OpInfo.of(func)
+        info = self._info(func)
         kind = info.kind_of_call(args, kwargs)
+        if self._widens and info.requested_dtype(args, kwargs) is torch.float32:
+            if kind is OpClass.EXACT:  # a conversion or factory: float32 values, compute dtype
+                return self._exact(info, args, kwargs, _widened(func(*args, **kwargs), self.spec))
+            kwargs = {**kwargs, "dtype": self.spec.compute_dtype}  # accumulate in the compute dtype
+            if info.dtype_at is not None and info.dtype_at < len(args):
+                args = (*args[: info.dtype_at], self.spec.compute_dtype, *args[info.dtype_at + 1:])
+                kwargs.pop("dtype")
         if kind is OpClass.RANDOM:
             out = state.random.call(func, args, kwargs)
+        elif (kind is not OpClass.IEEE and info.decompose is not None
+              and info.decompose.applies(args, kwargs, self.spec.compute_dtype)):
+            out = info.decompose(args, kwargs)
+            kind = OpClass.IEEE  # single IEEE operations: the same result on every device
         else:
             out = func(*args, **kwargs)
             if kind is OpClass.EXACT:
-                return out
+                return self._exact(info, args, kwargs, out)
         # IEEE results are identical on every device: rounded onto the grid, never logged.
         tau = 0.0 if kind is OpClass.IEEE else self.thresholds.tau(info.name, kind)
+        written = info.targets(args, kwargs, out)
+        unrounded = []
         with torch.no_grad():
-            for index, t in enumerate(info.targets(args, kwargs, out)):
+            for index, t in enumerate(written):
                 if not t.is_floating_point():
                     continue
                 if t.dtype != self.spec.compute_dtype:
                     if kind is not OpClass.IEEE:  # IEEE results are device-independent anyway
-                        self._warn_dtype(info.name, t.dtype)
+                        unrounded.append(t)
                     continue
                 self._round_into(info.name, index, t, tau)
+        if self.taint:
+            self.taint.follow(info.name, args, kwargs, written, out)
+        if unrounded:
+            self.taint.mark(unrounded, info.name)
         return out
 
-    def _warn_dtype(self, name: str, dtype: torch.dtype) -> None:
-        if name not in self._warned:
-            self._warned.add(name)
-            warnings.warn(
-                f"{name} produced a {dtype} tensor under compute_dtype={self.spec.compute_dtype}; "
-                "it is not rounded, so if it feeds the model state the run may not replay "
-                "bit-exactly on other hardware. HINT: keep training math in the compute dtype.",
-                stacklevel=2,
-            )
+    def _exact(self, info: OpInfo, args: tuple, kwargs: dict, out):
+        if self.taint:
+            self.taint.follow(info.name, args, kwargs, info.targets(args, kwargs, out), out)
+        return out
 
+    @property
+    def _widens(self) -> bool:
+        return self.spec.compute_dtype != torch.float32
+
+
+def _widened(out, spec: GridSpec):
+    """A float32 result held in the compute dtype (exact: float32 values are float64 values)."""
+    if isinstance(out, torch.Tensor) and out.dtype == torch.float32:
+        return out.to(spec.compute_dtype)
+    return out

@@ -86,7 +86,13 @@ class FixedPointSession(TrainingSession):
         self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step)
         write_back(self.engine, self.net)  # the module holds exactly the dequantised weights
         self.save_tapes = strategy.save_tapes
-        self.batch_size = batch_order.batch_size if batch_order is not None else None
+        self.batch_size = getattr(batch_order, "batch_size", None)
+        if self.batch_size is None:
+            raise UnsupportedModelError(
+                "fixed-point mode needs a training DataLoader over a map-style dataset with a "
+                "batch_size (no batch_sampler): every step of a proof chain has the same public "
+                "batch size. HINT: DataLoader(dataset, batch_size=B, drop_last=True)."
+            )
         self.last_tape: WitnessTape | None = None
         self.last_loss: float | None = None
         self._key: DigestKey | None = None
@@ -148,7 +154,7 @@ class FixedPointSession(TrainingSession):
     def _round_initial_state(self) -> None:
         """Nothing to round: the engine quantised the weights onto the 2^-s grid."""
 
-    def snapshot(self) -> StateSnapshot:
+    def snapshot(self, grads: bool = False) -> StateSnapshot:
         """The committed state: the engine's integer weights and biases, and the public constants."""
         tensors = {}
         for i, (w, b) in enumerate(zip(self.engine.weights, self.engine.biases, strict=True)):
@@ -164,7 +170,13 @@ class FixedPointSession(TrainingSession):
     def in_step(self) -> bool:
         return self._pending is not None
 
-    def begin_step(self, batch: Any, batch_idx: int) -> None:
+    def boundary(self) -> None:
+        """Fixed-point steps are committed inside the optimizer step: no boundary to keep."""
+
+    def end_of_training(self) -> None:
+        """Every step was committed inside its optimizer step."""
+
+    def begin_batch(self, batch: Any, batch_idx: int) -> None:
         if self._pending is not None:
             raise RuntimeError("the previous fixed-point step was never committed")
         if self.trainer.global_step != self.next_step:
@@ -199,7 +211,7 @@ class FixedPointSession(TrainingSession):
         output = dequantize(tape.tensors[f"Z{self.engine.num_layers}"], s)
         self.last_loss = float(np.mean((output - dequantize(tape.tensors["y"], s)) ** 2))
         self.last_tape = tape
-        self._stepped = True
+        self._updates = [0]  # the engine's SGD update (no torch optimizer step runs)
         return torch.tensor(self.last_loss)
 
     def finish_step(self) -> None:

@@ -60,3 +60,41 @@ def check_user_precision(plugin: Precision, compute_dtype: torch.dtype) -> None:
         "hardware. HINT: drop the `precision` argument (or use '32-true'), and choose "
         "VerifiableStrategy(compute_dtype=..., mantissa_bits=...) instead."
     )
+
+
+def check_trainer_settings(trainer, mode: str) -> None:
+    """Reject Trainer settings whose effect a replay could not reproduce (raised at ``fit``)."""
+    seconds = getattr(trainer, "_val_check_time_interval", None)
+    if seconds is not None:
+        raise ValueError(
+            f"`Trainer(val_check_interval=<{seconds:g} s>)` validates by wall-clock time, so where validation runs (and what it steers, e.g. ReduceLROnPlateau) differs "
+            "from run to run and cannot be replayed. HINT: use an int (every N training batches) or "
+            "a float (a fraction of an epoch)."
+        )
+    if mode == "fixed" and trainer.accumulate_grad_batches != 1:
+        raise ValueError(
+            f"`Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})` is not supported "
+            "in fixed-point mode: each committed step is one exact SGD step on one batch. HINT: "
+            "raise the batch size instead."
+        )
+
+
+def committed_precision(checkpoint: dict[str, Any], spec) -> dict[str, Any]:
+    """A Lightning checkpoint with its model and optimizer tensors in the committed dtype.
+
+    Their values lie on the committed grid, so float32 holds them exactly: the file is half the
+    size of a float64 one and loads back into the compute dtype unchanged (resuming casts back).
+    """
+    if spec.compute_dtype == spec.committed_dtype:
+        return checkpoint
+
+    def narrow(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value.to(spec.committed_dtype) if value.dtype == spec.compute_dtype else value
+        if isinstance(value, dict):
+            return {k: narrow(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(narrow(v) for v in value)
+        return value
+
+    return {k: narrow(v) if k in ("state_dict", "optimizer_states") else v for k, v in checkpoint.items()}

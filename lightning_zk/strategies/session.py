@@ -1,5 +1,19 @@
 """One verifiable training run inside a Trainer: open the run directory, commit every step.
 
+**What a committed step is.** One training batch, with everything the trainer does until the next
+batch starts: the forward and backward passes, *every* optimizer update inside the batch in order
+(several optimizers and several updates per batch under manual optimization, none on a batch that
+only accumulates gradients), the LightningModule's ``optimizer_step`` override (a warm-up), the LR
+scheduler steps Lightning runs after the batch, the ``on_train_batch_end`` hooks, and a validation
+run with its ``ReduceLROnPlateau`` step when one follows the batch. The committed state is the
+state at the *step boundary* — the start of the next batch, or the end of training — so it is a
+clean restart point: a replay that starts there runs the next batch exactly as the trainer did.
+
+The committed state is the model, the optimizers, the LR schedulers, and the gradients where they
+are still live at the boundary (after a batch that only accumulated them; under manual
+optimization, whatever gradients are set). Every state and batch digest is committed through
+:meth:`TrainingSession.public_digest` (plain here; hidden under the run's key in fixed-point runs).
+
 One writer per run directory: the session takes the directory's writer lock
 (:mod:`lightning_zk.ledger.lock`) before it writes anything and holds it until the run closes or
 aborts (the OS releases it when the process is killed).
@@ -9,10 +23,14 @@ Order of writes (crash safety; a kill anywhere leaves a consistent, resumable di
 - start: layout, initial state, ``config.yaml``, then ``manifest.json`` in one atomic write (every
   section, including fixed-point constants). A directory killed before its manifest holds nothing
   committed and a restart begins again there.
-- per step: the rounding log file first (atomic), then the step record (fsynced append). A record
-  therefore always has its log.
+- per step (at its boundary): the rounding log file first (atomic), then the step record (fsynced
+  append), then the listeners (the Merkle ledger and checkpoints of ``CommitCallback``), then the
+  Lightning checkpoints saved while the step was open (:meth:`TrainingSession.after_commit`). A
+  record therefore always has its log, the ledger is always a prefix of the records, and a
+  Lightning checkpoint never counts a step that was not committed.
 - resume: a finished manifest is first marked unfinished (``final_state_digest: null``), so a run
-  killed while it continues never claims an end it does not have; closing writes the new claims.
+  killed while it continues never claims an end it does not have; closing writes the new claims
+  (the final state is the state committed by the last step).
 
 Resuming from a Lightning checkpoint re-executes the steps after it; where the run directory
 already holds records for those steps (the run was killed after the checkpoint), the recomputed
@@ -24,7 +42,9 @@ initial state in the same way (every committed step is recomputed and re-verifie
 from __future__ import annotations
 
 import hashlib
+import json
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,12 +55,26 @@ import lightning_zk
 from ..atomic import atomic_write_bytes
 from ..ledger.lock import RunLock
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
-from ..ledger.state import batch_digest, named_state_tensors, save_snapshot, snapshot
+from ..ledger.state import StateSnapshot, batch_digest, named_state_tensors, save_snapshot, snapshot
 from ..rounding.log import StepLog, encode_step_log, step_log_path
 from ..rounding.mode import RoundingMode
 from ..rounding.precision import round_values
 from . import manifest as mf
-from .data import BatchOrder
+from .data import BatchOrder, RecordedOrder
+
+
+class StepListener:
+    """Acts on every committed step (the Merkle ledger, checkpoints, a progress bar).
+
+    A :class:`~lightning.pytorch.Callback` that also subclasses this is notified by the session,
+    in the order of ``Trainer(callbacks=...)``.
+    """
+
+    def on_step_committed(self, session: TrainingSession, record: StepRecord, state: StateSnapshot) -> None:
+        """``record`` was committed; ``state`` is the state it commits (its digest is the record's)."""
+
+    def on_session_close(self, session: TrainingSession) -> None:
+        """The run is about to write its final manifest (``session.manifest``)."""
 
 
 def _default_run_dir(trainer, marker: dict[str, Any] | None) -> Path:
@@ -53,23 +87,44 @@ def _default_run_dir(trainer, marker: dict[str, Any] | None) -> Path:
     return base / f"run_{n}"
 
 
+def _resumable(identity: dict[str, Any]) -> dict[str, Any]:
+    """The identity parts a resume must keep: optimizer groups by their keys, not their values."""
+    parts = ("strategy", "model", "data", "optimizers", "lr_schedulers", "trainer")
+    out = {k: identity.get(k) for k in parts}
+    out["optimizers"] = [{"class": o.get("class"), "groups": [sorted(g) for g in o.get("param_groups", [])]}
+                         for o in out["optimizers"] or []]
+    out["trainer"] = {"settings": (out["trainer"] or {}).get("settings")}
+    return out
+
+
+def schedulers_of(trainer) -> list[object]:
+    """The LR schedulers Lightning configured (in ``configure_optimizers`` order)."""
+    return [config.scheduler for config in trainer.lr_scheduler_configs]
+
+
 class TrainingSession:
     """The trainer's side of a run: records logs, digests and the manifest."""
 
-    def __init__(self, strategy, trainer, run: RunDirectory, batch_order: BatchOrder | None) -> None:
+    def __init__(self, strategy, trainer, run: RunDirectory, batch_order: BatchOrder | RecordedOrder | None) -> None:
         self.strategy = strategy
         self.trainer = trainer
         self.run = run
         self.batch_order = batch_order
         self.mode = RoundingMode(strategy.spec, strategy.thresholds, strategy.seed)
+        self.mode.taint.committed = lambda: named_state_tensors(self.model, self.optimizers, grads=True)
         self.manifest: dict[str, Any] = {}
         self.next_step = 0
         self._expected: list[StepRecord] = []  # committed records to re-verify after a resume
-        self._stepped = False
-        self._pending: dict[str, Any] | None = None
+        self._pending: dict[str, Any] | None = None  # the open step's batch
+        self._updates: list[int] = []  # optimizer updates of the open step, by optimizer index
+        self._hooks: list[Any] = []
+        self._closed = False
+        self.listeners: list[StepListener] = [c for c in trainer.callbacks if isinstance(c, StepListener)]
         self.last_record: StepRecord | None = None  # the step committed (or re-verified) last
+        self.last_state: StateSnapshot | None = None  # the state it commits
         self._lock: RunLock | None = None
         self._claim: dict[str, Any] | None = None  # a finished run's claims, while it is resumed
+        self._after_commit: list[Callable[[], None]] = []  # writes waiting for the open step
 
     # --- opening -----------------------------------------------------------------------------
     def _pause_metric_logging(self) -> None:
@@ -99,8 +154,22 @@ class TrainingSession:
                 setattr(module, name, previous)
         self._unpatched = {}
 
+    def _watch_updates(self) -> None:
+        """Note every optimizer update, however it is called (Lightning, manual, a closure)."""
+        for index, optimizer in enumerate(self.optimizers):
+            def noted(opt, args, kwargs, _index=index) -> None:
+                if self.in_step:
+                    self._updates.append(_index)
+
+            self._hooks.append(optimizer.register_step_post_hook(noted))
+
+    def _unwatch(self) -> None:
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks = []
+
     @classmethod
-    def open(cls, strategy, trainer, batch_order: BatchOrder | None) -> TrainingSession:
+    def open(cls, strategy, trainer, batch_order) -> TrainingSession:
         marker = getattr(strategy, "_resume_marker", None)
         path = strategy.run_dir or _default_run_dir(trainer, marker)
         session = cls(strategy, trainer, RunDirectory(path), batch_order)
@@ -115,6 +184,7 @@ class TrainingSession:
             session.release()
             raise
         session._pause_metric_logging()
+        session._watch_updates()
         return session
 
     def release(self) -> None:
@@ -131,17 +201,25 @@ class TrainingSession:
     def optimizers(self):
         return self.strategy.optimizers
 
+    @property
+    def schedulers(self) -> list[object]:
+        return schedulers_of(self.trainer)
+
     def _identity(self) -> dict[str, Any]:
+        """What a replay, a resume and a dispute must share (as it reads back from JSON)."""
         dataset = getattr(self.trainer.train_dataloader, "dataset", None)
-        return {
+        identity = {
             "strategy": self.strategy.config_json(),
-            "model": mf.model_fingerprint(self.model),
+            "model": mf.model_fingerprint(self.strategy.lightning_module),
             "data": {
                 "dataset_class": type(dataset).__qualname__ if dataset is not None else None,
                 "order": self.batch_order.to_json() if self.batch_order else None,
             },
             "optimizers": mf.optimizer_summary(self.optimizers),
+            "lr_schedulers": mf.scheduler_summary(self.trainer.lr_scheduler_configs),
+            "trainer": {"settings": mf.trainer_section(self.trainer)["settings"]},
         }
+        return json.loads(json.dumps(identity))
 
     def _start(self) -> None:
         run = self.run
@@ -185,9 +263,10 @@ class TrainingSession:
             "versions": mf.package_versions(),
             "hardware": mf.hardware(self.strategy.root_device),
             **identity,
+            "trainer": mf.trainer_section(self.trainer),  # its ``settings`` are the identity's
+            "model_class": mf.import_path(self.strategy.lightning_module),
             "hyperparameters": {
                 "module": mf.json_safe(dict(getattr(self.strategy.lightning_module, "hparams", {}))),
-                "trainer": mf.trainer_summary(self.trainer),
             },
             "initial_state": {"file": str(initial_path.relative_to(run.path)), "digest": initial_digest},
             "steps_committed": 0,
@@ -217,6 +296,7 @@ class TrainingSession:
                 "ckpt_path=...), or choose a new run_dir."
             )
         self.manifest = manifest
+        self._latest_stopping()
         self.next_step = 0
         self._expected = list(records)
 
@@ -228,26 +308,35 @@ class TrainingSession:
                 f"the checkpoint belongs to run {marker.get('run_id')}, but run_dir {run.path} holds "
                 f"run {self.manifest.get('run_id')}. HINT: pass the run_dir the checkpoint came from."
             )
-        if self.manifest.get("fingerprint") != mf.fingerprint(self._identity()):
+        # The optimizers' hyperparameter values move with the schedulers: the restored state's
+        # digest (below) checks them; here the configuration must be the committed one.
+        mine, committed = _resumable(self._identity()), _resumable(self.manifest)
+        differing = mf.differences(committed, mine)
+        if differing:
             raise RunDirectoryError(
-                f"cannot resume into {run.path}: the model, data or strategy configuration differs "
-                "from the committed run's."
+                f"cannot resume into {run.path}: the configuration differs from the committed "
+                f"run's: {'; '.join(differing)}. HINT: resume with the model, data, optimizers and "
+                "Trainer settings the run was started with."
             )
+        self._latest_stopping()
         run.repair_torn_tail()
         records = run.read_steps()
-        step = self.trainer.global_step
+        step = int(marker["step"]) if marker and "step" in marker else self.trainer.global_step
         if step > len(records):
             raise RunDirectoryError(
                 f"the checkpoint is at step {step}, but {run.path} commits only {len(records)} steps: "
                 "the steps in between were never committed and cannot be resumed over."
             )
         if step > 0:
-            digest = self.public_digest("state", step - 1, self.snapshot().digest())
-            if digest != records[step - 1].state_digest:
+            state = self.snapshot()
+            if self.public_digest("state", step - 1, state.digest()) != records[step - 1].state_digest:
                 raise RunDirectoryError(
                     f"the checkpoint's state differs from the state committed after step {step - 1} "
-                    f"in {run.path}: refusing to resume from an uncommitted state."
+                    f"in {run.path}: refusing to resume from an uncommitted state (was the "
+                    "checkpoint saved before that step's validation or scheduler update?)."
                 )
+            # the run ends here unless it trains on: the last committed step and its state
+            self.last_record, self.last_state = records[step - 1], state
         self.next_step = step
         self._expected = records[step:]
         self._mark_unfinished()
@@ -256,7 +345,13 @@ class TrainingSession:
         epoch = self.trainer.current_epoch
         done_in_epoch = sum(1 for r in records[:step] if r.epoch == epoch)
         if self.batch_order is not None and done_in_epoch:
-            self.batch_order.sampler.resume_at(epoch, done_in_epoch * self.batch_order.batch_size)
+            self.batch_order.resume_at(epoch, done_in_epoch)
+
+    def _latest_stopping(self) -> None:
+        """A resume may train longer: the stopping settings are the latest segment's."""
+        if "trainer" in self.manifest:  # (a run written before the section has none to update)
+            self.manifest["trainer"] = {**self.manifest["trainer"], **{
+                k: v for k, v in mf.trainer_section(self.trainer).items() if k != "settings"}}
 
     def _mark_unfinished(self) -> None:
         """Before a finished run continues: withdraw its final-state claim (kept to restore)."""
@@ -277,30 +372,25 @@ class TrainingSession:
     # --- per step ----------------------------------------------------------------------------
     @property
     def in_step(self) -> bool:
+        """A step is open: its batch started and the next boundary has not come yet."""
         return self.mode.in_step
 
-    @property
-    def stepped(self) -> bool:
-        return self._stepped
+    def boundary(self) -> None:
+        """A training batch is about to start: commit the open step, open the next one."""
+        if self.in_step:
+            self._finish_open_step()
+        self._updates = []
+        self._pending = None
+        self._begin_mode_step()
 
-    def mark_stepped(self) -> None:
-        self._stepped = True
+    def _begin_mode_step(self) -> None:
+        self.mode.begin_step(self.next_step)
 
-    def begin_step(self, batch: Any, batch_idx: int) -> None:
-        if self.mode.in_step:  # the previous batch made no optimizer step
-            raise RuntimeError(
-                f"training batch {self._pending['batch_idx'] if self._pending else '?'} ended without "
-                "an optimizer step; VerifiableStrategy commits one optimizer update per batch."
-            )
-        step = self.next_step
-        if self.trainer.global_step != step:
-            raise RuntimeError(
-                f"Trainer.global_step is {self.trainer.global_step} at committed step {step}: each "
-                "training batch must make exactly one optimizer step (one optimizer, no skipped "
-                "steps) under VerifiableStrategy."
-            )
+    def begin_batch(self, batch: Any, batch_idx: int) -> None:
+        """The strategy's ``on_train_batch_start`` (after every other hook): note the batch."""
+        if not self.in_step or self._pending is not None:  # no boundary callback ran: be one
+            self.boundary()
         self._prepare_step(batch, batch_idx)
-        self.mode.begin_step(step)
 
     def _prepare_step(self, batch: Any, batch_idx: int) -> None:
         """What the step record says about the batch: epoch, position, indices, digest."""
@@ -310,40 +400,88 @@ class TrainingSession:
             "batch_idx": batch_idx,
             "batch_indices": self.batch_order.indices(epoch, batch_idx) if self.batch_order else None,
             "batch_digest": self.public_digest("batch", self.next_step, batch_digest(batch)),
+            "global_step": self.trainer.global_step,
         }
-        self._stepped = False
 
-    def finish_step(self) -> None:
-        self.mode.round_named(named_state_tensors(self.model, self.optimizers))
+    def end_of_training(self) -> None:
+        """Training ended (the first ``on_train_end`` hook): commit the open step."""
+        if self.in_step and self._pending is not None:
+            self._finish_open_step()
+        elif self.in_step:
+            self.mode.end_step_discard()
+
+    def _grads_live(self) -> bool:
+        """Are the gradients part of the state at this boundary?
+
+        Under automatic optimization Lightning zeroes them before the next backward pass unless the
+        batch only accumulated them; under manual optimization the user decides, so every
+        gradient that is set counts.
+        """
+        if not self.strategy.lightning_module.automatic_optimization:
+            return True
+        return not self._updates
+
+    def _finish_open_step(self) -> None:
+        grads = self._grads_live()
+        self.mode.round_named(named_state_tensors(self.model, self.optimizers, grads=grads))
         log, _ = self.mode.end_step()
-        self._commit_step(log)
+        self._commit_step(log, grads=grads)
 
-    def _commit_step(self, log: StepLog, extra: dict[str, Any] | None = None) -> StepRecord:
-        """Write the step's log and record (in that order); returns the record."""
+    def _commit_step(self, log: StepLog, extra: dict[str, Any] | None = None, grads: bool = False) -> StepRecord:
+        """Write the step's log and record (in that order), tell the listeners; returns the record."""
         step = self.next_step
         data = encode_step_log(log)
         log_path = step_log_path(self.run.rounding_dir, step)
         pending = self._pending or {}
+        state = self.snapshot(grads=grads)
         record = StepRecord(
             step=step,
             epoch=pending.get("epoch", -1),
             batch_idx=pending.get("batch_idx", -1),
             batch_indices=pending.get("batch_indices"),
             batch_digest=pending.get("batch_digest", ""),
-            state_digest=self.public_digest("state", step, self.snapshot().digest()),
+            state_digest=self.public_digest("state", step, state.digest()),
             log_file=str(log_path.relative_to(self.run.path)),
             log_sha256=hashlib.sha256(data).hexdigest(),
             log_bytes=len(data),
             logged_elements=log.logged_elements,
             rounded_elements=log.elements_rounded,
+            updates=list(self._updates),
+            global_step=pending.get("global_step"),
             extra=extra or {},
         )
         self._commit(record, log_path, data)
-        self.last_record = record
-        self.next_step = step + 1
-        self._stepped = False
-        self._pending = None
+        self._committed(record, state)
         return record
+
+    def _committed(self, record: StepRecord, state: StateSnapshot) -> None:
+        self.last_record, self.last_state = record, state
+        self.next_step = record.step + 1
+        self._pending = None
+        self._updates = []
+        for listener in self.listeners:
+            listener.on_step_committed(self, record, state)
+        waiting, self._after_commit = self._after_commit, []
+        for write in waiting:
+            write()
+
+    @property
+    def step_open(self) -> bool:
+        """A training batch ran and its step is not committed yet (it ends at the next boundary)."""
+        return self.in_step and self._pending is not None
+
+    def after_commit(self, write: Callable[[], None]) -> None:
+        """Run ``write`` once the open step is committed (at once when none is open).
+
+        A Lightning checkpoint saved inside a step (after its batch, before the scheduler steps
+        and validation that end it) counts that step; it is written only after the step's record,
+        ledger leaf and state file, so a kill in between never leaves a checkpoint that is ahead of
+        what the run committed. An aborted step drops its writes.
+        """
+        if self.step_open:
+            self._after_commit.append(write)
+        else:
+            write()
 
     def _commit(self, record: StepRecord, log_path: Path, data: bytes) -> None:
         if self._expected:
@@ -368,46 +506,65 @@ class TrainingSession:
         """
         return digest
 
-    def snapshot(self):
-        """The current canonical state (model + optimizers), as committed after a step."""
-        return snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype)
+    def snapshot(self, grads: bool = False) -> StateSnapshot:
+        """The current canonical state (model, optimizers, LR schedulers; live gradients)."""
+        return snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype,
+                        schedulers=self.schedulers, grads=grads)
 
     # --- closing -----------------------------------------------------------------------------
     def close(self) -> None:
-        """Write the run's claims (step count, final state) and give back the writer lock."""
-        self._restore_metric_logging()
-        if self.mode.in_step:
-            self.mode.end_step_discard()
-            self._pending = None
-        if self._expected:
-            # stopped before re-verifying every committed step: the earlier claim still holds
-            # (or, for a run never finished, there is still no end to claim)
-            final = (self._claim or {}).get("final_state_digest")
-        else:
-            final = self.public_digest("state", self.next_step - 1, self.snapshot().digest())
-        self.manifest.update(
-            steps_committed=self.next_step + len(self._expected),
-            final_state_digest=final,
-            updated=mf.now_utc(),
-            lightning_zk_version=lightning_zk.__version__,
-        )
+        """Commit the open step, write the run's claims (step count, final state) and give back
+        the writer lock (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
         try:
+            self.end_of_training()
+            self._release()
+            if self._expected:
+                # stopped before re-verifying every committed step: the earlier claim still holds
+                # (or, for a run never finished, there is still no end to claim)
+                final = (self._claim or {}).get("final_state_digest")
+            else:  # the state the last step committed (at the end of training)
+                final = self.last_record.state_digest if self.last_record else \
+                    self.manifest["initial_state"]["digest"]
+            self.manifest.update(
+                steps_committed=self.next_step + len(self._expected),
+                final_state_digest=final,
+                updated=mf.now_utc(),
+                lightning_zk_version=lightning_zk.__version__,
+            )
+            for listener in self.listeners:
+                listener.on_session_close(self)
             self.run.write_manifest(self.manifest)
         finally:
+            self._release()
             self.release()
+
+    def _release(self) -> None:
+        self._restore_metric_logging()
+        self._unwatch()
 
     def abort(self) -> None:
         """Drop an unfinished step (nothing of it was committed); give back the writer lock."""
-        self._restore_metric_logging()
+        if self._closed:
+            return
+        self._release()
         if self.mode.in_step:
             self.mode.end_step_discard()
         self._pending = None
-        self._stepped = False
+        self._after_commit = []  # the step was never committed: neither are its checkpoints
         self.release()
 
     def checkpoint_marker(self) -> dict[str, Any]:
+        """Which committed state a Lightning checkpoint saved now holds: ``step`` steps' worth.
+
+        Lightning saves after a batch (``on_train_batch_end``, after validation, at epoch end), so
+        an open step counts: its state is committed at the next boundary, and the checkpoint is
+        written then (:meth:`after_commit`).
+        """
         return {
             "run_id": self.manifest.get("run_id"),
             "run_dir": str(self.run.path.resolve()),
-            "step": self.next_step,
+            "step": self.next_step + (1 if self.step_open else 0),
         }

@@ -10,7 +10,9 @@ The strategy is a :class:`~lightning.pytorch.strategies.SingleDeviceStrategy` th
 - owns the run directory (:mod:`lightning_zk.ledger.rundir`): manifest, initial state, one step
   record (batch, state and log digests) and one rounding log per step.
 
-The heavy lifting per step lives in :class:`~lightning_zk.strategies.session.TrainingSession`.
+The heavy lifting per step lives in :class:`~lightning_zk.strategies.session.TrainingSession`
+(which also says what a committed step is); the step boundary is a callback the strategy puts
+first in the Trainer's callbacks (:mod:`.boundary`).
 """
 
 from __future__ import annotations
@@ -21,18 +23,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from lightning.fabric.utilities.apply_func import apply_to_collection
 from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from lightning.pytorch.strategies import SingleDeviceStrategy, StrategyRegistry
-from lightning.pytorch.trainer.states import RunningStage
+from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from ..fixed import FixedPointConfig
 from ..ledger.rundir import RunDirectory, RunDirectoryError
 from ..rounding.precision import GridSpec, PrecisionError
 from ..rounding.threshold import ThresholdPolicy
+from .boundary import StepBoundary
 from .data import make_deterministic
 from .determinism import DeterministicFlags
 from .fixed import FixedPointSession
-from .precision import VerifiablePrecision, check_user_precision
+from .precision import (
+    VerifiablePrecision,
+    check_trainer_settings,
+    check_user_precision,
+    committed_precision,
+)
 from .session import TrainingSession
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "64": torch.float64, "32": torch.float32}
@@ -87,10 +96,16 @@ class VerifiableStrategy(SingleDeviceStrategy):
         save_tapes: spill each step's witness tape to ``RUN/tapes/`` (``mode="fixed"``), for
             ``lightning-zk prove RUN``.
 
+    Every training batch becomes one committed step, with all its optimizer updates (manual
+    optimization, several optimizers), the scheduler steps and validation that follow it (see
+    :mod:`lightning_zk.strategies.session`); the Trainer settings that shape the run are recorded
+    for the replay. After ``fit`` the module is float32: the committed precision.
+
     Raises:
         PrecisionError: unsupported ``compute_dtype``/``mantissa_bits`` combination.
         ThresholdError: τ outside [0, 0.5].
-        ValueError: a conflicting ``Trainer(precision=...)`` or other unsupported Trainer setting.
+        ValueError: a conflicting ``Trainer(precision=...)``, a wall-clock ``val_check_interval``,
+            or accumulation in fixed-point mode.
         RunDirectoryError: an unwritable run directory, or one that belongs to another run.
 
     Example::
@@ -134,9 +149,10 @@ class VerifiableStrategy(SingleDeviceStrategy):
         self.session: TrainingSession | None = None
         self.replay_source: RunDirectory | None = None  # set by lightning_zk.audit.replay
         self.replay_start = None  # ReplayStart: where a replay begins (default: step 0)
+        self.replay_stop: int | None = None  # the replay ends before this step (default: all)
         self._flags = DeterministicFlags()
-        self._scope_depth = 0
         self._batch_order = None
+        self._user_precision = None
 
     @classmethod
     def from_manifest(
@@ -190,11 +206,16 @@ class VerifiableStrategy(SingleDeviceStrategy):
         }
 
     def setup_environment(self) -> None:
+        if self._user_precision is None:
+            self._user_precision = self.precision_plugin
+        fitting = self._fitting()
         if self.mode == "fixed":  # the torch module only mirrors the integer weights in float32
-            check_user_precision(self.precision_plugin, torch.float32)
+            check_user_precision(self._user_precision, torch.float32)
         else:
-            check_user_precision(self.precision_plugin, self.spec.compute_dtype)
-            self.precision_plugin = VerifiablePrecision(self.spec.compute_dtype)
+            check_user_precision(self._user_precision, self.spec.compute_dtype)
+            # Fit computes in the compute dtype; validate/test/predict use the committed float32 model.
+            self.precision_plugin = VerifiablePrecision(self.spec.compute_dtype) if fitting \
+                else self._user_precision
         if not self._explicit_device:
             if isinstance(self.accelerator, CUDAAccelerator):
                 self._root_device = torch.device("cuda", torch.cuda.current_device())
@@ -203,23 +224,33 @@ class VerifiableStrategy(SingleDeviceStrategy):
                     f"VerifiableStrategy does not support accelerator "
                     f"{type(self.accelerator).__name__}: it needs float64 arithmetic (CPU or CUDA)."
                 )
-        self._flags.enable()
+        if fitting:
+            self._flags.enable()
         super().setup_environment()
+
+    def _fitting(self) -> bool:
+        module = self.lightning_module
+        trainer = getattr(module, "_trainer", None) if module is not None else None
+        return trainer is not None and trainer.state.fn == TrainerFn.FITTING
 
     def setup(self, trainer) -> None:
         super().setup(trainer)
-        if trainer.accumulate_grad_batches != 1:
-            raise ValueError(
-                f"`Trainer(accumulate_grad_batches={trainer.accumulate_grad_batches})` is not "
-                "supported by VerifiableStrategy: every committed step must be one optimizer "
-                "update. HINT: raise the batch size instead."
-            )
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        check_trainer_settings(trainer, self.mode)
+        StepBoundary.install(trainer, self)
+        if self.replay_source is not None and self.replay_start is not None and self.replay_start.step:
+            from .replay import restart_loops
+
+            restart_loops(trainer, self.replay_start)
 
     def process_dataloader(self, dataloader: object) -> object:
         trainer = self.lightning_module.trainer if self.lightning_module is not None else None
         if trainer is None or trainer.state.stage != RunningStage.TRAINING:
             return dataloader
-        dataloader, self._batch_order = make_deterministic(dataloader, self.seed)
+        records = self.replay_source.read_steps() if self.replay_source is not None else None
+        dataloader, self._batch_order = make_deterministic(
+            dataloader, self.seed, records, epoch=lambda: trainer.current_epoch)
         return dataloader
 
     # --- training lifecycle ------------------------------------------------------------------
@@ -245,23 +276,17 @@ class VerifiableStrategy(SingleDeviceStrategy):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         super().on_train_batch_start(batch, batch_idx)
         if self.session is not None:
-            self.session.begin_step(batch, batch_idx)
+            self.session.begin_batch(batch, batch_idx)
 
     @contextmanager
     def _intercepted(self) -> Generator[None, None, None]:
-        """Run a training-step scope under the rounding mode; close the step when it ends."""
+        """Run a scope of the open step (training, backward, update, validation) under the mode."""
         session = self.session
         if session is None or not session.in_step:
             yield
             return
-        self._scope_depth += 1
-        try:
-            with session.mode.active():
-                yield
-        finally:
-            self._scope_depth -= 1
-        if self._scope_depth == 0 and session.stepped:
-            session.finish_step()
+        with session.mode.active():
+            yield
 
     def training_step(self, *args: Any, **kwargs: Any):
         if self._fixed_step_open():
@@ -270,6 +295,11 @@ class VerifiableStrategy(SingleDeviceStrategy):
             return loss
         with self._intercepted():
             return super().training_step(*args, **kwargs)
+
+    def validation_step(self, *args: Any, **kwargs: Any):
+        # Validation during fit belongs to the open step: its metrics can steer the run.
+        with self._intercepted():
+            return super().validation_step(*args, **kwargs)
 
     def backward(self, closure_loss, optimizer, *args: Any, **kwargs: Any):
         if self._fixed_step_open():
@@ -283,10 +313,7 @@ class VerifiableStrategy(SingleDeviceStrategy):
             self.session.finish_step()
             return None
         with self._intercepted():
-            out = super().optimizer_step(optimizer, closure, model, **kwargs)
-            if self.session is not None and self.session.in_step:
-                self.session.mark_stepped()
-        return out
+            return super().optimizer_step(optimizer, closure, model, **kwargs)
 
     def _fixed_step_open(self) -> bool:
         return self.mode == "fixed" and self.session is not None and self.session.in_step
@@ -302,16 +329,32 @@ class VerifiableStrategy(SingleDeviceStrategy):
         super().on_exception(exception)
 
     def teardown(self) -> None:
+        trainer = getattr(self.lightning_module, "_trainer", None)
+        fitted = self.mode == "rounded" and self._fitting()
+        StepBoundary.remove(trainer)
         self._flags.restore()
         if self.session is not None:  # normally released by close/abort already
             self.session.release()
         super().teardown()
+        if fitted and self.lightning_module is not None:
+            # Give the user the committed model: float32 holds every grid value exactly.
+            self.lightning_module.to(dtype=self.spec.committed_dtype)
 
     # --- checkpoints carry the run's identity ------------------------------------------------
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath, storage_options=None) -> None:
-        if self.session is not None:
-            checkpoint["lightning_zk"] = self.session.checkpoint_marker()
-        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+        session = self.session
+        if session is not None:
+            checkpoint["lightning_zk"] = session.checkpoint_marker()
+        if self.mode == "rounded":
+            checkpoint = committed_precision(checkpoint, self.spec)
+        if session is None or not session.step_open:
+            super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+            return
+        # Saved inside an open step: written once the step is committed (kill safety, see
+        # TrainingSession.after_commit), with the tensors as they are now.
+        frozen = apply_to_collection(checkpoint, torch.Tensor, lambda t: t.detach().clone())
+        save = super().save_checkpoint
+        session.after_commit(lambda: save(frozen, filepath, storage_options=storage_options))
 
     def load_checkpoint(self, checkpoint_path, weights_only=None) -> dict[str, Any]:
         checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)

@@ -58,7 +58,8 @@ def _trainer_run(path, attack=None):
     if attack:
         callbacks.append(_Attack(attack))
     with NondeterminismEmulator(ulps=8, seed=1):
-        L.Trainer(strategy=VerifiableStrategy(run_dir=path), max_steps=T, callbacks=callbacks,
+        # τ = 2^-10 ulp: forward ops get logged entries too (for the rewritten-log attack)
+        L.Trainer(strategy=VerifiableStrategy(run_dir=path, threshold=2**-10), max_steps=T, callbacks=callbacks,
                   **trainer_kwargs()).fit(make_model("mlp"), train_dataloaders=loader("mlp"))
 
 
@@ -186,3 +187,74 @@ def test_run_without_ledger(honest, tmp_path):
               **trainer_kwargs()).fit(make_model("mlp"), train_dataloaders=loader("mlp"))
     with pytest.raises(DisputeError, match="publishes no ledger root"):
         _dispute(tmp_path / "plain", honest / "audit")
+
+
+# --- the referee restarts mid-run: Lightning's counters, schedulers, several updates per step -----
+@pytest.mark.parametrize("name,every", [("transformer_warmup", 2), ("gan_two_optimizers", 2),
+                                        ("accumulate_clip", 1)])
+def test_referee_restarts_projects_mid_run(tmp_path, name, every):
+    """A warm-up that reads trainer.global_step, a GAN with two updates per step, and a restart in
+    the middle of an accumulation window (live gradients in the checkpoint): the referee restarts
+    from the checkpoint before the disputed step with Lightning's counters as they were, so an
+    honest trainer is upheld against a lying auditor."""
+    import importlib
+
+    mod = importlib.import_module(f"tests.corpus.{name}")
+
+    def build():
+        L.seed_everything(0, verbose=False)
+        return mod.Model(**mod.MODEL_ARGS), mod.Data(**mod.DATA_ARGS)
+
+    model, data = build()
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"),
+              callbacks=[CommitCallback(checkpoint_every_n_steps=every)],
+              **trainer_kwargs(**mod.TRAINER)).fit(model, datamodule=data)
+    model, data = build()
+    # The lying auditor keeps no intermediate checkpoints: one holding the true state after step 3
+    # would contradict its lie, and the claims check would refuse its run before the game.
+    assert replay(tmp_path / "run", model, datamodule=data, audit_dir=tmp_path / "audit", progress=False,
+                  callbacks=[CommitCallback(checkpoint_every_n_steps=None)]).ok
+    audit = RunDirectory(tmp_path / "audit")
+    lines = audit.steps_path.read_text().splitlines()
+    record = json.loads(lines[3])
+    record["state_digest"] = "0" * 64
+    lines[3] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+    audit.steps_path.write_text("\n".join(lines) + "\n")
+    _rebuild_ledger(audit)
+    model, data = build()
+    verdict = dispute(tmp_path / "run", tmp_path / "audit", model, datamodule=data)
+    assert verdict.first_disputed_step == 3 and verdict.honest == "trainer", verdict.evidence
+    assert verdict.evidence["referee"]["from_step"] == (3 if every == 1 else 2)
+
+
+def test_referee_refuses_when_it_cannot_reproduce_an_agreed_step(tmp_path):
+    """The step counter a referee restarts from is the trainer's record (not part of the leaf):
+    a wrong one makes the agreed steps irreproducible, and the referee gives no verdict."""
+    import importlib
+
+    mod = importlib.import_module("tests.corpus.transformer_warmup")
+
+    def build():
+        L.seed_everything(0, verbose=False)
+        return mod.Model(**mod.MODEL_ARGS), mod.Data(**mod.DATA_ARGS)
+
+    model, data = build()
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"),
+              callbacks=[CommitCallback(checkpoint_every_n_steps=2)],
+              **trainer_kwargs(**mod.TRAINER)).fit(model, datamodule=data)
+    model, data = build()
+    # as above: the lying auditor keeps no checkpoint that would contradict its lie
+    replay(tmp_path / "run", model, datamodule=data, audit_dir=tmp_path / "audit", progress=False,
+           callbacks=[CommitCallback(checkpoint_every_n_steps=None)])
+    for run, step, field, value in ((tmp_path / "audit", 3, "state_digest", "0" * 64),
+                                    (tmp_path / "run", 2, "global_step", 0)):
+        run = RunDirectory(run)
+        lines = run.steps_path.read_text().splitlines()
+        record = json.loads(lines[step])
+        record[field] = value
+        lines[step] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        run.steps_path.write_text("\n".join(lines) + "\n")
+    _rebuild_ledger(RunDirectory(tmp_path / "audit"))
+    model, data = build()
+    with pytest.raises(DisputeError, match="could not reproduce agreed step 2"):
+        dispute(tmp_path / "run", tmp_path / "audit", model, datamodule=data)

@@ -116,6 +116,43 @@ def test_auditor_config_replaces_the_runs(honest, tmp_path, capsys):
     assert not marker.exists()
 
 
+EVIL_CLASSES = {
+    "optimizer": "import torch\n\n\nclass EvilSGD(torch.optim.SGD):\n    pass\n",
+    "lr_scheduler": "import torch\n\n\nclass EvilStepLR(torch.optim.lr_scheduler.StepLR):\n    pass\n",
+}
+EVIL_SECTIONS = {
+    "optimizer": {"class_path": "evil_opt.EvilSGD", "init_args": {"lr": 0.05}},
+    "lr_scheduler": {"class_path": "evil_opt.EvilStepLR", "init_args": {"step_size": 2}},
+}
+
+
+@pytest.mark.parametrize("section", ["optimizer", "lr_scheduler"])
+def test_optimizer_and_scheduler_sections_are_guarded_too(honest, tmp_path, capsys, section):
+    """LightningCLI builds the optimizer and LR scheduler sections as `fit` did: their class paths
+    never import code shipped in the run either."""
+    run, marker = Path(shutil.copytree(honest, tmp_path / "run")), tmp_path / "marker"
+    head = EVIL.split("from examples")[0].format(marker=str(marker))
+    (run / "evil_opt.py").write_text(head + EVIL_CLASSES[section])
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    if section == "lr_scheduler":
+        config["optimizer"] = {"class_path": "torch.optim.SGD", "init_args": {"lr": 0.05}}
+    config[section] = EVIL_SECTIONS[section]
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, text = _audit(capsys, run, "--report", tmp_path / "r.json", cwd=run)
+    assert code == 2 and "UntrustedCodeError" in text and "evil_opt" in text, text
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("seed", ["/etc/passwd", [1], 2**40, -1])
+def test_config_seed_must_be_a_seed(honest, tmp_path, capsys, seed):
+    run = Path(shutil.copytree(honest, tmp_path / "run"))
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["seed_everything"] = seed
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    code, text = _audit(capsys, run, "--report", tmp_path / "r.json")
+    assert code == 2 and "ConfigError" in text and "seed_everything" in text, text
+
+
 def test_nested_class_paths_are_resolved_under_the_guard(tmp_path):
     marker = tmp_path / "marker"
     (tmp_path / "nested_evil.py").write_text(EVIL.format(marker=str(marker)))
@@ -131,11 +168,12 @@ def test_nested_class_paths_are_resolved_under_the_guard(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("name", ["model", "optimizer", "lr_scheduler"])
 @pytest.mark.parametrize("section", ["/etc/passwd", "../other/config.yaml", 5])
-def test_config_sections_that_name_files(honest, tmp_path, capsys, section):
+def test_config_sections_that_name_files(honest, tmp_path, capsys, section, name):
     run = Path(shutil.copytree(honest, tmp_path / "run"))
     config = yaml.safe_load((run / "config.yaml").read_text())
-    config["model"] = section
+    config[name] = section
     (run / "config.yaml").write_text(yaml.safe_dump(config))
     code, text = _audit(capsys, run, "--report", tmp_path / "r.json")
     assert code == 2 and "ConfigError" in text, text

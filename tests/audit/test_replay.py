@@ -99,9 +99,12 @@ def test_dishonest_trainer_caught_at_the_step(tmp_path, action):
 
 
 def _flip_one_entry(run, step):
+    """Flip the logged directions of the step's earliest logged op: a change that propagates
+    through the rest of the step (a flip whose rounding no later value depends on would be a
+    harmless rewrite, and the replay rightly accepts it)."""
     path = run.path / run.read_steps()[step].log_file
     log = read_step_log(path)
-    entry = log.entries[len(log.entries) // 2]
+    entry = min(log.entries, key=lambda e: e.op_seq)
     flipped = dataclasses.replace(entry, away=~entry.away)
     entries = [flipped if e is entry else e for e in log.entries]
     data = encode_step_log(StepLog(log.step, entries, log.ops_rounded, log.elements_rounded))
@@ -242,3 +245,55 @@ def test_run_without_steps(honest_run):
         replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))
     with pytest.raises(AuditInputError, match="commits no steps"):
         replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"), prefix=True)
+
+
+def test_model_difference_names_the_exact_field(honest_run):
+    with pytest.raises(AuditConfigError, match=r'model.state_entries.net.0.weight: committed \[\[32, 16\], "float64"\], '
+                                               r'replay \[\[24, 16\], "float64"\]'):
+        replay(honest_run.path, MLP(width=24), train_dataloaders=loader("mlp"))
+    with pytest.raises(AuditConfigError, match=r"model.structure.net.2: committed .*p=0.1.*replay .*p=0.3"):
+        replay(honest_run.path, MLP(dropout=0.3), train_dataloaders=loader("mlp"))
+
+
+def test_replay_of_a_run_that_validated_needs_its_validation_data(tmp_path):
+    class Validated(MLP):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self.loss(batch))
+
+    L.seed_everything(0, verbose=False)
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=3,
+              **trainer_kwargs(val_check_interval=2)).fit(
+        Validated(), train_dataloaders=loader("mlp"), val_dataloaders=loader("mlp", shuffle=False))
+    with pytest.raises(AuditConfigError, match=r"trainer.settings.validation: committed true, replay false.*HINT.*val_dataloaders"):
+        replay(tmp_path / "run", Validated(), train_dataloaders=loader("mlp"), progress=False)
+    report = replay(tmp_path / "run", Validated(), train_dataloaders=loader("mlp"),
+                    val_dataloaders=loader("mlp", shuffle=False), progress=False)
+    assert report.ok, report.summary()
+
+
+def test_progress_bar_shows_steps_and_corrections(honest_run, capsys):
+    with NondeterminismEmulator(ulps=8, seed=2):
+        replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"), progress=True)
+    err = capsys.readouterr().err
+    assert "replay" in err and "6/6" in err and "corrections=" in err
+    replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"))  # not a terminal
+    assert "corrections=" not in capsys.readouterr().err
+
+
+def test_a_wall_clock_limit_cannot_apply_to_a_replay(honest_run):
+    with pytest.raises(AuditConfigError, match=r"max_time=.*HINT: use stop="):
+        replay(honest_run.path, make_model("mlp"), train_dataloaders=loader("mlp"), max_time="00:00:01:00")
+
+
+def test_resume_with_another_setting_names_it(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+    L.seed_everything(0, verbose=False)
+    L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=4, callbacks=[ckpt],
+              **trainer_kwargs(enable_checkpointing=True)).fit(make_model("mlp"), train_dataloaders=loader("mlp"))
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=6,
+                        **trainer_kwargs(gradient_clip_val=0.5))
+    with pytest.raises(RunDirectoryError, match=r"trainer.settings.gradient_clip_val: committed null, replay 0.5"):
+        trainer.fit(make_model("mlp"), train_dataloaders=loader("mlp"),
+                    ckpt_path=tmp_path / "ckpt" / "epoch=0-step=2.ckpt")

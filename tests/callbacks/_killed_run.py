@@ -20,15 +20,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from lightning_zk import VerifiableStrategy  # noqa: E402
 from lightning_zk.callbacks import CommitCallback  # noqa: E402
+from lightning_zk.strategies.session import StepListener  # noqa: E402
 from tests.models import loader, make_model, trainer_kwargs  # noqa: E402
 
 
-class KillAt(L.Callback):
+class KillAt(L.Callback, StepListener):
+    """Killed when ``step`` is committed: before or after CommitCallback's leaf (callback order)."""
+
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if trainer.strategy.session.last_record.step == self.step:
+    def on_step_committed(self, session, record, state) -> None:
+        if record.step == self.step:
             os.kill(os.getpid(), signal.SIGKILL)
 
 

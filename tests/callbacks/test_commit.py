@@ -14,6 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from lightning_zk import RunDirectory, VerifiableStrategy
@@ -28,6 +29,7 @@ from lightning_zk.ledger.merkle import (
     leaf_hash,
 )
 from lightning_zk.ledger.state import load_snapshot
+from lightning_zk.strategies.session import StepListener
 from tests.models import loader, make_model, trainer_kwargs
 
 STEPS = 14
@@ -39,14 +41,15 @@ class _Crash(RuntimeError):
     pass
 
 
-class CrashAt(L.Callback):
-    """Raise in on_train_batch_end of ``step``: after its record, before CommitCallback's leaf."""
+class CrashAt(L.Callback, StepListener):
+    """Raise when ``step`` is committed: after its record, before CommitCallback's leaf when it
+    is listed before CommitCallback (listeners are told in the order of the callbacks)."""
 
     def __init__(self, step: int) -> None:
         self.step = step
 
-    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        if trainer.strategy.session.last_record.step == self.step:
+    def on_step_committed(self, session, record, state):
+        if record.step == self.step:
             raise _Crash(f"crash at step {self.step}")
 
 
@@ -130,16 +133,22 @@ def test_requires_verifiable_strategy(tmp_path):
         trainer.fit(make_model("mlp"), train_dataloaders=loader("mlp"))
 
 
-def test_state_changed_after_commit_is_not_checkpointed(tmp_path):
+def test_state_changed_after_the_batch_belongs_to_its_step(tmp_path):
+    """on_train_batch_end runs before the step boundary: its change is committed with the step."""
     class Meddle(L.Callback):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             pl_module.net[0].bias.data += 1.0
 
-    from lightning_zk.callbacks import CheckpointError
-
-    with pytest.raises(CheckpointError, match="after step 3"):
-        fit(tmp_path / "run", callbacks=[Meddle()], commit_first=False)
-    assert checkpoint_steps(tmp_path / "run") == [0]
+    model = make_model("mlp")
+    fit(tmp_path / "run", steps=6, callbacks=[Meddle()], model=model, commit_first=False)
+    run = RunDirectory(tmp_path / "run")
+    records = run.read_steps()
+    assert checkpoint_steps(tmp_path / "run") == [0, 4, 6]
+    for n in (4, 6):
+        assert load_snapshot(run.checkpoint_path(n)).digest() == records[n - 1].state_digest
+    assert run.read_manifest()["final_state_digest"] == records[-1].state_digest
+    final = load_snapshot(run.checkpoint_path(6)).tensors["model/net.0.bias"]
+    assert torch.equal(final, model.net[0].bias.detach())  # the committed state is the user's model
 
 
 # --- resume ---------------------------------------------------------------------------------------

@@ -130,6 +130,27 @@ def test_missing_loss_attribute(tmp_path):
         _fit(tmp_path / "run", model=model)
 
 
+def test_a_batch_sampler_without_a_fixed_batch_size_is_refused(tmp_path):
+    """A proof chain has one public batch size: a custom batch sampler (its order recorded) has
+    none to declare, so fixed-point mode refuses it before writing anything."""
+    from torch.utils.data import DataLoader, Sampler
+
+    class Halves(Sampler):
+        def __iter__(self):
+            return iter([[0, 1, 2, 3], [4, 5, 6, 7]])
+
+        def __len__(self):
+            return 2
+
+    data = regression_data(8)
+    batches = Halves()
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
+                        max_steps=2, **trainer_kwargs())
+    with pytest.raises(UnsupportedModelError, match="batch_size"):
+        trainer.fit(make_regressor(), train_dataloaders=DataLoader(data, batch_sampler=batches))
+    assert not RunDirectory(tmp_path / "run").exists()
+
+
 def test_bad_mode_and_frac_bits():
     with pytest.raises(ValueError, match="mode='exact'"):
         VerifiableStrategy(mode="exact")

@@ -48,10 +48,19 @@ MANIFEST_EDITS = [
     ("strategy.mode", "magic"), ("steps_committed", -1), ("steps_committed", 2**70),
     ("steps_committed", True), ("final_state_digest", "zz"), ("initial_state.file", "../x"),
     ("initial_state.file", "/etc/passwd"), ("run_id", 5), ("model.parameters", -3),
-    ("hyperparameters.trainer.gradient_clip_val", -1.0),
-    ("hyperparameters.trainer.gradient_clip_algorithm", "max"), ("format_version", 1.0),
+    ("trainer.settings.gradient_clip_val", -1.0),
+    ("trainer.settings.gradient_clip_algorithm", "max"), ("format_version", 1.0),
     ("data.order.batch_size", 0), ("optimizers", {}), ("fingerprint", "0" * 64),
     ("surprise", 1),
+    # the sections of issue 13: the Trainer settings a replay applies, schedulers, model, order
+    ("trainer.settings.accumulate_grad_batches", 0), ("trainer.settings.limit_train_batches", "all"),
+    ("trainer.settings.val_check_interval", True), ("trainer.settings.surprise", 1),
+    ("trainer.settings.validation", None), ("trainer.stopping.max_steps", "10"),
+    ("trainer.stopping.max_epochs", 1.5), ("trainer.stopping.surprise", 1), ("trainer.callbacks", "x"),
+    ("trainer.surprise", {}), ("lr_schedulers", {}), ("lr_schedulers", [{"class": "StepLR"}]),
+    ("model.structure", []), ("model.automatic_optimization", "yes"), ("model.hyperparameters", 1),
+    ("model.surprise", 1), ("model_class", 5), ("data.order.kind", "random"),
+    ("data.order.sampler", "MySampler"), ("data.order.surprise", 1),
 ]
 
 
@@ -104,6 +113,7 @@ RECORD_EDITS = [
     ("state_digest", "A" * 64), ("logged_elements", -1), ("extra", []),
     ("extra", {"tape": "/etc/passwd", "tape_sha256": "0" * 64}), ("extra", {"tape": "tapes/step-00000000.npz"}),
     ("extra", {"loss": "high"}), ("unknown", 1),
+    ("updates", [-1]), ("updates", [2048]), ("updates", "0"), ("global_step", -1), ("global_step", 1.5),
 ]
 
 
@@ -134,7 +144,7 @@ def test_record_raw_text_is_parsed_strictly(run):
 def test_free_form_sections_accept_extra_keys(run):
     manifest = json.loads(run.manifest_path.read_text())
     manifest["hyperparameters"]["module"]["anything"] = {"nested": [1, 2.5, None]}
-    manifest["hyperparameters"]["trainer"]["new_setting"] = "ok"
+    manifest["hyperparameters"]["trainer"] = {"new_setting": "ok"}  # as runs before issue 13 wrote
     manifest["hardware"]["gpu"] = "imaginary"
     run.manifest_path.write_text(json.dumps(manifest))
     run.read_manifest()
@@ -155,6 +165,31 @@ def test_free_form_depth_is_bounded(run):
     run.manifest_path.write_text(json.dumps(manifest))
     with pytest.raises(SchemaError, match="nested deeper"):
         run.read_manifest()
+
+
+def test_identity_is_what_the_fingerprint_hashes(run):
+    """A new run's fingerprint is the hash of exactly the identity parts; the latest stopping
+    settings and the informational callbacks are not identity (a resume may change them)."""
+    manifest = json.loads(run.manifest_path.read_text())
+    assert set(schema.IDENTITY_PARTS) <= set(manifest)
+    assert manifest["fingerprint"] == schema.run_fingerprint(schema.identity(manifest))
+    manifest["trainer"]["stopping"]["max_steps"] = 1000
+    manifest["trainer"]["callbacks"].append("Anything")
+    run.manifest_path.write_text(json.dumps(manifest))
+    run.read_manifest()
+    manifest["trainer"]["settings"]["accumulate_grad_batches"] = 2
+    run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(SchemaError, match="fingerprint"):
+        run.read_manifest()
+
+
+def test_trainer_settings_match_the_schema():
+    """The schema declares exactly the settings the session records and the replay applies."""
+    from lightning_zk.strategies.manifest import SHAPING_SETTINGS, STOPPING_SETTINGS
+
+    trainer = schema.TRAINER.fields
+    assert set(trainer["settings"].fields) == {*SHAPING_SETTINGS, "validation"}
+    assert set(trainer["stopping"].fields) == {*STOPPING_SETTINGS, "max_time"}
 
 
 def test_record_fields_match_the_schema():

@@ -100,3 +100,70 @@ def test_batch_digest():
     assert batch_digest(a) != batch_digest((a[0] + 1, a[1]))
     assert batch_digest(a) != batch_digest((a[0].double(), a[1]))
     assert batch_digest({"x": a[0]}) != batch_digest({"y": a[0]})
+
+
+def _schedulers(opt):
+    sched = torch.optim.lr_scheduler
+    warm = sched.LambdaLR(opt, lambda step: min(1.0, (step + 1) / 4))
+    return [
+        sched.SequentialLR(opt, [warm, sched.CosineAnnealingWarmRestarts(opt, T_0=3)], milestones=[2]),
+        sched.OneCycleLR(opt, max_lr=0.1, total_steps=20),
+        sched.ReduceLROnPlateau(opt, patience=0),
+    ]
+
+
+def test_scheduler_state_is_committed_and_restored(tmp_path):
+    model, opt = _model_and_opt()
+    scheds = _schedulers(opt)
+    for step in range(5):
+        for s in scheds[:2]:
+            s.step()
+        scheds[2].step(1.0 / (step + 1) if step < 2 else 5.0)
+    snap = snapshot(model, [opt], schedulers=scheds)
+    assert int(snap.tensors["sched/1/last_epoch"]) == 5
+    assert "sched/2/best" in snap.tensors and snap.meta["settings"]["sched/2/mode"] == "min"
+    path = tmp_path / "s.safetensors"
+    save_snapshot(path, snap)
+
+    model2, opt2 = _model_and_opt(seed=1)
+    scheds2 = _schedulers(opt2)
+    restore(load_snapshot(path), model2, [opt2], scheds2)
+    assert snapshot(model2, [opt2], schedulers=scheds2).digest() == snap.digest()
+    for a, b in zip(scheds, scheds2, strict=True):  # they go on exactly alike
+        a.step(0.5) if isinstance(a, torch.optim.lr_scheduler.ReduceLROnPlateau) else a.step()
+        b.step(0.5) if isinstance(b, torch.optim.lr_scheduler.ReduceLROnPlateau) else b.step()
+    assert [g["lr"] for g in opt.param_groups] == [g["lr"] for g in opt2.param_groups]
+    assert snapshot(model, [opt], schedulers=scheds).digest() == snapshot(model2, [opt2], schedulers=scheds2).digest()
+
+
+def test_scheduler_step_changes_the_digest_and_runs_without_schedulers_keep_theirs():
+    model, opt = _model_and_opt()
+    plain = snapshot(model, [opt])
+    assert "num_schedulers" not in plain.meta and not any(k.startswith("sched/") for k in plain.tensors)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    before = snapshot(model, [opt], schedulers=[sched]).digest()
+    sched.step()
+    assert snapshot(model, [opt], schedulers=[sched]).digest() != before
+
+
+def test_live_gradients_are_committed_and_restored():
+    model, opt = _model_and_opt()
+    model(torch.ones(2, 4, dtype=torch.float64)).sum().backward()
+    for p in model.parameters():
+        p.grad = p.grad.float().double()  # on the grid, as under the strategy
+    with_grads = snapshot(model, [opt], grads=True)
+    assert {k for k in with_grads.tensors if k.startswith("grad/")} == {f"grad/{n}" for n, _ in model.named_parameters()}
+    assert snapshot(model, [opt]).digest() != with_grads.digest()
+    model2, opt2 = _model_and_opt(seed=1)
+    restore(with_grads, model2, [opt2])
+    assert all(torch.equal(p.grad, q.grad) for p, q in zip(model.parameters(), model2.parameters(), strict=True))
+    restore(snapshot(model, [opt]), model2, [opt2])  # a state without gradients: none are live
+    assert all(p.grad is None for p in model2.parameters())
+
+
+def test_scheduler_count_mismatch():
+    model, opt = _model_and_opt()
+    snap = snapshot(model, [opt], schedulers=[torch.optim.lr_scheduler.StepLR(opt, 1)])
+    two = [torch.optim.lr_scheduler.StepLR(opt, 1), torch.optim.lr_scheduler.StepLR(opt, 2)]
+    with pytest.raises(StateError, match="1 LR schedulers, the run configures 2"):
+        restore(snap, model, [opt], two)

@@ -118,16 +118,68 @@ def test_run_dir_that_is_a_file(tmp_path):
         _fit(tmp_path)
 
 
-def test_gradient_accumulation_rejected(tmp_path):
-    with pytest.raises(ValueError, match="accumulate_grad_batches=2"):
-        _fit(tmp_path, accumulate_grad_batches=2)
+def test_gradient_accumulation_rejected_in_fixed_point_mode(tmp_path):
+    from tests.fixed_mode.models import make_regressor, regression_loader
+
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"), max_steps=2,
+                        **trainer_kwargs(accumulate_grad_batches=2))
+    with pytest.raises(ValueError, match=r"accumulate_grad_batches=2.*fixed-point mode.*HINT"):
+        trainer.fit(make_regressor(), train_dataloaders=regression_loader())
 
 
-def test_custom_sampler_rejected(tmp_path):
+def test_wall_clock_validation_schedule_rejected(tmp_path):
+    class WithValidation(MLP):
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self.loss(batch))
+
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run"), max_steps=2,
+                        **trainer_kwargs(val_check_interval="00:00:00:30"))
+    with pytest.raises(ValueError, match=r"val_check_interval=.*wall-clock.*HINT"):
+        trainer.fit(WithValidation(), train_dataloaders=loader("mlp"), val_dataloaders=loader("mlp"))
+
+
+def test_custom_sampler_is_recorded(tmp_path):
     data = make_data("mlp")
     sampler = WeightedRandomSampler(torch.ones(len(data)), num_samples=len(data))
-    with pytest.raises(UnsupportedDataLoaderError, match="WeightedRandomSampler"):
-        _fit(tmp_path, data=DataLoader(data, batch_size=16, sampler=sampler))
+    _fit(tmp_path, data=DataLoader(data, batch_size=16, sampler=sampler))
+    run = RunDirectory(tmp_path / "run")
+    assert run.read_manifest()["data"]["order"]["sampler"] == "WeightedRandomSampler"
+    assert all(len(r.batch_indices) == 16 for r in run.read_steps())
+
+
+def test_explicit_batch_sampler_keeps_its_batches_in_the_seeded_order(tmp_path):
+    """DataLoader(batch_sampler=BatchSampler(RandomSampler(...), 16, False)) is a plain shuffle:
+    the strategy draws its seeded order and keeps the batch size (Lightning's own rebuild would
+    drop the batch sampler and yield single samples)."""
+    from torch.utils.data import BatchSampler, RandomSampler
+
+    from lightning_zk.audit import replay
+
+    data = make_data("mlp")
+    _fit(tmp_path, data=DataLoader(data, batch_sampler=BatchSampler(RandomSampler(data), 16, False)))
+    run = RunDirectory(tmp_path / "run")
+    assert run.read_manifest()["data"]["order"]["kind"] == "seeded"
+    assert all(len(r.batch_indices) == 16 for r in run.read_steps())
+    assert replay(tmp_path / "run", make_model("mlp"), train_dataloaders=loader("mlp"), progress=False).ok
+
+
+def test_sampler_without_integer_indices_rejected(tmp_path):
+    class Keys(torch.utils.data.Sampler):
+        def __iter__(self):
+            return iter([["a", "b"]])
+
+        def __len__(self):
+            return 1
+
+    class ByKey(torch.utils.data.Dataset):
+        def __getitem__(self, key):
+            return torch.zeros(16), 0
+
+        def __len__(self):
+            return 2
+
+    with pytest.raises(UnsupportedDataLoaderError, match="integer indices"):
+        _fit(tmp_path, data=DataLoader(ByKey(), batch_sampler=Keys()))
 
 
 def test_explicit_generator_in_random_op_rejected(tmp_path):

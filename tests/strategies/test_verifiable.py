@@ -17,7 +17,8 @@ FLOAT32_GRID = GridSpec()
 
 
 def _on_grid(model, spec: GridSpec = FLOAT32_GRID) -> bool:
-    return all(torch.equal(round_to_grid(p.detach(), spec).rounded, p.detach()) for p in model.parameters())
+    values = [p.detach().to(spec.compute_dtype) for p in model.parameters()]
+    return all(torch.equal(round_to_grid(v, spec).rounded, v) for v in values)
 
 
 def test_same_seed_runs_are_bit_identical(tmp_path):
