@@ -12,12 +12,16 @@ zkDL's benchmark network (8 Linear layers of width 1024, batch 64, ~8M parameter
                   (LIGHTNING_ZK_THREADS); the digits step also on 1 thread, for the speedup
 * zk epoch      — FAC4DNN aggregation: E steps in one unit, reported per step
 
-Usage:  python benchmarks/zk_training.py [--epoch-steps 4] [--backend auto] [--zkdl-width 128]
-        [--zkdl-prove] [--reps 5]
-The network of zkDL's shape (8 Linear layers, batch 64) is proved at --zkdl-width; the full
-8x1024 only with --zkdl-prove, otherwise its row gives the time and peak memory scaled from the
-measured width (both linear in the committed witness). Each proof runs in a fresh process so
-its peak memory (ru_maxrss) is its own.
+Usage:  python benchmarks/zk_training.py [--epoch-steps 8] [--backend auto]
+        [--zkdl-widths 128 256] [--skip-zkdl] [--memory-cap-gib 20] [--reps 5]
+Networks of zkDL's shape (8 Linear layers, batch 64) are proved at each --zkdl-widths and at the
+full width 1024 (skipped only with --skip-zkdl); every row is measured, never scaled. Each proof
+runs in a fresh process so its peak memory (ru_maxrss) is its own; that process's address space
+is capped at --memory-cap-gib, so a proof that does not fit the machine ends in a MemoryError
+row (with the time it ran) instead of swapping or meeting the OOM killer.
+Every zk row prints its targets (issue 11) with met / NOT met, the fill of the committed witness
+(true entries / Wit's 2^n domain), the share of prove time per phase (commitments, sumchecks,
+lookup, openings, the rest) and, for the digits step, the proof's bytes per part.
 Published reference (zkDL, A100, no Fiat-Shamir, not hiding): ~47 s/step unaggregated,
 0.86 s/step aggregated over 1024 steps.
 """
@@ -40,6 +44,7 @@ from lightning_zk.zk.backend import compile_kernels
 from lightning_zk.zk.training import (
     build_layout,
     encode_training_proof,
+    proof_part_sizes,
     prove_epoch,
     prove_step,
     verify_unit,
@@ -137,39 +142,108 @@ def _warm_up() -> None:
     verify_unit(proof, stmt)
 
 
-def _prove_child(tapes, backend, epoch: bool, threads: int | None = None):
+# issue 11's targets per row: (prove s/step, peak GiB, verify s, proof MiB/step)
+TARGETS = {
+    "digits step": (1.5, 300 / 1024, 0.1, 3.0),
+    "digits epoch": (0.75, 1.0, None, 1.0),
+    "zkDL 8x1024 step": (120.0, 12.0, 2.0, 40.0),
+}
+
+
+class _Phases:
+    """Wall time per prover phase, by wrapping the zk entry points (benchmark only)."""
+
+    def __init__(self) -> None:
+        import lightning_zk.zk.training.claims as claims
+        import lightning_zk.zk.training.prover as prover
+        import lightning_zk.zk.training.ranges as ranges
+        from lightning_zk.zk.ligero import Ligero
+
+        self.times: dict[str, float] = {}
+        self._range_specs: set[int] = set()
+        self._depth = 0
+        for name in ("commit_tables", "commit_rows"):
+            if hasattr(Ligero, name):
+                setattr(Ligero, name, self._timed("commitments", getattr(Ligero, name)))
+        Ligero.open_queries = self._timed("openings", Ligero.open_queries)
+        for mod in (prover, ranges):
+            for name in ("range_columns", "range_inverses", "range_tables"):
+                if hasattr(mod, name):
+                    setattr(mod, name, self._timed("lookup", getattr(ranges, name)))
+        spec_fn = prover.range_spec
+
+        def range_spec(*a, **k):
+            spec = spec_fn(*a, **k)
+            self._range_specs.add(id(spec))
+            return spec
+
+        prover.range_spec = range_spec
+        for mod in (prover, claims):
+            mod.prove_sumcheck = self._sumcheck(mod.prove_sumcheck)
+
+    def _timed(self, phase: str, fn):
+        def run(*a, **k):
+            if self._depth:
+                return fn(*a, **k)
+            self._depth += 1
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self._depth -= 1
+                self.times[phase] = self.times.get(phase, 0.0) + time.perf_counter() - t0
+        return run
+
+    def _sumcheck(self, fn):
+        def run(spec, *a, **k):
+            phase = "lookup" if id(spec) in self._range_specs else "sumchecks"
+            return self._timed(phase, fn)(spec, *a, **k)
+        return run
+
+    def shares(self, total: float) -> str:
+        named = sum(self.times.values())
+        parts = {**self.times, "rest": max(0.0, total - named)}
+        order = ("commitments", "sumchecks", "lookup", "openings", "rest")
+        return " ".join(f"{k} {100 * parts.get(k, 0.0) / total:.0f}%" for k in order)
+
+
+def _prove_child(tapes, backend, epoch: bool, threads: int | None, cap_gib: float | None):
     import resource
 
+    if cap_gib:
+        cap = int(cap_gib * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     set_num_threads(threads)
     _warm_up()  # JIT-compile the numba kernels outside the timed proof
-    base_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    phases = _Phases()
     t0 = time.perf_counter()
-    if epoch:
-        proof, stmt, _ = prove_epoch(tapes, None, backend=backend)
-    else:
-        proof, stmt, _ = prove_step(tapes[0], None, backend=backend)
+    try:
+        if epoch:
+            proof, stmt, _ = prove_epoch(tapes, None, backend=backend)
+        else:
+            proof, stmt, _ = prove_step(tapes[0], None, backend=backend)
+    except MemoryError:
+        elapsed = time.perf_counter() - t0
+        return {"error": f"MemoryError after {elapsed:.0f} s under a {cap_gib:.0f} GiB cap"}
     prove = time.perf_counter() - t0
     t0 = time.perf_counter()
     verify_unit(proof, stmt)
     verify = time.perf_counter() - t0
-    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
-    return prove, verify, len(encode_training_proof(proof)), peak_gib, base_gib
+    peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    return {"prove": prove, "verify": verify, "size": len(encode_training_proof(proof)),
+            "peak": peak_gib, "phases": phases.shares(prove),
+            "parts": proof_part_sizes(proof) if not epoch else {}}
 
 
-def _prove_row(tapes, backend, epoch: bool, threads: int | None = None):
+def _prove_row(tapes, backend, epoch: bool, threads: int | None = None, cap: float | None = None):
     """Prove + verify in a fresh process (so its peak memory is the unit's own)."""
     import multiprocessing as mp
 
     with mp.get_context("spawn").Pool(1) as pool:
-        args = (tapes, backend, epoch, threads)
-        prove, verify, size, peak, base = pool.apply(_prove_child, args)
-    n = len(tapes) if epoch else 1
-    return prove / n, verify / n, size / 1024 / n, peak, base
-
-
-def _wit_vars(dims, batch, steps) -> int:
-    arch = Arch(tuple(dims), batch, max(2, 1 << (steps - 1).bit_length()))
-    return build_layout(arch, tensor_names(len(dims) - 1)).wit_vars
+        try:
+            return pool.apply(_prove_child, (tapes, backend, epoch, threads, cap))
+        except Exception as exc:  # the child died (e.g. killed for memory)
+            return {"error": f"prover process failed: {type(exc).__name__}: {exc}"}
 
 
 def _print(rows) -> None:
@@ -184,84 +258,128 @@ def _print(rows) -> None:
         print(f"{model:<22} {mode:<20} {steps:>5} {f(pms, 14)} {f(vms, 15)} {f(kb, 15)}  {note}")
 
 
-def _zk_rows(name, dims, tapes, backend, epoch_steps, one_thread: bool = False):
-    """zk step (and epoch) rows, plus the step's seconds and GiB (above the process's own
-    footprint) per committed Wit entry, for scaling to sizes that are not run. With
-    ``one_thread`` the step is also proved on one thread (speedup of the parallel kernels)."""
-    rows = []
-    nv = _wit_vars(dims, tapes[0].batch_size, 1)
-    p, v, kb, peak, base = _prove_row(tapes, backend, epoch=False)
-    note = f"Wit 2^{nv}, peak {peak:.1f} GiB, {num_threads()} threads"
+def _fill(dims, batch, steps) -> tuple[int, float, float]:
+    """(Wit variables, true entries / committed entries, true entries / 2^n) of the unit's
+    witness; committed entries are the Ligero rows times the columns of Wit's column support."""
+    import math
+
+    from lightning_zk.zk.ligero import LAYOUT_MULTILINEAR, LigeroConfig, derive_params
+
+    arch = Arch(tuple(dims), batch, max(1, 1 << (steps - 1).bit_length()) if steps > 1 else 1)
+    lay = build_layout(arch, tensor_names(len(dims) - 1))
+    n = lay.wit_vars
+    true = sum(math.prod(s.sizes) * steps for s in lay.wit.values() if s.sizes)
+    params = derive_params(((n, False),), False, 1, LAYOUT_MULTILINEAR, LigeroConfig(),
+                           lay.wit_support())
+    committed = params.k << (n - params.col_vars)
+    return n, true / committed, true / (1 << n)
+
+
+def _verdict(res: dict, target) -> str:
+    if target is None:
+        return ""
+    checks = zip(("prove", "peak", "verify", "size"), target, strict=True)
+    out = []
+    for key, limit in checks:
+        if limit is None:
+            continue
+        got = res[key] / 2**20 if key == "size" else res[key]
+        shown = {"prove": f"<= {limit:g} s", "peak": f"<= {limit * 1024:.0f} MiB",
+                 "verify": f"<= {limit:g} s", "size": f"<= {limit:g} MiB"}[key]
+        out.append(f"{key} {shown}: {'met' if got <= limit else 'NOT met'}")
+    return "; ".join(out)
+
+
+def _zk_rows(name, dims, tapes, backend, epoch_steps, one_thread=False, targets=(None, None),
+             cap=None):
+    """zk step (and epoch) rows; with ``one_thread`` the step is also proved on one thread
+    (speedup of the parallel kernels). Returns the rows and the step's proof parts."""
+    rows, notes = [], []
+    nv, fill, dom = _fill(dims, tapes[0].batch_size, 1)
+    res = _prove_row(tapes, backend, epoch=False, cap=cap)
+    if "error" in res:
+        return [(name, "zk step", 1, None, None, None, f"Wit 2^{nv}: {res['error']}")], notes, {}
+    note = (f"Wit 2^{nv} fill {fill:.2f} ({dom:.2f} of 2^{nv}), peak {res['peak'] * 1024:.0f} MiB, {num_threads()} "
+            f"threads; {res['phases']}")
     if one_thread:
-        p1, v1, _, peak1, _ = _prove_row(tapes, backend, epoch=False, threads=1)
-        note += f" (speedup {p1 / p:.2f}x over 1 thread)"
-        rows.append((name, "zk step, 1 thread", 1, p1 * 1e3, v1 * 1e3, kb, f"peak {peak1:.1f} GiB"))
-    rows.append((name, "zk step", 1, p * 1e3, v * 1e3, kb, note))
+        r1 = _prove_row(tapes, backend, epoch=False, threads=1, cap=cap)
+        if "error" not in r1:
+            note += f"; speedup {r1['prove'] / res['prove']:.2f}x over 1 thread"
+            rows.append((name, "zk step, 1 thread", 1, r1["prove"] * 1e3, r1["verify"] * 1e3,
+                         r1["size"] / 1024, f"peak {r1['peak'] * 1024:.0f} MiB"))
+    rows.append((name, "zk step", 1, res["prove"] * 1e3, res["verify"] * 1e3, res["size"] / 1024,
+                 note))
+    notes.append(f"{name}, zk step: {_verdict(res, targets[0])}")
     if epoch_steps > 1:
         ep = tapes[:epoch_steps]
-        pe, ve, kbe, peake, _ = _prove_row(ep, backend, epoch=True)
-        note = f"Wit 2^{_wit_vars(dims, tapes[0].batch_size, len(ep))}, peak {peake:.1f} GiB"
-        rows.append((name, "zk epoch (per step)", len(ep), pe * 1e3, ve * 1e3, kbe, note))
-    return rows, p / (1 << nv), (peak - base) / (1 << nv)
+        n = len(ep)
+        re = _prove_row(ep, backend, epoch=True, cap=cap)
+        nve, fille, dome = _fill(dims, tapes[0].batch_size, n)
+        if "error" in re:
+            rows.append((name, "zk epoch (per step)", n, None, None, None, re["error"]))
+        else:
+            per = {k: re[k] / n for k in ("prove", "verify", "size")} | {"peak": re["peak"]}
+            rows.append((name, "zk epoch (per step)", n, per["prove"] * 1e3, per["verify"] * 1e3,
+                         per["size"] / 1024,
+                         f"Wit 2^{nve} fill {fille:.2f} ({dome:.2f} of 2^{nve}), peak {re['peak'] * 1024:.0f} MiB; "
+                         f"{re['phases']}"))
+            notes.append(f"{name}, zk epoch of {n}: {_verdict(per, targets[1])}")
+    return rows, notes, res.get("parts", {})
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--epoch-steps", type=int, default=4)
+    ap.add_argument("--epoch-steps", type=int, default=8)
     ap.add_argument("--backend", default="auto")
-    ap.add_argument(
-        "--zkdl-width",
-        type=int,
-        default=128,
-        help="width of the measured 8-layer network of zkDL's shape (batch 64)",
-    )
-    ap.add_argument("--zkdl-prove", action="store_true", help="also prove the full 8x1024")
+    ap.add_argument("--zkdl-widths", type=int, nargs="*", default=[128, 256],
+                    help="widths of the 8-layer networks of zkDL's shape proved besides 1024")
+    ap.add_argument("--skip-zkdl", action="store_true", help="do not prove the full 8x1024")
+    ap.add_argument("--memory-cap-gib", type=float, default=20.0,
+                    help="address-space cap of each prover process")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the step timings")
     args = ap.parse_args()
+    cap = args.memory_cap_gib
     print("machine:", _machine(args.backend))
-    rows = []
+    rows, notes = [], []
     lr = 0.05
     digits = (64, 256, 256, 10)
     name = "digits 64-256-256-10"
     batches = _digits(64, max(args.epoch_steps, 1))
     step_rows, tapes = _step_rows(name, digits, batches, lr, args.reps, None)
     rows += step_rows
-    zk, _, _ = _zk_rows(name, digits, tapes, args.backend, args.epoch_steps, one_thread=True)
+    zk, zk_notes, parts = _zk_rows(
+        name, digits, tapes, args.backend, args.epoch_steps, one_thread=True,
+        targets=(TARGETS["digits step"], TARGETS["digits epoch"]), cap=cap)
     rows += zk
-    w = args.zkdl_width
-    small = (w,) * 9
-    name = f"zkDL shape 8x{w}"
-    sb = _random_batches(small, 64, 2)
-    step_rows, stapes = _step_rows(name, small, sb, lr, args.reps, None)
-    rows += step_rows
-    zk, rate, gib_per_entry = _zk_rows(name, small, stapes, args.backend, 2)
-    rows += zk
+    notes += zk_notes
+    for w in args.zkdl_widths:
+        small = (w,) * 9
+        name = f"zkDL shape 8x{w}"
+        step_rows, stapes = _step_rows(name, small, _random_batches(small, 64, 2), lr, args.reps,
+                                       None)
+        rows += step_rows + _zk_rows(name, small, stapes, args.backend, 1, cap=cap)[0]
     zkdl = (1024,) * 9
     name = "zkDL 8x1024"
-    zb = _random_batches(zkdl, 64, 2)
-    step_rows, ztapes = _step_rows(name, zkdl, zb, lr, args.reps, 10.0)
+    step_rows, ztapes = _step_rows(name, zkdl, _random_batches(zkdl, 64, 2), lr, args.reps, 10.0)
     rows += step_rows
-    nv = _wit_vars(zkdl, 64, 1)
-    if args.zkdl_prove:
-        rows += _zk_rows(name, zkdl, ztapes, args.backend, 1)[0]
+    if args.skip_zkdl:
+        rows.append((name, "zk step", 1, None, None, None, "skipped (--skip-zkdl): not measured"))
     else:
-        gib = gib_per_entry * (1 << nv)
-        hours = rate * (1 << nv) / 3600
-        rows.append(
-            (
-                name,
-                "zk step",
-                1,
-                None,
-                None,
-                None,
-                f"not run: Wit 2^{nv}; scaled from 8x{w} (linear in Wit entries) it needs "
-                f"~{gib:.0f} GiB and ~{hours:.1f} h",
-            )
-        )
+        zk, zk_notes, _ = _zk_rows(name, zkdl, ztapes, args.backend, 1,
+                                   targets=(TARGETS["zkDL 8x1024 step"], None), cap=cap)
+        rows += zk
+        notes += zk_notes or [f"{name}, zk step: not proved on this machine (see its row)"]
     _print(rows)
+    print("\ntargets (issue 11):")
+    for line in notes:
+        print("  " + line)
+    if parts:
+        total = sum(parts.values())
+        print("\ndigits step proof, bytes per part:")
+        for part, size in parts.items():
+            print(f"  {part:<28} {size / 1024:>9.1f} KiB  {100 * size / total:>5.1f}%")
     print(
-        "zkDL reference (A100, no FS, not hiding): ~47000 ms/step unaggregated, "
+        "\nzkDL reference (A100, no FS, not hiding): ~47000 ms/step unaggregated, "
         "860 ms/step aggregated over 1024 steps"
     )
 

@@ -12,6 +12,7 @@ from lightning_zk.zk.training import (
     TrainingStatement,
     decode_training_proof,
     encode_training_proof,
+    proof_part_sizes,
     prove_seal,
     prove_step,
     resume_link,
@@ -31,6 +32,16 @@ def test_honest_step_chain_verifies(run):
 def test_honest_epoch_verifies(run):
     assert run.epoch_statement.num_steps == 3 and run.epoch_statement.arch.num_instances == 4
     assert verify_chain([run.epoch_statement], [run.epoch_proof], run.epoch_seal) == 3
+
+
+def test_proof_part_sizes_account_for_the_encoding(run):
+    proof, _ = run.step_proofs[0]
+    parts = proof_part_sizes(proof)
+    assert {"commitments", "sumcheck: range check", "opening: wit", "opening: batch"} <= set(parts)
+    assert all(v > 0 for v in parts.values())
+    total = len(encode_training_proof(proof))
+    framing = total - sum(parts.values())
+    assert 0 < framing < 64  # header and the sumcheck list's length; nothing uncounted
 
 
 def test_encode_decode_round_trip_verifies(run):

@@ -12,6 +12,7 @@ from .proof import (
     UnitProof,
     decode_training_proof,
     encode_training_proof,
+    proof_part_sizes,
 )
 from .prover import ChainLink, prove_epoch, prove_seal, prove_step, prove_unit, resume_link
 from .statement import TrainingStatement
@@ -38,6 +39,7 @@ __all__ = [
     "UnitProof",
     "decode_training_proof",
     "encode_training_proof",
+    "proof_part_sizes",
     "ChainLink",
     "prove_epoch",
     "prove_seal",

@@ -41,6 +41,7 @@ __all__ = [
     "SealProof",
     "encode_training_proof",
     "decode_training_proof",
+    "proof_part_sizes",
     "TRAINING_MAGIC",
     "TRAINING_VERSION",
 ]
@@ -150,3 +151,27 @@ def encode_training_proof(proof: UnitProof | SealProof) -> bytes:
 def decode_training_proof(data: bytes, expected_kind: type | None = None) -> Any:
     """Parse bytes into a UnitProof or SealProof; ProofFormatError on anything malformed."""
     return TRAINING_PROOFS.decode(data, expected_kind)
+
+
+def proof_part_sizes(proof: UnitProof) -> dict[str, int]:
+    """Encoded bytes of each part of a unit proof (commitments, carried claim, each sumcheck
+    group, each opening); the values add up to the encoding minus its header and list framing."""
+    sizes: dict[str, int] = {}
+
+    def measure(name: str, put: Any) -> None:
+        w = _Writer()
+        put(w)
+        sizes[name] = sum(len(b) for b in w.parts)
+
+    measure("commitments", lambda w: [w.commitment(getattr(proof, n))
+                                      for n in UnitProof._COMMITMENTS])
+    measure("carried claim", lambda w: (w.fp2_list(list(proof.carried_point)),
+                                        w.fp2(proof.carried_lam), w.fp2(proof.carried_value)))
+    *relations, range_sc, reduction_sc = proof.sumchecks
+    measure("sumchecks: relations", lambda w: [_put_sumcheck(w, sc) for sc in relations])
+    measure("sumcheck: range check", lambda w: _put_sumcheck(w, range_sc))
+    measure("sumcheck: claim reduction", lambda w: _put_sumcheck(w, reduction_sc))
+    for name in UnitProof._OPENINGS:
+        measure(f"opening: {name.removesuffix('_opening')}",
+                lambda w, name=name: _put_ligero(w, getattr(proof, name)))
+    return sizes
