@@ -12,7 +12,7 @@ opened columns t) are then computed on the verifier side by
 :func:`~lightning_zk.zk.ligero.derive_params`, never read from the proof.
 
 What the number means: every Ligero opening the verifier checks has soundness error at most
-2^-security_bits (docs/zk_core.md); a proof unit adds a few dozen such openings and sumcheck
+2^-security_bits (docs/zk_core.md); a proof unit adds seven such openings and sumcheck
 terms of order 2^-120 each (docs/zk_training.md gives the union bound per unit).
 
 Example::
@@ -50,12 +50,12 @@ class VerifierPolicy:
 
     Args:
         security_bits: minimum soundness of every commitment opening, in bits; at least
-            ``MIN_SECURITY_BITS`` (100), at most 128. Statements asking for more are checked at
+            ``MIN_SECURITY_BITS`` (100), at most ``MAX_SECURITY_BITS`` (120). Statements asking for more are checked at
             their (higher) level; statements asking for less are rejected.
         blowups: the Reed-Solomon blowups (inverse rates) accepted.
 
     Raises:
-        ParameterError: a minimum below 100 bits or above 128, or an unsupported blowup.
+        ParameterError: a minimum below 100 bits or above 120, or an unsupported blowup.
     """
 
     security_bits: int = MIN_SECURITY_BITS
@@ -81,7 +81,7 @@ class VerifierPolicy:
         """The commitment configuration to verify ``what`` with, if the policy accepts it.
 
         Raises:
-            SecurityPolicyError: ``security_bits`` below the policy's minimum (or above 128),
+            SecurityPolicyError: ``security_bits`` below the policy's minimum (or above 120),
                 or a blowup the policy does not accept; the error names the parameter and
                 both values.
         """

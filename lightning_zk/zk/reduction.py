@@ -1,5 +1,9 @@
 """Many claims on one committed polynomial, reduced to a single opening by one zk sumcheck.
 
+Status: the training proof (format 5) reduces its Wit claims in :mod:`.training.claims` with a
+small block mask instead of the full mask R below; it uses only :func:`combination_table` from
+here. The full-mask reduction stays as a tested general tool.
+
 Why: a Ligero opening sends one combined row per point, so a witness polynomial opened at the
 ~90 points its relations produce pays ~90 rows (most of a training proof). Instead P (n vars)
 is committed with a *full mask* R (n - 1 vars, uniform in F_p, its own hiding commitment), and

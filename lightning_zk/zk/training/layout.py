@@ -191,7 +191,8 @@ class Layout:
     ``stacks`` holds, per layer group g and tensor kind k, the slot ``"k@g"`` of all the group's
     layers at once (axes t, element axes, then the layer axis l); the per-layer slots in ``wit``
     are its sub-slots with l fixed. ``unused`` are the sub-slots of padding layers (a group of
-    3 layers has 4 layer slots), which the global relation forces to zero.
+    3 layers has 4 layer slots), which the padding terms of the elementwise and update relations
+    force to zero.
     """
 
     arch: Arch

@@ -14,8 +14,9 @@ M(x) = M_B(pi_B(x)) for x in B (0 outside every block). The mask of a claim on b
 then M_B evaluated at (z's first k_B element coordinates, z's layer coordinates): claims on
 different blocks use disjoint tables; claims on one block differ in their leading element
 coordinates (fresh challenges of different sumchecks, or different Boolean layer indices), so
-the functionals eq(., .) over M_B are linearly independent whenever a block has at most 2^k_B
-claims (a few dozen here against 128), except with probability ~ claims / p^2. The revealed
+the functionals eq(., .) over M_B are linearly independent whenever 2 x (claims on the block)
+<= 2^(k_B + layer vars) (M is F_p-valued, so each F_p2 claim is two F_p functionals; at most 8
+of 16 for digits, 10 of 128 for 8 x 1024), except with probability ~ claims / p^2. The revealed
 values y_j are then jointly uniform (docs/zk_training.md, "What is hidden"). M has about
 (#blocks x 128 x layers) entries: ~10^4 for the 8 x 1024 network against Wit's ~10^8.
 """
@@ -91,7 +92,7 @@ def expand_mask(ml: MaskLayout, mtable: np.ndarray, slot_code: Sequence[int], sl
     """M on a Wit slot (code ``slot_code``, ``slot_vars`` element variables), slot-local order.
 
     The slot is a mask block, a part of one (a layer of a stack), or a union of blocks (a Theta
-    super-block, or all of Wit with ``slot_code = ()``).
+    stack, or all of Wit with ``slot_code = ()``).
     """
     sc = tuple(slot_code)
     out = np.zeros(1 << slot_vars, dtype=np.uint64)

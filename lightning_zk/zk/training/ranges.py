@@ -25,7 +25,7 @@ that depends on the private values is ever sent. The limbs are committed with Wi
 m beside the mask M, and h, q after beta.
 
 Soundness: logUp (Haboeck, ePrint 2022/1530) needs p > (L + 1) 2^n: (N_A + 2^b)/p^2 for beta,
-(n + b)/p^2 for the zero checks, (L + 3)/p^2 for the alpha combination, the sumcheck
+(n + b)/p^2 for the zero checks, (columns + 3)/p^2 for the alpha combination, the sumcheck
 (1 + sum D_i)/p^2, and the openings of the committed tables (<= 2^-100 each).
 """
 

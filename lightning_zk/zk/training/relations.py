@@ -54,7 +54,7 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Committed:
-    """A committed tensor placed on the sumcheck; ``com`` in wit | v16 | vq | bin | bout | batch."""
+    """A committed tensor placed on the sumcheck; ``com`` in wit | bin | bout | batch."""
 
     com: str
     slot: str
