@@ -31,7 +31,7 @@ from .sumcheck import SumcheckProof
 __all__ = ["MAGIC", "VERSION", "KINDS", "encode_proof", "decode_proof"]
 
 MAGIC = b"LZKP"
-VERSION = 2  # 2: the range proof sends no logUp sum (one zero-sum sumcheck)
+VERSION = 3  # 2: the range proof sends no logUp sum; 3: sumcheck masks g with F_p2 coefficients
 KIND_SUMCHECK, KIND_LIGERO, KIND_RANGE = 1, 2, 3
 KINDS = {KIND_SUMCHECK: SumcheckProof, KIND_LIGERO: LigeroProof, KIND_RANGE: RangeProof}
 _T_U32, _T_FP2, _T_FP2_LIST, _T_FIELD_ARRAY, _T_BYTE_ARRAY = 1, 2, 3, 4, 5

@@ -14,8 +14,11 @@ checks (commitment openings or public evaluations): :class:`SumcheckClaim`.
 
 Zero knowledge (``spec.zk``), following Libra (Xie et al., CRYPTO'19, section 4):
 
-* masking polynomial g(x) = sum_i g_i(x_i), g_i random of the round's degree, committed
-  (with its evaluation mask mu_g) by a :class:`LinearFormCommitment`; the prover sends
+* masking polynomial g(x) = sum_i g_i(x_i), g_i random of the round's degree with coefficients
+  uniform in F_p2 (the field of the round messages: coefficients in F_p alone would mask only
+  the rho-multiples, one of the two F_p coordinates of every coefficient of degree >= 1),
+  committed as the vector (Re C, Im C) with its evaluation mask mu_g by a
+  :class:`LinearFormCommitment`; the prover sends
   G = sum_x g(x), the verifier draws rho, and the sumcheck runs on f + rho * g^ with claim
   H + rho G, where g^ = g + x_n (1 - x_n) mu_g (equal to g on the hypercube). The final value
   g^(r) is opened as the masked linear form <C + lam mu_g, (r_i^e)> with lam = r_n (1 - r_n).
@@ -171,9 +174,12 @@ class SumcheckSpec:
         """Coefficients per g_i (max f-degree + 1)."""
         return max(self.f_degrees()) + 1
 
+    def mask_coeff_len(self) -> int:
+        """Base-field entries of g: both coordinates of its F_p2 coefficients."""
+        return 2 * self.num_vars * self.mask_width()
+
     def mask_vector_len(self) -> int:
-        n = self.num_vars * self.mask_width()
-        return 1 << (n - 1).bit_length()
+        return 1 << (self.mask_coeff_len() - 1).bit_length()
 
     def absorb(self, tr: Transcript) -> None:
         tr.absorb_u64(
@@ -270,13 +276,14 @@ def _eval_f(spec: SumcheckSpec, values: Sequence[Fp2]) -> Fp2:
 
 
 def _mask_coeffs(spec: SumcheckSpec, rng: Any, length: int) -> np.ndarray:
-    """Random coefficients of g (n x width, above each round's degree zero) in a vector."""
+    """Random F_p2 coefficients of g (n x width each, zero above each round's degree) as the
+    base vector (real parts, then imaginary parts, then zeros up to ``length``)."""
     n, width = spec.num_vars, spec.mask_width()
-    coeffs = rng.field((n, width))
+    coeffs = rng.field((2, n, width))
     for i, deg in enumerate(spec.f_degrees()):
-        coeffs[i, deg + 1 :] = 0  # g_i has exactly the round's degree
+        coeffs[:, i, deg + 1 :] = 0  # g_i has exactly the round's degree
     vec = np.zeros(length, dtype=np.uint64)
-    vec[: n * width] = coeffs.reshape(-1)
+    vec[: 2 * n * width] = coeffs.reshape(-1)
     return vec
 
 
@@ -298,19 +305,31 @@ class _Mask:
 
     def _load(self, spec: SumcheckSpec, vec: np.ndarray, mu_row: np.ndarray) -> None:
         n, width = spec.num_vars, spec.mask_width()
-        coeffs = vec[: n * width].reshape(n, width)
-        mu = mu_row[:, : n * width].reshape(2, n, width)
+        coeffs = vec[: 2 * n * width].reshape(2, n, width)
+        # the evaluation mask of entry (part, i, e), part 0 = real, 1 = imaginary coordinate
+        mu = mu_row[:, : 2 * n * width].reshape(2, 2, n, width)
         degs = spec.f_degrees()
-        self.c = [[int(v) for v in coeffs[i, : degs[i] + 1]] for i in range(n)]
-        # only coefficients up to the round's degree are ever queried (see _mask_query)
+        self.c = [[Fp2(int(coeffs[0, i, e]), int(coeffs[1, i, e])) for e in range(degs[i] + 1)]
+                  for i in range(n)]
+        # only coefficients up to the round's degree are ever queried (see _mask_query); the
+        # query weighs the imaginary parts by u (F_p2 = F_p[u]), so mu_g's coefficient is
+        # mu(real part) + u mu(imaginary part)
+        u = Fp2(0, 1)
         self.mu = [
-            [Fp2(int(mu[0, i, e]), int(mu[1, i, e])) for e in range(degs[i] + 1)] for i in range(n)
+            [Fp2(int(mu[0, 0, i, e]), int(mu[1, 0, i, e]))
+             + u * Fp2(int(mu[0, 1, i, e]), int(mu[1, 1, i, e])) for e in range(degs[i] + 1)]
+            for i in range(n)
         ]
         self.n = n
 
+    @staticmethod
+    def _cube_sum(row: Sequence[Fp2]) -> Fp2:
+        """g_j(0) + g_j(1)."""
+        return sum(row[1:], row[0] * 2)
+
     def total(self) -> Fp2:
         half = pow(2, self.n - 1, P)
-        return Fp2(sum(half * (2 * row[0] + sum(row[1:])) for row in self.c))
+        return sum((self._cube_sum(row) for row in self.c), Fp2(0)) * half
 
     def round_values(self, i: int, rs: Sequence[Fp2], degree: int) -> list[Fp2]:
         """Evaluations at X = 0..degree of the round-i polynomial of g^ (0-based i)."""
@@ -321,9 +340,7 @@ class _Mask:
             X = Fp2(x)
             gi = _horner(self.c[i], X)
             if i < n - 1:
-                rest = sum(
-                    (Fp2(2 * self.c[j][0] + sum(self.c[j][1:])) for j in range(i + 1, n)), Fp2(0)
-                )
+                rest = sum((self._cube_sum(self.c[j]) for j in range(i + 1, n)), Fp2(0))
                 val = (fixed + gi) * pow(2, n - 1 - i, P) + rest * pow(2, n - 2 - i, P)
             else:
                 mu_fixed = sum((_horner(self.mu[j], rs[j]) for j in range(i)), Fp2(0))
@@ -342,18 +359,24 @@ class _Mask:
 def _mask_query(
     spec: SumcheckSpec, rs: Sequence[Fp2], length: int | None = None
 ) -> tuple[np.ndarray, Fp2]:
-    """Weights w[i, e] = r_i^e for e <= deg_i (0 elsewhere) and lam = r_n (1 - r_n).
+    """Weights r_i^e on the real part of coefficient (i, e) and u r_i^e on its imaginary part,
+    for e <= deg_i (0 elsewhere), and lam = r_n (1 - r_n).
 
-    Then g^(r) = <C + lam mu, w>; zero weights above each round's degree keep the committed
-    g^ within the degree bound the verifier enforces, whatever the prover committed there.
+    Then g^(r) = <C + lam mu, w> with C = (Re, Im) of g's coefficients; zero weights above each
+    round's degree keep the committed g^ within the degree bound the verifier enforces,
+    whatever the prover committed there.
     """
     width = spec.mask_width()
+    half = spec.num_vars * width
     degs = spec.f_degrees()
     w = np.zeros((2, length or spec.mask_vector_len()), dtype=np.uint64)
+    u = Fp2(0, 1)
     for i, r in enumerate(rs):
         pw = Fp2(1)
         for e in range(degs[i] + 1):
+            upw = u * pw
             w[0, i * width + e], w[1, i * width + e] = pw.c0, pw.c1
+            w[0, half + i * width + e], w[1, half + i * width + e] = upw.c0, upw.c1
             pw = pw * r
     return w, rs[-1] * (1 - rs[-1])
 
@@ -392,7 +415,7 @@ class MaskBank:
 
 def bank_row_length(specs: Sequence[SumcheckSpec]) -> int:
     """Row length of a mask bank: the longest g, rounded up to a power of two."""
-    longest = max(sp.num_vars * sp.mask_width() for sp in specs)
+    longest = max(sp.mask_coeff_len() for sp in specs)
     return 1 << (longest - 1).bit_length()
 
 

@@ -264,3 +264,35 @@ def dataclasses_replace(obj, **kw):
     import dataclasses
 
     return dataclasses.replace(obj, **kw)
+
+
+def _first_round_rho(spec, proof, h):
+    """The verifier's rho (replayed transcript)."""
+    tr = Transcript(b"sc")
+    spec.absorb(tr)
+    tr.absorb_ext("sumcheck.claim", h)
+    proof.mask_commitment.absorb_into(tr, "sumcheck.mask")
+    tr.absorb_ext("sumcheck.mask_sum", proof.mask_sum)
+    return tr.challenge_ext("sumcheck.rho")
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_mask_randomises_both_coordinates_of_the_round_messages(rng, seed):
+    """Libra's g must be uniform over the messages' field F_p2: with coefficients in F_p the
+    unmasked message part T(X) is recoverable up to the line rho * F_p, i.e. (s(X) - T(X)) / rho
+    would always be in F_p. Here the tables are unmasked, so T(X) of round 1 is a public
+    function of them and the test computes it directly."""
+    spec, tabs, _ = _instance(rng, zk=True, masked=(False, False, False))
+    h = _true_sum(tabs)
+    proof, _ = prove_sumcheck(spec, tabs, Transcript(b"sc"), claimed_sum=h, rng=seed)
+    rho = _first_round_rho(spec, proof, h)
+    rests = [[(j >> b) & 1 for b in range(N - 1)] for j in range(1 << (N - 1))]
+    quotients = []
+    for x, e in enumerate(proof.round_polys[0]):
+        vals = [[evaluate(t, [x, *rest]) for t in tabs] for rest in rests]
+        t_x = sum(
+            (a * b * c + Fp2(5, 1) * a * b + Fp2(3) * c for a, b, c in vals), Fp2(0)
+        )
+        quotients.append((e - t_x) / rho)
+    # g's round polynomial has degree >= 1, so some quotient leaves F_p (w.p. 1 - 1/p per value)
+    assert any(q.c1 != 0 for q in quotients)

@@ -2,7 +2,7 @@
 
 Layout (little-endian, typed values as in docs/proof_format.md):
 
-    magic "LZKT" | version u16 (= 5) | kind u16 (1 = unit proof, 2 = chain seal) | body
+    magic "LZKT" | version u16 (= 6) | kind u16 (1 = unit proof, 2 = chain seal) | body
 
 Unit body: commitments Wit (with the range limbs), M (with the multiplicities), the sumcheck
 mask bank, the range inverses h, the range table side q; Fp2 list carried point, Fp2 carried
@@ -11,8 +11,8 @@ the range check, then the claim reduction; each without a mask commitment or ope
 the bank answers them); LigeroProof bodies: Wit, M, bank, h, q, B_in, batch. Seal body: Fp2 list
 pending point, Fp2 pending lambda, Fp2 pending value, Fp2 dummy value, LigeroProof body. Older
 versions (1: no batch opening; 2: Wit opened at every claim; 3: range proofs sending their logUp
-sum; 4: packed range vectors, a full-size mask of Wit and a zero instance per step) are
-rejected. The decoder checks every tag, length and field element and rejects trailing bytes;
+sum; 4: packed range vectors, a full-size mask of Wit and a zero instance per step; 5: sumcheck
+masking polynomials with F_p coefficients) are rejected. The decoder checks every tag, length and field element and rejects trailing bytes;
 any malformation raises :class:`~lightning_zk.zk.errors.ProofFormatError` with the byte offset.
 """
 
@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 TRAINING_MAGIC = b"LZKT"
-TRAINING_VERSION = 5  # 4: zk range proofs; 5: range check over Wit, block mask, mask bank
+TRAINING_VERSION = 6  # 5: range check over Wit, block mask, mask bank; 6: F_p2 sumcheck masks
 KIND_UNIT, KIND_SEAL = 1, 2
 
 
