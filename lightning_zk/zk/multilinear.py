@@ -68,6 +68,9 @@ def eq_eval(a: Sequence[Fp2 | int], b: Sequence[Fp2 | int]) -> Fp2:
         raise ParameterError(f"eq_eval: points have {len(a)} and {len(b)} coordinates")
     acc = Fp2(1)
     for x, y in zip(a, b, strict=False):
+        if type(y) is int and 0 <= y <= 1:  # a Boolean coordinate (codes): x or 1 - x
+            acc = acc * (Fp2.lift(x) if y else 1 - Fp2.lift(x))
+            continue
         x, y = Fp2.lift(x), Fp2.lift(y)
         acc = acc * (x * y + (1 - x) * (1 - y))
     return acc

@@ -65,3 +65,16 @@ def test_tile_mask_is_masked_evaluation(rng):
     )
     mus = [Fp2(int(mu[0, i]), int(mu[1, i])) for i in range(k)]
     assert direct == masked_ref_evaluate(vals, mus, pt)
+
+
+def test_eq_eval_boolean_fast_path_matches_the_formula(rng):
+    """eq_eval's shortcut for 0/1 integer coordinates equals x*y + (1-x)(1-y) in F_p2, and
+    integers other than 0/1 take the general formula."""
+    for _ in range(20):
+        a = [Fp2(int(rng.integers(0, 2**62)), int(rng.integers(0, 2**62))) for _ in range(6)]
+        b = [int(v) for v in rng.integers(0, 3, 6)]  # 2 is not Boolean
+        want = Fp2(1)
+        for x, y in zip(a, b, strict=True):
+            want = want * (x * Fp2(y) + (Fp2(1) - x) * (Fp2(1) - Fp2(y)))
+        assert eq_eval(a, b) == want
+        assert eq_eval(a, [Fp2(y) for y in b]) == want

@@ -171,8 +171,9 @@ def mask_weight_eval(ml: MaskLayout, points: Sequence[Sequence[Fp2]], weights: S
     claims = [_Claim(z) for z in points]
     suffix = np.array([c.suffix for c in claims], dtype=np.int64)
     bits = np.array([c.bits for c in claims], dtype=np.int64)
+    at_r = _Claim(r)
     for b in ml.blocks:
-        sel = _code_eq(r, b.mcode)
+        sel = at_r.code_eq(b.mcode)
         if sel.is_zero():
             continue
         length, code = len(b.code), code_int(b.code)
