@@ -46,6 +46,7 @@ from typing import Any
 
 from ..rounding.log import HEADER_SIZE, MAX_BODY_BYTES
 from .errors import SchemaError
+from .state import STATE_DIGEST_FORMATS
 
 U63 = 2**63 - 1
 U64 = 2**64 - 1
@@ -159,6 +160,17 @@ class Enum(Spec):
     def check(self, value: Any, path: str) -> None:
         if not any(type(value) is type(v) and value == v for v in self.values):
             raise self.fail(value, path)
+
+
+class DigestFormat(Enum):
+    """A state digest format this version computes (:data:`~.state.STATE_DIGEST_FORMATS`)."""
+
+    def __init__(self) -> None:
+        super().__init__(*STATE_DIGEST_FORMATS)
+
+    def fail(self, value: Any, path: str) -> _Bad:
+        return _Bad(path, f"unknown state digest format {_show(value)}: this lightning-zk computes "
+                          f"{self.describe()}. HINT: use the lightning-zk version that wrote the run")
 
 
 class Maybe(Spec):
@@ -487,12 +499,15 @@ MANIFEST = Obj({
                          optional=("file",)),
     "steps_committed": COUNT,
     "final_state_digest": Maybe(DIGEST),
+    # how every state digest of the run is computed (lightning_zk.ledger.state); absent: v1
+    "state_digest_format": DigestFormat(),
     "ledger": Maybe(LEDGER),
     # an auditor's own run (replay with audit_dir)
     "role": Enum("audit"),
     "audited_run": Str(4096),
     "audit_result": Obj({"ok": Bool(), "first_mismatch_step": Maybe(COUNT)}),
 }, optional=("updated", "lightning_zk_version", "fixed", "ledger", "role", "audited_run",
+             "state_digest_format",
              "audit_result", "created", "versions", "hardware", "model_class",
              *LATER_IDENTITY_PARTS),
    rules=[("fingerprint", _fingerprint), ("fixed", _fixed_matches_strategy),

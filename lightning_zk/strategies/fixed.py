@@ -154,7 +154,7 @@ class FixedPointSession(TrainingSession):
     def _round_initial_state(self) -> None:
         """Nothing to round: the engine quantised the weights onto the 2^-s grid."""
 
-    def snapshot(self, grads: bool = False) -> StateSnapshot:
+    def snapshot(self, grads: bool = False, reuse: StateSnapshot | None = None) -> StateSnapshot:
         """The committed state: the engine's integer weights and biases, and the public constants."""
         tensors = {}
         for i, (w, b) in enumerate(zip(self.engine.weights, self.engine.biases, strict=True)):
@@ -163,7 +163,7 @@ class FixedPointSession(TrainingSession):
         meta = {"mode": "fixed", "frac_bits": self.config.frac_bits,
                 "value_bits": self.config.value_bits, "lr": self.engine.lr,
                 "dims": list(self.engine.dims)}
-        return StateSnapshot(tensors=tensors, meta=meta)
+        return StateSnapshot(tensors=tensors, meta=meta, digest_format=self.digest_format)
 
     # --- per step ----------------------------------------------------------------------------
     @property

@@ -20,7 +20,14 @@ from typing import Any
 
 from ..ledger import safeio
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
-from ..ledger.state import StateError, load_snapshot, named_state_tensors, restore, save_snapshot
+from ..ledger.state import (
+    StateError,
+    load_snapshot,
+    named_state_tensors,
+    restore,
+    run_digest_format,
+    save_snapshot,
+)
 from ..rounding.log import HEADER_SIZE, MAX_BODY_BYTES, RoundingLogError, decode_step_log
 from . import manifest as mf
 from .session import TrainingSession
@@ -113,6 +120,7 @@ class ReplaySession(TrainingSession):
         self.run = run  # type: ignore[assignment]  # None: the auditor commits nothing
         self.source = source
         self.source_manifest = source.read_manifest()
+        self.digest_format = run_digest_format(self.source_manifest)  # the run's, never ours
         self.records = source.read_steps()
         self.start: ReplayStart = getattr(strategy, "replay_start", None) or ReplayStart()
         stop = getattr(strategy, "replay_stop", None)
@@ -319,7 +327,7 @@ class ReplaySession(TrainingSession):
 
 
 _COPIED = ("fingerprint", "strategy", "model", "data", "optimizers", "lr_schedulers", "trainer",
-           "hyperparameters", "initial_state")
+           "hyperparameters", "initial_state", "state_digest_format")
 _HINTS = {
     "model": "build the replay's model from the same code and hyperparameters the trainer used "
              "(its import path may differ)",

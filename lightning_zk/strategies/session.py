@@ -23,11 +23,16 @@ Order of writes (crash safety; a kill anywhere leaves a consistent, resumable di
 - start: layout, initial state, ``config.yaml``, then ``manifest.json`` in one atomic write (every
   section, including fixed-point constants). A directory killed before its manifest holds nothing
   committed and a restart begins again there.
-- per step (at its boundary): the rounding log file first (atomic), then the step record (fsynced
-  append), then the listeners (the Merkle ledger and checkpoints of ``CommitCallback``), then the
-  Lightning checkpoints saved while the step was open (:meth:`TrainingSession.after_commit`). A
-  record therefore always has its log, the ledger is always a prefix of the records, and a
-  Lightning checkpoint never counts a step that was not committed.
+- per step (at its boundary): a snapshot (copy) of the state is taken and digested — at once, or
+  with ``VerifiableStrategy(background_commit=True)`` on a worker thread while the next steps run
+  (:class:`~lightning_zk.ledger.digester.StateDigester`: at most two snapshots in flight, in
+  order, a worker error raised here as ``DigestWorkerError``). Once the digest is known, in step
+  order: the rounding log file (atomic), then the step record (fsynced append), then the listeners
+  (the Merkle ledger and checkpoints of ``CommitCallback``), then the Lightning checkpoints saved
+  while the step was open (:meth:`TrainingSession.after_commit`). A record therefore always has
+  its log and its digest, the ledger is always a prefix of the records, and a Lightning checkpoint
+  never counts a step that was not committed; a kill while snapshots are queued loses only those
+  uncommitted steps (a resume recomputes them).
 - resume: a finished manifest is first marked unfinished (``final_state_digest: null``), so a run
   killed while it continues never claims an end it does not have; closing writes the new claims
   (the final state is the state committed by the last step).
@@ -44,6 +49,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -53,9 +59,18 @@ import torch
 import lightning_zk
 
 from ..atomic import atomic_write_bytes
+from ..ledger.digester import StateDigester
 from ..ledger.lock import RunLock
 from ..ledger.rundir import RunDirectory, RunDirectoryError, StepRecord
-from ..ledger.state import StateSnapshot, batch_digest, named_state_tensors, save_snapshot, snapshot
+from ..ledger.state import (
+    DEFAULT_STATE_DIGEST,
+    StateSnapshot,
+    batch_digest,
+    named_state_tensors,
+    run_digest_format,
+    save_snapshot,
+    snapshot,
+)
 from ..rounding.log import StepLog, encode_step_log, step_log_path
 from ..rounding.mode import RoundingMode
 from ..rounding.precision import round_values
@@ -71,10 +86,24 @@ class StepListener:
     """
 
     def on_step_committed(self, session: TrainingSession, record: StepRecord, state: StateSnapshot) -> None:
-        """``record`` was committed; ``state`` is the state it commits (its digest is the record's)."""
+        """``record`` was committed; ``state`` is the state it commits (its digest is the record's).
+
+        ``state`` is valid during this call (and as ``session.last_state`` until the next commit):
+        the session reuses its buffers for later snapshots, so copy what you keep.
+        """
 
     def on_session_close(self, session: TrainingSession) -> None:
         """The run is about to write its final manifest (``session.manifest``)."""
+
+
+class _Queued:
+    """A step waiting for its state digest: the record's other fields, its log, its writes."""
+
+    __slots__ = ("fields", "log_path", "data", "writes")
+
+    def __init__(self, fields: dict[str, Any], log_path: Path, data: bytes,
+                 writes: list[Callable[[], None]]) -> None:
+        self.fields, self.log_path, self.data, self.writes = fields, log_path, data, writes
 
 
 def _default_run_dir(trainer, marker: dict[str, Any] | None) -> Path:
@@ -125,6 +154,10 @@ class TrainingSession:
         self._lock: RunLock | None = None
         self._claim: dict[str, Any] | None = None  # a finished run's claims, while it is resumed
         self._after_commit: list[Callable[[], None]] = []  # writes waiting for the open step
+        self.digest_format: str = getattr(strategy, "state_digest", None) or DEFAULT_STATE_DIGEST
+        self._digester = StateDigester(background=bool(getattr(strategy, "background_commit", False)))
+        self._spare: list[StateSnapshot] = []  # committed snapshots nobody uses: reused buffers
+        self._commit_failed = False  # committing a step raised: the session commits nothing more
 
     # --- opening -----------------------------------------------------------------------------
     def _pause_metric_logging(self) -> None:
@@ -241,6 +274,7 @@ class TrainingSession:
                     "that run with trainer.fit(..., ckpt_path=...)."
                 )
             if records:
+                self._adopt_digest_format(old)
                 self._restart_unfinished(old, records)
                 return
         elif not run.is_empty() and not run.is_uncommitted_start():
@@ -271,9 +305,22 @@ class TrainingSession:
             "initial_state": {"file": str(initial_path.relative_to(run.path)), "digest": initial_digest},
             "steps_committed": 0,
             "final_state_digest": None,
+            "state_digest_format": self.digest_format,
             **self._manifest_sections(),
         }
         run.write_manifest(self.manifest)  # last: a manifest means the start is complete
+
+    def _adopt_digest_format(self, manifest: dict[str, Any]) -> None:
+        """A run keeps the digest format it started with (its manifest's; v1 if it names none)."""
+        declared = run_digest_format(manifest)
+        wanted = getattr(self.strategy, "state_digest", None)
+        if wanted is not None and wanted != declared:
+            raise RunDirectoryError(
+                f"run_dir {self.run.path} commits state digests in format {declared}, but the "
+                f"strategy asks for {wanted}: a run keeps one format. HINT: drop "
+                "VerifiableStrategy(state_digest=...) to continue the run in its own format."
+            )
+        self.digest_format = declared
 
     def _manifest_sections(self) -> dict[str, Any]:
         """Mode-specific manifest sections, written with the rest in one atomic write."""
@@ -303,6 +350,7 @@ class TrainingSession:
     def _resume(self, marker: dict[str, Any] | None) -> None:
         run = self.run
         self.manifest = run.read_manifest()
+        self._adopt_digest_format(self.manifest)
         if marker and marker.get("run_id") not in (None, self.manifest.get("run_id")):
             raise RunDirectoryError(
                 f"the checkpoint belongs to run {marker.get('run_id')}, but run_dir {run.path} holds "
@@ -427,20 +475,24 @@ class TrainingSession:
         log, _ = self.mode.end_step()
         self._commit_step(log, grads=grads)
 
-    def _commit_step(self, log: StepLog, extra: dict[str, Any] | None = None, grads: bool = False) -> StepRecord:
-        """Write the step's log and record (in that order), tell the listeners; returns the record."""
+    def _commit_step(self, log: StepLog, extra: dict[str, Any] | None = None, grads: bool = False) -> None:
+        """Snapshot the state and queue the step for its digest; commit every step whose digest
+        is known (in order: log, record, listeners, waiting checkpoints).
+
+        Inline (the default) the step is committed before this returns; in background mode it
+        is committed once the worker has its digest (at a later boundary, or at the latest when
+        the session closes).
+        """
         step = self.next_step
         data = encode_step_log(log)
         log_path = step_log_path(self.run.rounding_dir, step)
         pending = self._pending or {}
-        state = self.snapshot(grads=grads)
-        record = StepRecord(
+        fields = dict(
             step=step,
             epoch=pending.get("epoch", -1),
             batch_idx=pending.get("batch_idx", -1),
             batch_indices=pending.get("batch_indices"),
             batch_digest=pending.get("batch_digest", ""),
-            state_digest=self.public_digest("state", step, state.digest()),
             log_file=str(log_path.relative_to(self.run.path)),
             log_sha256=hashlib.sha256(data).hexdigest(),
             log_bytes=len(data),
@@ -450,19 +502,47 @@ class TrainingSession:
             global_step=pending.get("global_step"),
             extra=extra or {},
         )
-        self._commit(record, log_path, data)
-        self._committed(record, state)
-        return record
-
-    def _committed(self, record: StepRecord, state: StateSnapshot) -> None:
-        self.last_record, self.last_state = record, state
-        self.next_step = record.step + 1
+        # the copy: taken now, before the next step's in-place updates
+        state = self.snapshot(grads=grads, reuse=self._spare.pop() if self._spare else None)
+        queued = _Queued(fields, log_path, data, self._after_commit)
+        self.next_step = step + 1
         self._pending = None
         self._updates = []
+        self._after_commit = []
+        self._digester.submit(state, queued)
+        self._commit_ready(self._digester.ready())
+
+    def _commit_ready(self, done: list[tuple[_Queued, StateSnapshot, str]]) -> None:
+        try:
+            for queued, state, digest in done:
+                step = queued.fields["step"]
+                record = StepRecord(**queued.fields,
+                                    state_digest=self.public_digest("state", step, digest))
+                self._commit(record, queued.log_path, queued.data)
+                self._committed(record, state, queued.writes)
+        except BaseException:
+            self._commit_failed = True  # nothing queued after it may be committed (abort)
+            raise
+
+    def flush(self) -> None:
+        """Commit every queued step (waits for the digest worker); raises its error, if any."""
+        while self._digester.in_flight:
+            self._commit_ready(self._digester.drain())
+
+    def _committed(self, record: StepRecord, state: StateSnapshot,
+                   writes: list[Callable[[], None]] | None = None) -> None:
+        previous = self.last_state
+        self.last_record, self.last_state = record, state
+        self.next_step = max(self.next_step, record.step + 1)  # (ahead while steps are queued)
         for listener in self.listeners:
             listener.on_step_committed(self, record, state)
-        waiting, self._after_commit = self._after_commit, []
-        for write in waiting:
+        if previous is not None and previous is not state and len(self._spare) < 1:
+            self._spare.append(previous)  # its buffers hold the next snapshot
+        if writes is None:  # a subclass committing directly (the audit replay): the open step's
+            self._pending = None
+            self._updates = []
+            writes, self._after_commit = self._after_commit, []
+        for write in writes:
             write()
 
     @property
@@ -480,6 +560,8 @@ class TrainingSession:
         """
         if self.step_open:
             self._after_commit.append(write)
+        elif self._digester.in_flight:  # after the queued steps it counts (checkpoint_marker)
+            self._digester.last_token().writes.append(write)
         else:
             write()
 
@@ -506,10 +588,12 @@ class TrainingSession:
         """
         return digest
 
-    def snapshot(self, grads: bool = False) -> StateSnapshot:
-        """The current canonical state (model, optimizers, LR schedulers; live gradients)."""
+    def snapshot(self, grads: bool = False, reuse: StateSnapshot | None = None) -> StateSnapshot:
+        """The current canonical state (model, optimizers, LR schedulers; live gradients), a copy
+        (into ``reuse``'s buffers where they fit), digested in the run's format."""
         return snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype,
-                        schedulers=self.schedulers, grads=grads)
+                        schedulers=self.schedulers, grads=grads, digest_format=self.digest_format,
+                        reuse=reuse)
 
     # --- closing -----------------------------------------------------------------------------
     def close(self) -> None:
@@ -520,6 +604,8 @@ class TrainingSession:
         self._closed = True
         try:
             self.end_of_training()
+            self.flush()
+            self._digester.close()
             self._release()
             if self._expected:
                 # stopped before re-verifying every committed step: the earlier claim still holds
@@ -538,6 +624,7 @@ class TrainingSession:
                 listener.on_session_close(self)
             self.run.write_manifest(self.manifest)
         finally:
+            self._digester.discard()
             self._release()
             self.release()
 
@@ -554,7 +641,15 @@ class TrainingSession:
             self.mode.end_step_discard()
         self._pending = None
         self._after_commit = []  # the step was never committed: neither are its checkpoints
-        self.release()
+        try:  # the queued steps are complete: commit them (a consistent prefix either way)
+            if not self._commit_failed:
+                self.flush()
+        except Exception as err:  # the run is failing already: keep its own exception
+            warnings.warn(f"lightning-zk: the steps queued for their digests were not committed "
+                          f"({type(err).__name__}: {err})", RuntimeWarning, stacklevel=2)
+        finally:
+            self._digester.discard()
+            self.release()
 
     def checkpoint_marker(self) -> dict[str, Any]:
         """Which committed state a Lightning checkpoint saved now holds: ``step`` steps' worth.

@@ -30,6 +30,7 @@ from lightning.pytorch.trainer.states import RunningStage, TrainerFn
 
 from ..fixed import FixedPointConfig
 from ..ledger.rundir import RunDirectory, RunDirectoryError
+from ..ledger.state import STATE_DIGEST_FORMATS
 from ..rounding.precision import GridSpec, PrecisionError
 from ..rounding.threshold import ThresholdPolicy
 from .boundary import StepBoundary
@@ -95,6 +96,13 @@ class VerifiableStrategy(SingleDeviceStrategy):
         value_bits: signed width every fixed-point tensor must fit (``mode="fixed"``).
         save_tapes: spill each step's witness tape to ``RUN/tapes/`` (``mode="fixed"``), for
             ``lightning-zk prove RUN``.
+        background_commit: digest each step's state on a worker thread while the next steps run
+            (a copy taken at the step boundary; at most two in flight; a worker error is raised
+            on the training thread). Steps are committed in order once their digests are known,
+            so the run directory is the same as inline, only written up to two steps later.
+        state_digest: the state digest format of a new run, ``"lightning-zk/state/v1"``
+            (SHA-256) or ``"lightning-zk/state/v2-blake3"`` (BLAKE3, the default); a resumed run
+            keeps its own (:mod:`lightning_zk.ledger.state`).
 
     Every training batch becomes one committed step, with all its optimizer updates (manual
     optimization, several optimizers), the scheduler steps and validation that follow it (see
@@ -128,6 +136,8 @@ class VerifiableStrategy(SingleDeviceStrategy):
         frac_bits: int = 16,
         value_bits: int = 24,
         save_tapes: bool = True,
+        background_commit: bool = False,
+        state_digest: str | None = None,
     ) -> None:
         if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
             raise ValueError(f"VerifiableStrategy(seed={seed!r}): seed must be an int in [0, 2**63).")
@@ -136,6 +146,14 @@ class VerifiableStrategy(SingleDeviceStrategy):
                 f"VerifiableStrategy(mode={mode!r}): use 'rounded' (any model, replayable) or "
                 "'fixed' (Linear+ReLU MLPs in exact fixed point, provable in zero knowledge)."
             )
+        if not isinstance(background_commit, bool):
+            raise ValueError(f"VerifiableStrategy(background_commit={background_commit!r}): "
+                             "expected True or False.")
+        if state_digest is not None and state_digest not in STATE_DIGEST_FORMATS:
+            raise ValueError(f"VerifiableStrategy(state_digest={state_digest!r}): use one of "
+                             f"{', '.join(STATE_DIGEST_FORMATS)}, or None for the default.")
+        self.background_commit = background_commit
+        self.state_digest = state_digest
         self.mode = mode
         self.fixed_config = FixedPointConfig(frac_bits=frac_bits, value_bits=value_bits)
         self.frac_bits, self.value_bits, self.save_tapes = frac_bits, value_bits, bool(save_tapes)

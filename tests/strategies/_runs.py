@@ -20,18 +20,21 @@ from tests.fixed_mode.models import make_regressor, regression_loader
 from tests.models import loader, make_model, trainer_kwargs
 
 
-def train(mode: str, run_dir: Path, ckpt_dir: Path, resume: bool) -> None:
-    """The same command every time; on resume from the newest Lightning checkpoint if any."""
+def train(mode: str, run_dir: Path, ckpt_dir: Path, resume: bool, background: bool = False) -> None:
+    """The same command every time; on resume from the newest Lightning checkpoint if any.
+
+    ``background``: digest the states on the worker thread (``background_commit=True``).
+    """
     ckpts = sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: int(re.search(r"step=(\d+)", p.name)[1]))
     ckpt_path = str(ckpts[-1]) if resume and ckpts else None
     saver = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=3, save_top_k=-1)
     if mode == "rounded":
         model, data, steps = make_model("mlp"), loader("mlp"), 8
-        strategy = VerifiableStrategy(run_dir=run_dir)
+        strategy = VerifiableStrategy(run_dir=run_dir, background_commit=background)
         callbacks = [CommitCallback(checkpoint_every_n_steps=3), saver]
     else:
         model, data, steps = make_regressor(), regression_loader(n=8, batch_size=4), 4
-        strategy = VerifiableStrategy(run_dir=run_dir, mode="fixed")
+        strategy = VerifiableStrategy(run_dir=run_dir, mode="fixed", background_commit=background)
         callbacks = [CommitCallback(checkpoint_every_n_steps=2), ProofCallback(), saver]
     trainer = L.Trainer(strategy=strategy, max_steps=steps, callbacks=callbacks,
                         **trainer_kwargs(enable_checkpointing=True))
