@@ -297,3 +297,41 @@ def test_resume_with_another_setting_names_it(tmp_path):
     with pytest.raises(RunDirectoryError, match=r"trainer.settings.gradient_clip_val: committed null, replay 0.5"):
         trainer.fit(make_model("mlp"), train_dataloaders=loader("mlp"),
                     ckpt_path=tmp_path / "ckpt" / "epoch=0-step=2.ckpt")
+
+
+def _v1_run(run_dir, steps=6):
+    """A run in format v1, its manifest without ``state_digest_format`` (as written before
+    formats were declared)."""
+    with NondeterminismEmulator(ulps=8, seed=1):
+        trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir, state_digest="lightning-zk/state/v1"),
+                            max_steps=steps, **trainer_kwargs())
+        trainer.fit(make_model("mlp"), train_dataloaders=loader("mlp"))
+    path = RunDirectory(run_dir).manifest_path
+    manifest = json.loads(path.read_text())
+    assert manifest.pop("state_digest_format") == "lightning-zk/state/v1"
+    path.write_text(json.dumps(manifest))
+    return RunDirectory(run_dir)
+
+
+def test_a_v1_run_without_a_declared_format_still_audits(tmp_path):
+    _v1_run(tmp_path / "run")
+    report = _audit("mlp", tmp_path / "run", audit_dir=tmp_path / "audit")
+    assert report.ok and report.steps_checked == 6, report.summary()
+    ours = [r.state_digest for r in RunDirectory(tmp_path / "run").read_steps()]
+    assert [r.state_digest for r in RunDirectory(tmp_path / "audit").read_steps()] == ours
+
+
+def test_the_audit_computes_the_declared_format(honest_run):
+    """A new run declares the default format (BLAKE3) and the replay computes it."""
+    manifest = json.loads(honest_run.manifest_path.read_text())
+    assert manifest["state_digest_format"] == "lightning-zk/state/v2-blake3"  # the default
+    report = _audit("mlp", honest_run.path)
+    assert report.ok, report.summary()
+
+
+def test_an_unknown_digest_format_is_refused_by_name(honest_run):
+    manifest = json.loads(honest_run.manifest_path.read_text())
+    manifest["state_digest_format"] = "lightning-zk/state/v9-future"
+    honest_run.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(RunDirectoryError, match="unknown state digest format.*v9-future"):
+        _audit("mlp", honest_run.path)
