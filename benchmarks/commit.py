@@ -23,7 +23,8 @@ functions, no copies of them):
   worker thread (:class:`~lightning_zk.ledger.digester.StateDigester`, two in flight), records
   written in order once their digests are known; the final drain is part of the measured time.
 
-Columns: the per-step time (median of ``--steps`` steps after a warm-up step, plus the final
+Columns: the per-step time (median of ``--steps`` steps after three warm-up steps, in which the
+snapshot buffers are allocated once and for all, plus the final
 drain spread over the steps), the commit's cost (mode − plain) and its ratio to the plain step.
 The machine may be shared: the plain step is measured again before every mode and the table
 shows their spread; compare ratios, and repeat a size when the spread is large. With ``--profile``, the
@@ -61,6 +62,7 @@ from lightning_zk.rounding.log import StepLog, encode_step_log  # noqa: E402
 
 SIZES = {"1M": (512, 4), "10M": (1024, 10), "100M": (4096, 6)}  # width, layers
 DEFAULT_STEPS = {"1M": 20, "10M": 10, "100M": 4}
+WARMUP = 3  # steps before timing: the snapshot buffers (up to four states) are allocated by then
 MODES = ("plain", "legacy", "inline-v1", "inline-v2", "background-v1", "background-v2")
 
 
@@ -132,8 +134,8 @@ class Committer:
                 state_digest=digest, log_file=f"rounding/step-{step:08d}.rlog",
                 log_sha256=hashlib.sha256(data).hexdigest(), log_bytes=len(data),
                 logged_elements=0, rounded_elements=0, updates=[0], global_step=step))
-            if self.last is not None:
-                self.spare = [self.last]
+            if self.last is not None and len(self.spare) < self.digester.max_in_flight:
+                self.spare.append(self.last)  # as the session keeps them
             self.last = snap
 
     def finish(self) -> None:
@@ -143,19 +145,19 @@ class Committer:
 
 
 def run_mode(size: str, mode: str, steps: int, batch: int) -> float:
-    """Seconds per step (training + commit): the median over ``steps`` steps after a warm-up
-    step, plus the final drain of the queued digests spread over the steps (a median, so a burst
+    """Seconds per step (training + commit): the median over ``steps`` steps after ``WARMUP``
+    steps, plus the final drain of the queued digests spread over the steps (a median, so a burst
     of load from another process on a shared machine does not decide the result)."""
     model, opt, x, y = make(size, batch)
     times = []
     with tempfile.TemporaryDirectory(prefix="lzk-commit-") as tmp:
         committer = None if mode == "plain" else Committer(Path(tmp) / "run", mode)
-        for i in range(steps + 1):
+        for i in range(steps + WARMUP):
             start = time.perf_counter()
             train_step(model, opt, x, y)
             if committer is not None:
                 committer.commit(model, opt)
-            if i:
+            if i >= WARMUP:
                 times.append(time.perf_counter() - start)
         start = time.perf_counter()
         if committer is not None:

@@ -536,8 +536,11 @@ class TrainingSession:
         self.next_step = max(self.next_step, record.step + 1)  # (ahead while steps are queued)
         for listener in self.listeners:
             listener.on_step_committed(self, record, state)
-        if previous is not None and previous is not state and len(self._spare) < 1:
-            self._spare.append(previous)  # its buffers hold the next snapshot
+        if (previous is not None and previous is not state
+                and len(self._spare) < self._digester.max_in_flight):
+            # its buffers hold a later snapshot: once as many buffers exist as are ever alive at
+            # once (in flight, the last state, the new one), no step allocates any more
+            self._spare.append(previous)
         if writes is None:  # a subclass committing directly (the audit replay): the open step's
             self._pending = None
             self._updates = []
