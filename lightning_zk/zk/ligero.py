@@ -486,23 +486,37 @@ class Ligero(PolynomialCommitment, LinearFormCommitment):
             F.check_canonical(t, "Ligero.commit table")
         shapes = tuple((num_vars_of(t.shape[-1], "Ligero.commit"), t.ndim == 2) for t in ts)
         params = self.params(shapes, False, num_points, LAYOUT_MULTILINEAR, support)
-        return self._commit_rows(self._data_rows(ts, params, xp), params, rng, xp)
+        return self._commit_rows(ts, params, rng, xp)
 
     def _data_rows(self, ts: Sequence[Any], params: LigeroParams, xp: Any) -> Any:
+        """The data rows (m_data, k) of the tables ``ts`` (one new array)."""
+        out = xp.empty((params.m_data, params.k), dtype=xp.uint64)
+        self._fill_rows(out, ts, params, xp)
+        return out
+
+    @staticmethod
+    def _fill_rows(out: Any, ts: Sequence[Any], params: LigeroParams, xp: Any) -> None:
+        """Write the tables' rows (their committed columns) into out[:m_data, :k], a few rows
+        at a time (no copy of a whole table)."""
         width = 1 << params.col_vars
         cols = params.columns()
-        blocks = []
+        off_cols = None
+        if cols is not None and cols.shape[0] < width:
+            off = np.ones(width, dtype=bool)
+            off[cols] = False
+            off_cols = xp.asarray(np.nonzero(off)[0])
+        cols_x = None if cols is None else xp.asarray(cols)
+        r0 = 0
+        step = max(1, (1 << 16) // width)
         for t in ts:
             rows = t.reshape(-1, width)  # ext: (2, N) -> re rows then X rows
-            if cols is not None:
-                if cols.shape[0] < width:
-                    off = np.ones(width, dtype=bool)
-                    off[cols] = False
-                    if bool(xp.any(rows[:, xp.asarray(np.nonzero(off)[0])] != 0)):
-                        raise ParameterError("Ligero.commit: a table is nonzero outside its support")
-                rows = rows[:, xp.asarray(cols)]
-            blocks.append(rows)
-        return blocks[0] if len(blocks) == 1 else xp.concatenate(blocks, axis=0)
+            for a in range(0, rows.shape[0], step):
+                part = rows[a : a + step]
+                if off_cols is not None and bool(xp.any(part[:, off_cols] != 0)):
+                    raise ParameterError("Ligero.commit: a table is nonzero outside its support")
+                dst = out[r0 + a : r0 + a + part.shape[0], : params.k]
+                dst[...] = part if cols_x is None else part[:, cols_x]
+            r0 += rows.shape[0]
 
     def commit_vector(
         self, vector: Any, *, num_points: int = 1, rng: Any = None
@@ -534,10 +548,15 @@ class Ligero(PolynomialCommitment, LinearFormCommitment):
     def _commit_rows(
         self, data: Any, params: LigeroParams, rng: Any, xp: Any
     ) -> tuple[Commitment, LigeroState]:
+        """Commit the data rows: a (m_data, k) array, or the list of multilinear tables whose
+        rows they are (written into the message matrix directly)."""
         rng = as_rng(rng)
         rows, k = params.num_rows, params.k
         msg = xp.empty((rows, params.msg_len), dtype=xp.uint64)
-        msg[: params.m_data, :k] = data
+        if isinstance(data, list):
+            self._fill_rows(msg, data, params, xp)
+        else:
+            msg[: params.m_data, :k] = data
         msg[: params.m_data, k:] = rng.field((params.m_data, params.pad), xp)
         msg[params.m_data :] = rng.field((rows - params.m_data, params.msg_len), xp)
         salt_bytes = rng.bytes(SALT_BYTES * params.code_len)
