@@ -421,7 +421,9 @@ def verify_bank(
 # commitment's mask mu over its column variables; a block selector of a layout) is held as one
 # period; a round-1 mask is not added to its table (P + c M, a new table of the full length)
 # but kept beside it until the next fold; the round messages are summed over chunks of _CHUNK
-# entries, so their temporaries do not grow with the tables; each table is replaced by its fold
+# entries or 1/8 of a longer table (small chunks cost a thread hand-off per kernel call), so
+# their temporaries are a fraction of the tables; factors that do not change with X (round 1
+# of a hiding sumcheck) are multiplied once per chunk, not once per X; each table is replaced by its fold
 # as soon as that exists (with ``consume``, the caller's references go too, so the previous
 # round's tables are freed).
 
@@ -571,7 +573,7 @@ def _sums(spec: SumcheckSpec, tabs: list[_Table], masks: Sequence[Any], degree: 
     evals = [Fp2(0)] * (degree + 1)
     for length, terms in groups.items():
         ks = sorted({k for t in terms for k in t.factors})
-        step = min(length, _CHUNK)
+        step = min(length, max(_CHUNK, length >> 3))
         sums = [[Fp2(0)] * (degree + 1) for _ in terms]
         for start in range(0, length, step):
             lo: dict[int, Any] = {}
@@ -586,8 +588,25 @@ def _sums(spec: SumcheckSpec, tabs: list[_Table], masks: Sequence[Any], degree: 
                 diff[k] = None if d is None else _spread(d, step // cnt)
                 if masks[k] is not None:
                     msk[k] = _spread(_window(masks[k], a, cnt), step // cnt)
+            # factors constant in X (not moving, no mask) go first: their product is made once
+            fixed = {k for k in ks if diff[k] is None and k not in msk}
+            orders = [sorted(t.factors, key=lambda k: k not in fixed) for t in terms]
+            base: dict[tuple[int, ...], Any] = {}
+            for order in orders:
+                head = tuple(k for k in order if k in fixed)
+                if head and head not in base:
+                    prod = lo[head[0]]
+                    for k in head[1:]:
+                        prod = _mul(prod, lo[k])
+                    base[head] = prod
+            still = not any(d is not None for d in diff.values())  # T(1) = T(0) (no mask at 0, 1)
+            part = [[Fp2(0)] * (degree + 1) for _ in terms]  # this chunk's share of each sum
             cur = lo
             for x in range(degree + 1):
+                if x == 1 and still:
+                    for row in part:
+                        row[1] = row[0]
+                    continue
                 if x:
                     cur = {k: v if diff[k] is None else _add(v, diff[k]) for k, v in cur.items()}
                 vals = cur
@@ -595,11 +614,18 @@ def _sums(spec: SumcheckSpec, tabs: list[_Table], masks: Sequence[Any], degree: 
                     sx = Fp2(x * (1 - x))
                     vals = {k: v if k not in msk else _add(v, _scale(msk[k], sx))
                             for k, v in cur.items()}
-                for j, term in enumerate(terms):
-                    prod = vals[term.factors[0]]
-                    for k in term.factors[1:]:
+                for j, order in enumerate(orders):
+                    head = tuple(k for k in order if k in fixed)
+                    rest = order[len(head):]
+                    if not rest and x:  # constant in X: its sum at X = 0
+                        part[j][x] = part[j][0]
+                        continue
+                    prod = base[head] if head else vals[rest[0]]
+                    for k in rest if head else rest[1:]:
                         prod = _mul(prod, vals[k])
-                    sums[j][x] = sums[j][x] + _total(prod)
+                    part[j][x] = _total(prod)
+            for j in range(len(terms)):
+                sums[j] = [a + b for a, b in zip(sums[j], part[j], strict=True)]
         copies = pow(2, free_vars - num_vars_of(length, "term"), P)
         for j, term in enumerate(terms):
             for x in range(degree + 1):
