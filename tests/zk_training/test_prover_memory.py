@@ -1,7 +1,8 @@
 """The prover's memory work changes no proof byte, and its peak memory stays near linear in Wit.
 
 The recorded digests are those of the seeded proofs of :mod:`.seeded` made by the prover before
-it stopped keeping codewords and lifted tables (commit 591a230): the savings (class-wise
+it stopped keeping codewords and lifted tables (commit 591a230; re-recorded for format LZKT 6,
+F_p2 sumcheck masks, from the prover before the memory work, which gave the same bytes): the savings (class-wise
 encoding, base and periodic tables, chunked sums, ``consume``) are pure prover-side
 refactorings, so every byte must stay the same. A deliberate change of the proof format or of
 the prover's randomness use updates them.
@@ -19,8 +20,8 @@ import pytest
 
 from .seeded import seeded_proofs
 
-STEP_SHA256 = "f67659b387286bcd53cfee19ca132852a0cb6b91223628c5e2edfc168844df18"
-EPOCH_SHA256 = "7c25c60ae71167260631c759fc7674871345228761b7ed46401789bde58c7340"
+STEP_SHA256 = "ff95c621ebeb438e578686c3f2f29de2976a516c6e4e4958fd9f2a47cadf46a5"
+EPOCH_SHA256 = "8aa6d71fb5b2adc26984a3d8aadb522900d645aebf5f8804aaec31eaa31098bc"
 
 
 def test_seeded_proofs_are_byte_identical_to_before():
