@@ -34,11 +34,8 @@ import platform
 import time
 
 import numpy as np
-import torch
-from torch import nn
 
-from lightning_zk.fixed import tensor_names
-from lightning_zk.fixed.torch_bridge import mlp_from_torch
+from lightning_zk.fixed import FixedPointMLP, tensor_names
 from lightning_zk.zk import get_backend, num_threads, set_num_threads
 from lightning_zk.zk.backend import compile_kernels
 from lightning_zk.zk.training import (
@@ -53,6 +50,8 @@ from lightning_zk.zk.training.layout import Arch
 
 
 def _machine(backend: str) -> str:
+    import torch
+
     mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     be = get_backend(backend)
     return (
@@ -84,7 +83,11 @@ def _random_batches(dims, batch, steps):
     ]
 
 
-def _model(dims) -> nn.Sequential:
+def _model(dims):
+    """The float32 torch MLP (imported here: the prover processes never load torch)."""
+    import torch
+    from torch import nn
+
     torch.manual_seed(0)
     layers: list[nn.Module] = []
     for i in range(len(dims) - 1):
@@ -98,6 +101,11 @@ def _step_times(dims, batches, lr, reps: int):
     """Medians (ms) of the float32 step and the fixed step, measured alternately in blocks of
     len(batches) steps over ``reps`` repetitions (both see the same machine load), and the
     fixed-point tapes of the first block."""
+    import torch
+    from torch import nn
+
+    from lightning_zk.fixed.torch_bridge import mlp_from_torch
+
     model = _model(dims)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     engine = mlp_from_torch(_model(dims), lr=lr)
@@ -136,7 +144,9 @@ def _step_rows(name, dims, batches, lr, reps, target: float | None):
 def _warm_up() -> None:
     """Compile the numba kernels (parallel ones too), then prove and verify a tiny step once."""
     compile_kernels()
-    engine = mlp_from_torch(_model((4, 4, 2)), lr=0.05)
+    rng = np.random.default_rng(0)
+    engine = FixedPointMLP.from_float([rng.normal(size=(4, 4)), rng.normal(size=(2, 4))],
+                                      [np.zeros(4), np.zeros(2)], lr=0.05)
     tiny = engine.step_float(*_random_batches((4, 4, 2), 2, 1)[0])
     proof, stmt, _ = prove_step(tiny, None, backend="numpy", rng=0)
     verify_unit(proof, stmt)
@@ -230,6 +240,10 @@ def _prove_child(tapes, backend, epoch: bool, threads: int | None, cap_gib: floa
     verify_unit(proof, stmt)
     verify = time.perf_counter() - t0
     peak_gib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    import sys
+
+    if "torch" in sys.modules:  # the peak would include torch's ~300 MiB
+        raise RuntimeError("the prover process imported torch")
     return {"prove": prove, "verify": verify, "size": len(encode_training_proof(proof)),
             "peak": peak_gib, "phases": phases.shares(prove),
             "parts": proof_part_sizes(proof) if not epoch else {}}

@@ -63,4 +63,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from lightning_zk.commands.quiet import quiet_lightning
+
+    with quiet_lightning():  # Lightning's hardware notices and tips say nothing about the demo
+        main()

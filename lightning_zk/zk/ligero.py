@@ -52,7 +52,7 @@ from . import field as F
 from .backend import P, array_module, backend_of, to_numpy
 from .errors import CommitmentError, ParameterError, ShapeMismatchError
 from .extension import Fp2, W
-from .merkle import SALT_BYTES, MerkleTree, leaf_hash, verify_multiproof
+from .merkle import SALT_BYTES, MerkleTree, hash_columns, leaf_hash, verify_multiproof
 from .multilinear import eq_table, num_vars_of
 from .ntt import ntt
 from .pcs import (
@@ -293,13 +293,17 @@ def derive_params(
 
 @dataclass
 class LigeroState:
-    """Prover-side data of one commitment (never serialised)."""
+    """Prover-side data of one commitment (never serialised).
+
+    The codewords (rows x K, K/(k + pad) >= 2 times the message) are not kept: the commitment
+    hashes them class by class (:func:`_encode_class`) and the opening re-encodes the classes
+    of the columns it reveals, so a commitment costs the message rows and the Merkle tree.
+    """
 
     params: LigeroParams
     commitment: Commitment
     msg: Any  # (rows, k + pad) message rows, backend array
-    code: Any  # (rows, K) codewords, backend array
-    salts: list[bytes]
+    salts: np.ndarray  # (K, SALT_BYTES) uint8, one per leaf
     tree: MerkleTree
     opened: bool = False
 
@@ -356,6 +360,69 @@ def _encode(msg_rows: Any, code_len: int) -> Any:
     padded = xp.zeros((*lead, code_len), dtype=xp.uint64)
     padded[..., : msg_rows.shape[-1]] = msg_rows
     return ntt(padded, overwrite=True)  # padded is ours: no second copy
+
+
+def _class_len(msg_len: int, code_len: int) -> int:
+    """L: the codeword splits into K/L classes of L columns (the largest power of two <= the
+    message length, so a class is never larger than the message; L <= K/2 as the rate <= 1/2)."""
+    return min(1 << (msg_len.bit_length() - 1), code_len)
+
+
+@lru_cache(maxsize=256)
+def _twist(code_len: int, a: int, length: int) -> np.ndarray:
+    """w^(a i) for i < length, w the K-th root of unity of :func:`.ntt.ntt`."""
+    x = pow(F.root_of_unity(code_len), a, P)
+    out = np.ones(length, dtype=np.uint64)
+    step = 1
+    while step < length:
+        out[step : 2 * step] = F.mul(out[: min(step, length - step)], np.uint64(pow(x, step, P)))
+        step *= 2
+    out.setflags(write=False)
+    return out
+
+
+_ROW_CHUNK = 64  # rows twisted at once (bounds the temporary of the twist)
+
+
+def _encode_class(msg_rows: Any, code_len: int, a: int) -> Any:
+    """Columns a, a + s, a + 2s, ... (s = K/L) of ``_encode(msg_rows, K)``, as (rows, L).
+
+    Enc(m)[a + s j] = sum_i m_i w^(a i) (w^s)^(i j): the NTT of size L (its root is w^s) of the
+    twisted message m_i w^(a i), folded modulo L (x^L = 1 on the class). The whole codeword
+    never exists at once: the commitment hashes one class at a time and an opening re-encodes
+    the classes of the columns it reveals.
+    """
+    xp = array_module(msg_rows)
+    rows, msg_len = msg_rows.shape
+    L = _class_len(msg_len, code_len)
+    block = xp.zeros((rows, L), dtype=xp.uint64)
+    tw = None if a == 0 else _twist(code_len, a, msg_len)
+    if tw is not None and xp is not np:
+        tw = xp.asarray(tw)
+    for r0 in range(0, rows, _ROW_CHUNK):
+        part = msg_rows[r0 : r0 + _ROW_CHUNK]
+        if tw is not None:
+            part = F.mul(part, tw[None, :])
+        for c0 in range(0, msg_len, L):  # fold: index i lands on i mod L
+            piece = part[:, c0 : c0 + L]
+            dst = block[r0 : r0 + _ROW_CHUNK, : piece.shape[1]]
+            dst[...] = piece if c0 == 0 else F.add(dst, piece)
+    return ntt(block, overwrite=True)  # block is ours: no second copy
+
+
+def _code_columns(msg_rows: Any, code_len: int, idx: Sequence[int]) -> np.ndarray:
+    """Columns ``idx`` of the codeword matrix, (len(idx), rows) on the host, re-encoded."""
+    rows, msg_len = msg_rows.shape
+    s = code_len // _class_len(msg_len, code_len)
+    out = np.empty((len(idx), rows), dtype=np.uint64)
+    want = np.asarray(idx, dtype=np.int64)
+    for a in sorted({int(j) % s for j in idx}):
+        pos = np.nonzero(want % s == a)[0]
+        block = _encode_class(msg_rows, code_len, a)
+        xp = array_module(block)
+        out[pos] = to_numpy(block[:, xp.asarray(want[pos] // s)]).T
+        del block
+    return out
 
 
 def _times_x(a: np.ndarray) -> np.ndarray:
@@ -419,23 +486,37 @@ class Ligero(PolynomialCommitment, LinearFormCommitment):
             F.check_canonical(t, "Ligero.commit table")
         shapes = tuple((num_vars_of(t.shape[-1], "Ligero.commit"), t.ndim == 2) for t in ts)
         params = self.params(shapes, False, num_points, LAYOUT_MULTILINEAR, support)
-        return self._commit_rows(self._data_rows(ts, params, xp), params, rng, xp)
+        return self._commit_rows(ts, params, rng, xp)
 
     def _data_rows(self, ts: Sequence[Any], params: LigeroParams, xp: Any) -> Any:
+        """The data rows (m_data, k) of the tables ``ts`` (one new array)."""
+        out = xp.empty((params.m_data, params.k), dtype=xp.uint64)
+        self._fill_rows(out, ts, params, xp)
+        return out
+
+    @staticmethod
+    def _fill_rows(out: Any, ts: Sequence[Any], params: LigeroParams, xp: Any) -> None:
+        """Write the tables' rows (their committed columns) into out[:m_data, :k], a few rows
+        at a time (no copy of a whole table)."""
         width = 1 << params.col_vars
         cols = params.columns()
-        blocks = []
+        off_cols = None
+        if cols is not None and cols.shape[0] < width:
+            off = np.ones(width, dtype=bool)
+            off[cols] = False
+            off_cols = xp.asarray(np.nonzero(off)[0])
+        cols_x = None if cols is None else xp.asarray(cols)
+        r0 = 0
+        step = max(1, (1 << 16) // width)
         for t in ts:
             rows = t.reshape(-1, width)  # ext: (2, N) -> re rows then X rows
-            if cols is not None:
-                if cols.shape[0] < width:
-                    off = np.ones(width, dtype=bool)
-                    off[cols] = False
-                    if bool(xp.any(rows[:, xp.asarray(np.nonzero(off)[0])] != 0)):
-                        raise ParameterError("Ligero.commit: a table is nonzero outside its support")
-                rows = rows[:, xp.asarray(cols)]
-            blocks.append(rows)
-        return blocks[0] if len(blocks) == 1 else xp.concatenate(blocks, axis=0)
+            for a in range(0, rows.shape[0], step):
+                part = rows[a : a + step]
+                if off_cols is not None and bool(xp.any(part[:, off_cols] != 0)):
+                    raise ParameterError("Ligero.commit: a table is nonzero outside its support")
+                dst = out[r0 + a : r0 + a + part.shape[0], : params.k]
+                dst[...] = part if cols_x is None else part[:, cols_x]
+            r0 += rows.shape[0]
 
     def commit_vector(
         self, vector: Any, *, num_points: int = 1, rng: Any = None
@@ -467,18 +548,30 @@ class Ligero(PolynomialCommitment, LinearFormCommitment):
     def _commit_rows(
         self, data: Any, params: LigeroParams, rng: Any, xp: Any
     ) -> tuple[Commitment, LigeroState]:
+        """Commit the data rows: a (m_data, k) array, or the list of multilinear tables whose
+        rows they are (written into the message matrix directly)."""
         rng = as_rng(rng)
         rows, k = params.num_rows, params.k
         msg = xp.empty((rows, params.msg_len), dtype=xp.uint64)
-        msg[: params.m_data, :k] = data
+        if isinstance(data, list):
+            self._fill_rows(msg, data, params, xp)
+        else:
+            msg[: params.m_data, :k] = data
         msg[: params.m_data, k:] = rng.field((params.m_data, params.pad), xp)
         msg[params.m_data :] = rng.field((rows - params.m_data, params.msg_len), xp)
-        code = _encode(msg, params.code_len)
         salt_bytes = rng.bytes(SALT_BYTES * params.code_len)
-        salts = [salt_bytes[i * SALT_BYTES : (i + 1) * SALT_BYTES] for i in range(params.code_len)]
-        tree = MerkleTree.from_rows(to_numpy(code), salts)  # leaves hash the code's columns
+        salts = np.frombuffer(salt_bytes, dtype=np.uint8).reshape(params.code_len, SALT_BYTES)
+        # leaves hash the code's columns, one class of columns at a time (_encode_class)
+        K = params.code_len
+        s = K // _class_len(params.msg_len, K)
+        leaves = np.empty((K, 32), dtype=np.uint8)
+        for a in range(s):
+            block = to_numpy(_encode_class(msg, K, a))
+            leaves[a::s] = hash_columns(block, salts[a::s], row_major=True)
+            del block
+        tree = MerkleTree.from_leaves(leaves)
         com = _commitment(tree.root, params)
-        return com, LigeroState(params, com, msg, code, salts, tree)
+        return com, LigeroState(params, com, msg, salts, tree)
 
     # -- masks and values (prover side) ------------------------------------------------------
 
@@ -648,8 +741,8 @@ class Ligero(PolynomialCommitment, LinearFormCommitment):
         tr.absorb_ext_array("pcs.combined", combined.transpose(1, 0, 2))
         # soundness: t uniform columns; (1 - e/K)^t + q (1 - (d - e)/K)^t
         idx = sorted(set(tr.challenge_indices("pcs.columns", p.num_queries, p.code_len)))
-        columns = np.ascontiguousarray(to_numpy(state.code[:, idx]).T)
-        salts = np.frombuffer(b"".join(state.salts[i] for i in idx), dtype=np.uint8)
+        columns = _code_columns(state.msg, p.code_len, idx)
+        salts = state.salts[idx]
         merkle = state.tree.multiproof(idx)
         state.opened = True
         return LigeroProof(

@@ -52,14 +52,24 @@ def as_ext_table(table: Any) -> Any:
     raise ParameterError(f"as_ext_table: expected shape (N,) or (2, N), got {t.shape}")
 
 
+_EQ_CHUNK = 1 << 16  # entries doubled at once by eq_table (bounds its temporaries)
+
+
 def eq_table(point: Sequence[Fp2 | int], xp: Any = np) -> Any:
     """eq(z, x) = prod_j (z_j x_j + (1 - z_j)(1 - x_j)) for every x, as a (2, 2^n) table."""
-    t = e_const(1, 1, xp)
-    for z in point:
-        hi = e_scale(t, Fp2.lift(z))
-        lo = e_sub(t, hi)
-        t = xp.stack([lo, hi], axis=-1).reshape(2, -1)
-    return t
+    n = len(point)
+    out = e_const(1, 1 << n, xp)  # holds the table of the first j variables in [:, : 2^j]
+    for j, z in enumerate(point):
+        z = Fp2.lift(z)
+        size = 1 << j
+        step = min(size, _EQ_CHUNK)
+        # entry i of the table so far becomes entries 2i (x_j = 0) and 2i + 1 (x_j = 1); the
+        # chunks go from the last, so no chunk is overwritten before it is read
+        for a in range(size - step, -1, -step):
+            hi = e_scale(out[:, a : a + step], z)
+            lo = e_sub(out[:, a : a + step], hi)
+            out[:, 2 * a : 2 * (a + step)] = xp.stack([lo, hi], axis=-1).reshape(2, -1)
+    return out
 
 
 def eq_eval(a: Sequence[Fp2 | int], b: Sequence[Fp2 | int]) -> Fp2:

@@ -51,11 +51,11 @@ from typing import Any
 import numpy as np
 
 from . import field as F
-from .backend import P, array_module
+from .backend import P, array_module, to_numpy
 from .errors import ParameterError, ShapeMismatchError, SumcheckError
-from .extension import Fp2, e_add, e_mul, e_scale, e_sum
+from .extension import Fp2, e_mul, e_mul_base, e_scale, e_sum
 from .ligero import Ligero, LigeroProof, Query
-from .multilinear import as_ext_table, fold, num_vars_of
+from .multilinear import fold, num_vars_of
 from .pcs import LAYOUT_VECTOR, Commitment, LinearFormCommitment
 from .randomness import as_rng
 from .transcript import Transcript
@@ -65,6 +65,7 @@ __all__ = [
     "SumcheckSpec",
     "SumcheckProof",
     "SumcheckClaim",
+    "Periodic",
     "prove_sumcheck",
     "verify_sumcheck",
     "interpolate",
@@ -435,38 +436,223 @@ def verify_bank(
     pcs.verify_linear(commitment, queries, values, proof, transcript, rows=len(specs))
 
 
-# ---- prover ---------------------------------------------------------------------------------
+# ---- prover ----------------------------------------------------------------------------------
+#
+# Memory: the prover holds each table once, in the smallest form it has. A base-field table
+# (the witness, selectors) stays a (N,) uint64 array until its first fold makes it an extension
+# table of half the length; a table or round-1 mask that repeats over the leading variables (a
+# commitment's mask mu over its column variables; a block selector of a layout) is held as one
+# period; a round-1 mask is not added to its table (P + c M, a new table of the full length)
+# but kept beside it until the next fold; the round messages are summed over chunks of _CHUNK
+# entries or 1/8 of a longer table (small chunks cost a thread hand-off per kernel call), so
+# their temporaries are a fraction of the tables; factors that do not change with X (round 1
+# of a hiding sumcheck) are multiplied once per chunk, not once per X; each table is replaced by its fold
+# as soon as that exists (with ``consume``, the caller's references go too, so the previous
+# round's tables are freed).
+
+_CHUNK = 1 << 14  # entries per pass of the round sums (bounds the temporaries)
 
 
-def _halves(t: Any) -> tuple[Any, Any]:
-    """(T(0, ...), T(1, ...) - T(0, ...)) along the first variable; a bound table is constant."""
-    if t.shape[1] == 1:
-        return t, None
-    half = t.shape[1] // 2
-    return t[:, :half], F.sub(t[:, half:], t[:, :half])
+@dataclass(frozen=True)
+class Periodic:
+    """A sumcheck table given by one period: entry i of the table is ``values[i mod len]``.
+
+    The table depends only on its last log2(len) variables (the low index bits), e.g. a block
+    selector of a layout whose blocks are given by low-bit codes; the prover holds and folds
+    the period only (folding a leading variable leaves a periodic table unchanged).
+    """
+
+    values: Any
 
 
-def _round_evals(
-    spec: SumcheckSpec, tables: list[Any], masks: list[Any], degree: int, rnd: int
-) -> list[Fp2]:
-    """s_rnd(X) at X = 0..degree, summed over the remaining variables of every term."""
-    if spec.hiding and rnd == 0:  # no table depends on the hiding variable
-        lo, diff = list(tables), [None] * len(tables)
-    else:
-        lo, diff = zip(*[_halves(t) for t in tables], strict=True)
-    cur = list(lo)
-    evals = []
-    for x in range(degree + 1):
-        if x:
-            cur = [c if d is None else e_add(c, d) for c, d in zip(cur, diff, strict=True)]
-        vals = cur
-        if x >= 2 and any(m is not None for m in masks):
-            s = Fp2(x * (1 - x))
-            vals = [
-                c if m is None else e_add(c, e_scale(m, s))
-                for c, m in zip(cur, masks, strict=False)
-            ]
-        evals.append(_eval_sum(spec, vals, spec.num_vars - rnd - 1))
+def _prover_array(a: Any, what: str) -> Any:
+    """A table or mask as given: base (N,) or extension (2, N) uint64 (no lifting)."""
+    xp = array_module(a)
+    t = xp.asarray(a, dtype=xp.uint64)
+    if t.ndim not in (1, 2) or (t.ndim == 2 and t.shape[0] != 2):
+        raise ParameterError(f"prove_sumcheck: {what} must have shape (N,) or (2, N), got {t.shape}")
+    return t
+
+
+def _add(a: Any, b: Any) -> Any:
+    """a + b for base (N,) / extension (2, N) arrays of one length (base + base stays base)."""
+    if a.ndim == b.ndim:
+        return F.add(a, b)
+    if a.ndim == 1:
+        a, b = b, a
+    xp = array_module(a)
+    out = xp.empty_like(a)
+    out[0] = F.add(a[0], b)
+    out[1] = a[1]
+    return out
+
+
+def _mul(a: Any, b: Any) -> Any:
+    """a * b for base / extension arrays of one length (base x extension: two products)."""
+    if a.ndim == b.ndim == 1:
+        return F.mul(a, b)
+    if a.ndim == b.ndim:
+        return e_mul(a, b)
+    if a.ndim == 1:
+        a, b = b, a
+    return e_mul_base(a, b)
+
+
+def _scale(a: Any, s: Fp2) -> Any:
+    if a.ndim == 2:
+        return e_scale(a, s)
+    xp = array_module(a)
+    out = xp.empty((2, a.shape[0]), dtype=xp.uint64)
+    out[0] = F.mul(a, np.uint64(s.c0))
+    out[1] = F.mul(a, np.uint64(s.c1))
+    return out
+
+
+def _total(a: Any) -> Fp2:
+    return Fp2(F.fsum(a)) if a.ndim == 1 else e_sum(a)
+
+
+def _window(a: Any, start: int, count: int) -> Any:
+    """Entries start .. start + count of ``a`` read periodically (index i -> a[i mod len(a)]);
+    ``start`` is a multiple of ``count`` and every length a power of two."""
+    xp = array_module(a)
+    m = a.shape[-1]
+    if count <= m:
+        lo = start % m
+        return a[..., lo : lo + count]
+    return xp.tile(a, (1, count // m) if a.ndim == 2 else count // m)
+
+
+def _spread(a: Any, reps: int) -> Any:
+    """Each entry repeated ``reps`` times (a shorter table under a longer one's variables)."""
+    if reps == 1:
+        return a
+    return array_module(a).repeat(a, reps, axis=-1)
+
+
+class _Table:
+    """One table of a running sumcheck: T(i) = values[i mod len(values)] + coeff M(i), over
+    ``length`` entries (``values`` one period or all of them; M a pending round-1 mask, read
+    periodically too)."""
+
+    __slots__ = ("values", "length", "mask", "coeff")
+
+    def __init__(self, values: Any, length: int) -> None:
+        self.values, self.length = values, length
+        self.mask: Any = None
+        self.coeff = Fp2(0)
+
+    def period(self) -> int:
+        p = self.values.shape[-1]
+        return p if self.mask is None else max(p, self.mask.shape[-1])
+
+    def moves(self) -> bool:
+        """Whether T depends on its first variable (else its halves are equal)."""
+        return self.length > 1 and self.period() > self.length // 2
+
+    def read(self, start: int, count: int) -> Any:
+        out = _window(self.values, start, count)
+        if self.mask is not None:
+            out = _add(out, _scale(_window(self.mask, start, count), self.coeff))
+        return out
+
+    def bind(self, r: Fp2) -> None:
+        """Fix the first variable to r (a bound table, one entry, is constant in the rest)."""
+        half = self.length // 2
+        if half == 0:
+            return
+        if not self.moves():
+            self.length = half
+            return
+        t = self.values
+        if self.mask is None and t.ndim == 2 and t.shape[-1] == self.length:
+            self.values = fold(t, r)  # the fused kernel
+        else:  # low + r (high - low), chunk by chunk: a base table becomes an extension table
+            xp = array_module(t)
+            out = xp.empty((2, half), dtype=xp.uint64)
+            step = min(half, 4 * _CHUNK)
+            for a in range(0, half, step):
+                lo = self.read(a, step)
+                d = F.sub(self.read(half + a, step), lo)
+                out[:, a : a + step] = _add(lo, _scale(d, r))
+            self.values, self.mask, self.coeff = out, None, Fp2(0)
+        self.length = half
+
+    def final(self) -> Fp2:
+        v = to_numpy(self.read(0, 1))
+        return Fp2(int(v[0, 0]), int(v[1, 0])) if v.ndim == 2 else Fp2(int(v[0]))
+
+
+def _sums(spec: SumcheckSpec, tabs: list[_Table], masks: Sequence[Any], degree: int,
+          split: bool, free_vars: int) -> list[Fp2]:
+    """s(X) at X = 0..degree: the sum of f over ``free_vars`` variables after the current one,
+    each table as T(X, rest) = low + X (high - low) (``split``; else constant in X) plus
+    X (1 - X) times its mask. A term over 2^m entries counts 2^(free_vars - m) times."""
+    half = [t.length // 2 if split and t.length > 1 else t.length for t in tabs]
+    moves = [split and t.moves() for t in tabs]
+    groups: dict[int, list[Term]] = {}
+    for term in spec.terms:
+        groups.setdefault(max(half[k] for k in term.factors), []).append(term)
+    evals = [Fp2(0)] * (degree + 1)
+    for length, terms in groups.items():
+        ks = sorted({k for t in terms for k in t.factors})
+        step = min(length, max(_CHUNK, length >> 3))
+        sums = [[Fp2(0)] * (degree + 1) for _ in terms]
+        for start in range(0, length, step):
+            lo: dict[int, Any] = {}
+            diff: dict[int, Any] = {}
+            msk: dict[int, Any] = {}
+            for k in ks:  # entry i of the term reads entry i // ratio of table k
+                ratio = length // half[k]
+                a, cnt = start // ratio, max(1, step // ratio)
+                low = tabs[k].read(a, cnt)
+                d = F.sub(tabs[k].read(half[k] + a, cnt), low) if moves[k] else None
+                lo[k] = _spread(low, step // cnt)
+                diff[k] = None if d is None else _spread(d, step // cnt)
+                if masks[k] is not None:
+                    msk[k] = _spread(_window(masks[k], a, cnt), step // cnt)
+            # factors constant in X (not moving, no mask) go first: their product is made once
+            fixed = {k for k in ks if diff[k] is None and k not in msk}
+            orders = [sorted(t.factors, key=lambda k: k not in fixed) for t in terms]
+            base: dict[tuple[int, ...], Any] = {}
+            for order in orders:
+                head = tuple(k for k in order if k in fixed)
+                if head and head not in base:
+                    prod = lo[head[0]]
+                    for k in head[1:]:
+                        prod = _mul(prod, lo[k])
+                    base[head] = prod
+            still = not any(d is not None for d in diff.values())  # T(1) = T(0) (no mask at 0, 1)
+            part = [[Fp2(0)] * (degree + 1) for _ in terms]  # this chunk's share of each sum
+            cur = lo
+            for x in range(degree + 1):
+                if x == 1 and still:
+                    for row in part:
+                        row[1] = row[0]
+                    continue
+                if x:
+                    cur = {k: v if diff[k] is None else _add(v, diff[k]) for k, v in cur.items()}
+                vals = cur
+                if x >= 2 and msk:
+                    sx = Fp2(x * (1 - x))
+                    vals = {k: v if k not in msk else _add(v, _scale(msk[k], sx))
+                            for k, v in cur.items()}
+                for j, order in enumerate(orders):
+                    head = tuple(k for k in order if k in fixed)
+                    rest = order[len(head):]
+                    if not rest and x:  # constant in X: its sum at X = 0
+                        part[j][x] = part[j][0]
+                        continue
+                    prod = base[head] if head else vals[rest[0]]
+                    for k in rest if head else rest[1:]:
+                        prod = _mul(prod, vals[k])
+                    part[j][x] = _total(prod)
+            for j in range(len(terms)):
+                sums[j] = [a + b for a, b in zip(sums[j], part[j], strict=True)]
+        copies = pow(2, free_vars - num_vars_of(length, "term"), P)
+        for j, term in enumerate(terms):
+            for x in range(degree + 1):
+                evals[x] = evals[x] + term.coeff * sums[j][x] * copies
     return evals
 
 
@@ -480,31 +666,50 @@ def prove_sumcheck(
     pcs: LinearFormCommitment | None = None,
     rng: Any = None,
     bank: tuple[MaskBank, int] | None = None,
+    consume: bool = False,
 ) -> tuple[SumcheckProof, SumcheckClaim]:
     """Prove sum_x f^(x) = H and return (proof, the claim it reduces to).
 
     Args:
         spec: public structure.
-        tables: one table per P_k, (2^n,) base or (2, 2^n) extension, NumPy or CuPy.
+        tables: one table per P_k, (2^n_k,) base or (2, 2^n_k) extension, NumPy or CuPy (a
+            base table is kept base until its first fold), or :class:`Periodic` (one period
+            of it). The arrays are never modified.
         transcript: already holding the statement; the same object the verifier rebuilds.
         claimed_sum: H; computed when omitted.
-        masks: per table, the round-1 mask M_k (2, 2^(n-1)) or None (zk only).
+        masks: per table, the round-1 mask M_k or None (zk only): (2, 2^m) or (2^m,) over the
+            table's remaining variables (2^(n_k - 1) entries; 2^n_k with ``spec.hiding``), or
+            one period of it, 2^m dividing that length (entry i is M_k[i mod 2^m]: a
+            commitment's mask over its low column variables need not be tiled).
         pcs: commitment for g (default :class:`Ligero`).
         rng: prover randomness (None: OS CSPRNG; an int seed for tests only).
         bank: (bank, s): use row s of a :class:`MaskBank` as g (committed there, opened by
             ``bank.open`` later) instead of a commitment of its own.
+        consume: ``tables`` and ``masks`` are lists the sumcheck takes over: it empties them,
+            so each table is freed as soon as its fold exists when the caller holds no other
+            reference (memory: the tables of one round, not two).
     """
     n = spec.num_vars
     if len(tables) != spec.num_tables:
         raise ParameterError(
             f"prove_sumcheck: {len(tables)} tables for spec.num_tables={spec.num_tables}"
         )
-    tabs = [as_ext_table(t) for t in tables]
-    for k, t in enumerate(tabs):
-        if num_vars_of(t.shape[1], f"table {k}") != spec.table_vars[k]:
-            raise ParameterError(
-                f"prove_sumcheck: table {k} has length {t.shape[1]}, need 2^{spec.table_vars[k]}"
-            )
+    tabs = []
+    for k, t in enumerate(tables):
+        full = 1 << spec.table_vars[k]
+        if isinstance(t, Periodic):
+            arr = _prover_array(t.values, f"table {k}")
+            period = arr.shape[-1]
+            if period & (period - 1) or full % period:
+                raise ParameterError(f"prove_sumcheck: table {k} has a period of {period} "
+                                     f"entries, which does not divide 2^{spec.table_vars[k]}")
+        else:
+            arr = _prover_array(t, f"table {k}")
+            if num_vars_of(arr.shape[-1], f"table {k}") != spec.table_vars[k]:
+                raise ParameterError(f"prove_sumcheck: table {k} has length {arr.shape[-1]}, "
+                                     f"need 2^{spec.table_vars[k]}")
+        tabs.append(_Table(arr, full))
+    given = masks
     masks = list(masks) if masks is not None else [None] * spec.num_tables
     if len(masks) != spec.num_tables:
         raise ParameterError("prove_sumcheck: one mask entry (or None) per table")
@@ -513,11 +718,24 @@ def prove_sumcheck(
             raise ParameterError(
                 f"prove_sumcheck: table {k} mask presence differs from spec.masked"
             )
+        if m is None:
+            continue
+        masks[k] = m = _prover_array(m, f"mask {k}")
         half = 1 << (spec.table_vars[k] - int(not spec.hiding))
-        if m is not None and tuple(m.shape) != (2, half):
-            raise ParameterError(f"prove_sumcheck: mask {k} must have shape (2, {half})")
+        period = m.shape[-1]
+        if period & (period - 1) or half % period:
+            raise ParameterError(
+                f"prove_sumcheck: mask {k} must have shape (2, {half}) (or one period of it)"
+            )
+    if consume:
+        if not isinstance(tables, list) or (given is not None and not isinstance(given, list)):
+            raise ParameterError("prove_sumcheck(consume=True): pass the tables (and masks) "
+                                 "as lists")
+        tables.clear()
+        if given is not None:
+            given.clear()
     if claimed_sum is None:
-        claimed_sum = _eval_sum(spec, tabs, n - int(spec.hiding))
+        claimed_sum = _sums(spec, tabs, [None] * len(tabs), 0, False, n - int(spec.hiding))[0]
     rng = as_rng(rng)
     pcs = pcs or Ligero()
 
@@ -541,7 +759,9 @@ def prove_sumcheck(
         claim = claim + rho * proof.mask_sum
     rs: list[Fp2] = []
     for i, degree in enumerate(spec.round_degrees()):
-        evals = _round_evals(spec, tabs, masks if i == 0 else [None] * len(tabs), degree, i)
+        # with a hiding variable, round 1 does not split the tables (they do not depend on it)
+        split = not (i == 0 and spec.hiding)
+        evals = _sums(spec, tabs, masks, degree, split, n - i - 1)
         if g is not None:
             gv = g.round_values(i, rs, degree)
             evals = [e + rho * v for e, v in zip(evals, gv, strict=False)]
@@ -550,21 +770,13 @@ def prove_sumcheck(
         r = transcript.challenge_ext("sumcheck.r")  # soundness: D_i/p^2
         rs.append(r)
         claim = interpolate(evals, r)
-        new = []
-        for k, t in enumerate(tabs):
-            if i == 0 and spec.hiding:  # the tables do not depend on the hiding variable
-                ft = t if masks[k] is None else e_add(t, e_scale(masks[k], r * (1 - r)))
-                new.append(ft)
-                continue
-            if t.shape[1] == 1:  # bound already: constant in the remaining variables
-                new.append(t)
-                continue
-            ft = fold(t, r)
-            if i == 0 and masks[k] is not None:
-                ft = e_add(ft, e_scale(masks[k], r * (1 - r)))
-            new.append(ft)
-        tabs = new
-    finals = [Fp2(int(t[0, 0]), int(t[1, 0])) for t in tabs]
+        for k, t in enumerate(tabs):  # each table replaced by its fold as soon as it exists
+            if split:
+                t.bind(r)
+            if masks[k] is not None:  # round 1 only: P^ = P + r (1 - r) M, kept as (P, M)
+                t.mask, t.coeff = masks[k], r * (1 - r)
+        masks = [None] * len(tabs)
+    finals = [t.final() for t in tabs]
     proof.final_evals = finals
     transcript.absorb_ext("sumcheck.final", finals)
     if g is not None:
@@ -577,30 +789,6 @@ def prove_sumcheck(
             w, lam = _mask_query(spec, rs)
             proof.mask_opening = pcs.open_linear(g.state, [(w, lam)], transcript)
     return proof, SumcheckClaim(rs, finals)
-
-
-def _bmul(long: Any, short: Any) -> Any:
-    """Product of two tables over leading variables; the shorter one is broadcast over the
-    longer one's trailing variables (entry i of the longer meets entry i >> (m - m') )."""
-    if long.shape[1] == short.shape[1]:
-        return e_mul(long, short)
-    ratio = long.shape[1] // short.shape[1]
-    lo = long.reshape(2, short.shape[1], ratio)
-    return e_mul(lo, short.reshape(2, short.shape[1], 1)).reshape(2, long.shape[1])
-
-
-def _eval_sum(spec: SumcheckSpec, tabs: list[Any], free_vars: int) -> Fp2:
-    """sum over a hypercube of ``free_vars`` variables of f, each term broadcast over the
-    variables its tables do not cover (a term over 2^m entries counts 2^(free_vars - m) times)."""
-    total = Fp2(0)
-    for t in spec.terms:
-        order = sorted(t.factors, key=lambda k: -tabs[k].shape[1])
-        prod = tabs[order[0]]
-        for k in order[1:]:
-            prod = _bmul(prod, tabs[k])
-        copies = free_vars - num_vars_of(prod.shape[1], "term product")
-        total = total + t.coeff * e_sum(prod) * pow(2, copies, P)
-    return total
 
 
 # ---- verifier -------------------------------------------------------------------------------

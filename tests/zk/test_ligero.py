@@ -216,3 +216,33 @@ def test_linear_form_commitment(rng):
     pcs.verify_linear(com, [(w, lam)], [expected], proof, Transcript(b"l"))
     with pytest.raises(VerificationError):
         pcs.verify_linear(com, [(w, lam)], [expected + 1], proof, Transcript(b"l"))
+
+
+@pytest.mark.parametrize(
+    "rows,msg_len,code_len",
+    [(2, 1, 2), (3, 5, 16), (5, 9, 32), (4, 16, 32), (7, 100, 256), (130, 37, 128)],
+)
+def test_class_encoding_is_the_codeword(rows, msg_len, code_len):
+    """The prover never holds the codeword matrix: it hashes it class by class (columns
+    a, a + s, ...) and re-encodes the opened columns; both must be the columns of Enc(msg)."""
+    from lightning_zk.zk.ligero import _class_len, _code_columns, _encode, _encode_class
+
+    rng = np.random.default_rng(rows * msg_len)
+    msg = rng.integers(0, P, size=(rows, msg_len), dtype=np.uint64)
+    keep = msg.copy()
+    full = _encode(msg, code_len)
+    s = code_len // _class_len(msg_len, code_len)
+    assert s >= 2
+    for a in range(s):
+        assert np.array_equal(_encode_class(msg, code_len, a), full[:, a::s])
+    idx = sorted({int(j) for j in rng.integers(0, code_len, size=9)})
+    assert np.array_equal(_code_columns(msg, code_len, idx), full[:, idx].T)
+    assert np.array_equal(msg, keep)  # the message rows are not touched
+
+
+def test_commitment_keeps_no_codeword(rng):
+    """The state holds the message rows and the tree, not the (rows, K) codewords."""
+    pcs = Ligero()
+    _, st = pcs.commit(rng.integers(0, P, 1 << 10, dtype=np.uint64), num_points=1, rng=3)
+    assert not hasattr(st, "code")
+    assert st.salts.shape == (st.params.code_len, 16)

@@ -296,3 +296,80 @@ def test_mask_randomises_both_coordinates_of_the_round_messages(rng, seed):
         quotients.append((e - t_x) / rho)
     # g's round polynomial has degree >= 1, so some quotient leaves F_p (w.p. 1 - 1/p per value)
     assert any(q.c1 != 0 for q in quotients)
+
+
+@pytest.mark.parametrize("hiding", [False, True])
+@pytest.mark.parametrize("chunk", [4, None])
+def test_table_forms_give_identical_proofs(rng, monkeypatch, hiding, chunk):
+    """The prover's memory savings change no message: base tables (not lifted), a table or mask
+    given by one period (:class:`Periodic`, periodic masks), chunked round sums and
+    ``consume`` give the proof of the lifted, tiled tables; the caller's arrays stay as they
+    were, and without ``consume`` so do its lists."""
+    import lightning_zk.zk.sumcheck as sc
+    from lightning_zk.zk.extension import e_from_base
+    from lightning_zk.zk.sumcheck import Periodic
+
+    n = 7
+    full = n - int(hiding)
+    a = rng.integers(0, P, 1 << full, dtype=np.uint64)
+    b = rng.integers(0, P, 1 << (full - 2), dtype=np.uint64)  # over the leading variables
+    c_period = rng.integers(0, P, 8, dtype=np.uint64)  # repeats over the leading variables
+    d = e_random(1 << full, rng)
+    spec = SumcheckSpec.of(
+        n, 4, [(1, [0, 1, 2]), (Fp2(3, 2), [3, 0]), (5, [2]), (2, [1, 3])],
+        masked=(True, False, True, True), table_vars=(full, full - 2, full, full), hiding=hiding,
+    )
+    mlen = 1 << (full - int(not hiding))
+    mu_a = e_random(4, rng)  # a mask given by one period
+    mu_c = rng.integers(0, P, 2, dtype=np.uint64)  # a base mask, one period
+    mu_d = e_random(mlen, rng)
+
+    def tiled(x, length):
+        return np.tile(x, (1, length // x.shape[-1])) if x.ndim == 2 else np.tile(x, length // x.size)
+
+    ref_tables = [e_from_base(a), e_from_base(b), e_from_base(tiled(c_period, 1 << full)), d]
+    ref_masks = [tiled(mu_a, mlen), None, e_from_base(tiled(mu_c, mlen)), mu_d]
+    ref, ref_claim = prove_sumcheck(spec, ref_tables, Transcript(b"sc"), masks=ref_masks, rng=3)
+
+    if chunk is not None:
+        monkeypatch.setattr(sc, "_CHUNK", chunk)
+    inputs = [a, b, c_period, d, mu_a, mu_c, mu_d]
+    saved = [x.copy() for x in inputs]
+    for consume in (False, True):
+        tables = [a, b, Periodic(c_period), d]
+        masks = [mu_a, None, mu_c, mu_d]
+        proof, claim = prove_sumcheck(spec, tables, Transcript(b"sc"), masks=masks, rng=3,
+                                      consume=consume)
+        assert proof.round_polys == ref.round_polys
+        assert proof.final_evals == ref.final_evals and claim.point == ref_claim.point
+        assert (len(tables), len(masks)) == ((0, 0) if consume else (4, 4))
+        assert all(np.array_equal(x, y) for x, y in zip(inputs, saved, strict=True))
+    h = _sum_of(spec, ref_tables, full)
+    verify_sumcheck(spec, proof, Transcript(b"sc"), h)
+
+
+def _sum_of(spec, tables, full):
+    """The hypercube sum of f (reference: Python integers over lifted full tables)."""
+    vals = [[Fp2(int(t[0, i]), int(t[1, i])) for i in range(t.shape[1])] for t in tables]
+    total = Fp2(0)
+    for i in range(1 << full):
+        for term in spec.terms:
+            prod = term.coeff
+            for k in term.factors:
+                prod = prod * vals[k][i >> (full - spec.table_vars[k])]
+            total = total + prod
+    return total
+
+
+def test_period_must_divide_the_table(rng):
+    from lightning_zk.zk.errors import ParameterError
+    from lightning_zk.zk.sumcheck import Periodic
+
+    spec = SumcheckSpec.of(4, 1, [(1, [0])], masked=(True,))
+    t = rng.integers(0, P, 16, dtype=np.uint64)
+    with pytest.raises(ParameterError, match="mask 0"):
+        prove_sumcheck(spec, [t], Transcript(b"sc"), masks=[e_random(3, rng)], rng=1)
+    with pytest.raises(ParameterError, match="period"):
+        prove_sumcheck(spec, [Periodic(t[:3])], Transcript(b"sc"), masks=[e_random(8, rng)])
+    with pytest.raises(ParameterError, match="lists"):
+        prove_sumcheck(spec, (t,), Transcript(b"sc"), masks=[e_random(8, rng)], consume=True)

@@ -41,6 +41,22 @@ def test_place_agrees_with_evaluation():
     assert evaluate(table, point) == evaluate(data, opening_point(assign, point))
 
 
+def test_place_keeps_base_data_base_under_code_bits():
+    """Bound only to code bits, base data stays a base table (the sumcheck lifts it at its
+    first fold); its entries are those of the lifted placement."""
+    from lightning_zk.zk.extension import e_from_base
+
+    rng = np.random.default_rng(1)
+    data = rng.integers(0, 1 << 40, 32).astype(np.uint64)
+    assign = [Free(3), 1, Free(0), 0, Free(4)]
+    table = place(data, assign, 6)
+    assert table.shape == (1 << 6,)
+    assert np.array_equal(e_from_base(table), place(e_from_base(data), assign, 6))
+    point = [Fp2(1, 2), Fp2(3), Fp2(4, 4), Fp2(6), Fp2(8, 1), Fp2(2, 7)]
+    assert evaluate(table, point) == evaluate(data, opening_point(assign, point))
+    assert place(data, [Free(0), Fp2(5, 1), Free(1), 1, Free(2)], 3).shape == (2, 8)
+
+
 @pytest.mark.skipif(not cupy_available(), reason="CuPy unavailable (no usable GPU)")
 def test_cupy_backend_proof_verifies():
     tape = make_tapes(1)[0]

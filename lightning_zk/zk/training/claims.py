@@ -35,7 +35,7 @@ from ..sumcheck import MaskBank, SumcheckProof, SumcheckSpec, prove_sumcheck, ve
 from ..transcript import Transcript
 from .masking import MaskLayout, mask_weight_eval, mask_weights
 
-__all__ = ["WitClaim", "claims_spec", "prove_claims", "verify_claims", "tiled_mask"]
+__all__ = ["WitClaim", "claims_spec", "prove_claims", "verify_claims"]
 
 
 @dataclass(frozen=True)
@@ -55,13 +55,6 @@ def claims_spec(n: int, mv: int) -> SumcheckSpec:
     return SumcheckSpec.of(N + 1, 4, [(sw, [0, 1]), (sm, [2, 3])], zk=True,
                            masked=[False, True, False, True], table_vars=[n, n, mv, mv],
                            hiding=True)
-
-
-def tiled_mask(pcs: Ligero, state: LigeroState, index: int, num_vars: int) -> Any:
-    """A commitment's evaluation mask mu_index spread over a table of ``num_vars`` variables
-    (it depends on the table's last col_vars variables, the low index bits)."""
-    mu = np.asarray(pcs.mask_table(state, index))
-    return np.tile(mu, (1, 1 << (num_vars - state.params.col_vars)))
 
 
 def _ext(values: Sequence[Fp2]) -> np.ndarray:
@@ -101,9 +94,13 @@ def prove_claims(
     w = mask_weights(ml, [c.point for c in claims], [r * c.lam for r, c in zip(rho, claims,
                                                                                    strict=True)])
     claimed = sum((r * c.value for r, c in zip(rho, claims, strict=True)), Fp2(0))
-    masks = [None, tiled_mask(pcs, wit_state, 0, n), None, tiled_mask(pcs, m_state, 0, mv)]
-    proof, claim = prove_sumcheck(claims_spec(n, mv), [q, wit, w, mtable], tr, claimed_sum=claimed,
-                                  masks=masks, pcs=pcs, rng=rng, bank=bank)
+    # the masks of Wit and M: one period each (a commitment's mu over its column variables,
+    # the low bits of the table), which the sumcheck repeats over the leading variables
+    masks = [None, pcs.mask_table(wit_state, 0), None, pcs.mask_table(m_state, 0)]
+    tables = [q, wit, w, mtable]
+    del q, w
+    proof, claim = prove_sumcheck(claims_spec(n, mv), tables, tr, claimed_sum=claimed,
+                                  masks=masks, pcs=pcs, rng=rng, bank=bank, consume=True)
     return proof, claim.point
 
 

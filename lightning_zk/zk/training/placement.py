@@ -48,15 +48,20 @@ def _fold_axis(a: Any, axis: int, c: Fp2) -> Any:
 
 
 def place(data: Any, assign: Sequence[Var], num_vars: int) -> Any:
-    """Table (2, 2^num_vars) of the tensor ``data`` (2^len(assign) entries) under ``assign``."""
+    """Table of 2^num_vars entries of the tensor ``data`` (2^len(assign) entries) under
+    ``assign``: (2, 2^num_vars) for extension data, or base data bound to a challenge; base
+    data whose bound variables are all code bits stays a base (2^num_vars,) table."""
     xp = array_module(data)
     m = len(assign)
     a = xp.asarray(data, dtype=xp.uint64)
-    if a.ndim == 1:
-        a = e_from_base(a)
-    if a.shape != (2, 1 << m):
+    bits = all(isinstance(v, Free) or Fp2.lift(v) in (0, 1) for v in assign)
+    if a.ndim == 1 and not bits:
+        a = e_from_base(a)  # a challenge folds it into the extension
+    lead = a.shape[:-1]  # () for a base table, (2,) for an extension table
+    if a.ndim not in (1, 2) or lead not in ((), (2,)) or a.shape[-1] != 1 << m:
         raise ParameterError(f"place: data shape {a.shape} does not fit {m} variables")
-    a = a.reshape((2,) + (2,) * m + (1,))  # trailing axis: never fold down to NumPy scalars
+    off = len(lead)
+    a = a.reshape(lead + (2,) * m + (1,))  # trailing axis: never fold down to NumPy scalars
     free: list[int] = []
     # fold bound variables from the last to the first so axis numbers stay valid
     for j in range(m - 1, -1, -1):
@@ -64,18 +69,18 @@ def place(data: Any, assign: Sequence[Var], num_vars: int) -> Any:
         if isinstance(v, Free):
             free.append(v.index)
         else:
-            a = _fold_axis(a, 1 + j, Fp2.lift(v))
+            a = _fold_axis(a, off + j, Fp2.lift(v))
     free.reverse()
     if len(set(free)) != len(free) or any(not 0 <= i < num_vars for i in free):
         raise ParameterError(f"place: free variables {free} invalid for {num_vars} variables")
     order = sorted(range(len(free)), key=lambda i: free[i])
-    a = xp.transpose(a, (0, *[1 + i for i in order], 1 + len(free)))
-    shape = [2] + [1] * num_vars
+    a = xp.transpose(a, (*range(off), *[off + i for i in order], off + len(free)))
+    shape = list(lead) + [1] * num_vars
     for i in free:
-        shape[1 + i] = 2
+        shape[off + i] = 2
     a = a.reshape(shape)
-    a = xp.broadcast_to(a, (2,) + (2,) * num_vars)
-    return xp.ascontiguousarray(a.reshape(2, 1 << num_vars))
+    a = xp.broadcast_to(a, lead + (2,) * num_vars)
+    return xp.ascontiguousarray(a.reshape(lead + (1 << num_vars,)))
 
 
 def place_mask(mu: Any, col_assign: Sequence[Var], num_vars: int) -> Any:
@@ -83,7 +88,7 @@ def place_mask(mu: Any, col_assign: Sequence[Var], num_vars: int) -> Any:
     if any(isinstance(v, Free) and v.index == 0 for v in col_assign):
         raise ParameterError("place_mask: sumcheck variable 0 must be a row variable")
     full = place(mu, col_assign, num_vars)
-    return full[:, : 1 << (num_vars - 1)]
+    return full[..., : 1 << (num_vars - 1)]
 
 
 def opening_point(assign: Sequence[Var], point: Sequence[Fp2]) -> list[Fp2]:

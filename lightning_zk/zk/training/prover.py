@@ -21,7 +21,7 @@ import numpy as np
 from ...fixed.tape import WitnessTape
 from ..backend import get_backend
 from ..errors import ParameterError
-from ..extension import Fp2, e_from_base
+from ..extension import Fp2
 from ..field import from_signed
 from ..ligero import Ligero, LigeroConfig, LigeroState, Query
 from ..multilinear import eq_table
@@ -29,7 +29,7 @@ from ..randomness import as_rng
 from ..sumcheck import MaskBank, prove_sumcheck
 from ..transcript import Transcript
 from .batch import SEED_BYTES, commit_batch, seeded_rng
-from .claims import WitClaim, prove_claims, tiled_mask
+from .claims import WitClaim, prove_claims
 from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, UnitShape, slot_of
 from .layout import Layout, theta_names
 from .masking import expand_mask
@@ -94,7 +94,7 @@ def _public_table(f: PubEq | PubSmall | PubPadBox, n: int, xp: Any) -> Any:
         vals = xp.asarray([[v.c0 for v in f.values], [v.c1 for v in f.values]], dtype=xp.uint64)
         return place(vals, [Free(i) for i in f.vars], n)
     if isinstance(f, PubPadBox):
-        return e_from_base(xp.asarray(_pad_box_table(f, n)))
+        return xp.asarray(_pad_box_table(f, n))  # base: lifted by the sumcheck's first fold
     raise TypeError(f"not a public factor: {f!r}")
 
 
@@ -244,7 +244,8 @@ def prove_unit(
         rel = build(tr)
         tables, masks = _relation_tables(rel, layout, ml, mtable, data, states, pcs, xp)
         proof, claim = prove_sumcheck(rel.spec(), tables, tr, claimed_sum=rel.claimed,
-                                      masks=masks, pcs=pcs, rng=rng, bank=(bank, row))
+                                      masks=masks, pcs=pcs, rng=rng, bank=(bank, row),
+                                      consume=True)
         sumchecks.append(proof)
         lam, real = _lam(claim.point), claim.point[1:]
         for k, f in enumerate(rel.factors):
@@ -268,16 +269,18 @@ def prove_unit(
     ch = range_challenges(tr, wr, beta)
     ix = range_index(wr)
     b = wr.limb_bits
+    # the masks of committed tables: one period, the commitment's mu over its column variables
     masks = [None] * ix["count"]
     for c in range(wr.columns):
-        masks[ix["h"][c]] = tiled_mask(pcs, inv_state, c, n)
-        masks[ix["A"][c]] = tiled_mask(pcs, wit_state, 1 + c, n)
-    masks[ix["wit"]] = e_from_base(xp.asarray(expand_mask(ml, mtable, (), n)))
-    masks[ix["q"]] = tiled_mask(pcs, q_state, 0, b)
-    masks[ix["m"]] = tiled_mask(pcs, mask_state, 1, b)
+        masks[ix["h"][c]] = pcs.mask_table(inv_state, c)
+        masks[ix["A"][c]] = pcs.mask_table(wit_state, 1 + c)
+    masks[ix["wit"]] = xp.asarray(expand_mask(ml, mtable, (), n))
+    masks[ix["q"]] = pcs.mask_table(q_state, 0)
+    masks[ix["m"]] = pcs.mask_table(mask_state, 1)
     tables = range_tables(wr, hs, cols, wit, q, mult, ch)
+    del hs, cols  # the sumcheck takes the tables over: each is freed once folded
     rproof, rclaim = prove_sumcheck(range_spec(wr, ch), tables, tr, claimed_sum=0, masks=masks,
-                                    pcs=pcs, rng=rng, bank=(bank, len(builders)))
+                                    pcs=pcs, rng=rng, bank=(bank, len(builders)), consume=True)
     sumchecks.append(rproof)
     r_lam, pw, pt = _lam(rclaim.point), rclaim.point[1 : 1 + n], rclaim.point[1 : 1 + b]
     wit_claims.append(WitClaim(tuple(pw), r_lam, rclaim.evaluations[ix["wit"]]))

@@ -41,7 +41,7 @@ from ..backend import P, clipped_bincount
 from ..errors import ParameterError
 from ..extension import Fp2, e_add, e_const, e_from_base, e_inv, e_mul_base
 from ..multilinear import eq_eval, eq_table
-from ..sumcheck import SumcheckSpec
+from ..sumcheck import Periodic, SumcheckSpec
 from ..transcript import Transcript
 from .layout import Layout, code_int
 from .relations import tensor_class
@@ -50,6 +50,7 @@ __all__ = ["WitRange", "wit_range", "range_columns", "range_inverses", "range_sp
            "range_challenges", "block_value", "block_table"]
 
 MAX_LIMB_BITS = 16
+_CHUNK = 1 << 16  # entries inverted at once by range_inverses
 
 
 @dataclass(frozen=True)
@@ -91,9 +92,11 @@ def _base_name(name: str) -> str:
     return name[:-1] if name[-1] == "n" and name[0] in "Wb" else name
 
 
-def block_table(wr: WitRange, which: str) -> np.ndarray:
-    """sel, C or D as a uint64 table over Wit (prover side)."""
-    out = np.zeros(1 << wr.n, dtype=np.uint64)
+def block_table(wr: WitRange, which: str, period: bool = False) -> np.ndarray:
+    """sel, C or D as a uint64 table over Wit (prover side); with ``period``, one period of it
+    (the blocks are low-bit codes, so the table repeats every 2^(longest code) entries)."""
+    bits = max((len(code) for code, _, _ in wr.blocks), default=0) if period else wr.n
+    out = np.zeros(1 << bits, dtype=np.uint64)
     for code, c, d in wr.blocks:
         value = {"sel": 1, "C": c, "D": d}[which]
         out[code_int(code) :: 1 << len(code)] = np.uint64(value % P)
@@ -144,12 +147,15 @@ def range_columns(wr: WitRange, wit: np.ndarray, strict: bool = True) -> tuple[l
 def range_inverses(wr: WitRange, cols: Sequence[np.ndarray], mult: np.ndarray, beta: Fp2
                    ) -> tuple[list[Any], Any]:
     """(h_c = sel / (beta + A_c) per column, q = m / (beta + T)) as extension tables."""
-    sel = block_table(wr, "sel").astype(bool)
-    count = int(sel.sum())
+    period = block_table(wr, "sel", period=True).astype(bool)
+    step = min(1 << wr.n, max(period.shape[0], _CHUNK))
+    sel = np.tile(period, step // period.shape[0])  # the selector on every chunk
     hs = []
     for col in cols:
         h = e_const(0, 1 << wr.n)
-        h[:, sel] = e_inv(e_add(e_from_base(col[sel]), e_const(beta, count)))
+        for a in range(0, 1 << wr.n, step):  # a chunk at a time: bounded temporaries
+            vals = col[a : a + step][sel]
+            h[:, a : a + step][:, sel] = e_inv(e_add(e_from_base(vals), e_const(beta, vals.size)))
         hs.append(h)
     t = np.arange(1 << wr.limb_bits, dtype=np.uint64)
     inv_t = e_inv(e_add(e_from_base(t), e_const(beta, t.shape[0])))
@@ -216,8 +222,9 @@ def range_tables(wr: WitRange, hs: Sequence[Any], cols: Sequence[np.ndarray], wi
                  q: Any, mult: np.ndarray, ch: RangeChallenges) -> list[Any]:
     """The sumcheck's tables in :func:`range_spec` order (prover side)."""
     t = np.arange(1 << wr.limb_bits, dtype=np.uint64)
-    return [*hs, *cols, wit, eq_table(list(ch.tau)), block_table(wr, "sel"), block_table(wr, "C"),
-            block_table(wr, "D"), q, eq_table(list(ch.tau_t)), t, mult]
+    sel, c, d = (Periodic(block_table(wr, w, period=True)) for w in ("sel", "C", "D"))
+    return [*hs, *cols, wit, eq_table(list(ch.tau)), sel, c, d, q, eq_table(list(ch.tau_t)), t,
+            mult]
 
 
 def range_public_checks(wr: WitRange, ch: RangeChallenges, point: Sequence[Fp2],
