@@ -52,7 +52,7 @@ from ..ledger.claims import check_run_claims
 from ..ledger.errors import RunDirectoryError
 from ..ledger.hiding import SCHEME
 from ..ledger.merkle import LedgerError, leaf_bytes, leaf_hash
-from ..ledger.rundir import RunDirectory, StepRecord
+from ..ledger.rundir import PRIVATE_DIR, RunDirectory, StepRecord
 from ..zk.errors import ParameterError, ProofFormatError, VerificationError
 from ..zk.policy import VerifierPolicy
 from ..zk.training import (
@@ -72,7 +72,7 @@ from ..zk.training.batch import BatchCheckError, check_batch  # noqa: F401 - re-
 
 PROOF_DIR = "proofs"
 SEAL_FILE = "seal.lzkt"
-TAPE_DIR = "tapes"  # = strategies.fixed.TAPE_DIR: private, never published
+TAPE_DIR = PRIVATE_DIR  # private, never published
 BATCH_OPENINGS_FILE = "batch-openings.json"
 CHAIN_DIR = "chain"  # under tapes/: private state that continues a chain after its last unit
 BATCH_OPENINGS_FORMAT = "lightning-zk/batch-openings"

@@ -38,7 +38,7 @@ from . import safeio
 from .errors import RunClaimError
 from .hiding import KEY_FILE, DigestKey, DigestKeyError
 from .merkle import LEDGER_FILE, Ledger, parse_root
-from .rundir import CHECKPOINT_DIR, RunDirectory, StepRecord
+from .rundir import CHECKPOINT_DIR, PRIVATE_DIR, RunDirectory, StepRecord
 from .state import StateError, load_snapshot
 
 _CHECKPOINT_RE = re.compile(r"step-(\d{8,})\.safetensors")
@@ -154,7 +154,7 @@ def _committed_form(run: RunDirectory, manifest: Mapping[str, Any]):
     digests = fixed.get("digests")
     if digests is None:
         return lambda digest, steps: digest
-    path = run.path / "tapes" / KEY_FILE
+    path = run.path / PRIVATE_DIR / KEY_FILE
     try:
         key = DigestKey.load(path, digests["key_commitment"])
     except DigestKeyError as err:

@@ -30,6 +30,7 @@ from pathlib import Path
 from ..atomic import append_line, atomic_write_json
 from . import safeio, schema
 from .errors import RunDirectoryError
+from .hiding import KEY_FILE
 from .lock import LOCK_FILE, RunLock
 
 FORMAT_VERSION = 1
@@ -39,6 +40,7 @@ ROUNDING_DIR = "rounding"
 CHECKPOINT_DIR = "checkpoints"
 PROOF_DIR = "proofs"
 CONFIG = "config.yaml"
+PRIVATE_DIR = "tapes"  # fixed point: witness tapes and the digest key, never published
 INITIAL_STATE = f"{CHECKPOINT_DIR}/step-00000000.safetensors"
 
 
@@ -155,18 +157,23 @@ class RunDirectory:
         return not self.path.exists() or all(p.name == LOCK_FILE for p in self.path.iterdir())
 
     def is_uncommitted_start(self) -> bool:
-        """A start killed before its manifest: only the lock, the layout and the initial state.
+        """A start killed before its manifest: only the lock, the layout, the initial state and
+        (fixed point) the private digest key that the manifest was about to commit to.
 
         The manifest is written last when a run starts, so a directory without one holds
-        nothing committed; a restart may begin again there.
+        nothing committed; a restart may begin again there (with a new key).
         """
         if self.exists() or not self.path.is_dir():
             return False
-        allowed = {LOCK_FILE, ROUNDING_DIR, CHECKPOINT_DIR, CONFIG, ".write-probe"}
+        allowed = {LOCK_FILE, ROUNDING_DIR, CHECKPOINT_DIR, CONFIG, PRIVATE_DIR, ".write-probe"}
         for entry in self.path.iterdir():
             if entry.name not in allowed and not _is_temp(entry.name):
                 return False
         if self.rounding_dir.is_dir() and any(not _is_temp(p.name) for p in self.rounding_dir.iterdir()):
+            return False
+        private = self.path / PRIVATE_DIR
+        if private.exists() and (private.is_symlink() or not private.is_dir() or any(
+                p.name != KEY_FILE and not _is_temp(p.name) for p in private.iterdir())):
             return False
         initial = self.checkpoint_path(0).name
         return not self.checkpoint_dir.is_dir() or all(

@@ -38,12 +38,12 @@ from ..fixed.torch_bridge import (
     write_back,
 )
 from ..ledger.hiding import KEY_FILE, SCHEME, DigestKey, DigestKeyError
-from ..ledger.rundir import RunDirectoryError
+from ..ledger.rundir import PRIVATE_DIR, RunDirectoryError
 from ..ledger.state import StateSnapshot
 from ..rounding.log import StepLog
 from .session import TrainingSession
 
-TAPE_DIR = "tapes"
+TAPE_DIR = PRIVATE_DIR
 DEFAULT_PROOF_PARAMS = {"security_bits": 100, "blowup": 4}
 
 

@@ -11,6 +11,7 @@ from torch import nn
 from lightning_zk import RunDirectory, VerifiableStrategy
 from lightning_zk.fixed import FixedPointConfig, WitnessTape, quantize, reference_step
 from lightning_zk.fixed.torch_bridge import UnsupportedModelError, mlp_from_torch
+from lightning_zk.ledger.errors import RunDirectoryError
 from lightning_zk.testing import NondeterminismEmulator
 from tests.fixed_mode.models import make_regressor, regression_data, regression_loader
 from tests.models import trainer_kwargs
@@ -156,3 +157,26 @@ def test_bad_mode_and_frac_bits():
         VerifiableStrategy(mode="exact")
     with pytest.raises(ValueError, match="frac_bits"):
         VerifiableStrategy(mode="fixed", frac_bits=0)
+
+
+def test_a_start_killed_before_its_manifest_restarts_with_a_new_key(tmp_path):
+    """The fixed-point start writes its private digest key before the manifest: a kill between
+    the two leaves nothing committed, so the same command starts the run again there."""
+    _fit(tmp_path / "done")
+    run_dir = tmp_path / "run"
+    (run_dir / "tapes").mkdir(parents=True)
+    key = (tmp_path / "done" / "tapes" / "digest-key.json").read_bytes()
+    (run_dir / "tapes" / "digest-key.json").write_bytes(key)
+    assert RunDirectory(run_dir).is_uncommitted_start()
+    _fit(run_dir)
+    assert len(RunDirectory(run_dir).read_steps()) == 4
+    assert (run_dir / "tapes" / "digest-key.json").read_bytes() != key  # a new run, a new key
+
+
+def test_a_tape_without_a_manifest_is_not_an_uncommitted_start(tmp_path):
+    run_dir = tmp_path / "run"
+    (run_dir / "tapes").mkdir(parents=True)
+    (run_dir / "tapes" / "step-00000000.npz").write_bytes(b"tape")
+    assert not RunDirectory(run_dir).is_uncommitted_start()
+    with pytest.raises(RunDirectoryError):
+        _fit(run_dir)
