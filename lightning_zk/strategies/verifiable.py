@@ -100,6 +100,7 @@ class VerifiableStrategy(SingleDeviceStrategy):
             (a copy taken at the step boundary; at most two in flight; a worker error is raised
             on the training thread). Steps are committed in order once their digests are known,
             so the run directory is the same as inline, only written up to two steps later.
+            Rounded mode only.
         state_digest: the state digest format of a new run, ``"lightning-zk/state/v1"``
             (SHA-256) or ``"lightning-zk/state/v2-blake3"`` (BLAKE3, the default); a resumed run
             keeps its own (:mod:`lightning_zk.ledger.state`).
@@ -149,6 +150,13 @@ class VerifiableStrategy(SingleDeviceStrategy):
         if not isinstance(background_commit, bool):
             raise ValueError(f"VerifiableStrategy(background_commit={background_commit!r}): "
                              "expected True or False.")
+        if background_commit and mode == "fixed":
+            raise ValueError(
+                "VerifiableStrategy(mode='fixed', background_commit=True): a fixed-point step is "
+                "proved from its committed record at the step boundary, and its state (integer "
+                "MLP weights) is digested in microseconds. HINT: background_commit is for "
+                "mode='rounded' with large models."
+            )
         if state_digest is not None and state_digest not in STATE_DIGEST_FORMATS:
             raise ValueError(f"VerifiableStrategy(state_digest={state_digest!r}): use one of "
                              f"{', '.join(STATE_DIGEST_FORMATS)}, or None for the default.")

@@ -124,3 +124,12 @@ def test_a_kill_while_snapshots_are_queued_leaves_a_resumable_prefix(tmp_path, k
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert snapshot_of(run_dir) == reference
     check_run_claims(RunDirectory(run_dir))
+
+
+def test_bad_settings_are_refused_before_training():
+    with pytest.raises(ValueError, match="background_commit is for mode='rounded'"):
+        VerifiableStrategy(mode="fixed", background_commit=True)  # proofs need each record now
+    with pytest.raises(ValueError, match="background_commit="):
+        VerifiableStrategy(background_commit="yes")
+    with pytest.raises(ValueError, match="state_digest="):
+        VerifiableStrategy(state_digest="sha1")
