@@ -115,8 +115,9 @@ def test_a_kill_while_snapshots_are_queued_leaves_a_resumable_prefix(tmp_path, k
     manifest, records = run.read_manifest(), run.read_steps()
     assert len(records) <= kill_at  # neither the held step nor the queued one was committed
     check_run_claims(run, manifest, records, require_finished=False)
-    with Ledger(run.path) as ledger:
-        ledger.check_records(records, complete=False)
+    if records:  # (the steps before the held one may still have been waiting for their digests)
+        with Ledger(run.path) as ledger:
+            ledger.check_records(records, complete=False)
     # a Lightning checkpoint (every 3 steps) never counts a step that was not committed
     for ckpt in ckpt_dir.glob("*.ckpt"):
         assert int(re.search(r"step=(\d+)", ckpt.name)[1]) <= len(records), ckpt.name
