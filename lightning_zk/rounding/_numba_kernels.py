@@ -1,12 +1,21 @@
-"""Optional one-pass CPU kernel for the common case: float64 values rounded to float32.
+"""Optional one-pass CPU kernels for the two common grids.
 
 Used by :func:`lightning_zk.rounding.precision.round_to_grid` when numba is importable (the
-``fast`` extra) and the tensor is a CPU float64 tensor; tested against the torch path. One pass
-does the IEEE cast, the midpoint test on the 29 dropped bits and the direction of each logged
-element, instead of about twenty separate torch ops.
+``fast`` extra); tested against the torch path, which they replace bit for bit:
+
+- float64 values rounded to float32 (:func:`run`): one pass does the IEEE cast, the midpoint test
+  on the 29 dropped bits and the direction of each logged element, instead of about twenty
+  separate torch ops;
+- float32 values rounded to ``b < 23`` mantissa bits (:func:`run_f32`, e.g. the bfloat16 grid of
+  ``compute_dtype="float32", mantissa_bits=7``): nearest-even on the bit pattern, midpoint test and
+  direction in one pass over the int32 bits. Float32 has no range issue: subnormals share the
+  grid's spacing below 2^-126 and a carry into the exponent is the correct next grid value (or
+  infinity).
 """
 
 from __future__ import annotations
+
+import threading
 
 import numba
 import numpy as np
@@ -14,6 +23,18 @@ import numpy as np
 _LOW_MASK = (1 << 29) - 1
 _HALF = 1 << 28
 _MIN_NORMAL_F32 = 2.0**-126
+_scratch = threading.local()
+
+
+def _candidates(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-thread buffers for up to ``size`` logged positions and directions, reused across
+    calls (the kernels fill only their first ``count`` entries, which the caller copies out): a
+    fresh full-size int64 buffer per rounded op cost more than the rounding of small tensors."""
+    positions = getattr(_scratch, "positions", None)
+    if positions is None or positions.size < size:
+        positions = _scratch.positions = np.empty(max(size, 1 << 12), dtype=np.int64)
+        _scratch.away = np.empty(positions.size, dtype=np.bool_)
+    return positions, _scratch.away
 
 
 @numba.njit(cache=True, nogil=True)
@@ -51,10 +72,50 @@ def run(
     ``out`` may be ``x`` itself (rounding in place is element-wise safe).
     """
     out = np.empty_like(x) if out is None else out
-    positions = np.empty(x.size if tau_units > 0 else 0, dtype=np.int64)
-    away = np.empty(x.size if tau_units > 0 else 0, dtype=np.bool_)
+    positions, away = _candidates(x.size if tau_units > 0 else 0)
     count = round_f64_to_f32(x.reshape(-1), x.reshape(-1).view(np.int64), out.reshape(-1),
                              positions, away, float(tau_units))
     if count < 0:
         return None
+    return out, positions[:count].copy(), away[:count].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def round_f32_bits(xbits, out, positions, away, drop, tau_units):  # pragma: no cover - JIT
+    """Round float32 bit patterns to ``23 - drop`` mantissa bits; return the logged count.
+
+    Non-finite values are copied unchanged and never logged. ``out`` may be ``xbits`` itself.
+    """
+    mask = (1 << drop) - 1
+    half = 1 << (drop - 1)
+    count = 0
+    for i in range(xbits.size):
+        b = np.int64(xbits[i])
+        mag = b & 0x7FFFFFFF
+        if mag >= 0x7F800000:  # inf or nan
+            out[i] = xbits[i]
+            continue
+        low = mag & mask
+        trunc = mag - low
+        up = low > half or (low == half and ((trunc >> drop) & 1) == 1)
+        if tau_units > 0.0 and abs(low - half) < tau_units:
+            positions[count] = i
+            away[count] = up
+            count += 1
+        r = trunc + (mask + 1) if up else trunc
+        out[i] = r - 0x80000000 if b < 0 else r
+    return count
+
+
+def run_f32(
+    x: np.ndarray, drop: int, tau_units: float, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rounded values, logged positions and directions of a contiguous float32 array.
+
+    ``out`` may be ``x`` itself (rounding in place is element-wise safe).
+    """
+    out = np.empty_like(x) if out is None else out
+    positions, away = _candidates(x.size if tau_units > 0 else 0)
+    count = round_f32_bits(x.reshape(-1).view(np.int32), out.reshape(-1).view(np.int32),
+                           positions, away, int(drop), float(tau_units))
     return out, positions[:count].copy(), away[:count].copy()

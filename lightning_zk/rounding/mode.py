@@ -98,6 +98,8 @@ class OpInfo:
     fresh_returns: tuple[int, ...]  # returns that do not alias an input
     dtype_at: int | None = None  # position of a ``dtype`` argument
     decompose: Decomposition | None = None  # single-IEEE-op form of a fused elementwise op
+    # the common shape of a call, decided once: writes nothing but one fresh return
+    single_fresh: bool = False
 
     @classmethod
     def of(cls, func: torch._ops.OpOverload) -> OpInfo:
@@ -108,6 +110,7 @@ class OpInfo:
         )
         fresh = tuple(i for i, r in enumerate(schema.returns) if r.alias_info is None)
         return cls(
+            single_fresh=not mutated and len(schema.returns) == 1 and fresh == (0,),
             name=str(func),
             kind=classify(func, {}),
             has_alpha=any(a.name == "alpha" for a in schema.arguments),
@@ -138,22 +141,20 @@ class OpInfo:
 
     def targets(self, args: tuple, kwargs: dict, out) -> list[torch.Tensor]:
         """Mutated arguments (schema ``a!``) then fresh outputs: every tensor the op wrote."""
+        if self.single_fresh and type(out) is torch.Tensor:  # most ops: one fresh output
+            return [out]
         found: list[torch.Tensor] = []
         seen: set[int] = set()
-
-        def add(value) -> None:
+        values = [args[i] if i < len(args) else kwargs.get(name) for i, name in self.mutated]
+        if self.fresh_returns:
+            # One declared return may itself be a list (``Tensor[]`` of the _foreach ops).
+            outs = (out,) if self.n_returns == 1 else tuple(out)
+            values += [outs[i] for i in self.fresh_returns]
+        for value in values:
             for t in _tensors_of(value):
                 if id(t) not in seen:
                     seen.add(id(t))
                     found.append(t)
-
-        for i, name in self.mutated:
-            add(args[i] if i < len(args) else kwargs.get(name))
-        if self.fresh_returns:
-            # One declared return may itself be a list (``Tensor[]`` of the _foreach ops).
-            outs = (out,) if self.n_returns == 1 else tuple(out)
-            for i in self.fresh_returns:
-                add(outs[i])
         return found
 
 
@@ -179,6 +180,11 @@ class RoundingMode(TorchDispatchMode):
         self._paused = 0
         self.taint = TaintTracker()  # its ``committed`` callback is set by the training session
         self._ops: dict[torch._ops.OpOverload, OpInfo] = {}
+        # decided once (``spec`` and ``thresholds`` are fixed for the mode's life): per op call
+        # these were attribute chains and dict lookups
+        self._compute_dtype = spec.compute_dtype
+        self._widens = spec.compute_dtype != torch.float32
+        self._taus: dict[tuple[str, OpClass], float] = {}
 
     # --- step lifecycle ----------------------------------------------------------------------
     def begin_step(self, step: int, replay_log: StepLog | None = None) -> None:
@@ -260,30 +266,33 @@ class RoundingMode(TorchDispatchMode):
     def round_named(self, named: Iterable[tuple[str, torch.Tensor]]) -> None:
         """Round state tensors in place (parameters, buffers, optimizer state) as logged ops."""
         tau = self.thresholds.tau("state", "state")
+        state = self._require_state()
         with torch.no_grad():
             for name, t in named:
-                if t.is_floating_point() and t.dtype == self.spec.compute_dtype:
-                    self._round_into(f"state:{name}", 0, t, tau)
+                if t.is_floating_point() and t.dtype == self._compute_dtype:
+                    self._round_into(state, f"state:{name}", 0, t, tau)
 
-    def _round_into(self, op_name: str, index: int, t: torch.Tensor, tau: float) -> None:
-        state = self._require_state()
+    def _round_into(self, state: _StepState, op_name: str, index: int, t: torch.Tensor,
+                    tau: float) -> None:
         seq = state.op_seq
-        state.op_seq += 1
+        state.op_seq = seq + 1
         state.ops_rounded += 1
-        state.elements_rounded += t.numel()
+        numel = t.numel()
+        state.elements_rounded += numel
         pending = state.pending
-        if state.replay is not None and pending is not None and pending.op_seq == seq:
+        builder = state.builder
+        if pending is not None and pending.op_seq == seq and state.replay is not None:
             rounded = self._replay_entry(state, op_name, index, t, pending, tau)
             state.pending = next(state.replay, None)
         else:
-            result = round_to_grid(t, self.spec, tau if state.builder is not None else 0.0,
+            result = round_to_grid(t, self.spec, tau if builder is not None else 0.0,
                                    in_place=True)
             rounded = result.rounded
-            if state.builder is not None:
-                state.builder.count_rounded(t.numel())
+            if builder is not None:
+                builder.count_rounded(numel)
                 if result.positions.numel():
-                    state.builder.add(
-                        seq, op_name, index, t.numel(),
+                    builder.add(
+                        seq, op_name, index, numel,
                         result.positions.cpu().numpy().astype(np.int64), result.away.cpu().numpy(),
                     )
         if rounded is not t:
@@ -328,11 +337,14 @@ class RoundingMode(TorchDispatchMode):
         return info
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
+        if kwargs is None:
+            kwargs = {}
         state = self._state
         if state is None or self._paused:
             return func(*args, **kwargs)
-        info = self._info(func)
+        info = self._ops.get(func)
+        if info is None:
+            info = self._ops[func] = OpInfo.of(func)
         kind = info.kind_of_call(args, kwargs)
         if self._widens and info.requested_dtype(args, kwargs) is torch.float32:
             if kind is OpClass.EXACT:  # a conversion or factory: float32 values, compute dtype
@@ -352,18 +364,24 @@ class RoundingMode(TorchDispatchMode):
             if kind is OpClass.EXACT:
                 return self._exact(info, args, kwargs, out)
         # IEEE results are identical on every device: rounded onto the grid, never logged.
-        tau = 0.0 if kind is OpClass.IEEE else self.thresholds.tau(info.name, kind)
+        if kind is OpClass.IEEE:
+            tau = 0.0
+        else:
+            tau = self._taus.get((info.name, kind))
+            if tau is None:
+                tau = self._taus[(info.name, kind)] = self.thresholds.tau(info.name, kind)
         written = info.targets(args, kwargs, out)
         unrounded = []
+        compute_dtype = self._compute_dtype
         with torch.no_grad():
             for index, t in enumerate(written):
                 if not t.is_floating_point():
                     continue
-                if t.dtype != self.spec.compute_dtype:
+                if t.dtype != compute_dtype:
                     if kind is not OpClass.IEEE:  # IEEE results are device-independent anyway
                         unrounded.append(t)
                     continue
-                self._round_into(info.name, index, t, tau)
+                self._round_into(state, info.name, index, t, tau)
         if self.taint:
             self.taint.follow(info.name, args, kwargs, written, out)
         if unrounded:
@@ -374,10 +392,6 @@ class RoundingMode(TorchDispatchMode):
         if self.taint:
             self.taint.follow(info.name, args, kwargs, info.targets(args, kwargs, out), out)
         return out
-
-    @property
-    def _widens(self) -> bool:
-        return self.spec.compute_dtype != torch.float32
 
 
 def _widened(out, spec: GridSpec):

@@ -59,6 +59,9 @@ class GridSpec:
                 "would be the identity and cross-hardware differences could not be absorbed. "
                 "HINT: use compute_dtype=torch.float64, or mantissa_bits < 23 (e.g. 16)."
             )
+        # derived once (read per rounded op); not dataclass fields, so equality is unchanged
+        object.__setattr__(self, "_dropped", (52 if self.compute_dtype == torch.float64 else 23)
+                           - self.mantissa_bits)
 
     @property
     def compute_mantissa_bits(self) -> int:
@@ -67,7 +70,7 @@ class GridSpec:
     @property
     def dropped_bits(self) -> int:
         """Mantissa bits of the compute dtype that rounding removes."""
-        return self.compute_mantissa_bits - self.mantissa_bits
+        return self._dropped
 
     @property
     def committed_dtype(self) -> torch.dtype:
@@ -139,6 +142,10 @@ def round_values(x: torch.Tensor, spec: GridSpec) -> torch.Tensor:
     if spec.compute_dtype == torch.float64 and spec.mantissa_bits == FLOAT32_MANTISSA_BITS:
         # IEEE float64 -> float32 conversion is exactly this rounding (subnormals, overflow too).
         return x.to(torch.float32).to(torch.float64)
+    if _kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32:
+        return torch.from_numpy(
+            _kernels.run_f32(x.detach().contiguous().numpy(), spec.dropped_bits, 0.0)[0]
+        ).view(x.shape)
     return _round_generic(x, spec)
 
 
@@ -177,6 +184,16 @@ def round_to_grid(
             out, positions, away = fast
             rounded = x if direct else torch.from_numpy(out).view(x.shape)
             return RoundingResult(rounded, torch.from_numpy(positions), torch.from_numpy(away))
+    if (
+        _kernels is not None and x.device.type == "cpu" and x.dtype == torch.float32
+        and spec.compute_dtype == torch.float32
+    ):
+        direct = in_place and x.is_contiguous()
+        values = x.detach().contiguous().numpy()
+        out, positions, away = _kernels.run_f32(values, spec.dropped_bits, tau_units,
+                                                out=values if direct else None)
+        rounded = x if direct else torch.from_numpy(out).view(x.shape)
+        return RoundingResult(rounded, torch.from_numpy(positions), torch.from_numpy(away))
     rounded = round_values(x, spec)
     if tau <= 0:
         empty = torch.empty(0, dtype=torch.int64, device=x.device)

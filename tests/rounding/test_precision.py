@@ -152,3 +152,55 @@ def test_numba_kernel_agrees_with_torch_path(tau, monkeypatch):
         result = round_to_grid(inplace, F64, tau, in_place=True)
         assert torch.equal(result.positions, slow.positions)
         assert torch.equal(result.rounded.nan_to_num(7.0), slow.rounded.nan_to_num(7.0))
+
+
+def _f32_bit_patterns(n: int = 40000, seed: int = 13) -> torch.Tensor:
+    """Float32 values from random bit patterns: every exponent, subnormals, ties, specials."""
+    g = torch.Generator().manual_seed(seed)
+    bits = torch.randint(-(2**31), 2**31 - 1, (n,), dtype=torch.int64, generator=g).to(torch.int32)
+    x = bits.view(torch.float32).clone()
+    x[::101] = 0.0
+    x[1::101] = -0.0
+    x[2] = float("nan")
+    x[3] = float("inf")
+    x[4] = float("-inf")
+    x[5] = torch.finfo(torch.float32).max
+    x[6] = -torch.finfo(torch.float32).max
+    x[7:400] = torch.randn(393, generator=g) * 1e-38  # subnormals and the smallest normals
+    x[400:800] = (torch.randint(-1000, 1000, (400,), generator=g) / 64.0).float()  # exact ties
+    return x
+
+
+@pytest.mark.parametrize("bits", [1, 7, 10, 16, 22])
+@pytest.mark.parametrize("tau", [0.0, 2**-10, 0.25, 0.49])
+def test_float32_kernel_agrees_with_torch_path(bits, tau, monkeypatch):
+    """The float32-compute JIT kernel (e.g. the bfloat16 grid) against the generic torch path:
+    the same values (bit for bit, signed zeros and NaNs included), positions and directions."""
+    import lightning_zk.rounding.precision as P
+
+    if P._kernels is None:
+        pytest.skip("numba is not installed: the optional kernel is not used here")
+    spec = GridSpec(torch.float32, bits)
+    x = _f32_bit_patterns()
+    monkeypatch.setattr(P, "_kernels", None)
+    slow = round_to_grid(x, spec, tau)
+    slow_values = round_values(x, spec)
+    monkeypatch.undo()
+    fast = round_to_grid(x, spec, tau)
+    as_bits = lambda t: t.contiguous().view(torch.int32)  # noqa: E731
+    assert torch.equal(as_bits(fast.rounded), as_bits(slow.rounded))
+    assert torch.equal(as_bits(round_values(x, spec)), as_bits(slow_values))
+    assert torch.equal(fast.positions, slow.positions)
+    assert torch.equal(fast.away, slow.away)
+    if tau > 0:
+        assert fast.positions.numel() > 0
+    inplace = x.clone()
+    result = round_to_grid(inplace, spec, tau, in_place=True)
+    assert result.rounded is inplace
+    assert torch.equal(as_bits(inplace), as_bits(slow.rounded))
+    assert torch.equal(result.positions, slow.positions)
+    strided = x.reshape(200, 200).t()  # not contiguous: a rounded copy, the input untouched
+    before = strided.clone()
+    result = round_to_grid(strided, spec, tau, in_place=True)
+    assert torch.equal(as_bits(result.rounded.contiguous()), as_bits(slow_values.reshape(200, 200).t().contiguous()))
+    assert torch.equal(as_bits(strided.contiguous()), as_bits(before.contiguous()))
