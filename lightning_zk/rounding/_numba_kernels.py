@@ -119,3 +119,26 @@ def run_f32(
     count = round_f32_bits(x.reshape(-1).view(np.int32), out.reshape(-1).view(np.int32),
                            positions, away, int(drop), float(tau_units))
     return out, positions[:count].copy(), away[:count].copy()
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+@numba.njit(cache=True, nogil=True)
+def _uniform_below(key, p, out):  # pragma: no cover - JIT
+    for i in range(out.size):
+        z = key + np.uint64(i + 1) * _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        z = z ^ (z >> np.uint64(31))
+        out[i] = np.float64(z >> np.uint64(11)) * 2.0**-53 < p
+
+
+def uniform_below(key: int, n: int, p: float) -> np.ndarray:
+    """``rng.uniform01(key, n) < p`` in one pass (the splitmix64 stream of :mod:`.rng`, the same
+    53-bit uniforms, exact float64 comparison): the mask of dropout and of a Bernoulli draw."""
+    out = np.empty(n, dtype=np.bool_)
+    _uniform_below(np.uint64(key), float(p), out)
+    return out

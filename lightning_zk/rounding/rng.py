@@ -20,6 +20,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+try:  # optional one-pass kernel (the ``fast`` extra) for Bernoulli masks; same bits as NumPy
+    from ._numba_kernels import uniform_below as _uniform_below
+except ImportError:  # pragma: no cover - depends on the installation
+    _uniform_below = None
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -53,6 +58,13 @@ def random_bits(key: int, n: int) -> np.ndarray:
 def uniform01(key: int, n: int) -> np.ndarray:
     """Uniform float64 in [0, 1) with 53 random bits each (exact on every machine)."""
     return (random_bits(key, n) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def uniform_below(key: int, n: int, p: float) -> np.ndarray:
+    """``uniform01(key, n) < p`` as a bool mask (one pass when numba is installed)."""
+    if _uniform_below is not None:
+        return _uniform_below(key, n, p)
+    return uniform01(key, n) < p
 
 
 def normal01(key: int, n: int) -> np.ndarray:
@@ -137,8 +149,10 @@ class StepRandom:
     def _op_bernoulli_(self, func, a):
         t = a["self"]
         p = a["p"]
+        if not isinstance(p, torch.Tensor):
+            return self._fill(t, uniform_below(self._key(), t.numel(), float(p)))
         u = uniform01(self._key(), t.numel())
-        probs = p.detach().to("cpu", torch.float64).expand(t.shape).reshape(-1).numpy() if isinstance(p, torch.Tensor) else p
+        probs = p.detach().to("cpu", torch.float64).expand(t.shape).reshape(-1).numpy()
         return self._fill(t, (u < probs).astype(np.float64))
 
     def _op_uniform_(self, func, a):
@@ -181,7 +195,7 @@ class StepRandom:
         x, p, train = a["input"], float(a["p"]), a["train"]
         if not train or p == 0.0:
             return x.clone(), torch.ones_like(x, dtype=torch.bool)
-        keep = uniform01(self._key(), x.numel()) < 1.0 - p
+        keep = uniform_below(self._key(), x.numel(), 1.0 - p)
         mask = _to_torch(keep, x.shape, torch.bool, x.device)
         # Same arithmetic as ATen's CPU decomposition: noise = bernoulli(1-p) / (1-p); x * noise.
         noise = mask.to(x.dtype).div_(1.0 - p)

@@ -88,3 +88,22 @@ def test_randperm_is_permutation_and_dropout_scales():
 def test_unsupported_random_op_named():
     with pytest.raises(UnsupportedRandomOpError, match="multinomial"):
         _draw(lambda: torch.multinomial(torch.ones(5, dtype=torch.float64), 2))
+
+
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5, 0.9, 1.0, 2.0**-53, 1 - 2.0**-53])
+def test_bernoulli_kernel_matches_numpy_stream(p, monkeypatch):
+    """The one-pass mask kernel gives the bits of ``uniform01(key, n) < p``, so a run with numba
+    and a replay without it draw the same dropout masks."""
+    from lightning_zk.rounding import rng
+
+    if rng._uniform_below is None:
+        pytest.skip("numba is not installed: the optional kernel is not used here")
+    for key in (0, 1, 2**63 + 12345, 2**64 - 1, rng.stream_key(3, 7, 11)):
+        for n in (0, 1, 1000, 65537):
+            fast = rng.uniform_below(key, n, p)
+            monkeypatch.setattr(rng, "_uniform_below", None)
+            slow = rng.uniform_below(key, n, p)
+            monkeypatch.undo()
+            assert fast.dtype == slow.dtype == np.bool_
+            assert np.array_equal(fast, slow)
+            assert np.array_equal(slow, rng.uniform01(key, n) < p)
