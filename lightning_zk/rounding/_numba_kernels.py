@@ -39,27 +39,34 @@ def _candidates(size: int) -> tuple[np.ndarray, np.ndarray]:
 
 @numba.njit(cache=True, nogil=True)
 def round_f64_to_f32(x, xbits, out, positions, away, tau_units):  # pragma: no cover - JIT
-    """Fill ``out``; return the number of logged positions, or -1 if a value is below 2^-126.
+    """Fill ``out``; return the number of logged positions (``out`` may be ``x`` itself).
 
-    A -1 tells the caller to use the exact generic path (the dropped bits of such values are not
-    at the float32 rounding position); it is decided before anything is written.
+    The value is the IEEE cast (correct for every float64, subnormal results included). The
+    midpoint distance is that of the torch path bit for bit: the low 29 bits of ``|x|``, or below
+    2^-126 (where the dropped bits are not at the float32 rounding position) of
+    ``|x| + 2^-126`` computed in float64 (:func:`lightning_zk.rounding.precision._split`).
+    Without logging (``tau_units == 0``) the loop is the plain cast, which vectorises.
     """
-    if tau_units > 0.0:  # read-only pass first: bail out before anything is written
+    if tau_units <= 0.0:
         for i in range(x.size):
-            a = abs(x[i])
-            if a < _MIN_NORMAL_F32 and a != 0.0:
-                return -1
+            out[i] = np.float64(np.float32(x[i]))
+        return 0
     count = 0
     for i in range(x.size):
         v = x[i]
-        low = xbits[i] & _LOW_MASK  # read before writing: ``out`` may be ``x`` itself
+        a = abs(v)
+        if a < _MIN_NORMAL_F32:
+            # a + 2^-126 lies in [2^-126, 2^-125]: its mantissa bits are exactly
+            # (m - 2^-126) * 2^178 (Sterbenz: the subtraction is exact), bit 52 for 2^-125
+            m = a + _MIN_NORMAL_F32
+            low = np.int64((m - _MIN_NORMAL_F32) * 2.0**178) & _LOW_MASK
+        else:
+            low = xbits[i] & _LOW_MASK  # read before writing: ``out`` may be ``x`` itself
         r = np.float64(np.float32(v))
-        if tau_units > 0.0:
-            a = abs(v)
-            if a == a and a != np.inf and abs(low - _HALF) < tau_units:
-                positions[count] = i
-                away[count] = abs(r) > a
-                count += 1
+        if a == a and a != np.inf and abs(low - _HALF) < tau_units:
+            positions[count] = i
+            away[count] = abs(r) > a
+            count += 1
         out[i] = r
     return count
 
