@@ -40,7 +40,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .decompose import Decomposition, decomposition
 from .log import LogEntry, StepLog, StepLogBuilder
 from .ops import OpClass, classify
-from .precision import GridSpec, apply_directions, round_to_grid
+from .precision import GridSpec, logged_directions, place_directions_, round_to_grid
 from .rng import StepRandom
 from .taint import TaintTracker
 from .threshold import ResolvedThresholds
@@ -311,7 +311,7 @@ class RoundingMode(TorchDispatchMode):
             )
         positions = torch.tensor(entry.positions, device=t.device)
         away = torch.tensor(entry.away, device=t.device)
-        rounded, distance, natural = apply_directions(t, self.spec, positions, away)
+        forced, distance, natural = logged_directions(t, self.spec, positions, away)
         ulp_units = float(1 << self.spec.dropped_bits)
         worst = float(distance.max()) / ulp_units if distance.numel() else 0.0
         # An honest trainer logs only elements within τ of a midpoint; hardware divergence moves
@@ -324,6 +324,7 @@ class RoundingMode(TorchDispatchMode):
                 f"from its rounding midpoint here, beyond 2τ = {limit:.3g}: the log is not the "
                 "trainer's honest record (tampered log or different computation)",
             )
+        rounded = place_directions_(t, self.spec, positions, forced)
         state.stats.logged += int(positions.numel())
         state.stats.corrections += int((natural != away).sum())
         state.stats.max_distance = max(state.stats.max_distance, worst)

@@ -231,6 +231,34 @@ def apply_directions(
     return rounded, distance, natural
 
 
+def logged_directions(
+    x: torch.Tensor, spec: GridSpec, positions: torch.Tensor, away: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For the logged flat ``positions`` of ``x`` only: the values rounded the logged way, their
+    distance from the midpoint here, and the way this machine alone would round them (the
+    logged part of :func:`apply_directions`, without touching ``x``)."""
+    xs = x.reshape(-1)[positions]
+    trunc, low, natural, shift = _split(xs, spec)
+    forced = _assemble(xs, trunc, away, shift, spec)
+    return forced, (low - (1 << (spec.dropped_bits - 1))).abs(), natural
+
+
+def place_directions_(x: torch.Tensor, spec: GridSpec, positions: torch.Tensor,
+                      forced: torch.Tensor) -> torch.Tensor:
+    """``x`` rounded nearest-even with ``forced`` values (:func:`logged_directions`) at
+    ``positions``: written into ``x`` where it is contiguous (then ``x`` is returned), else a
+    rounded copy. In place, the one-pass rounding path replaces a new tensor copied back."""
+    if not x.is_contiguous():
+        rounded = round_values(x, spec)
+        rounded.reshape(-1)[positions] = forced
+        return rounded
+    rounded = round_to_grid(x, spec, 0.0, in_place=True).rounded
+    if rounded is not x:
+        x.copy_(rounded)
+    x.view(-1)[positions] = forced
+    return x
+
+
 def round_scalar_reference(value: float, mantissa_bits: int) -> float:
     """Exact reference: nearest-even rounding of ``value`` to float32's range with ``b`` bits.
 
