@@ -1,12 +1,15 @@
-"""Fixed-point mode: train a Linear+ReLU MLP with MSE and SGD in exact integer arithmetic.
+"""Fixed-point mode: the user's own training step, executed in exact integer arithmetic.
 
-``VerifiableStrategy(mode="fixed", frac_bits=16)`` replaces autograd and the torch optimizer by
-the exact integer engine (:mod:`lightning_zk.fixed`): each batch is quantised, one SGD step is
-computed in int64 with round-to-nearest rescaling and magnitude bounds, the torch module receives
-the dequantised weights, and the step's witness tape is kept for the zk prover (and spilled to
-``RUN/tapes/`` for offline proving). Integer arithmetic is the same on every device, so there is no
-rounding log: each step record carries an empty one, and the state digest commits the integer
-weights.
+``VerifiableStrategy(mode="fixed", frac_bits=16)`` runs Lightning's closure (``training_step``,
+``backward``) and the optimizer step under :class:`~lightning_zk.fixed.intercept.FixedPointTracer`,
+which executes every ATen op in exact fixed point and records the step's graph. A step whose
+graph is the provable template (Linear+ReLU MLP, MSE of the output against the batch target,
+plain SGD) gets its witness tape from the exact integer engine (:mod:`lightning_zk.fixed`),
+checked bit for bit against the weights the user's code produced, and kept for the zk prover
+(spilled to ``RUN/tapes/`` for offline proving); any other graph is refused
+(:class:`NotProvableError`) and rolled back. Integer arithmetic is the same on every device, so
+there is no rounding log: each step record carries an empty one, and the state digest commits
+the integer weights.
 
 What a fixed-point run commits publicly must not reveal its private data: the state and batch
 digests of its step records (hence its Merkle ledger) are *hidden* digests, keyed by a private
@@ -16,8 +19,9 @@ proofs' public statements must carry: dims, scale, bound, learning rate, batch s
 commitment parameters of the proofs (``ProofCallback(security_bits=..., blowup=...)``).
 
 The LightningModule must hold the network as an ``nn.Sequential`` of Linear(+bias)/ReLU (its
-``net`` attribute, or its only Sequential child), a ``loss_fn = nn.MSELoss()``, and configure a
-plain ``torch.optim.SGD``; its ``training_step`` is not called (the engine computes the loss).
+``net`` attribute, or its only Sequential child) and configure a plain ``torch.optim.SGD``; its
+``training_step`` computes the MSE loss however it likes to spell it through ``aten.mse_loss``
+(``F.mse_loss``, ``nn.MSELoss``).
 """
 
 from __future__ import annotations

@@ -90,8 +90,9 @@ class VerifiableStrategy(SingleDeviceStrategy):
             or ``None`` for the safe default (see :func:`~lightning_zk.rounding.threshold.default_tau`).
         device: the device to train on; default: the Trainer's accelerator (``cuda:0`` or ``cpu``).
         mode: ``"rounded"`` (default: any model, rounded precision and rounding log) or
-            ``"fixed"``: exact fixed-point training of Linear+ReLU MLPs with MSE and SGD, whose
-            steps can be proved in zero knowledge (``ProofCallback``; docs/fixed_point.md).
+            ``"fixed"``: the module's own step with every ATen op executed in exact fixed point;
+            steps whose graph is a Linear+ReLU MLP with MSE and plain SGD are proved in zero
+            knowledge (``ProofCallback``), other graphs are refused (docs/fixed_point.md).
         frac_bits: fixed-point scale 2^frac_bits (``mode="fixed"``).
         value_bits: signed width every fixed-point tensor must fit (``mode="fixed"``).
         save_tapes: spill each step's witness tape to ``RUN/tapes/`` (``mode="fixed"``), for
