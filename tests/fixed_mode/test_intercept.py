@@ -105,11 +105,16 @@ def test_a_different_graph_is_refused_not_trained_as_the_template(tmp_path, step
     (lambda m, x, y: F.mse_loss(torch.sort(m.net(x), dim=1).values, y), "aten.sort"),
     (lambda m, x, y: F.mse_loss(F.gelu(m.net(x)), y), "aten.gelu"),
     (lambda m, x, y: F.mse_loss(torch.softmax(m.net(x), dim=1), y), "aten._softmax"),
+    (lambda m, x, y: ((m.net(x) - y) ** 2).mean(), "aten.pow"),  # rounds unlike mse: refused
 ])
 def test_an_unsupported_op_is_refused_with_its_name_and_line(tmp_path, step, op):
+    model = _make(Natural, step=step)
     with pytest.raises(UnsupportedOpError, match=op) as err:
-        _fit(tmp_path / "run", _make(Natural, step=step))
-    assert "test_intercept.py" in str(err.value)
+        _fit(tmp_path / "run", model)
+    assert "test_intercept.py" in str(err.value) and "step_fn" not in str(err.value)
+    start = _make(Natural)
+    for p, q in zip(model.parameters(), start.parameters(), strict=True):
+        assert torch.equal(p, (torch.floor(q.double() * (1 << S) + 0.5) / (1 << S)).to(p))
     assert not RunDirectory(tmp_path / "run").exists() or not RunDirectory(
         tmp_path / "run").read_steps()
 
@@ -200,3 +205,49 @@ def test_an_inexact_constant_is_refused():
 def test_rescale_reference_agrees():
     raw = np.arange(-5 << S, 5 << S, 977, dtype=np.int64)
     assert np.array_equal(rescale(raw, S)[0], _ref_rescale(raw))
+
+
+def _graph(step_fn, x, y):
+    """The canonical graph of one step of a Natural module (torch only, no Lightning)."""
+    model = _make(Natural)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.floor(p * (1 << S) + 0.5) / (1 << S))
+    tracer = FixedPointTracer(CFG)
+    for name, p in model.net.named_parameters():
+        tracer.leaf(f"param:{name}", p)
+    tracer.leaf("batch:0", x, quantise=True)
+    tracer.leaf("batch:1", y, quantise=True)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    with tracer:
+        step_fn(model, x, y).backward()
+        opt.step()
+    return tracer.graph([tracer.ref(p) for p in model.net.parameters()])
+
+
+def test_different_steps_have_different_graphs():
+    x, y = torch.rand(4, 4), torch.rand(4, 3)
+    natural = _graph(lambda m, x, y: F.mse_loss(m.net(x), y), x, y)
+    spelled = _graph(lambda m, x, y: nn.MSELoss()(m.net(x), y), x, y)
+    scaled = _graph(lambda m, x, y: F.mse_loss(m.net(2 * x), y), x, y)
+    halved = _graph(lambda m, x, y: F.mse_loss(m.net(x / 2), y), x, y)
+    other = _graph(lambda m, x, y: F.mse_loss(m.net(x), x[:, :3]), x, y)
+    assert graph_digest(natural) == graph_digest(spelled)
+    digests = {graph_digest(g) for g in (natural, scaled, halved, other)}
+    assert len(digests) == 4
+    assert any(op["op"] == "aten.mul.Tensor" for op in scaled)
+
+
+def test_the_bit_check_against_the_engine_can_fail(tmp_path, monkeypatch):
+    """A tracer whose SGD is one ulp off is caught by the check against the engine's tape."""
+    real = FixedPointTracer._sgd
+
+    def off_by_one(self, p, g, alpha, name):
+        out = real(self, p, g, alpha, name)
+        with torch.no_grad():
+            p.add_(2.0 ** -S)
+        return out
+
+    monkeypatch.setattr(FixedPointTracer, "_sgd", off_by_one)
+    with pytest.raises(AssertionError, match="differs from the integer engine"):
+        _fit(tmp_path / "run", _make(Natural))
