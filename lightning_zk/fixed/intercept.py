@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from .exact import exact_matmul
 from .format import FixedPointConfig, check_bound, fixed_constant, rescale
 from .torch_bridge import UnsupportedModelError
 
@@ -246,12 +247,12 @@ class FixedPointTracer(TorchDispatchMode):
         s, name = self.config.frac_bits, str(func)
         if func is aten.mm.default:
             a, b = args
-            return self._checked(self._rescaled(self.ints(a) @ self.ints(b)), a, name)
+            return self._checked(self._rescaled(exact_matmul(self.ints(a), self.ints(b))), a, name)
         if func is aten.addmm.default:
             bias, a, b = args
             if kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
                 raise UnsupportedOpError(name, user_frame(), "beta/alpha other than 1")
-            raw = self.ints(a) @ self.ints(b) + (np.broadcast_to(self.ints(bias), (
+            raw = exact_matmul(self.ints(a), self.ints(b)) + (np.broadcast_to(self.ints(bias), (
                 a.shape[0], b.shape[1])) << s)
             return self._checked(self._rescaled(raw), a, name)
         if func in (aten.add.Tensor, aten.sub.Tensor):
