@@ -75,7 +75,7 @@ def check_digest_format(digest_format: object) -> str:
     return digest_format  # type: ignore[return-value]
 
 
-def _new_hash(digest_format: str):
+def _new_hash(digest_format: str, total_bytes: int = 0):
     check_digest_format(digest_format)
     tag = digest_format.encode("ascii")
     if digest_format == STATE_DIGEST_V1:
@@ -87,10 +87,17 @@ def _new_hash(digest_format: str):
             f"state digest format {digest_format} needs the blake3 package: pip install blake3"
         ) from err
     # BLAKE3 is a tree hash: a large update is split over threads with the same result (6.0 GB/s
-    # on this project's 2 cores against 3.0 GB/s on one, 1.5 GB/s for SHA-256). ``AUTO`` uses the
-    # shared thread pool (sized to the usable cores) and hashes small updates on this thread; an
-    # explicit ``max_threads=n`` builds a new pool per hasher, 0.2-0.8 ms per state digest here.
-    return blake3(tag, max_threads=blake3.AUTO if _hash_threads() > 1 else 1)
+    # on this project's 2 cores against 3.0 GB/s on one). ``AUTO`` uses the shared thread pool
+    # (an explicit ``max_threads=n`` builds a new pool per hasher, 0.2-0.8 ms per digest); threads
+    # still cost microseconds per update, so only a large state uses them, and small pieces are
+    # gathered into one update (_Stream).
+    if total_bytes >= _THREADED_STATE_BYTES and _hash_threads() > 1:
+        return blake3(tag, max_threads=blake3.AUTO)
+    return blake3(tag)
+
+
+_THREADED_STATE_BYTES = 64 << 20
+_SMALL_PIECE = 64 << 10  # pieces below this are gathered into one update
 
 
 def _hash_threads() -> int:
@@ -98,6 +105,29 @@ def _hash_threads() -> int:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # no affinity API (macOS, Windows)
         return max(1, os.cpu_count() or 1)
+
+
+class _Stream:
+    """Feeds a hash with length-prefixed pieces; small ones gathered into one ``update`` (the
+    hashed byte stream, hence the digest, is the same as feeding each piece at once)."""
+
+    def __init__(self, h) -> None:
+        self.h, self.small = h, bytearray()
+
+    def update(self, data) -> None:
+        if len(data) < _SMALL_PIECE:
+            self.small += memoryview(data)  # (a numpy array would broadcast "+=")
+            return
+        if self.small:
+            self.h.update(self.small)
+            self.small = bytearray()
+        self.h.update(data)
+
+    def hexdigest(self) -> str:
+        if self.small:
+            self.h.update(self.small)
+            self.small = bytearray()
+        return self.h.hexdigest()
 
 
 @dataclass
@@ -144,7 +174,8 @@ def state_digest(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, object]
                  digest_format: str = STATE_DIGEST_V1) -> str:
     """The digest (hex) of a state in ``digest_format`` (module doc); an unknown format is an
     :class:`UnknownDigestFormatError`."""
-    h = _new_hash(digest_format)
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    h = _Stream(_new_hash(digest_format, total))
     _feed(h, struct.pack("<Q", len(tensors)))
     for name in sorted(tensors):
         tensor_record(h, name, tensors[name])

@@ -1,12 +1,15 @@
-"""Fixed-point mode: train a Linear+ReLU MLP with MSE and SGD in exact integer arithmetic.
+"""Fixed-point mode: the user's own training step, executed in exact integer arithmetic.
 
-``VerifiableStrategy(mode="fixed", frac_bits=16)`` replaces autograd and the torch optimizer by
-the exact integer engine (:mod:`lightning_zk.fixed`): each batch is quantised, one SGD step is
-computed in int64 with round-to-nearest rescaling and magnitude bounds, the torch module receives
-the dequantised weights, and the step's witness tape is kept for the zk prover (and spilled to
-``RUN/tapes/`` for offline proving). Integer arithmetic is the same on every device, so there is no
-rounding log: each step record carries an empty one, and the state digest commits the integer
-weights.
+``VerifiableStrategy(mode="fixed", frac_bits=16)`` runs Lightning's closure (``training_step``,
+``backward``) and the optimizer step under :class:`~lightning_zk.fixed.intercept.FixedPointTracer`,
+which executes every ATen op in exact fixed point and records the step's graph. A step whose
+graph is the provable template (Linear+ReLU MLP, MSE of the output against the batch target,
+plain SGD) gets its witness tape from the exact integer engine (:mod:`lightning_zk.fixed`),
+checked bit for bit against the weights the user's code produced, and kept for the zk prover
+(spilled to ``RUN/tapes/`` for offline proving); any other graph is refused
+(:class:`NotProvableError`) and rolled back. Integer arithmetic is the same on every device, so
+there is no rounding log: each step record carries an empty one, and the state digest commits
+the integer weights.
 
 What a fixed-point run commits publicly must not reveal its private data: the state and batch
 digests of its step records (hence its Merkle ledger) are *hidden* digests, keyed by a private
@@ -16,12 +19,14 @@ proofs' public statements must carry: dims, scale, bound, learning rate, batch s
 commitment parameters of the proofs (``ProofCallback(security_bits=..., blowup=...)``).
 
 The LightningModule must hold the network as an ``nn.Sequential`` of Linear(+bias)/ReLU (its
-``net`` attribute, or its only Sequential child), a ``loss_fn = nn.MSELoss()``, and configure a
-plain ``torch.optim.SGD``; its ``training_step`` is not called (the engine computes the loss).
+``net`` attribute, or its only Sequential child) and configure a plain ``torch.optim.SGD``; its
+``training_step`` computes the MSE loss however it likes to spell it through ``aten.mse_loss``
+(``F.mse_loss``, ``nn.MSELoss``).
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -29,8 +34,10 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..fixed import FixedPointConfig, WitnessTape, dequantize
+from ..fixed.intercept import FixedPointTracer, graph_digest
 from ..fixed.torch_bridge import (
     UnsupportedModelError,
     check_loss_and_optimizer,
@@ -64,6 +71,10 @@ def find_network(module: nn.Module) -> nn.Sequential:
     )
 
 
+class NotProvableError(UnsupportedModelError):
+    """The user's step ran in fixed point, but its graph is not one the prover proves yet."""
+
+
 class FixedPointSession(TrainingSession):
     """Commits exact fixed-point steps; keeps the witness tape of the last step."""
 
@@ -71,15 +82,14 @@ class FixedPointSession(TrainingSession):
         super().__init__(strategy, trainer, run, batch_order)
         module = strategy.lightning_module
         self.net = find_network(module)
-        loss_fn = getattr(module, "loss_fn", None)
-        if loss_fn is None:
-            raise UnsupportedModelError(
-                f"fixed-point mode needs the loss as `self.loss_fn = nn.MSELoss()` on "
-                f"{type(module).__name__}: the engine computes the MSE step exactly in integers."
-            )
         if len(self.optimizers) != 1:
             raise UnsupportedModelError("fixed-point mode trains with exactly one SGD optimizer")
-        lr = check_loss_and_optimizer(loss_fn, self.optimizers[0])
+        lr = check_loss_and_optimizer("mse", self.optimizers[0])
+        for param in module.parameters():
+            if param.dtype == torch.float32 and strategy.value_bits > 25:
+                raise UnsupportedModelError(
+                    f"value_bits={strategy.value_bits} does not fit float32 parameters exactly; "
+                    "HINT: value_bits <= 25, or module.double()")
         if trainer.gradient_clip_val:
             raise UnsupportedModelError("gradient clipping is not part of the fixed-point SGD step")
         self.config = FixedPointConfig(frac_bits=strategy.frac_bits, value_bits=strategy.value_bits)
@@ -96,6 +106,9 @@ class FixedPointSession(TrainingSession):
         self.last_tape: WitnessTape | None = None
         self.last_loss: float | None = None
         self._key: DigestKey | None = None
+        self.tracer: FixedPointTracer | None = None
+        self._graph_digest: str | None = None
+        self._templates: dict[tuple, list[dict[str, Any]]] = {}
 
     @property
     def tape_dir(self) -> Path:
@@ -187,17 +200,14 @@ class FixedPointSession(TrainingSession):
         self._prepare_step(batch, batch_idx)
         self._pending_batch = batch
 
-    def run_step(self) -> torch.Tensor:
-        """One exact SGD step on the current batch; returns the (dequantised) MSE for logging."""
+    def _check_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self._pending_batch
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise UnsupportedModelError(
                 "fixed-point mode expects batches (x, y) with float inputs x (B, d_in) and "
                 "regression targets y (B, d_out)"
             )
-        x, y = (t.detach().to("cpu", torch.float64).numpy() for t in batch)
-        if y.ndim == 1:
-            y = y[:, None]
+        x, y = batch
         if self.batch_size is not None and x.shape[0] != self.batch_size:
             raise UnsupportedModelError(
                 f"batch {self._pending['batch_idx']} of epoch {self._pending['epoch']} has "
@@ -205,18 +215,86 @@ class FixedPointSession(TrainingSession):
                 "step of a proof chain has the same public batch size. HINT: "
                 "DataLoader(..., drop_last=True), or a dataset size divisible by the batch size."
             )
-        tape = self.engine.step_float(x, y)
+        return x, y
+
+    def _new_tracer(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> FixedPointTracer:
+        tracer = FixedPointTracer(self.config, step=self.next_step)
+        for name, param in net.named_parameters():
+            tracer.leaf(f"param:{name}", param)
+        tracer.leaf("batch:0", x, quantise=True)
+        tracer.leaf("batch:1", y, quantise=True)
+        return tracer
+
+    def start_trace(self) -> FixedPointTracer:
+        """The dispatch mode the user's step (training_step, backward, SGD) runs under."""
+        x, y = self._check_batch()
+        self.tracer = self._new_tracer(self.net, x, y)
+        return self.tracer
+
+    def abandon_trace(self) -> None:
+        """A step that raised trains nothing: the module gets the weights before it back."""
+        self.tracer = None
         write_back(self.engine, self.net)
+
+    def _template(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
+        """The graph of the provable template step (F.mse_loss(net(x), y), SGD) on these shapes,
+        traced on a copy of the network (cached per batch shape)."""
+        key = (tuple(x.shape), tuple(y.shape))
+        if key not in self._templates:
+            net = copy.deepcopy(self.net)
+            tracer = self._new_tracer(net, x, y)
+            opt = torch.optim.SGD(net.parameters(), lr=self.optimizers[0].param_groups[0]["lr"])
+            with tracer:
+                F.mse_loss(net(x), y).backward()
+                opt.step()
+            self._templates[key] = tracer.graph([tracer.ref(p) for p in net.parameters()])
+        return self._templates[key]
+
+    def _check_provable(self, graph: list[dict[str, Any]], x, y) -> None:
+        template = self._template(x, y)
+        if graph == template:
+            return
+        for i, (got, want) in enumerate(zip(graph, template, strict=False)):
+            if got != want:
+                raise NotProvableError(
+                    f"step {self.next_step}: the training_step's traced graph is not the provable "
+                    f"MLP template (Linear/ReLU, F.mse_loss(self.net(x), y) on the batch, plain "
+                    f"SGD): op {i} is {got} where the template has {want}. Fixed-point mode "
+                    "proves only that graph for now (issue 12); nothing was trained.")
+        raise NotProvableError(
+            f"step {self.next_step}: the training_step's traced graph has {len(graph)} ops, the "
+            f"provable MLP template {len(template)}; nothing was trained.")
+
+    def finish_step(self) -> None:
+        """Check the traced step is the provable template, compute its tape with the engine,
+        check the step the user's code took bit for bit against it, and commit."""
+        tracer, self.tracer = self.tracer, None
+        x, y = self._check_batch()
+        params = list(self.net.parameters())
+        outputs = [tracer.ref(p) for p in params]
+        graph = tracer.graph(outputs)
+        try:
+            self._check_provable(graph, x, y)
+        except NotProvableError:
+            write_back(self.engine, self.net)  # the engine holds the weights before the step
+            raise
+        xq, yq = tracer.ints(x, "batch:0"), tracer.ints(y, "batch:1")
+        if yq.ndim == 1:
+            yq = yq[:, None]
+        tape = self.engine.step(xq, yq)
+        after = [tracer.ints(p, "check") for p in params]
+        expect = [a for i in range(1, self.engine.num_layers + 1)
+                  for a in (tape.tensors[f"W{i}n"], tape.tensors[f"b{i}n"])]
+        if not all(np.array_equal(a, b) for a, b in zip(after, expect, strict=True)):
+            raise AssertionError("the intercepted step differs from the integer engine's tape")
         s = self.config.frac_bits
         output = dequantize(tape.tensors[f"Z{self.engine.num_layers}"], s)
         self.last_loss = float(np.mean((output - dequantize(tape.tensors["y"], s)) ** 2))
         self.last_tape = tape
-        self._updates = [0]  # the engine's SGD update (no torch optimizer step runs)
-        return torch.tensor(self.last_loss)
-
-    def finish_step(self) -> None:
-        tape = self.last_tape
-        extra: dict[str, Any] = {"loss": self.last_loss}
+        extra: dict[str, Any] = {"loss": self.last_loss, "graph_sha256": graph_digest(graph)}
+        if self.next_step == 0 or self._graph_digest != extra["graph_sha256"]:
+            extra["graph"] = graph  # the canonical op list, whenever it is new
+        self._graph_digest = extra["graph_sha256"]
         if self.save_tapes and tape is not None:
             path = self.tape_path(self.next_step)
             if not self._expected:  # a re-verified step keeps its committed tape

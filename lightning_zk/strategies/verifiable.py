@@ -90,8 +90,9 @@ class VerifiableStrategy(SingleDeviceStrategy):
             or ``None`` for the safe default (see :func:`~lightning_zk.rounding.threshold.default_tau`).
         device: the device to train on; default: the Trainer's accelerator (``cuda:0`` or ``cpu``).
         mode: ``"rounded"`` (default: any model, rounded precision and rounding log) or
-            ``"fixed"``: exact fixed-point training of Linear+ReLU MLPs with MSE and SGD, whose
-            steps can be proved in zero knowledge (``ProofCallback``; docs/fixed_point.md).
+            ``"fixed"``: the module's own step with every ATen op executed in exact fixed point;
+            steps whose graph is a Linear+ReLU MLP with MSE and plain SGD are proved in zero
+            knowledge (``ProofCallback``), other graphs are refused (docs/fixed_point.md).
         frac_bits: fixed-point scale 2^frac_bits (``mode="fixed"``).
         value_bits: signed width every fixed-point tensor must fit (``mode="fixed"``).
         save_tapes: spill each step's witness tape to ``RUN/tapes/`` (``mode="fixed"``), for
@@ -315,10 +316,8 @@ class VerifiableStrategy(SingleDeviceStrategy):
             yield
 
     def training_step(self, *args: Any, **kwargs: Any):
-        if self._fixed_step_open():
-            loss = self.session.run_step()
-            self.lightning_module.log("train_mse", loss, prog_bar=True)
-            return loss
+        if self._fixed_step_open():  # under the session's fixed-point tracer (optimizer_step)
+            return super().training_step(*args, **kwargs)
         with self._intercepted():
             return super().training_step(*args, **kwargs)
 
@@ -328,14 +327,19 @@ class VerifiableStrategy(SingleDeviceStrategy):
             return super().validation_step(*args, **kwargs)
 
     def backward(self, closure_loss, optimizer, *args: Any, **kwargs: Any):
-        if self._fixed_step_open():
-            return closure_loss  # the engine computed the exact gradients itself
+        if self._fixed_step_open():  # the user's backward, in exact fixed point
+            return super().backward(closure_loss, optimizer, *args, **kwargs)
         with self._intercepted():
             return super().backward(closure_loss, optimizer, *args, **kwargs)
 
     def optimizer_step(self, optimizer, closure, model=None, **kwargs: Any):
         if self._fixed_step_open():
-            closure()  # runs training_step: the exact integer SGD step; no torch update
+            try:
+                with self.session.start_trace():  # training_step, backward, SGD: intercepted
+                    super().optimizer_step(optimizer, closure, model, **kwargs)
+            except BaseException:
+                self.session.abandon_trace()
+                raise
             self.session.finish_step()
             return None
         with self._intercepted():

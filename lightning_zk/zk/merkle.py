@@ -196,6 +196,8 @@ def verify_multiproof(
         parents: dict[int, bytes] = {}
         for i in sorted(nodes):
             if i ^ 1 in nodes:
+                if i & 1:  # the pair's parent was made from its left child
+                    continue
                 sib = nodes[i ^ 1]
             else:
                 if pos >= len(proof):

@@ -20,7 +20,8 @@ import numpy as np
 from . import field as F
 from .backend import P, array_module, backend_of
 from .errors import ParameterError
-from .extension import Fp2, e_add, e_const, e_from_base, e_get, e_mul, e_scale, e_sub
+from .extension import Fp2, _raw, e_add, e_const, e_from_base, e_get, e_mul, e_scale, e_sub
+from .extension import W as _W
 
 __all__ = [
     "num_vars_of",
@@ -73,17 +74,23 @@ def eq_table(point: Sequence[Fp2 | int], xp: Any = np) -> Any:
 
 
 def eq_eval(a: Sequence[Fp2 | int], b: Sequence[Fp2 | int]) -> Fp2:
-    """eq(a, b) for two points (scalar, O(n))."""
+    """eq(a, b) for two points (scalar, O(n)), on the integer coordinates."""
     if len(a) != len(b):
         raise ParameterError(f"eq_eval: points have {len(a)} and {len(b)} coordinates")
-    acc = Fp2(1)
+    p, w = P, _W
+    c0, c1 = 1, 0
     for x, y in zip(a, b, strict=False):
+        x0, x1 = (x.c0, x.c1) if type(x) is Fp2 else (int(x) % p, 0)
         if type(y) is int and 0 <= y <= 1:  # a Boolean coordinate (codes): x or 1 - x
-            acc = acc * (Fp2.lift(x) if y else 1 - Fp2.lift(x))
-            continue
-        x, y = Fp2.lift(x), Fp2.lift(y)
-        acc = acc * (x * y + (1 - x) * (1 - y))
-    return acc
+            t0, t1 = (x0, x1) if y else (1 - x0, -x1)
+        else:
+            y0, y1 = (y.c0, y.c1) if type(y) is Fp2 else (int(y) % p, 0)
+            # x y + (1 - x)(1 - y) = 2 x y - x - y + 1
+            t0 = 2 * (x0 * y0 + w * x1 * y1) - x0 - y0 + 1
+            t1 = 2 * (x0 * y1 + x1 * y0) - x1 - y1
+        t0, t1 = t0 % p, t1 % p
+        c0, c1 = (c0 * t0 + w * c1 * t1) % p, (c0 * t1 + c1 * t0) % p
+    return _raw(c0, c1)
 
 
 def eq_eval_many(points: Sequence[Sequence[Fp2 | int]], r: Sequence[Fp2 | int]) -> np.ndarray:
@@ -97,11 +104,17 @@ def eq_eval_many(points: Sequence[Sequence[Fp2 | int]], r: Sequence[Fp2 | int]) 
         raise ParameterError(f"eq_eval_many: every point needs {n} coordinates")
     if q == 0:
         return e_const(0, 0)
-    z = np.empty((2, q, n), dtype=np.uint64)
-    for j, pt in enumerate(points):
-        for i, c in enumerate(pt):
-            c = Fp2.lift(c)
-            z[0, j, i], z[1, j, i] = c.c0, c.c1
+    c0s: list[int] = []
+    c1s: list[int] = []
+    for pt in points:
+        for c in pt:
+            if type(c) is Fp2:
+                c0s.append(c.c0)
+                c1s.append(c.c1)
+            else:
+                c0s.append(int(c) % P)
+                c1s.append(0)
+    z = np.array([c0s, c1s], dtype=np.uint64).reshape(2, q, n)
     acc = e_const(1, q)
     for i, ri in enumerate(r):
         ri = Fp2.lift(ri)

@@ -53,7 +53,7 @@ import numpy as np
 from . import field as F
 from .backend import P, array_module, to_numpy
 from .errors import ParameterError, ShapeMismatchError, SumcheckError
-from .extension import Fp2, e_mul, e_mul_base, e_scale, e_sum
+from .extension import Fp2, W, _raw, e_mul, e_mul_base, e_scale, e_sum
 from .ligero import Ligero, LigeroProof, Query
 from .multilinear import fold, num_vars_of
 from .pcs import LAYOUT_VECTOR, Commitment, LinearFormCommitment
@@ -222,23 +222,37 @@ class SumcheckClaim:
 
 
 def interpolate(evals: Sequence[Fp2], r: Fp2) -> Fp2:
-    """Value at r of the polynomial of degree < len(evals) with values evals[i] at X = i."""
+    """Value at r of the polynomial of degree < len(evals) with values evals[i] at X = i.
+
+    Barycentric form on the integer coordinates (the verifier calls this once per sumcheck
+    round; Fp2 objects per product cost more than the arithmetic)."""
     n = len(evals)
     r = Fp2.lift(r)
+    r0, r1 = r.c0, r.c1
+    if r1 == 0 and r0 < n:
+        return evals[r0]
+    # prefix[i] = prod_{j < i} (r - j), suffix[i] = prod_{j >= i} (r - j), as (c0, c1) pairs
+    pre0, pre1 = [1], [0]
     for i in range(n):
-        if r == i:
-            return evals[i]
-    diffs = [r - i for i in range(n)]
-    prefix = [Fp2(1)]
-    for d in diffs:
-        prefix.append(prefix[-1] * d)
-    suffix = [Fp2(1)] * (n + 1)
+        a0, a1 = pre0[-1], pre1[-1]
+        d0 = r0 - i
+        pre0.append((a0 * d0 + W * a1 * r1) % P)
+        pre1.append((a0 * r1 + a1 * d0) % P)
+    acc0 = acc1 = 0
+    s0, s1 = 1, 0  # suffix[i + 1], built from the end
+    inverses = _lagrange_inverses(n)
     for i in range(n - 1, -1, -1):
-        suffix[i] = suffix[i + 1] * diffs[i]
-    acc = Fp2(0)
-    for i, inv in enumerate(_lagrange_inverses(n)):
-        acc = acc + evals[i] * prefix[i] * suffix[i + 1] * inv
-    return acc
+        # L_i = prefix[i] * suffix[i + 1] * inv_i;  acc += evals[i] * L_i
+        a0, a1 = pre0[i], pre1[i]
+        l0 = (a0 * s0 + W * a1 * s1) % P * inverses[i] % P
+        l1 = (a0 * s1 + a1 * s0) % P * inverses[i] % P
+        e = evals[i]
+        e0, e1 = (e.c0, e.c1) if type(e) is Fp2 else (int(e) % P, 0)
+        acc0 += e0 * l0 + W * e1 * l1
+        acc1 += e0 * l1 + e1 * l0
+        d0 = r0 - i
+        s0, s1 = (s0 * d0 + W * s1 * r1) % P, (s0 * r1 + s1 * d0) % P
+    return _raw(acc0 % P, acc1 % P)
 
 
 @lru_cache(maxsize=64)

@@ -161,3 +161,44 @@ def test_the_manifest_schema_refuses_an_unknown_format():
         check(spec, fmt, "manifest.json")
     with pytest.raises(SchemaError, match="unknown state digest format"):
         check(spec, "lightning-zk/state/v9", "manifest.json")
+
+
+def _reference_digest(tensors: dict, meta: dict, fmt: str) -> str:
+    """The documented serialisation, fed piece by piece to a plain one-thread hash."""
+    import hashlib
+    import struct
+
+    import blake3
+
+    h = hashlib.sha256(fmt.encode()) if fmt == STATE_DIGEST_V1 else blake3.blake3(fmt.encode())
+
+    def feed(data: bytes) -> None:
+        h.update(struct.pack("<Q", len(data)))
+        h.update(data)
+
+    feed(struct.pack("<Q", len(tensors)))
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        feed(name.encode())
+        feed(str(t.dtype).removeprefix("torch.").encode())
+        feed(struct.pack(f"<{t.dim()}Q", *t.shape))
+        feed(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    feed(json.dumps(meta, sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+@pytest.mark.parametrize("fmt", STATE_DIGEST_FORMATS)
+@pytest.mark.parametrize("big", [False, True])
+def test_digests_follow_the_documented_serialisation(fmt, big):
+    """Gathering small pieces and hashing a large state on several threads change nothing."""
+    g = torch.Generator().manual_seed(1)
+    tensors = {f"model/{i}.bias": torch.randn(i + 1, generator=g) for i in range(40)}
+    tensors["model/w"] = torch.randn(300, 300, generator=g)
+    tensors["optim/0/state/0/step"] = torch.tensor(3.0, dtype=torch.float64)
+    if big:  # past the threaded-hash threshold (64 MiB)
+        tensors["model/huge"] = torch.randn(17 << 20, generator=g)
+    meta = {"num_optimizers": 1, "lr": [0.1]}
+    before = state_digest(tensors, meta, fmt)
+    assert before == _reference_digest(tensors, meta, fmt)
+    tensors["model/0.bias"][0] += 1.0  # a small piece (gathered) still counts
+    assert state_digest(tensors, meta, fmt) != before

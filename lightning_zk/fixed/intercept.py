@@ -1,0 +1,358 @@
+"""Fixed point by interception: run the user's own torch step with every ATen op in exact integers.
+
+A :class:`FixedPointTracer` is a ``TorchDispatchMode`` (like rounded mode): under it the user's
+``training_step``, autograd ``backward`` and the optimizer step run unchanged, but each ATen op
+is executed in the fixed point of docs/fixed_point.md. Tensors keep their torch dtype and carry
+*grid values* v = x / 2^s (exact in float32 while value_bits <= 25); each op converts its operands
+to the integers x, computes the result in int64 with the one rounding rule
+(:func:`.format.rescale`), checks the magnitude bound and hands back the grid value. Every op is
+recorded (name, operands, shapes, constants) so that the step's graph can be compared with what
+the prover proves; an op outside the supported set raises :class:`UnsupportedOpError` naming
+the op and the user's source line. Nothing is replaced silently.
+
+torch only (no Lightning): the Lightning glue is :mod:`lightning_zk.strategies.fixed`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .exact import exact_matmul
+from .format import FixedPointConfig, check_bound, fixed_constant, rescale
+from .torch_bridge import UnsupportedModelError
+
+__all__ = ["FixedPointTracer", "UnsupportedOpError", "TracedOp", "SUPPORTED_OPS", "graph_digest"]
+
+aten = torch.ops.aten
+
+# ops executed natively: on grid values they only move, copy or select values (exact)
+_PASSTHROUGH = {
+    aten.t.default, aten.transpose.int, aten.view.default, aten._unsafe_view.default,
+    aten.reshape.default, aten.expand.default, aten.permute.default, aten.squeeze.dim,
+    aten.unsqueeze.default, aten.detach.default, aten.alias.default, aten.clone.default,
+    aten._to_copy.default, aten.copy_.default, aten.ones_like.default, aten.zeros_like.default,
+    aten.lift_fresh.default, aten._local_scalar_dense.default, aten.relu.default,
+    aten.threshold_backward.default, aten.neg.default, aten.zero_.default,
+    aten.flatten.using_ints, aten.is_same_size.default, aten.empty_like.default,
+    aten.new_empty_strided.default, aten.new_empty.default, aten.new_zeros.default,
+    aten.empty_strided.default, aten.empty.memory_format, aten.slice.Tensor, aten.select.int,
+}
+_ARITH = {
+    aten.mm.default, aten.addmm.default, aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor,
+    aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor, aten.sum.dim_IntList, aten.sum.default,
+    aten.mse_loss.default, aten.mse_loss_backward.default, aten.add_.Tensor,
+    aten._foreach_add_.List,
+}
+_INPLACE = {aten.copy_.default, aten.zero_.default}
+_SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
+    aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default,
+    aten.new_empty_strided.default, aten.new_empty.default, aten.new_zeros.default,
+    aten.is_same_size.default,
+}
+SUPPORTED_OPS = sorted(str(op) for op in _PASSTHROUGH | _ARITH)
+
+_OWN_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch,)) + (
+    os.path.dirname(os.path.dirname(__file__)),)
+
+
+class UnsupportedOpError(UnsupportedModelError):
+    """An ATen op of the user's step has no exact fixed-point execution (yet)."""
+
+    def __init__(self, op: str, where: str, why: str = "") -> None:
+        self.op, self.where = op, where
+        super().__init__(
+            f"fixed-point mode cannot execute ATen op {op} (called from {where})"
+            f"{': ' + why if why else ''}. Supported ops: {', '.join(SUPPORTED_OPS)}. "
+            "Nothing is replaced: change the training_step or train with mode='rounded'."
+        )
+
+
+def user_frame() -> str:
+    """The innermost stack frame outside torch, Lightning and lightning_zk (the user's line)."""
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename
+        if path.startswith(_OWN_DIRS) or "/lightning/" in path or "/pytorch_lightning/" in path:
+            continue
+        if "/torch/" in path or path.startswith("<"):
+            continue
+        return f"{path}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}"
+    return "<unknown>"
+
+
+@dataclass
+class TracedOp:
+    """One executed op: its name, operand references, output shapes and public constants."""
+
+    op: str
+    inputs: list[str]
+    shapes: list[list[int]]
+    consts: list[Any] = field(default_factory=list)
+
+    def canonical(self) -> dict[str, Any]:
+        return {"op": self.op, "in": self.inputs, "shapes": self.shapes, "consts": self.consts}
+
+
+def graph_digest(graph: list[dict[str, Any]]) -> str:
+    """SHA-256 of the canonical JSON of a traced graph (part of each committed step record)."""
+    return hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()
+
+
+def _key(t: torch.Tensor) -> tuple:
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
+            tuple(t.stride()), t.dtype)
+
+
+class FixedPointTracer(TorchDispatchMode):
+    """Executes and records one step in exact fixed point (see the module docstring).
+
+    Register the named leaves (parameters, batch tensors) with :meth:`leaf` before the step;
+    batch leaves are quantised (round to nearest), parameters must already be on the grid.
+    """
+
+    def __init__(self, config: FixedPointConfig, step: int = 0) -> None:
+        super().__init__()
+        self.config, self.step = config, step
+        self.ops: list[TracedOp] = []
+        self._refs: dict[tuple, str] = {}
+        self._ints: dict[str, np.ndarray] = {}
+        self._keep: list[torch.Tensor] = []  # storages stay alive: their keys stay unique
+        self._quantise: set[str] = set()
+        self._identity: str | None = None
+
+    # --- leaves and values -------------------------------------------------------------------
+    def leaf(self, name: str, t: torch.Tensor, quantise: bool = False) -> None:
+        self._refs[_key(t)] = name
+        self._keep.append(t)
+        if quantise:
+            self._quantise.add(name)
+
+    def ref(self, t: torch.Tensor) -> str:
+        return self._refs.get(_key(t), "")
+
+    def ints(self, t: torch.Tensor, name: str | None = None) -> np.ndarray:
+        """The integers x of a tensor's grid values (quantised for batch and constant leaves)."""
+        name = self.ref(t) if name is None else name
+        if name in self._ints:
+            return self._ints[name]
+        s = self.config.frac_bits
+        v = t.detach().to("cpu", torch.float64).numpy() * float(1 << s)
+        if name in self._quantise or not name:
+            x = np.floor(v + 0.5).astype(np.int64)
+        else:
+            x = v.astype(np.int64)
+            if not np.array_equal(x, v):
+                raise AssertionError(f"tensor {name} is not on the 2^-{s} grid")
+        check_bound(name or "constant", x, self.config.bound, self.step)
+        if name in self._quantise:  # quantised once: every use sees the same integers
+            self._ints[name] = x
+        return x
+
+    def value(self, x: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+        s = self.config.frac_bits
+        arr = np.array(x, dtype=np.float64)
+        arr /= float(1 << s)  # in place: a 0-d result stays an array
+        return torch.from_numpy(arr).to(like.dtype).to(like.device)
+
+    def _record(self, func, args, kwargs, out) -> None:
+        inputs, consts = [], []
+        if func in _SHAPE_ONLY:
+            args, kwargs = (), {}
+        for a in [*args, *kwargs.values()]:
+            for item in (a if isinstance(a, (list, tuple)) else [a]):
+                if isinstance(item, torch.Tensor):
+                    r = self.ref(item)
+                    if not r:  # a literal of the code is public; other tensors: shape only
+                        r = "const"
+                        consts.append(self.ints(item).tolist() if item.dim() == 0
+                                      else {"shape": list(item.shape)})
+                    inputs.append(r)
+                elif isinstance(item, (int, float, bool)) or item is None:
+                    consts.append(item)
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        index = len(self.ops)
+        shapes = []
+        for j, o in enumerate(outs):
+            if isinstance(o, torch.Tensor):
+                name = f"n{index}" + (f".{j}" if len(outs) > 1 else "")
+                shapes.append(list(o.shape))
+                self._refs[_key(o)] = name
+                self._keep.append(o)
+        self.ops.append(TracedOp(str(func), inputs, shapes, consts))
+
+    # --- the dispatch ------------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func.namespace == "profiler":  # profiler markers carry no values
+            return func(*args, **kwargs)
+        if func in _PASSTHROUGH:
+            if func is aten._to_copy.default and kwargs.get("dtype") not in (
+                    None, torch.float32, torch.float64):
+                raise UnsupportedOpError(str(func), user_frame(), "only float dtypes hold values")
+            args = tuple(self._on_grid(a) for a in args)
+            out = func(*args, **kwargs)
+            first = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if (isinstance(out, torch.Tensor) and func not in _INPLACE and self.ref(out)
+                    and first is not None and self.ref(first)):
+                return out  # a view of memory already named (detach, t(t(W))): the same node
+        elif func in _ARITH:
+            self._identity = None
+            out = self._arith(func, args, kwargs)
+            if self._identity is not None:  # an exact identity is no op of the graph
+                self._refs[_key(out)] = self._identity
+                self._keep.append(out)
+                return out
+        else:
+            raise UnsupportedOpError(str(func), user_frame())
+        self._record(func, args, kwargs, out)
+        if func in (aten.add_.Tensor, aten.copy_.default, aten.zero_.default):
+            self._refs[_key(args[0])] = f"n{len(self.ops) - 1}"
+        if func is aten._foreach_add_.List:
+            for j, p in enumerate(args[0]):
+                self._refs[_key(p)] = f"n{len(self.ops) - 1}.{j}"
+        return out
+
+    def _on_grid(self, a):
+        """Batch leaves enter passthrough ops quantised (the view of x is x's grid values)."""
+        if isinstance(a, torch.Tensor) and self.ref(a) in self._quantise:
+            return self.value(self.ints(a), a)
+        return a
+
+    def _rescaled(self, raw: np.ndarray) -> np.ndarray:
+        q, _ = rescale(raw, self.config.frac_bits)
+        return q
+
+    def _checked(self, x: np.ndarray, like: torch.Tensor, name: str) -> torch.Tensor:
+        check_bound(name, x, self.config.bound, self.step)
+        return self.value(x, like)
+
+    def _const(self, c: float, op: str, divide: bool = False) -> int:
+        """A public constant on the grid (its integer), or refuse: it could not be exact."""
+        s = self.config.frac_bits
+        value = 1.0 / float(c) if divide else float(c)
+        k = fixed_constant(value, s)
+        if k / float(1 << s) != value:
+            raise UnsupportedOpError(op, user_frame(), f"constant {c} is not exact at 2^-{s}")
+        return k
+
+    def _arith(self, func, args, kwargs):
+        s, name = self.config.frac_bits, str(func)
+        if func is aten.mm.default:
+            a, b = args
+            return self._checked(self._rescaled(exact_matmul(self.ints(a), self.ints(b))), a, name)
+        if func is aten.addmm.default:
+            bias, a, b = args
+            if kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
+                raise UnsupportedOpError(name, user_frame(), "beta/alpha other than 1")
+            raw = exact_matmul(self.ints(a), self.ints(b)) + (np.broadcast_to(self.ints(bias), (
+                a.shape[0], b.shape[1])) << s)
+            return self._checked(self._rescaled(raw), a, name)
+        if func in (aten.add.Tensor, aten.sub.Tensor):
+            a, b = args
+            alpha = kwargs.get("alpha", 1)
+            if alpha != 1:
+                raise UnsupportedOpError(name, user_frame(), "alpha other than 1")
+            like = a if isinstance(a, torch.Tensor) and a.dim() >= b.dim() else b
+            x = self.ints(a) + self.ints(b) if func is aten.add.Tensor else self.ints(a) - self.ints(b)
+            return self._checked(x, like, name)
+        if func in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor):
+            return self._scale(func, *args, **kwargs)
+        if func in (aten.sum.dim_IntList, aten.sum.default):
+            t = args[0]
+            dims = args[1] if len(args) > 1 else None
+            keep = args[2] if len(args) > 2 else kwargs.get("keepdim", False)
+            x = self.ints(t)
+            x = x.sum() if dims is None else x.sum(axis=tuple(dims), keepdims=keep)
+            return self._checked(np.asarray(x, dtype=np.int64), t, name)
+        if func is aten.mse_loss.default:
+            a, b = args[:2]
+            if (args[2] if len(args) > 2 else 1) != 1:
+                raise UnsupportedOpError(name, user_frame(), "only reduction='mean'")
+            d = self.ints(a) - self.ints(b)
+            loss = self._rescaled(np.asarray((d * d).sum(), dtype=np.int64)) // d.size
+            return self._checked(np.asarray(loss, dtype=np.int64), a.new_empty(()), name)
+        if func is aten.mse_loss_backward.default:
+            go, a, b = args[:3]
+            if (args[3] if len(args) > 3 else 1) != 1:
+                raise UnsupportedOpError(name, user_frame(), "only reduction='mean'")
+            d = self.ints(a) - self.ints(b)
+            c = fixed_constant(2.0 / d.size, s)  # mse_constant(B, k) of the engine
+            g = self._rescaled(c * d)
+            g = self._rescaled(g * self.ints(go))  # the seed 1.0 = 2^s leaves g unchanged
+            return self._checked(g, a, name)
+        if func is aten.add_.Tensor:
+            p, g = args
+            return self._sgd(p, g, kwargs.get("alpha", 1), name)
+        if func is aten._foreach_add_.List:
+            alpha = kwargs.get("alpha", 1)
+            for p, g in zip(args[0], args[1], strict=True):
+                self._sgd(p, g, alpha, name)
+            return None
+        raise UnsupportedOpError(name, user_frame())
+
+    def _scale(self, func, a, b, **kwargs):
+        """Products: tensor by tensor (rescaled), or by a public constant exact on the grid."""
+        name, s = str(func), self.config.frac_bits
+        if kwargs.get("rounding_mode") is not None:
+            raise UnsupportedOpError(name, user_frame(), "rounding_mode")
+        divide = func in (aten.div.Scalar, aten.div.Tensor)
+        if isinstance(b, torch.Tensor) and self.ref(b) and not divide:
+            if isinstance(a, torch.Tensor) and self.ref(a):
+                return self._checked(self._rescaled(self.ints(a) * self.ints(b)), a, name)
+        if isinstance(b, torch.Tensor):
+            if self.ref(b) or b.numel() != 1:
+                if not isinstance(a, torch.Tensor) or self.ref(a) or a.numel() != 1:
+                    raise UnsupportedOpError(name, user_frame(), "division by a tensor")
+                a, b = b, a  # constant * tensor
+            b = b.item()
+        k = self._const(b, name, divide)
+        if k == 1 << s and self.ref(a):  # x * 1 is x (e.g. Lightning's loss / accumulate=1)
+            self._identity = self.ref(a)
+        return self._checked(self._rescaled(self.ints(a) * k), a, name)
+
+    def _sgd(self, p: torch.Tensor, g: torch.Tensor, alpha: float, name: str) -> torch.Tensor:
+        """p += alpha g as the engine's SGD update: p - rescale(lr g) with lr = -alpha on grid."""
+        lr = fixed_constant(-float(alpha), self.config.frac_bits)
+        new = self.ints(p) - self._rescaled(lr * self.ints(g))
+        check_bound(name, new, self.config.bound, self.step)
+        with torch.no_grad():
+            p.copy_(self.value(new, p))
+        return p
+
+    # --- the recorded graph ------------------------------------------------------------------
+    def graph(self, outputs: list[str]) -> list[dict[str, Any]]:
+        """The canonical op list: the ops the named outputs depend on, renumbered in order
+        (framework bookkeeping that feeds no output, e.g. logging the loss, drops out)."""
+        produced = {}
+        for i, op in enumerate(self.ops):
+            produced[f"n{i}"] = i
+            for j in range(len(op.shapes)):
+                produced[f"n{i}.{j}"] = i
+        need, todo = set(), [produced[o] for o in outputs if o in produced]
+        while todo:
+            i = todo.pop()
+            if i in need:
+                continue
+            need.add(i)
+            todo += [produced[r] for r in self.ops[i].inputs if r in produced]
+        order = sorted(need)
+        renum = {f"n{i}": f"n{k}" for k, i in enumerate(order)}
+
+        def rename(r: str) -> str:
+            head, _, tail = r.partition(".")
+            return renum[head] + ("." + tail if tail else "") if head in renum else r
+
+        graph = []
+        for i in order:
+            d = self.ops[i].canonical()
+            d["in"] = [rename(r) for r in d["in"]]
+            graph.append(d)
+        return graph
