@@ -260,27 +260,30 @@ def _fold_loop(t0, t1, s0, s1, c0, c1):  # pragma: no cover - compiled
 _TWO32 = np.uint64(1 << 32)
 
 
-@numba.njit(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT), cache=_CACHE, nogil=True)
-def _combine_loop(msg, c, out):  # pragma: no cover - compiled
-    # fsum(mul(msg, c[:, None]), axis=0), step for step: exact sums of the products' 32-bit
-    # halves per column (rows < 2^32), one conditional subtraction each, then hi * 2^32 + lo
-    rows, n = msg.shape
-    lo = np.zeros(n, dtype=np.uint64)
-    hi = np.zeros(n, dtype=np.uint64)
+@numba.njit(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT, types.int64, types.int64), cache=_CACHE,
+            nogil=True)
+def _combine_range(msg, c, out, lo, hi):  # pragma: no cover - compiled
+    # fsum(mul(msg, c[:, None]), axis=0) for the columns lo..hi-1, step for step: exact sums of
+    # the products' 32-bit halves per column (rows < 2^32), one conditional subtraction each,
+    # then hi * 2^32 + lo (columns are independent: the parallel path splits them)
+    rows = msg.shape[0]
+    w = hi - lo
+    acc_lo = np.zeros(w, dtype=np.uint64)
+    acc_hi = np.zeros(w, dtype=np.uint64)
     for i in range(rows):
         ci = c[i]
-        for j in range(n):
-            prod = _mul1(msg[i, j], ci)
-            lo[j] += prod & _M32
-            hi[j] += prod >> _S32
-    for j in range(n):
-        lj = lo[j]
+        for j in range(w):
+            prod = _mul1(msg[i, lo + j], ci)
+            acc_lo[j] += prod & _M32
+            acc_hi[j] += prod >> _S32
+    for j in range(w):
+        lj = acc_lo[j]
         if lj >= _P:
             lj -= _P
-        hj = hi[j]
+        hj = acc_hi[j]
         if hj >= _P:
             hj -= _P
-        out[j] = _add1(_mul1(hj, _TWO32), lj)
+        out[lo + j] = _add1(_mul1(hj, _TWO32), lj)
 
 
 def _rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -328,8 +331,8 @@ def numba_combine_rows(msg: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     msg = np.ascontiguousarray(msg, dtype=np.uint64)
     out = np.empty((2, msg.shape[1]), dtype=np.uint64)
     c0, c1 = _rows(np.asarray(coeffs, dtype=np.uint64))
-    _combine_loop(msg, c0, out[0])
-    _combine_loop(msg, c1, out[1])
+    _combine_range(msg, c0, out[0], 0, msg.shape[1])
+    _combine_range(msg, c1, out[1], 0, msg.shape[1])
     return out
 
 

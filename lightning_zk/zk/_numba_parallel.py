@@ -56,10 +56,7 @@ PAR_MIN = _par_min()  # fewest elements for which a call goes multi-threaded (tu
 
 _U64_IN = K._U64_IN
 _U64_OUT = K._U64_OUT
-_U64_MAT_IN = K._U64_MAT_IN
 _P = K._P
-_M32 = K._M32
-_S32 = K._S32
 
 # ---- the pool ------------------------------------------------------------------------------
 
@@ -224,33 +221,6 @@ def _batch_inv_loop(a, out):  # pragma: no cover - compiled
         inv = K._mul1(inv, a[i])
 
 
-
-
-@numba.njit(types.void(_U64_MAT_IN, _U64_IN, _U64_OUT, types.int64, types.int64), nogil=True,
-            cache=K._CACHE)
-def _combine_range(msg, c, out, lo, hi):  # pragma: no cover - compiled
-    # _numba_kernels._combine_loop for the columns lo..hi-1: the same products and exact
-    # half-sums per column (columns are independent)
-    rows = msg.shape[0]
-    w = hi - lo
-    acc_lo = np.zeros(w, dtype=np.uint64)
-    acc_hi = np.zeros(w, dtype=np.uint64)
-    for i in range(rows):
-        ci = c[i]
-        for j in range(w):
-            prod = K._mul1(msg[i, lo + j], ci)
-            acc_lo[j] += prod & _M32
-            acc_hi[j] += prod >> _S32
-    for j in range(w):
-        lj = acc_lo[j]
-        if lj >= _P:
-            lj -= _P
-        hj = acc_hi[j]
-        if hj >= _P:
-            hj -= _P
-        out[lo + j] = K._add1(K._mul1(hj, K._TWO32), lj)
-
-
 @numba.njit(types.void(_U64_IN, types.uint64, types.Array(types.int64, 1, "C")), nogil=True,
             cache=K._CACHE)
 def _hist(a, top, counts):  # pragma: no cover - compiled
@@ -394,8 +364,8 @@ def combine_rows(msg: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
     c0, c1 = K._rows(np.asarray(coeffs, dtype=np.uint64))
 
     def block(lo: int, hi: int) -> None:
-        _combine_range(msg, c0, out[0], lo, hi)
-        _combine_range(msg, c1, out[1], lo, hi)
+        K._combine_range(msg, c0, out[0], lo, hi)
+        K._combine_range(msg, c1, out[1], lo, hi)
 
     run_ranges(block, msg.shape[1], msg.shape[0] * COST["combine"])
     return out
