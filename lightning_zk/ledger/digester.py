@@ -137,9 +137,8 @@ class StateDigester:
         self._start()
         with self._cond:
             # backpressure: room means fewer than max_in_flight jobs not yet finished
-            while sum(not j.done for j in self._jobs) >= self.max_in_flight and self._error is None:
-                if self._first_error() is not None:
-                    break
+            while (sum(not j.done for j in self._jobs) >= self.max_in_flight
+                   and self._error is None and self._first_error() is None):
                 self._cond.wait()
             self._jobs.append(job)
             self._todo.append(job)

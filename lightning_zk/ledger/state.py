@@ -50,7 +50,6 @@ STATE_DIGEST_V2 = "lightning-zk/state/v2-blake3"  # BLAKE3
 STATE_DIGEST_FORMATS = (STATE_DIGEST_V1, STATE_DIGEST_V2)
 #: The format of new runs (measured: ``benchmarks/commit.py``).
 DEFAULT_STATE_DIGEST = STATE_DIGEST_V2
-STATE_DIGEST_TAG = STATE_DIGEST_V1.encode("ascii")  # the v1 domain tag (kept for callers)
 BATCH_DIGEST_TAG = b"lightning-zk/batch/v1"
 _META_KEY = "lightning_zk"
 
