@@ -15,10 +15,10 @@ torch only (no Lightning): the Lightning glue is :mod:`lightning_zk.strategies.f
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-import os
-import traceback
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ..rounding.taint import user_location
 from .exact import exact_matmul
 from .format import FixedPointConfig, check_bound, fixed_constant, rescale
 from .torch_bridge import UnsupportedModelError
@@ -38,7 +39,7 @@ aten = torch.ops.aten
 _PASSTHROUGH = {
     aten.t.default, aten.transpose.int, aten.view.default, aten._unsafe_view.default,
     aten.reshape.default, aten.expand.default, aten.permute.default, aten.squeeze.dim,
-    aten.unsqueeze.default, aten.detach.default, aten.alias.default, aten.clone.default,
+    aten.squeeze.default, aten.unsqueeze.default, aten.detach.default, aten.alias.default, aten.clone.default,
     aten._to_copy.default, aten.copy_.default, aten.ones_like.default, aten.zeros_like.default,
     aten.lift_fresh.default, aten._local_scalar_dense.default, aten.relu.default,
     aten.threshold_backward.default, aten.neg.default, aten.zero_.default,
@@ -60,10 +61,6 @@ _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
 }
 SUPPORTED_OPS = sorted(str(op) for op in _PASSTHROUGH | _ARITH)
 
-_OWN_DIRS = tuple(os.path.dirname(m.__file__) for m in (torch,)) + (
-    os.path.dirname(os.path.dirname(__file__)),)
-
-
 class UnsupportedOpError(UnsupportedModelError):
     """An ATen op of the user's step has no exact fixed-point execution (yet)."""
 
@@ -74,18 +71,6 @@ class UnsupportedOpError(UnsupportedModelError):
             f"{': ' + why if why else ''}. Supported ops: {', '.join(SUPPORTED_OPS)}. "
             "Nothing is replaced: change the training_step or train with mode='rounded'."
         )
-
-
-def user_frame() -> str:
-    """The innermost stack frame outside torch, Lightning and lightning_zk (the user's line)."""
-    for frame in reversed(traceback.extract_stack()):
-        path = frame.filename
-        if path.startswith(_OWN_DIRS) or "/lightning/" in path or "/pytorch_lightning/" in path:
-            continue
-        if "/torch/" in path or path.startswith("<"):
-            continue
-        return f"{path}:{frame.lineno} in {frame.name}: {(frame.line or '').strip()}"
-    return "<unknown>"
 
 
 @dataclass
@@ -127,6 +112,17 @@ class FixedPointTracer(TorchDispatchMode):
         self._keep: list[torch.Tensor] = []  # storages stay alive: their keys stay unique
         self._quantise: set[str] = set()
         self._identity: str | None = None
+        self._paused = 0
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Run ops natively and unrecorded: for side computations (metric logging) that never
+        feed the trained state (as :meth:`RoundingMode.paused <lightning_zk.rounding.mode.RoundingMode.paused>`)."""
+        self._paused += 1
+        try:
+            yield
+        finally:
+            self._paused -= 1
 
     # --- leaves and values -------------------------------------------------------------------
     def leaf(self, name: str, t: torch.Tensor, quantise: bool = False) -> None:
@@ -191,12 +187,12 @@ class FixedPointTracer(TorchDispatchMode):
     # --- the dispatch ------------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func.namespace == "profiler":  # profiler markers carry no values
+        if self._paused or func.namespace == "profiler":  # metric logging; profiler markers
             return func(*args, **kwargs)
         if func in _PASSTHROUGH:
             if func is aten._to_copy.default and kwargs.get("dtype") not in (
                     None, torch.float32, torch.float64):
-                raise UnsupportedOpError(str(func), user_frame(), "only float dtypes hold values")
+                raise UnsupportedOpError(str(func), user_location(), "only float dtypes hold values")
             args = tuple(self._on_grid(a) for a in args)
             out = func(*args, **kwargs)
             first = args[0] if args and isinstance(args[0], torch.Tensor) else None
@@ -211,7 +207,7 @@ class FixedPointTracer(TorchDispatchMode):
                 self._keep.append(out)
                 return out
         else:
-            raise UnsupportedOpError(str(func), user_frame())
+            raise UnsupportedOpError(str(func), user_location())
         self._record(func, args, kwargs, out)
         if func in (aten.add_.Tensor, aten.copy_.default, aten.zero_.default):
             self._refs[_key(args[0])] = f"n{len(self.ops) - 1}"
@@ -240,7 +236,7 @@ class FixedPointTracer(TorchDispatchMode):
         value = 1.0 / float(c) if divide else float(c)
         k = fixed_constant(value, s)
         if k / float(1 << s) != value:
-            raise UnsupportedOpError(op, user_frame(), f"constant {c} is not exact at 2^-{s}")
+            raise UnsupportedOpError(op, user_location(), f"constant {c} is not exact at 2^-{s}")
         return k
 
     def _arith(self, func, args, kwargs):
@@ -251,7 +247,7 @@ class FixedPointTracer(TorchDispatchMode):
         if func is aten.addmm.default:
             bias, a, b = args
             if kwargs.get("beta", 1) != 1 or kwargs.get("alpha", 1) != 1:
-                raise UnsupportedOpError(name, user_frame(), "beta/alpha other than 1")
+                raise UnsupportedOpError(name, user_location(), "beta/alpha other than 1")
             raw = exact_matmul(self.ints(a), self.ints(b)) + (np.broadcast_to(self.ints(bias), (
                 a.shape[0], b.shape[1])) << s)
             return self._checked(self._rescaled(raw), a, name)
@@ -259,7 +255,7 @@ class FixedPointTracer(TorchDispatchMode):
             a, b = args
             alpha = kwargs.get("alpha", 1)
             if alpha != 1:
-                raise UnsupportedOpError(name, user_frame(), "alpha other than 1")
+                raise UnsupportedOpError(name, user_location(), "alpha other than 1")
             like = a if isinstance(a, torch.Tensor) and a.dim() >= b.dim() else b
             x = self.ints(a) + self.ints(b) if func is aten.add.Tensor else self.ints(a) - self.ints(b)
             return self._checked(x, like, name)
@@ -275,14 +271,14 @@ class FixedPointTracer(TorchDispatchMode):
         if func is aten.mse_loss.default:
             a, b = args[:2]
             if (args[2] if len(args) > 2 else 1) != 1:
-                raise UnsupportedOpError(name, user_frame(), "only reduction='mean'")
+                raise UnsupportedOpError(name, user_location(), "only reduction='mean'")
             d = self.ints(a) - self.ints(b)
             loss = self._rescaled(np.asarray((d * d).sum(), dtype=np.int64)) // d.size
             return self._checked(np.asarray(loss, dtype=np.int64), a.new_empty(()), name)
         if func is aten.mse_loss_backward.default:
             go, a, b = args[:3]
             if (args[3] if len(args) > 3 else 1) != 1:
-                raise UnsupportedOpError(name, user_frame(), "only reduction='mean'")
+                raise UnsupportedOpError(name, user_location(), "only reduction='mean'")
             d = self.ints(a) - self.ints(b)
             c = fixed_constant(2.0 / d.size, s)  # mse_constant(B, k) of the engine
             g = self._rescaled(c * d)
@@ -296,13 +292,13 @@ class FixedPointTracer(TorchDispatchMode):
             for p, g in zip(args[0], args[1], strict=True):
                 self._sgd(p, g, alpha, name)
             return None
-        raise UnsupportedOpError(name, user_frame())
+        raise UnsupportedOpError(name, user_location())
 
     def _scale(self, func, a, b, **kwargs):
         """Products: tensor by tensor (rescaled), or by a public constant exact on the grid."""
         name, s = str(func), self.config.frac_bits
         if kwargs.get("rounding_mode") is not None:
-            raise UnsupportedOpError(name, user_frame(), "rounding_mode")
+            raise UnsupportedOpError(name, user_location(), "rounding_mode")
         divide = func in (aten.div.Scalar, aten.div.Tensor)
         if isinstance(b, torch.Tensor) and self.ref(b) and not divide:
             if isinstance(a, torch.Tensor) and self.ref(a):
@@ -310,7 +306,7 @@ class FixedPointTracer(TorchDispatchMode):
         if isinstance(b, torch.Tensor):
             if self.ref(b) or b.numel() != 1:
                 if not isinstance(a, torch.Tensor) or self.ref(a) or a.numel() != 1:
-                    raise UnsupportedOpError(name, user_frame(), "division by a tensor")
+                    raise UnsupportedOpError(name, user_location(), "division by a tensor")
                 a, b = b, a  # constant * tensor
             b = b.item()
         k = self._const(b, name, divide)

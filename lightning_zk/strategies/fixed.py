@@ -26,6 +26,7 @@ The LightningModule must hold the network as an ``nn.Sequential`` of Linear(+bia
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from pathlib import Path
@@ -92,6 +93,13 @@ class FixedPointSession(TrainingSession):
                     "HINT: value_bits <= 25, or module.double()")
         if trainer.gradient_clip_val:
             raise UnsupportedModelError("gradient clipping is not part of the fixed-point SGD step")
+        if self.schedulers:
+            raise UnsupportedModelError(
+                f"fixed-point mode proves SGD with one public learning rate, but "
+                f"configure_optimizers returns the LR scheduler "
+                f"{', '.join(type(s).__name__ for s in self.schedulers)}: a changed rate would be "
+                "refused at the step where it takes effect. HINT: drop the scheduler in fixed "
+                "mode, or train with mode='rounded'.")
         self.config = FixedPointConfig(frac_bits=strategy.frac_bits, value_bits=strategy.value_bits)
         self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step)
         write_back(self.engine, self.net)  # the module holds exactly the dequantised weights
@@ -230,6 +238,10 @@ class FixedPointSession(TrainingSession):
         x, y = self._check_batch()
         self.tracer = self._new_tracer(self.net, x, y)
         return self.tracer
+
+    def paused_ops(self) -> contextlib.AbstractContextManager:
+        """Metric logging inside the step runs natively, outside the traced graph."""
+        return self.tracer.paused() if self.tracer is not None else contextlib.nullcontext()
 
     def abandon_trace(self) -> None:
         """A step that raised trains nothing: the module gets the weights before it back."""

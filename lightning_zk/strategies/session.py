@@ -46,6 +46,7 @@ initial state in the same way (every committed step is recomputed and re-verifie
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
@@ -173,10 +174,14 @@ class TrainingSession:
             self._unpatched[name] = module.__dict__.get(name)
 
             def paused(*args, _original=original, **kwargs):
-                with self.mode.paused():
+                with self.paused_ops():
                     return _original(*args, **kwargs)
 
             setattr(module, name, paused)
+
+    def paused_ops(self) -> contextlib.AbstractContextManager:
+        """Where ops run untouched by the session's interception (metric logging)."""
+        return self.mode.paused()
 
     def _restore_metric_logging(self) -> None:
         module = self.strategy.lightning_module

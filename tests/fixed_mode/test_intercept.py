@@ -13,6 +13,7 @@ from lightning_zk import ProofCallback, RunDirectory, VerifiableStrategy
 from lightning_zk.audit.proofs import verify_run
 from lightning_zk.fixed import FixedPointConfig, WitnessTape, rescale
 from lightning_zk.fixed.intercept import FixedPointTracer, UnsupportedOpError, graph_digest
+from lightning_zk.fixed.torch_bridge import UnsupportedModelError
 from lightning_zk.strategies.fixed import NotProvableError
 from tests.fixed_mode.models import regression_loader
 from tests.models import trainer_kwargs
@@ -81,6 +82,47 @@ def test_natural_module_proofs_verify(tmp_path):
     report = verify_run(tmp_path / "run")
     assert report.ok, report.problems
     assert report.steps_proven == 4
+
+
+class AsUsersWriteIt(Natural):
+    """Logging inside the step (Lightning's metric ops), explicit .float(), a validation loop."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        loss = F.mse_loss(self.net(x.float()), y.float())
+        self.log("train_loss", loss, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        self.log("val_loss", F.mse_loss(self.net(x), y))
+
+
+def test_a_module_written_as_users_write_it_trains_like_the_plain_one_and_proves(tmp_path):
+    plain = _fit(tmp_path / "plain", _make(Natural))
+    model = _make(AsUsersWriteIt)
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
+                        max_steps=4, callbacks=[ProofCallback()], limit_val_batches=1,
+                        val_check_interval=2, **trainer_kwargs())
+    loader = regression_loader(n=8, batch_size=4)
+    trainer.fit(model, train_dataloaders=loader, val_dataloaders=loader)
+    for a, b in zip(model.parameters(), plain.parameters(), strict=True):
+        assert torch.equal(a, b)  # self.log and .float() add nothing to the traced step
+    assert "train_loss" in trainer.callback_metrics and "val_loss" in trainer.callback_metrics
+    report = verify_run(tmp_path / "run")
+    assert report.ok and report.steps_proven == 4, report.problems
+
+
+class Scheduled(Natural):
+    def configure_optimizers(self):
+        opt = torch.optim.SGD(self.parameters(), lr=0.05)
+        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1)}
+
+
+def test_an_lr_scheduler_is_refused_before_training(tmp_path):
+    with pytest.raises(UnsupportedModelError, match="LR scheduler StepLR"):
+        _fit(tmp_path / "run", _make(Scheduled))
+    assert not (tmp_path / "run" / "steps.jsonl").exists()
 
 
 @pytest.mark.parametrize("step,what", [
