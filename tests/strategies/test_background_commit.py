@@ -134,3 +134,20 @@ def test_bad_settings_are_refused_before_training():
         VerifiableStrategy(background_commit="yes")
     with pytest.raises(ValueError, match="state_digest="):
         VerifiableStrategy(state_digest="sha1")
+
+
+@pytest.mark.parametrize("name", ["plateau_val", "gan_two_optimizers", "transformer_warmup"])
+def test_background_commits_the_same_run_on_real_world_shaped_projects(tmp_path, name):
+    """ReduceLROnPlateau on a validation metric, two optimizers, warm-up in optimizer_step."""
+    from tests.corpus import test_corpus as corpus
+
+    mod = corpus._module(name)
+    runs = []
+    for background in (False, True):
+        model, data = corpus._build(mod)
+        run_dir = tmp_path / f"background={background}"
+        L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir, seed=3, background_commit=background),
+                  callbacks=[CommitCallback(checkpoint_every_n_steps=2)], **corpus.QUIET,
+                  **mod.TRAINER).fit(model, datamodule=data)
+        runs.append(snapshot_of(run_dir))
+    assert runs[0] == runs[1]
