@@ -137,6 +137,9 @@ class FixedPointSession(TrainingSession):
 
     def _resume(self, marker) -> None:
         super()._resume(marker)
+        if self.last_record is not None:  # a record carries the graph when it differs from the
+            # previous step's: a resumed run records exactly what the uninterrupted one did
+            self._graph_digest = (self.last_record.extra or {}).get("graph_sha256")
         declared = (self.manifest.get("fixed") or {}).get("proof")
         if declared != self._proof_params():
             raise RunDirectoryError(

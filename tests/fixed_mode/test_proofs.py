@@ -241,3 +241,19 @@ def test_chain_without_its_private_state_cannot_be_continued(tmp_path):
     chain_state_path(run, "unit-00000001-00000001").unlink()
     with pytest.raises(ProofRunError, match="chain state .* is missing"):
         ChainProver(run, backend="numpy")
+
+
+def test_a_run_resumed_at_a_fresh_step_records_what_the_uninterrupted_run_records(tmp_path):
+    """The first step after a resume is not "new" to the run: its record carries the graph only
+    if the graph changed, as in the uninterrupted run (a kill campaign found the difference)."""
+    from tests.strategies._runs import snapshot_of
+
+    _fit_ckpt(tmp_path / "a" / "run", tmp_path / "a" / "ckpt", [CommitCallback()])
+    run, ckpt = tmp_path / "b" / "run", tmp_path / "b" / "ckpt"
+    with pytest.raises(_Crash):
+        _fit_ckpt(run, ckpt, [CommitCallback(), _CrashBefore(4)])
+    (path,) = ckpt.glob("*step=4.ckpt")  # saved after step 3: step 4 is trained fresh
+    _fit_ckpt(run, ckpt, [CommitCallback()], ckpt_path=path)
+    straight, resumed = snapshot_of(tmp_path / "a" / "run"), snapshot_of(run)
+    assert ["graph" in json.loads(r)["extra"] for r in resumed["records"]] == [True] + [False] * 7
+    assert resumed == straight
