@@ -51,8 +51,9 @@ _ARITH = {
     aten.mm.default, aten.addmm.default, aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor,
     aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor, aten.sum.dim_IntList, aten.sum.default,
     aten.mse_loss.default, aten.mse_loss_backward.default, aten.add_.Tensor,
-    aten._foreach_add_.List,
+    aten._foreach_add_.List, aten.mul_.Tensor, aten.mul_.Scalar,
 }
+_UPDATES = {aten.add_.Tensor, aten.mul_.Tensor, aten.mul_.Scalar}  # in place: a new value
 _INPLACE = {aten.copy_.default, aten.zero_.default}
 _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
     aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default,
@@ -209,7 +210,7 @@ class FixedPointTracer(TorchDispatchMode):
         else:
             raise UnsupportedOpError(str(func), user_location())
         self._record(func, args, kwargs, out)
-        if func in (aten.add_.Tensor, aten.copy_.default, aten.zero_.default):
+        if func in _UPDATES or func in (aten.copy_.default, aten.zero_.default):
             self._refs[_key(args[0])] = f"n{len(self.ops) - 1}"
         if func is aten._foreach_add_.List:
             for j, p in enumerate(args[0]):
@@ -254,11 +255,12 @@ class FixedPointTracer(TorchDispatchMode):
         if func in (aten.add.Tensor, aten.sub.Tensor):
             a, b = args
             alpha = kwargs.get("alpha", 1)
-            if alpha != 1:
-                raise UnsupportedOpError(name, user_location(), "alpha other than 1")
             like = a if isinstance(a, torch.Tensor) and a.dim() >= b.dim() else b
-            x = self.ints(a) + self.ints(b) if func is aten.add.Tensor else self.ints(a) - self.ints(b)
+            xb = self.ints(b) if alpha == 1 else self._scaled_by(b, alpha, name)
+            x = self.ints(a) + xb if func is aten.add.Tensor else self.ints(a) - xb
             return self._checked(x, like, name)
+        if func in (aten.mul_.Tensor, aten.mul_.Scalar):
+            return self._scale_in_place(args[0], args[1], name)
         if func in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor):
             return self._scale(func, *args, **kwargs)
         if func in (aten.sum.dim_IntList, aten.sum.default):
@@ -313,6 +315,26 @@ class FixedPointTracer(TorchDispatchMode):
         if k == 1 << s and self.ref(a):  # x * 1 is x (e.g. Lightning's loss / accumulate=1)
             self._identity = self.ref(a)
         return self._checked(self._rescaled(self.ints(a) * k), a, name)
+
+    def _scaled_by(self, b: torch.Tensor, alpha: float, name: str) -> np.ndarray:
+        """rescale(round(alpha 2^s) b): a tensor times an optimizer constant (``add(p,
+        alpha=weight_decay)`` of SGD), the constant rounded as the learning rate is."""
+        if isinstance(alpha, torch.Tensor) or not isinstance(alpha, (int, float)):
+            raise UnsupportedOpError(name, user_location(), "a tensor alpha")
+        return self._rescaled(fixed_constant(float(alpha), self.config.frac_bits) * self.ints(b))
+
+    def _scale_in_place(self, x: torch.Tensor, c: Any, name: str) -> torch.Tensor:
+        """x *= c as rescale(round(c 2^s) x) (SGD's momentum ``buf.mul_(momentum)``; the
+        constant rounded as the learning rate is)."""
+        if isinstance(c, torch.Tensor):
+            if self.ref(c) or c.numel() != 1:
+                raise UnsupportedOpError(name, user_location(), "in-place product with a tensor")
+            c = c.item()
+        new = self._scaled_by(x, c, name)
+        check_bound(name, new, self.config.bound, self.step)
+        with torch.no_grad():
+            x.copy_(self.value(new, x))
+        return x
 
     def _sgd(self, p: torch.Tensor, g: torch.Tensor, alpha: float, name: str) -> torch.Tensor:
         """p += alpha g as the engine's SGD update: p - rescale(lr g) with lr = -alpha on grid."""
