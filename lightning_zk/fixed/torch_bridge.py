@@ -108,7 +108,7 @@ def write_back(engine: FixedPointMLP, module: nn.Module, optimizer: object | Non
         bufs = momentum_buffers(optimizer, module)
         values = [v for pair in zip(engine.velocity_w, engine.velocity_b, strict=True)
                   for v in pair]
-        for (param, buf), v in zip(bufs.items(), values, strict=True):
+        for buf, v in zip(bufs.values(), values, strict=True):
             if buf is not None:
                 buf.copy_(torch.from_numpy(dequantize(v, s)).to(buf))
 
