@@ -187,9 +187,10 @@ class WitnessTape:
         version = head.get("version")
         if version not in (1, TAPE_VERSION) or type(version) is not int:  # noqa: E721
             raise TapeFormatError(f"tape {path}: version {version!r:.20} unsupported")
-        optim = ("momentum", "weight_decay")
-        if (version == 1) == any(k in head for k in optim):
-            raise TapeFormatError(f"tape {path}: version {version} and the fields {optim} disagree")
+        optim = [k in head for k in ("momentum", "weight_decay")]
+        if any(optim) if version == 1 else not all(optim):  # exactly in version 2
+            raise TapeFormatError(
+                f"tape {path}: version {version} and the fields momentum, weight_decay disagree")
         try:
             tape = cls(
                 step=int(head["step"]),

@@ -230,3 +230,39 @@ def test_the_bit_check_covers_the_momentum_buffers(tmp_path, monkeypatch):
     with pytest.raises(AssertionError, match="differs from the integer engine"):
         _fit(tmp_path / "run", steps=2)
     assert RunDirectory(tmp_path / "run").read_steps() == []
+
+
+def _with_header(path, edit) -> bytes:
+    import io
+
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    head = json.loads(arrays.pop("__header__").tobytes())
+    head.update(edit)
+    head = {k: v for k, v in head.items() if v is not None}
+    buf = io.BytesIO()
+    np.savez(buf, __header__=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8), **arrays)
+    buf.seek(0)
+    return buf
+
+
+def test_tape_version_2_carries_the_constants_and_version_1_still_loads(tmp_path):
+    from lightning_zk.fixed import TapeFormatError
+
+    rng = np.random.default_rng(0)
+    mlp = FixedPointMLP.from_float([rng.normal(size=(3, 2)) * 0.5], [np.zeros(3)], lr=0.125,
+                                   momentum=MU, weight_decay=WD)
+    tape = mlp.step_float(rng.normal(size=(2, 2)), rng.normal(size=(2, 3)))
+    tape.save(tmp_path / "t.npz")
+    back = WitnessTape.load(tmp_path / "t.npz")
+    assert (back.momentum, back.weight_decay) == (58982, 66) and back.tensors.keys() == tape.tensors.keys()
+    for edit in ({"version": 1}, {"momentum": None}, {"version": 3}):
+        with pytest.raises(TapeFormatError):
+            WitnessTape.load(_with_header(tmp_path / "t.npz", edit), "edited")
+    plain = FixedPointMLP.from_float([rng.normal(size=(3, 2))], [np.zeros(3)], lr=0.125)
+    plain.step_float(rng.normal(size=(2, 2)), rng.normal(size=(2, 3))).save(tmp_path / "p.npz")
+    old = WitnessTape.load(_with_header(tmp_path / "p.npz", {
+        "version": 1, "momentum": None, "weight_decay": None}), "version 1")
+    assert (old.momentum, old.weight_decay) == (0, 0)
+    with pytest.raises(TapeFormatError):  # a plain tape claiming momentum lacks its tensors
+        WitnessTape.load(_with_header(tmp_path / "p.npz", {"momentum": 5}), "edited")
