@@ -51,8 +51,10 @@ _ARITH = {
     aten.mm.default, aten.addmm.default, aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor,
     aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor, aten.sum.dim_IntList, aten.sum.default,
     aten.mse_loss.default, aten.mse_loss_backward.default, aten.add_.Tensor,
-    aten._foreach_add_.List, aten.mul_.Tensor, aten.mul_.Scalar,
+    aten._foreach_add_.List, aten.mul_.Tensor, aten.mul_.Scalar, aten._foreach_add.List,
+    aten._foreach_mul_.Scalar,
 }
+_FOREACH_UPDATES = {aten._foreach_add_.List, aten._foreach_mul_.Scalar}
 _UPDATES = {aten.add_.Tensor, aten.mul_.Tensor, aten.mul_.Scalar}  # in place: a new value
 _INPLACE = {aten.copy_.default, aten.zero_.default}
 _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
@@ -212,7 +214,7 @@ class FixedPointTracer(TorchDispatchMode):
         self._record(func, args, kwargs, out)
         if func in _UPDATES or func in (aten.copy_.default, aten.zero_.default):
             self._refs[_key(args[0])] = f"n{len(self.ops) - 1}"
-        if func is aten._foreach_add_.List:
+        if func in _FOREACH_UPDATES:
             for j, p in enumerate(args[0]):
                 self._refs[_key(p)] = f"n{len(self.ops) - 1}.{j}"
         return out
@@ -261,6 +263,15 @@ class FixedPointTracer(TorchDispatchMode):
             return self._checked(x, like, name)
         if func in (aten.mul_.Tensor, aten.mul_.Scalar):
             return self._scale_in_place(args[0], args[1], name)
+        if func is aten._foreach_mul_.Scalar:  # SGD(foreach=True)'s momentum
+            for x in args[0]:
+                self._scale_in_place(x, args[1], name)
+            return None
+        if func is aten._foreach_add.List:  # SGD(foreach=True)'s weight decay
+            alpha = kwargs.get("alpha", 1)
+            return [self._checked(self.ints(a) + (self.ints(b) if alpha == 1 else
+                                                  self._scaled_by(b, alpha, name)), a, name)
+                    for a, b in zip(args[0], args[1], strict=True)]
         if func in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor):
             return self._scale(func, *args, **kwargs)
         if func in (aten.sum.dim_IntList, aten.sum.default):
@@ -349,18 +360,20 @@ class FixedPointTracer(TorchDispatchMode):
     def graph(self, outputs: list[str]) -> list[dict[str, Any]]:
         """The canonical op list: the ops the named outputs depend on, renumbered in order
         (framework bookkeeping that feeds no output, e.g. logging the loss, drops out)."""
-        produced = {}
-        for i, op in enumerate(self.ops):
-            produced[f"n{i}"] = i
-            for j in range(len(op.shapes)):
-                produced[f"n{i}.{j}"] = i
-        need, todo = set(), [produced[o] for o in outputs if o in produced]
+        produced = {f"n{i}": i for i in range(len(self.ops))}
+
+        def node(r: str) -> int | None:
+            """The op that produced reference r (``n5``, or ``n5.1``: output 1 of an op, or
+            tensor 1 an in-place foreach op updated, which has no outputs of its own)."""
+            return produced.get(r.partition(".")[0])
+
+        need, todo = set(), [node(o) for o in outputs if node(o) is not None]
         while todo:
             i = todo.pop()
             if i in need:
                 continue
             need.add(i)
-            todo += [produced[r] for r in self.ops[i].inputs if r in produced]
+            todo += [node(r) for r in self.ops[i].inputs if node(r) is not None]
         order = sorted(need)
         renum = {f"n{i}": f"n{k}" for k, i in enumerate(order)}
 

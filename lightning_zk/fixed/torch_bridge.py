@@ -135,10 +135,9 @@ def check_loss_and_optimizer(loss: object, optimizer: object) -> float:
 def sgd_settings(optimizer: object) -> tuple[float, float, float]:
     """(lr, momentum, weight_decay) of a ``torch.optim.SGD`` fixed-point mode can prove.
 
-    Refused, each by name: several parameter groups, Nesterov, dampening, ``maximize``, the
-    foreach path with momentum or weight decay (its ``_foreach_*`` ops are not executed in fixed
-    point yet), and a momentum or weight decay that is not representable at 2^-frac_bits (the
-    engine's check).
+    Refused, each by name: several parameter groups, Nesterov, dampening, ``maximize``, and a
+    momentum or weight decay that is not representable at 2^-frac_bits (the engine's check).
+    Both torch paths (single-tensor and foreach) are executed in fixed point.
     """
     if type(optimizer) is not torch.optim.SGD:
         raise UnsupportedModelError(
@@ -159,8 +158,4 @@ def sgd_settings(optimizer: object) -> tuple[float, float, float]:
             raise UnsupportedModelError(
                 f"SGD({name}={g.get(name)!r}) is not supported in fixed-point mode: the proved "
                 "update is SGD with momentum (dampening 0, no Nesterov) and weight decay")
-    if (mu or wd) and g.get("foreach"):
-        raise UnsupportedModelError(
-            "SGD(foreach=True) with momentum or weight decay is not supported in fixed-point "
-            "mode (its _foreach_* ops are not executed in fixed point); pass foreach=False")
     return float(g["lr"]), mu, wd

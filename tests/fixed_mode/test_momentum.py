@@ -30,13 +30,14 @@ LR, MU, WD = 0.05, 0.9, 1e-3  # rounded to 3277, 58982, 66 (x 2^-16), as the lr 
 
 
 class MomentumRegressor(Regressor):
-    def __init__(self, momentum: float = MU, weight_decay: float = WD, **kw) -> None:
+    def __init__(self, momentum: float = MU, weight_decay: float = WD, foreach: bool | None = None,
+                 **kw) -> None:
         super().__init__(**kw)
-        self.momentum, self.weight_decay = momentum, weight_decay
+        self.momentum, self.weight_decay, self.foreach = momentum, weight_decay, foreach
 
     def configure_optimizers(self):
         return torch.optim.SGD(self.parameters(), lr=LR, momentum=self.momentum,
-                               weight_decay=self.weight_decay)
+                               weight_decay=self.weight_decay, foreach=self.foreach)
 
 
 def _model(seed: int = 0, **kw) -> MomentumRegressor:
@@ -84,13 +85,14 @@ def test_engine_matches_the_integer_reference(mu, wd):
     assert velocity is None or any(np.any(v) for v in mlp.velocity_w)
 
 
-def test_the_users_module_trains_bit_identical_to_the_engine(tmp_path):
+@pytest.mark.parametrize("foreach", [False, True])  # torch's single-tensor and foreach paths
+def test_the_users_module_trains_bit_identical_to_the_engine(tmp_path, foreach):
     """The user's SGD(momentum, weight_decay) step, intercepted, equals the engine's integer
     step on every committed batch: weights, biases and torch's momentum buffers."""
     start = _model()
     engine = mlp_from_torch(start.net, LR, FixedPointConfig(), momentum=MU, weight_decay=WD)
     assert (engine.lr, engine.momentum, engine.weight_decay) == (3277, 58982, 66)
-    model, trainer = _fit(tmp_path / "run", steps=5)
+    model, trainer = _fit(tmp_path / "run", model=_model(foreach=foreach), steps=5)
     tapes = _tapes(tmp_path / "run")
     assert len(tapes) == 5 and not tapes[0].tensors["VW1"].any() and tapes[1].tensors["VW1"].any()
     for tape in tapes:
@@ -109,8 +111,10 @@ def test_the_users_module_trains_bit_identical_to_the_engine(tmp_path):
     records = RunDirectory(tmp_path / "run").read_steps()
     assert ["graph" in r.extra for r in records] == [True, True, False, False, False]
     ops = [[op["op"] for op in r.extra["graph"]] for r in records[:2]]
-    assert "aten.clone.default" in ops[0] and "aten.mul_.Tensor" not in ops[0]
-    assert "aten.mul_.Tensor" in ops[1] and "aten.clone.default" not in ops[1]
+    mul = "aten._foreach_mul_.Scalar" if foreach else "aten.mul_.Tensor"
+    assert "aten.clone.default" in ops[0] and mul not in ops[0]
+    assert mul in ops[1] and "aten.clone.default" not in ops[1]
+    assert any(op.startswith("aten.mm") for op in ops[1])  # the whole step, backward included
 
 
 def test_the_buffers_are_committed_state(tmp_path):
@@ -266,3 +270,17 @@ def test_tape_version_2_carries_the_constants_and_version_1_still_loads(tmp_path
     assert (old.momentum, old.weight_decay) == (0, 0)
     with pytest.raises(TapeFormatError):  # a plain tape claiming momentum lacks its tensors
         WitnessTape.load(_with_header(tmp_path / "p.npz", {"momentum": 5}), "edited")
+
+
+@pytest.mark.parametrize("momentum", [0.0, MU])
+def test_the_foreach_graph_is_the_whole_step(tmp_path, momentum):
+    """With SGD(foreach=True) the in-place ``_foreach_*`` update names every parameter as one
+    of its tensors: the graph check still follows them back through the step (it once found
+    no op and compared two empty graphs), so a step off the template is NotProvableError."""
+    from lightning_zk.strategies.fixed import NotProvableError
+
+    model = _model(momentum=momentum, weight_decay=0.0, foreach=True)
+    model.training_step = lambda batch, batch_idx: torch.nn.functional.mse_loss(
+        model.net(batch[0] * 2), batch[1])
+    with pytest.raises(NotProvableError, match="aten.mul"):
+        _fit(tmp_path / "run", model=model, steps=1)
