@@ -472,6 +472,8 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
             "lr": fixed["lr"], "batch_size": fixed["batch_size"],
             "mse_const": _mse_const(fixed), "security_bits": proof.get("security_bits"),
             "blowup": proof.get("blowup"),
+            # SGD's momentum and weight decay (a run written before them trained plain SGD)
+            "momentum": fixed.get("momentum", 0), "weight_decay": fixed.get("weight_decay", 0),
         }
         got = {k: getattr(stmt, k) for k in want}
         got["dims"] = list(stmt.dims)

@@ -12,10 +12,11 @@ from .format import (
     check_bound,
     dequantize,
     fixed_constant,
+    optimizer_constant,
     quantize,
     rescale,
 )
-from .reference import ref_rescale, reference_step
+from .reference import ref_rescale, ref_sgd_update, reference_sgd_step, reference_step
 from .tape import TapeFormatError, WitnessTape, tensor_names
 
 __all__ = [
@@ -29,10 +30,13 @@ __all__ = [
     "check_bound",
     "dequantize",
     "fixed_constant",
+    "optimizer_constant",
     "quantize",
     "rescale",
     "ref_rescale",
     "reference_step",
+    "reference_sgd_step",
+    "ref_sgd_update",
     "TapeFormatError",
     "WitnessTape",
     "tensor_names",

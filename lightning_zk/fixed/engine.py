@@ -1,5 +1,13 @@
 """Exact integer training engine: MLP of Linear(+bias) [+ReLU], MSE loss, SGD (DESIGN.md §5).
 
+SGD may carry weight decay wd and momentum mu (public fixed-point constants, as torch's
+``SGD(momentum=mu, weight_decay=wd)`` with dampening 0, no Nesterov): per parameter P with
+gradient G and momentum buffer V (0 before step 0, so step 0's buffer is G', as torch's clone)
+
+    G' = G + rescale(wd P),   V' = rescale(mu V) + G',   P' = P - rescale(lr V')
+
+(without momentum P' = P - rescale(lr G')).
+
 Every op is int64 arithmetic with the single rounding rule of :func:`.format.rescale`, so a run
 is bit-identical on every device without any rounding log. Each :meth:`FixedPointMLP.step`
 returns the :class:`WitnessTape` the zk prover consumes and updates the weights in place.
@@ -29,6 +37,7 @@ from .format import (
     check_bound,
     dequantize,
     fixed_constant,
+    optimizer_constant,
     quantize,
     rescale,
     rescale_owned,
@@ -54,6 +63,10 @@ class FixedPointMLP:
         lr: learning rate as a fixed-point integer (public constant).
         config: scale and magnitude bound.
         step: index of the next step.
+        momentum, weight_decay: SGD's momentum and weight decay as fixed-point integers in
+            [0, 2^frac_bits) (0: off).
+        velocity: the momentum buffers (``VW``, ``Vb`` per layer) before ``step``; None: zero
+            (a run's first step, or torch's buffers not created yet).
     Raises:
         ValueError: inconsistent shapes, or a fan-in that could overflow.
     """
@@ -65,6 +78,9 @@ class FixedPointMLP:
         lr: int,
         config: FixedPointConfig | None = None,
         step: int = 0,
+        momentum: int = 0,
+        weight_decay: int = 0,
+        velocity: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
     ) -> None:
         self.config = config or FixedPointConfig()
         self.weights = [np.asarray(w, dtype=np.int64).copy() for w in weights]
@@ -84,6 +100,33 @@ class FixedPointMLP:
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             check_bound(f"W{i + 1}", w, self.config.bound, self.step_index)
             check_bound(f"b{i + 1}", b, self.config.bound, self.step_index)
+        self.momentum, self.weight_decay = int(momentum), int(weight_decay)
+        for what, k in (("momentum", self.momentum), ("weight_decay", self.weight_decay)):
+            if not 0 <= k < self.config.scale:
+                raise ValueError(f"FixedPointMLP({what}={k}): need 0 <= {what} < 2^frac_bits")
+        self.velocity_w: list[np.ndarray] = []
+        self.velocity_b: list[np.ndarray] = []
+        if self.momentum:
+            self.set_velocity(velocity)
+        elif velocity is not None:
+            raise ValueError("FixedPointMLP: momentum buffers given without momentum")
+
+    def set_velocity(
+        self, velocity: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None
+    ) -> None:
+        """Set the momentum buffers (None: zero, the buffer before a run's first step)."""
+        if velocity is None:
+            velocity = ([np.zeros_like(w) for w in self.weights],
+                        [np.zeros_like(b) for b in self.biases])
+        vw = [np.asarray(v, dtype=np.int64).copy() for v in velocity[0]]
+        vb = [np.asarray(v, dtype=np.int64).copy() for v in velocity[1]]
+        if [v.shape for v in vw] != [w.shape for w in self.weights] or [
+                v.shape for v in vb] != [b.shape for b in self.biases]:
+            raise ValueError("FixedPointMLP: momentum buffers do not have the weights' shapes")
+        for i, (w, b) in enumerate(zip(vw, vb, strict=True)):
+            check_bound(f"VW{i + 1}", w, self.config.bound, self.step_index)
+            check_bound(f"Vb{i + 1}", b, self.config.bound, self.step_index)
+        self.velocity_w, self.velocity_b = vw, vb
 
     @classmethod
     def from_float(
@@ -93,8 +136,10 @@ class FixedPointMLP:
         lr: float,
         config: FixedPointConfig | None = None,
         step: int = 0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
     ) -> FixedPointMLP:
-        """Quantise float weights (round to nearest) and the learning rate."""
+        """Quantise float weights (round to nearest) and the SGD constants (as the lr)."""
         cfg = config or FixedPointConfig()
         s = cfg.frac_bits
         return cls(
@@ -103,6 +148,8 @@ class FixedPointMLP:
             fixed_constant(lr, s),
             cfg,
             step,
+            optimizer_constant("momentum", momentum, s),
+            optimizer_constant("weight_decay", weight_decay, s),
         )
 
     @property
@@ -192,6 +239,9 @@ class FixedPointMLP:
                 put(f"GZ{i - 1}", ga * t[f"S{i - 1}"])
                 gz = f"GZ{i - 1}"
         for i in range(1, L + 1):
+            if self.momentum or self.weight_decay:
+                self._optimizer_terms(i, put, t)
+                continue
             uw, ruw = rescale_owned(self.lr * t[f"GW{i}"], s)
             put(f"UW{i}", uw)
             put(f"RUW{i}", ruw)
@@ -209,9 +259,38 @@ class FixedPointMLP:
             mse_const=c,
             batch_size=bsz,
             tensors=t,
+            momentum=self.momentum,
+            weight_decay=self.weight_decay,
         )
         for i in range(1, L + 1):
             self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()
+            if self.momentum:
+                self.velocity_w[i - 1] = t[f"VW{i}n"].copy()
+                self.velocity_b[i - 1] = t[f"Vb{i}n"].copy()
         self.step_index += 1
         return tape
+
+    def _optimizer_terms(self, i: int, put, t: dict[str, np.ndarray]) -> None:
+        """Layer i's update with weight decay and/or momentum (module docstring), W then b, in
+        torch's order: G' = G + rescale(wd P); V' = rescale(mu V) + G'; P' = P - rescale(lr V')."""
+        s, cfg = self.config.frac_bits, self.config
+        for p, velocity in (("W", self.velocity_w), ("b", self.velocity_b)):
+            grad = t[f"G{p}{i}"]
+            if self.weight_decay:
+                d, rd = rescale_owned(self.weight_decay * t[f"{p}{i}"], s)
+                put(f"D{p}{i}", d)
+                put(f"RD{p}{i}", rd)
+                grad = grad + d
+                check_bound(f"G{p}{i}+D{p}{i}", grad, cfg.bound, self.step_index)
+            if self.momentum:
+                put(f"V{p}{i}", velocity[i - 1])
+                m, rm = rescale_owned(self.momentum * velocity[i - 1], s)
+                put(f"M{p}{i}", m)
+                put(f"RM{p}{i}", rm)
+                put(f"V{p}{i}n", m + grad)
+                grad = t[f"V{p}{i}n"]
+            u, ru = rescale_owned(self.lr * grad, s)
+            put(f"U{p}{i}", u)
+            put(f"RU{p}{i}", ru)
+            put(f"{p}{i}n", t[f"{p}{i}"] - u)
 

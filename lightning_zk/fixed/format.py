@@ -23,6 +23,7 @@ __all__ = [
     "rescale",
     "rescale_owned",
     "fixed_constant",
+    "optimizer_constant",
     "check_bound",
 ]
 
@@ -124,6 +125,21 @@ def rescale_owned(raw: np.ndarray, frac_bits: int) -> tuple[np.ndarray, np.ndarr
 def fixed_constant(value: float, frac_bits: int) -> int:
     """A public constant (learning rate, 2/(B k)) as a fixed-point integer round(v * 2^s)."""
     return int(np.floor(float(value) * (1 << frac_bits) + 0.5))
+
+
+def optimizer_constant(name: str, value: float, frac_bits: int) -> int:
+    """SGD's momentum or weight decay as a public fixed-point integer, rounded as the learning
+    rate is (round(v * 2^s), half up); refused when it leaves [0, 1) or a nonzero value rounds
+    to 0 (the run would silently train without it)."""
+    value = float(value)
+    k = fixed_constant(value, frac_bits) if value == value else -1  # (NaN: refused)
+    if not 0 <= k < 1 << frac_bits or (value != 0 and k == 0):
+        raise ValueError(
+            f"SGD {name}={value} is not representable in fixed point at 2^-{frac_bits}: need "
+            f"0 <= {name} < 1 and, when nonzero, {name} >= 2^-{frac_bits + 1} (it is rounded to "
+            f"round({name} * 2^{frac_bits}) / 2^{frac_bits}, as the learning rate)"
+        )
+    return k
 
 
 def check_bound(name: str, x: np.ndarray, bound: int, step: int | None) -> int:

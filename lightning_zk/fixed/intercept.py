@@ -51,8 +51,11 @@ _ARITH = {
     aten.mm.default, aten.addmm.default, aten.add.Tensor, aten.sub.Tensor, aten.mul.Tensor,
     aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor, aten.sum.dim_IntList, aten.sum.default,
     aten.mse_loss.default, aten.mse_loss_backward.default, aten.add_.Tensor,
-    aten._foreach_add_.List,
+    aten._foreach_add_.List, aten.mul_.Tensor, aten.mul_.Scalar, aten._foreach_add.List,
+    aten._foreach_mul_.Scalar,
 }
+_FOREACH_UPDATES = {aten._foreach_add_.List, aten._foreach_mul_.Scalar}
+_UPDATES = {aten.add_.Tensor, aten.mul_.Tensor, aten.mul_.Scalar}  # in place: a new value
 _INPLACE = {aten.copy_.default, aten.zero_.default}
 _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
     aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default,
@@ -209,9 +212,9 @@ class FixedPointTracer(TorchDispatchMode):
         else:
             raise UnsupportedOpError(str(func), user_location())
         self._record(func, args, kwargs, out)
-        if func in (aten.add_.Tensor, aten.copy_.default, aten.zero_.default):
+        if func in _UPDATES or func in (aten.copy_.default, aten.zero_.default):
             self._refs[_key(args[0])] = f"n{len(self.ops) - 1}"
-        if func is aten._foreach_add_.List:
+        if func in _FOREACH_UPDATES:
             for j, p in enumerate(args[0]):
                 self._refs[_key(p)] = f"n{len(self.ops) - 1}.{j}"
         return out
@@ -254,11 +257,21 @@ class FixedPointTracer(TorchDispatchMode):
         if func in (aten.add.Tensor, aten.sub.Tensor):
             a, b = args
             alpha = kwargs.get("alpha", 1)
-            if alpha != 1:
-                raise UnsupportedOpError(name, user_location(), "alpha other than 1")
             like = a if isinstance(a, torch.Tensor) and a.dim() >= b.dim() else b
-            x = self.ints(a) + self.ints(b) if func is aten.add.Tensor else self.ints(a) - self.ints(b)
+            xb = self.ints(b) if alpha == 1 else self._scaled_by(b, alpha, name)
+            x = self.ints(a) + xb if func is aten.add.Tensor else self.ints(a) - xb
             return self._checked(x, like, name)
+        if func in (aten.mul_.Tensor, aten.mul_.Scalar):
+            return self._scale_in_place(args[0], args[1], name)
+        if func is aten._foreach_mul_.Scalar:  # SGD(foreach=True)'s momentum
+            for x in args[0]:
+                self._scale_in_place(x, args[1], name)
+            return None
+        if func is aten._foreach_add.List:  # SGD(foreach=True)'s weight decay
+            alpha = kwargs.get("alpha", 1)
+            return [self._checked(self.ints(a) + (self.ints(b) if alpha == 1 else
+                                                  self._scaled_by(b, alpha, name)), a, name)
+                    for a, b in zip(args[0], args[1], strict=True)]
         if func in (aten.mul.Tensor, aten.mul.Scalar, aten.div.Scalar, aten.div.Tensor):
             return self._scale(func, *args, **kwargs)
         if func in (aten.sum.dim_IntList, aten.sum.default):
@@ -314,6 +327,26 @@ class FixedPointTracer(TorchDispatchMode):
             self._identity = self.ref(a)
         return self._checked(self._rescaled(self.ints(a) * k), a, name)
 
+    def _scaled_by(self, b: torch.Tensor, alpha: float, name: str) -> np.ndarray:
+        """rescale(round(alpha 2^s) b): a tensor times an optimizer constant (``add(p,
+        alpha=weight_decay)`` of SGD), the constant rounded as the learning rate is."""
+        if isinstance(alpha, torch.Tensor) or not isinstance(alpha, (int, float)):
+            raise UnsupportedOpError(name, user_location(), "a tensor alpha")
+        return self._rescaled(fixed_constant(float(alpha), self.config.frac_bits) * self.ints(b))
+
+    def _scale_in_place(self, x: torch.Tensor, c: Any, name: str) -> torch.Tensor:
+        """x *= c as rescale(round(c 2^s) x) (SGD's momentum ``buf.mul_(momentum)``; the
+        constant rounded as the learning rate is)."""
+        if isinstance(c, torch.Tensor):
+            if self.ref(c) or c.numel() != 1:
+                raise UnsupportedOpError(name, user_location(), "in-place product with a tensor")
+            c = c.item()
+        new = self._scaled_by(x, c, name)
+        check_bound(name, new, self.config.bound, self.step)
+        with torch.no_grad():
+            x.copy_(self.value(new, x))
+        return x
+
     def _sgd(self, p: torch.Tensor, g: torch.Tensor, alpha: float, name: str) -> torch.Tensor:
         """p += alpha g as the engine's SGD update: p - rescale(lr g) with lr = -alpha on grid."""
         lr = fixed_constant(-float(alpha), self.config.frac_bits)
@@ -327,18 +360,20 @@ class FixedPointTracer(TorchDispatchMode):
     def graph(self, outputs: list[str]) -> list[dict[str, Any]]:
         """The canonical op list: the ops the named outputs depend on, renumbered in order
         (framework bookkeeping that feeds no output, e.g. logging the loss, drops out)."""
-        produced = {}
-        for i, op in enumerate(self.ops):
-            produced[f"n{i}"] = i
-            for j in range(len(op.shapes)):
-                produced[f"n{i}.{j}"] = i
-        need, todo = set(), [produced[o] for o in outputs if o in produced]
+        produced = {f"n{i}": i for i in range(len(self.ops))}
+
+        def node(r: str) -> int | None:
+            """The op that produced reference r (``n5``, or ``n5.1``: output 1 of an op, or
+            tensor 1 an in-place foreach op updated, which has no outputs of its own)."""
+            return produced.get(r.partition(".")[0])
+
+        need, todo = set(), [node(o) for o in outputs if node(o) is not None]
         while todo:
             i = todo.pop()
             if i in need:
                 continue
             need.add(i)
-            todo += [produced[r] for r in self.ops[i].inputs if r in produced]
+            todo += [node(r) for r in self.ops[i].inputs if node(r) is not None]
         order = sorted(need)
         renum = {f"n{i}": f"n{k}" for k, i in enumerate(order)}
 

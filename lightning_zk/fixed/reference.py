@@ -6,7 +6,7 @@ engine against it exactly. Only for small models: O(B * d^2) Python operations.
 
 from __future__ import annotations
 
-__all__ = ["ref_rescale", "reference_step"]
+__all__ = ["ref_rescale", "reference_step", "reference_sgd_step", "ref_sgd_update"]
 
 Matrix = list[list[int]]
 
@@ -17,11 +17,34 @@ def ref_rescale(raw: int, frac_bits: int) -> tuple[int, int]:
     return q, raw - q * (1 << frac_bits)
 
 
+def ref_sgd_update(p: int, g: int, v: int, lr: int, mu: int, wd: int, s: int) -> tuple[int, int]:
+    """One parameter entry: g' = g + rescale(wd p); v' = rescale(mu v) + g' (v' = g' without
+    momentum, mu = 0); returns (p - rescale(lr v'), v')."""
+    g = g + ref_rescale(wd * p, s)[0]
+    v = ref_rescale(mu * v, s)[0] + g
+    return p - ref_rescale(lr * v, s)[0], v
+
+
 def reference_step(
     weights: list[Matrix], biases: list[list[int]], x: Matrix, y: Matrix, lr: int, mse: int, s: int
 ) -> tuple[list[Matrix], list[list[int]], Matrix]:
     """New weights, new biases and the predictions Z_L of one step (MSE loss, SGD)."""
+    new_w, new_b, out, _, _ = reference_sgd_step(weights, biases, x, y, lr, mse, s)
+    return new_w, new_b, out
+
+
+def reference_sgd_step(
+    weights: list[Matrix], biases: list[list[int]], x: Matrix, y: Matrix, lr: int, mse: int, s: int,
+    momentum: int = 0, weight_decay: int = 0,
+    velocity: tuple[list[Matrix], list[list[int]]] | None = None,
+) -> tuple[list[Matrix], list[list[int]], Matrix, list[Matrix], list[list[int]]]:
+    """One step of SGD with momentum / weight decay (fixed-point integers; ``velocity`` the
+    buffers before the step, None: zero): new weights, biases, Z_L, new buffers (the update
+    direction g' itself when there is no momentum)."""
     L = len(weights)
+    if velocity is None:
+        velocity = ([[[0] * len(r) for r in w] for w in weights], [[0] * len(b) for b in biases])
+    vw_in, vb_in = velocity
     acts, zs, signs = [x], [], []
     for i in range(L):
         w, b, a = weights[i], biases[i], acts[-1]
@@ -42,7 +65,8 @@ def reference_step(
         [ref_rescale(mse * (out[n][o] - y[n][o]), s)[0] for o in range(len(out[0]))]
         for n in range(len(out))
     ]
-    new_w, new_b = [None] * L, [None] * L
+    new_w, new_b, new_vw, new_vb = [None] * L, [None] * L, [None] * L, [None] * L
+    mu, wd = momentum, weight_decay
     for i in range(L - 1, -1, -1):
         a, w = acts[i], weights[i]
         gw = [
@@ -53,11 +77,17 @@ def reference_step(
             for o in range(len(w))
         ]
         gb = [sum(gz[n][o] for n in range(len(gz))) for o in range(len(w))]
-        new_w[i] = [
-            [w[o][k] - ref_rescale(lr * gw[o][k], s)[0] for k in range(len(w[0]))]
+        upd_w = [
+            [ref_sgd_update(w[o][k], gw[o][k], vw_in[i][o][k], lr, mu, wd, s)
+             for k in range(len(w[0]))]
             for o in range(len(w))
         ]
-        new_b[i] = [biases[i][o] - ref_rescale(lr * gb[o], s)[0] for o in range(len(w))]
+        upd_b = [ref_sgd_update(biases[i][o], gb[o], vb_in[i][o], lr, mu, wd, s)
+                 for o in range(len(w))]
+        new_w[i] = [[pv[0] for pv in row] for row in upd_w]
+        new_vw[i] = [[pv[1] for pv in row] for row in upd_w]
+        new_b[i] = [pv[0] for pv in upd_b]
+        new_vb[i] = [pv[1] for pv in upd_b]
         if i > 0:
             ga = [
                 [
@@ -69,4 +99,4 @@ def reference_step(
             gz = [
                 [ga[n][k] * signs[i - 1][n][k] for k in range(len(ga[0]))] for n in range(len(ga))
             ]
-    return new_w, new_b, out
+    return new_w, new_b, out, new_vw, new_vb

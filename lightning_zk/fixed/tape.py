@@ -17,10 +17,23 @@ UW{l} RUW  (dl, dl-1)   update rescale(lr W-grad) and remainder; same for Ub{l} 
 W{l}n b{l}n             weights and bias after the step
 =========  ===========  ===============================================================
 
+SGD with weight decay wd and/or momentum mu (public fixed-point constants, 0 when off) adds,
+per layer (bias alike: ``Db RDb Vb Mb RMb Vb{l}n``):
+
+=============  ==========  ==========================================================
+DW{l} RDW{l}   (dl, dl-1)  weight decay term rescale(wd W) and remainder (wd != 0)
+VW{l}          (dl, dl-1)  momentum buffer before the step (0 before step 0; mu != 0)
+MW{l} RMW{l}   (dl, dl-1)  rescale(mu VW) and remainder (mu != 0)
+VW{l}n         (dl, dl-1)  buffer after: MW + GW + DW (mu != 0)
+=============  ==========  ==========================================================
+
+and the update becomes UW = rescale(lr (GW + DW)) without momentum, rescale(lr VW{l}n) with it.
+
 File format (``save``/``load``): an ``.npz`` archive (never pickled, read with
 ``allow_pickle=False``) holding one int64 array per tensor plus ``__header__``, a uint8 array
 with UTF-8 JSON ``{"format": "lightning-zk/tape", "version": 1, "step", "dims", "frac_bits",
-"value_bits", "lr", "mse_const", "batch_size", "names"}``.
+"value_bits", "lr", "mse_const", "batch_size", "names"}``; version 2 adds ``"momentum"`` and
+``"weight_decay"`` (version 1 files are plain SGD and still load, with both 0).
 """
 
 from __future__ import annotations
@@ -37,9 +50,13 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 
-__all__ = ["WitnessTape", "TapeFormatError", "tensor_names", "TAPE_VERSION"]
+__all__ = [
+    "WitnessTape", "TapeFormatError", "tensor_names", "optimizer_names", "TAPE_VERSION",
+]
 
-TAPE_VERSION = 1
+_OPT_W = ("DW", "RDW", "VW", "MW", "RMW")  # per-weight tensors of momentum / weight decay
+_OPT_B = ("Db", "RDb", "Vb", "Mb", "RMb")
+TAPE_VERSION = 2  # 2: SGD momentum and weight decay (version 1: plain SGD, still read)
 _FORMAT = "lightning-zk/tape"
 
 
@@ -47,8 +64,9 @@ class TapeFormatError(ValueError):
     """A tape file is malformed, of another version, or inconsistent with its header."""
 
 
-def tensor_names(num_layers: int) -> list[str]:
-    """All tape tensor names for an MLP with ``num_layers`` Linear layers, in canonical order."""
+def tensor_names(num_layers: int, momentum: bool = False, decay: bool = False) -> list[str]:
+    """All tape tensor names for an MLP with ``num_layers`` Linear layers, in canonical order
+    (with the tensors of SGD momentum and weight decay when those are on)."""
     names = ["x", "y"]
     for layer in range(1, num_layers + 1):
         names += [f"W{layer}", f"b{layer}", f"Z{layer}", f"RZ{layer}"]
@@ -57,7 +75,19 @@ def tensor_names(num_layers: int) -> list[str]:
             names += [f"GZ{layer}"]
         names += [f"GW{layer}", f"RGW{layer}", f"Gb{layer}", f"UW{layer}", f"RUW{layer}"]
         names += [f"Ub{layer}", f"RUb{layer}", f"W{layer}n", f"b{layer}n"]
+        names += optimizer_names(layer, momentum, decay)
     return names + ["G", "RG"]
+
+
+def optimizer_names(layer: int, momentum: bool, decay: bool) -> list[str]:
+    """The weight-decay and momentum tensors of one layer (none for plain SGD)."""
+    out = []
+    for p in ("W", "b"):
+        if decay:
+            out += [f"D{p}{layer}", f"RD{p}{layer}"]
+        if momentum:
+            out += [f"V{p}{layer}", f"M{p}{layer}", f"RM{p}{layer}", f"V{p}{layer}n"]
+    return out
 
 
 @dataclass
@@ -72,10 +102,16 @@ class WitnessTape:
     mse_const: int
     batch_size: int
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    momentum: int = 0  # public fixed-point constants of SGD (0: off)
+    weight_decay: int = 0
 
     @property
     def num_layers(self) -> int:
         return len(self.dims) - 1
+
+    def names(self) -> list[str]:
+        """The tensor names this tape holds (by its optimizer settings)."""
+        return tensor_names(self.num_layers, self.momentum != 0, self.weight_decay != 0)
 
     def header(self) -> dict:
         return {
@@ -88,12 +124,14 @@ class WitnessTape:
             "lr": int(self.lr),
             "mse_const": int(self.mse_const),
             "batch_size": int(self.batch_size),
-            "names": tensor_names(self.num_layers),
+            "momentum": int(self.momentum),
+            "weight_decay": int(self.weight_decay),
+            "names": self.names(),
         }
 
     def expected_shape(self, name: str) -> tuple[int, ...]:
         d, b = self.dims, self.batch_size
-        stem = name.rstrip("n") if name[-1] == "n" and name[0] in "Wb" else name
+        stem = name.rstrip("n") if name[-1] == "n" and name[0] in "WbV" else name
         digits = "".join(c for c in stem if c.isdigit())
         layer = int(digits) if digits else len(d) - 1
         kind = stem[: len(stem) - len(digits)]
@@ -101,15 +139,15 @@ class WitnessTape:
             return (b, d[0])
         if name in ("y", "G", "RG"):
             return (b, d[-1])
-        if kind in ("W", "GW", "RGW", "UW", "RUW"):
+        if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
             return (d[layer], d[layer - 1])
-        if kind in ("b", "Gb", "Ub", "RUb"):
+        if kind in ("b", "Gb", "Ub", "RUb", *_OPT_B):
             return (d[layer],)
         return (b, d[layer])
 
     def validate(self) -> None:
         """Raise TapeFormatError unless every tensor is present with its shape and int64."""
-        for name in tensor_names(self.num_layers):
+        for name in self.names():
             if name not in self.tensors:
                 raise TapeFormatError(f"tape for step {self.step} lacks tensor {name!r}")
             arr = self.tensors[name]
@@ -146,8 +184,13 @@ class WitnessTape:
             raise TapeFormatError(f"tape {path}: header is not JSON") from exc
         if not isinstance(head, dict) or head.get("format") != _FORMAT:
             raise TapeFormatError(f"tape {path}: not a lightning-zk tape")
-        if head.get("version") != TAPE_VERSION:
-            raise TapeFormatError(f"tape {path}: version {head.get('version')} unsupported")
+        version = head.get("version")
+        if version not in (1, TAPE_VERSION) or type(version) is not int:  # noqa: E721
+            raise TapeFormatError(f"tape {path}: version {version!r:.20} unsupported")
+        optim = [k in head for k in ("momentum", "weight_decay")]
+        if any(optim) if version == 1 else not all(optim):  # exactly in version 2
+            raise TapeFormatError(
+                f"tape {path}: version {version} and the fields momentum, weight_decay disagree")
         try:
             tape = cls(
                 step=int(head["step"]),
@@ -158,10 +201,12 @@ class WitnessTape:
                 mse_const=int(head["mse_const"]),
                 batch_size=int(head["batch_size"]),
                 tensors=arrays,
+                momentum=int(head.get("momentum", 0)),
+                weight_decay=int(head.get("weight_decay", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TapeFormatError(f"tape {path}: bad header field ({exc})") from exc
-        extra = set(arrays) - set(tensor_names(tape.num_layers))
+        extra = set(arrays) - set(tape.names())
         if extra:
             raise TapeFormatError(f"tape {path}: unexpected tensors {sorted(extra)}")
         tape.validate()

@@ -4,7 +4,8 @@
 ``backward``) and the optimizer step under :class:`~lightning_zk.fixed.intercept.FixedPointTracer`,
 which executes every ATen op in exact fixed point and records the step's graph. A step whose
 graph is the provable template (Linear+ReLU MLP, MSE of the output against the batch target,
-plain SGD) gets its witness tape from the exact integer engine (:mod:`lightning_zk.fixed`),
+SGD, with momentum and weight decay when configured) gets its witness tape from the exact
+integer engine (:mod:`lightning_zk.fixed`),
 checked bit for bit against the weights the user's code produced, and kept for the zk prover
 (spilled to ``RUN/tapes/`` for offline proving); any other graph is refused
 (:class:`NotProvableError`) and rolled back. Integer arithmetic is the same on every device, so
@@ -19,7 +20,8 @@ proofs' public statements must carry: dims, scale, bound, learning rate, batch s
 commitment parameters of the proofs (``ProofCallback(security_bits=..., blowup=...)``).
 
 The LightningModule must hold the network as an ``nn.Sequential`` of Linear(+bias)/ReLU (its
-``net`` attribute, or its only Sequential child) and configure a plain ``torch.optim.SGD``; its
+``net`` attribute, or its only Sequential child) and configure one ``torch.optim.SGD`` (momentum
+and weight decay allowed, no Nesterov or dampening; its momentum buffers are committed state); its
 ``training_step`` computes the MSE loss however it likes to spell it through ``aten.mse_loss``
 (``F.mse_loss``, ``nn.MSELoss``).
 """
@@ -43,6 +45,8 @@ from ..fixed.torch_bridge import (
     UnsupportedModelError,
     check_loss_and_optimizer,
     mlp_from_torch,
+    momentum_buffers,
+    sgd_settings,
     write_back,
 )
 from ..ledger.hiding import KEY_FILE, SCHEME, DigestKey, DigestKeyError
@@ -85,7 +89,8 @@ class FixedPointSession(TrainingSession):
         self.net = find_network(module)
         if len(self.optimizers) != 1:
             raise UnsupportedModelError("fixed-point mode trains with exactly one SGD optimizer")
-        lr = check_loss_and_optimizer("mse", self.optimizers[0])
+        check_loss_and_optimizer("mse", self.optimizers[0])
+        lr, momentum, weight_decay = sgd_settings(self.optimizers[0])
         for param in module.parameters():
             if param.dtype == torch.float32 and strategy.value_bits > 25:
                 raise UnsupportedModelError(
@@ -101,8 +106,11 @@ class FixedPointSession(TrainingSession):
                 "refused at the step where it takes effect. HINT: drop the scheduler in fixed "
                 "mode, or train with mode='rounded'.")
         self.config = FixedPointConfig(frac_bits=strategy.frac_bits, value_bits=strategy.value_bits)
-        self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step)
-        write_back(self.engine, self.net)  # the module holds exactly the dequantised weights
+        # with momentum, the buffers torch restored from a checkpoint (zero before step 0)
+        self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step,
+                                     momentum=momentum, weight_decay=weight_decay,
+                                     optimizer=self.optimizers[0])
+        self._write_back()  # the module holds exactly the dequantised weights (and buffers)
         self.save_tapes = strategy.save_tapes
         self.batch_size = getattr(batch_order, "batch_size", None)
         if self.batch_size is None:
@@ -117,6 +125,7 @@ class FixedPointSession(TrainingSession):
         self.tracer: FixedPointTracer | None = None
         self._graph_digest: str | None = None
         self._templates: dict[tuple, list[dict[str, Any]]] = {}
+        self._had_buffers = False  # the open step started with SGD momentum buffers
 
     @property
     def tape_dir(self) -> Path:
@@ -131,6 +140,7 @@ class FixedPointSession(TrainingSession):
         return {"fixed": {
             "dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
             "value_bits": self.config.value_bits, "lr": self.engine.lr,
+            "momentum": self.engine.momentum, "weight_decay": self.engine.weight_decay,
             "batch_size": self.batch_size, "proof": self._proof_params(),
             "digests": {"scheme": SCHEME, "key_commitment": self.digest_key.commitment()},
         }}
@@ -187,6 +197,7 @@ class FixedPointSession(TrainingSession):
         meta = {"mode": "fixed", "frac_bits": self.config.frac_bits,
                 "value_bits": self.config.value_bits, "lr": self.engine.lr,
                 "dims": list(self.engine.dims)}
+        self._optimizer_state(tensors, meta)
         return StateSnapshot(tensors=tensors, meta=meta, digest_format=self.digest_format)
 
     # --- per step ----------------------------------------------------------------------------
@@ -228,10 +239,16 @@ class FixedPointSession(TrainingSession):
             )
         return x, y
 
-    def _new_tracer(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> FixedPointTracer:
+    def _new_tracer(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                    optimizer: torch.optim.Optimizer | None = None) -> FixedPointTracer:
         tracer = FixedPointTracer(self.config, step=self.next_step)
         for name, param in net.named_parameters():
             tracer.leaf(f"param:{name}", param)
+        state = optimizer.state if optimizer is not None else {}
+        for name, param in net.named_parameters():  # SGD's momentum buffers (after step 0)
+            buf = (state.get(param) or {}).get("momentum_buffer")
+            if buf is not None:
+                tracer.leaf(f"momentum:{name}", buf)
         tracer.leaf("batch:0", x, quantise=True)
         tracer.leaf("batch:1", y, quantise=True)
         return tracer
@@ -239,7 +256,8 @@ class FixedPointSession(TrainingSession):
     def start_trace(self) -> FixedPointTracer:
         """The dispatch mode the user's step (training_step, backward, SGD) runs under."""
         x, y = self._check_batch()
-        self.tracer = self._new_tracer(self.net, x, y)
+        self._had_buffers = bool(self._buffers(self.net, self.optimizers[0]))
+        self.tracer = self._new_tracer(self.net, x, y, self.optimizers[0])
         return self.tracer
 
     def paused_ops(self) -> contextlib.AbstractContextManager:
@@ -249,20 +267,50 @@ class FixedPointSession(TrainingSession):
     def abandon_trace(self) -> None:
         """A step that raised trains nothing: the module gets the weights before it back."""
         self.tracer = None
-        write_back(self.engine, self.net)
+        self._write_back()
+
+    def _write_back(self) -> None:
+        """The module (and the SGD momentum buffers torch holds) get the engine's state."""
+        write_back(self.engine, self.net, self.optimizers[0])
+
+    def _optimizer_state(self, tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+        """SGD momentum and weight decay in the committed state: the momentum buffers (zero
+        before step 0, as the proofs' chain defines them) and both constants; nothing for plain
+        SGD, whose states and digests stay as they were."""
+        engine = self.engine
+        if not (engine.momentum or engine.weight_decay):
+            return
+        meta["momentum"], meta["weight_decay"] = engine.momentum, engine.weight_decay
+        for i, (vw, vb) in enumerate(zip(engine.velocity_w, engine.velocity_b, strict=True)):
+            tensors[f"fixed/VW{i + 1}"] = torch.from_numpy(vw.copy())
+            tensors[f"fixed/Vb{i + 1}"] = torch.from_numpy(vb.copy())
+
+    def _buffers(self, net: nn.Module, optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+        """The momentum buffers torch holds for ``net`` (parameter order; none before step 0)."""
+        if not self.engine.momentum:
+            return []
+        return [b for b in momentum_buffers(optimizer, net).values() if b is not None]
 
     def _template(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
-        """The graph of the provable template step (F.mse_loss(net(x), y), SGD) on these shapes,
-        traced on a copy of the network (cached per batch shape)."""
-        key = (tuple(x.shape), tuple(y.shape))
+        """The graph of the provable template step (F.mse_loss(net(x), y), the run's SGD) on these
+        shapes, traced on a copy of the network (cached per batch shape and per whether SGD's
+        momentum buffers exist yet: torch clones the first one, updates it in place later)."""
+        buffers = self._had_buffers  # SGD momentum buffers before the step (from step 1 on)
+        key = (tuple(x.shape), tuple(y.shape), buffers)
         if key not in self._templates:
             net = copy.deepcopy(self.net)
-            tracer = self._new_tracer(net, x, y)
-            opt = torch.optim.SGD(net.parameters(), lr=self.optimizers[0].param_groups[0]["lr"])
+            group = self.optimizers[0].param_groups[0]
+            opt = torch.optim.SGD(net.parameters(), lr=group["lr"], momentum=group["momentum"],
+                                  weight_decay=group["weight_decay"], foreach=group["foreach"])
+            if buffers:  # (values do not shape the graph)
+                for p in net.parameters():
+                    opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+            tracer = self._new_tracer(net, x, y, opt)
             with tracer:
                 F.mse_loss(net(x), y).backward()
                 opt.step()
-            self._templates[key] = tracer.graph([tracer.ref(p) for p in net.parameters()])
+            outputs = [*net.parameters(), *self._buffers(net, opt)]
+            self._templates[key] = tracer.graph([tracer.ref(p) for p in outputs])
         return self._templates[key]
 
     def _check_provable(self, graph: list[dict[str, Any]], x, y) -> None:
@@ -273,8 +321,8 @@ class FixedPointSession(TrainingSession):
             if got != want:
                 raise NotProvableError(
                     f"step {self.next_step}: the training_step's traced graph is not the provable "
-                    f"MLP template (Linear/ReLU, F.mse_loss(self.net(x), y) on the batch, plain "
-                    f"SGD): op {i} is {got} where the template has {want}. Fixed-point mode "
+                    f"MLP template (Linear/ReLU, F.mse_loss(self.net(x), y) on the batch, "
+                    f"the SGD step): op {i} is {got} where the template has {want}. Fixed-point mode "
                     "proves only that graph for now (issue 12); nothing was trained.")
         raise NotProvableError(
             f"step {self.next_step}: the training_step's traced graph has {len(graph)} ops, the "
@@ -286,12 +334,13 @@ class FixedPointSession(TrainingSession):
         tracer, self.tracer = self.tracer, None
         x, y = self._check_batch()
         params = list(self.net.parameters())
-        outputs = [tracer.ref(p) for p in params]
+        buffers = self._buffers(self.net, self.optimizers[0])
+        outputs = [tracer.ref(p) for p in [*params, *buffers]]
         graph = tracer.graph(outputs)
         try:
             self._check_provable(graph, x, y)
         except NotProvableError:
-            write_back(self.engine, self.net)  # the engine holds the weights before the step
+            self._write_back()  # the engine holds the weights (and buffers) before the step
             raise
         xq, yq = tracer.ints(x, "batch:0"), tracer.ints(y, "batch:1")
         if yq.ndim == 1:
@@ -300,6 +349,10 @@ class FixedPointSession(TrainingSession):
         after = [tracer.ints(p, "check") for p in params]
         expect = [a for i in range(1, self.engine.num_layers + 1)
                   for a in (tape.tensors[f"W{i}n"], tape.tensors[f"b{i}n"])]
+        if self.engine.momentum:  # torch's buffers after the step: the tape's V'
+            after += [tracer.ints(b, "check") for b in buffers]
+            expect += [a for i in range(1, self.engine.num_layers + 1)
+                       for a in (tape.tensors[f"VW{i}n"], tape.tensors[f"Vb{i}n"])]
         if not all(np.array_equal(a, b) for a, b in zip(after, expect, strict=True)):
             raise AssertionError("the intercepted step differs from the integer engine's tape")
         s = self.config.frac_bits

@@ -66,5 +66,12 @@ def test_loss_and_optimizer_checks_name_the_problem():
         check_loss_and_optimizer(nn.CrossEntropyLoss(), torch.optim.SGD(params, lr=0.5))
     with pytest.raises(UnsupportedModelError, match="Adam"):
         check_loss_and_optimizer(nn.MSELoss(), torch.optim.Adam(params))
-    with pytest.raises(UnsupportedModelError, match="momentum"):
-        check_loss_and_optimizer(nn.MSELoss(), torch.optim.SGD(params, lr=0.1, momentum=0.9))
+    # momentum and weight decay are proved (issue 12); Nesterov and dampening are not
+    assert check_loss_and_optimizer(
+        nn.MSELoss(), torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3)) == 0.1
+    with pytest.raises(UnsupportedModelError, match="nesterov"):
+        check_loss_and_optimizer(
+            nn.MSELoss(), torch.optim.SGD(params, lr=0.1, momentum=0.9, nesterov=True))
+    with pytest.raises(UnsupportedModelError, match="dampening"):
+        check_loss_and_optimizer(
+            nn.MSELoss(), torch.optim.SGD(params, lr=0.1, momentum=0.9, dampening=0.1))

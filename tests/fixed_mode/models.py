@@ -24,7 +24,9 @@ class Regressor(L.LightningModule):
         if self.optimizer_name == "adam":
             return torch.optim.Adam(self.parameters(), lr=0.01)
         if self.optimizer_name == "momentum":
-            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-3)
+        if self.optimizer_name == "nesterov":
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9, nesterov=True)
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 

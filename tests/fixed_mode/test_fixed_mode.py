@@ -114,7 +114,7 @@ def test_same_run_as_a_direct_engine_run(tmp_path):
         ({"layers": [nn.Linear(4, 8, bias=False), nn.ReLU(), nn.Linear(8, 3)]}, "bias"),
         ({"loss": nn.L1Loss()}, "aten.abs.default"),
         ({"optimizer": "adam"}, "Adam"),
-        ({"optimizer": "momentum"}, "momentum"),
+        ({"optimizer": "nesterov"}, "nesterov"),
     ],
 )
 def test_unsupported_models_named(tmp_path, kwargs, match):

@@ -15,10 +15,11 @@ _COM = Commitment(bytes(range(32)), 8, False, 2)
 STMT = TrainingStatement(
     (4, 8, 3), 3, 16, 24, 16384, 14564, 5, 2, False, _COM, _COM, Commitment(bytes(32), 9, False, 2),
     run_id="d598911246ed471d9b7821a533f18ea3", ledger_leaves=(bytes([1]) * 32, bytes([2]) * 32),
+    momentum=58982, weight_decay=7,
 )
 
 INT_FIELDS = ["batch_size", "frac_bits", "value_bits", "lr", "mse_const", "step_start",
-              "num_steps", "security_bits", "blowup"]
+              "num_steps", "security_bits", "blowup", "momentum", "weight_decay"]
 
 
 def _parse(d):
@@ -27,7 +28,7 @@ def _parse(d):
 
 def test_round_trip():
     assert TrainingStatement.from_bytes(STMT.to_bytes()) == STMT
-    assert STMT.to_json()["version"] == 3
+    assert STMT.to_json()["version"] == 4
 
 
 @pytest.mark.parametrize("name", INT_FIELDS)

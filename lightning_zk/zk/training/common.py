@@ -55,7 +55,9 @@ class UnitShape:
 
     @cached_property
     def layout(self) -> Layout:
-        return build_layout(self.stmt.arch, tensor_names(len(self.stmt.dims) - 1))
+        st = self.stmt  # SGD momentum / weight decay add their tensors (and Theta's buffers)
+        names = tensor_names(len(st.dims) - 1, st.momentum != 0, st.weight_decay != 0)
+        return build_layout(st.arch, names)
 
     @cached_property
     def masks(self) -> MaskLayout:

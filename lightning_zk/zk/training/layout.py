@@ -15,6 +15,8 @@ all the group's layers in one sumcheck (FAC4DNN).
 
 The weights of all layers form the parameter layout Theta, which the boundary commitments B
 hold; inside Wit the weight blocks (before and after each step) are allocated like any other.
+With SGD momentum, Theta holds the momentum buffers too (kinds ``VW``, ``Vb``): they are state
+that the next step reads, so the chain binds them like the weights.
 """
 
 from __future__ import annotations
@@ -113,10 +115,15 @@ def allocate(sizes: dict[str, int]) -> tuple[int, dict[str, tuple[int, ...]]]:
     return n, codes
 
 
+_OPT_W = ("DW", "RDW", "VW", "MW", "RMW")  # momentum / weight decay tensors shaped like W
+_OPT_B = ("Db", "RDb", "Vb", "Mb", "RMb")  # ... like b
+STATE_KINDS = ("W", "b", "VW", "Vb")  # kinds of state a step reads and writes (Theta, chain)
+
+
 def _sizes(name: str, arch: Arch) -> tuple[int, ...]:
     """True axis lengths of a tape tensor (same naming rules as :func:`_axes`)."""
     L, d = arch.num_layers, arch.dims
-    stem = name[:-1] if name[-1] == "n" and name[0] in "Wb" else name
+    stem = name[:-1] if name[-1] == "n" and name[0] in "WbV" else name
     digits = "".join(c for c in stem if c.isdigit())
     layer = int(digits) if digits else L
     kind = stem[: len(stem) - len(digits)]
@@ -124,16 +131,16 @@ def _sizes(name: str, arch: Arch) -> tuple[int, ...]:
         return (arch.batch_size, d[0])
     if name in ("y", "G", "RG"):
         return (arch.batch_size, d[L])
-    if kind in ("W", "GW", "RGW", "UW", "RUW"):
+    if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
         return (d[layer], d[layer - 1])
-    if kind in ("b", "Gb", "Ub", "RUb"):
+    if kind in ("b", "Gb", "Ub", "RUb", *_OPT_B):
         return (d[layer],)
     return (arch.batch_size, d[layer])
 
 
 def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
     L = arch.num_layers
-    stem = name[:-1] if name[-1] == "n" and name[0] in "Wb" else name
+    stem = name[:-1] if name[-1] == "n" and name[0] in "WbV" else name
     digits = "".join(c for c in stem if c.isdigit())
     layer = int(digits) if digits else L
     kind = stem[: len(stem) - len(digits)]
@@ -141,9 +148,9 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
         return (("b", arch.nb), ("o", arch.nd(0)))
     if name in ("y", "G", "RG"):
         return (("b", arch.nb), ("o", arch.nd(L)))
-    if kind in ("W", "GW", "RGW", "UW", "RUW"):
+    if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
         return (("o", arch.nd(layer)), ("k", arch.nd(layer - 1)))
-    if kind in ("b", "Gb", "Ub", "RUb"):
+    if kind in ("b", "Gb", "Ub", "RUb", *_OPT_B):
         return (("o", arch.nd(layer)),)
     return (("b", arch.nb), ("o", arch.nd(layer)))
 
@@ -155,15 +162,16 @@ def split_name(name: str) -> tuple[str, int | None]:
     """Tape tensor name -> (kind, layer): ``"RGW3"`` -> ("RGW", 3), ``"W2n"`` -> ("Wn", 2)."""
     if name in GLOBAL_TENSORS:
         return name, None
-    if name[-1] == "n" and name[0] in "Wb":
-        return name[0] + "n", int(name[1:-1])
+    if name[-1] == "n" and name[0] in "WbV":  # state after the step: W1n, b1n, VW1n, Vb1n
+        stem = name[:-1].rstrip("0123456789")
+        return stem + "n", int(name[len(stem) : -1])
     stem = name.rstrip("0123456789")
     return stem, int(name[len(stem) :])
 
 
 def layer_name(kind: str, layer: int) -> str:
     """Inverse of :func:`split_name` for per-layer tensors."""
-    return f"{kind[0]}{layer}n" if kind in ("Wn", "bn") else f"{kind}{layer}"
+    return f"{kind[:-1]}{layer}n" if kind in ("Wn", "bn", "VWn", "Vbn") else f"{kind}{layer}"
 
 
 def layer_groups(arch: Arch) -> tuple[tuple[int, ...], ...]:
@@ -222,6 +230,11 @@ class Layout:
         return ColumnSupport(tuple(sorted(
             (s.code_int, len(s.code)) for _, s in self.theta_leaves())))
 
+    @property
+    def theta_kinds(self) -> tuple[str, ...]:
+        """The state kinds Theta holds: W, b (and VW, Vb with SGD momentum)."""
+        return tuple(k for k in STATE_KINDS if f"{k}@0" in self.theta)
+
     def theta_leaves(self) -> list[tuple[str, TensorSlot]]:
         """The per-layer weight slots of B (every entry of Theta that can be nonzero lies in one)."""
         return [(n, s) for n, s in self.theta.items() if "@" not in n and n != "THETA"]
@@ -235,8 +248,10 @@ class Layout:
         return self.stacks[name] if "@" in name else self.wit[name]
 
 
-def theta_names(num_layers: int) -> list[str]:
-    return [f"{k}{i}" for i in range(1, num_layers + 1) for k in ("W", "b")]
+def theta_names(num_layers: int, momentum: bool = False) -> list[str]:
+    """The state tensors of Theta: weights and biases (and momentum buffers)."""
+    kinds = STATE_KINDS if momentum else STATE_KINDS[:2]
+    return [f"{k}{i}" for i in range(1, num_layers + 1) for k in kinds]
 
 
 def _group_kinds(names: list[str], layers: tuple[int, ...]) -> list[str]:
@@ -265,8 +280,9 @@ def build_layout(arch: Arch, names: list[str]) -> Layout:
     def block_bits(kind: str, gi: int) -> int:
         return sum(b for _, b in elem_axes(kind, gi)) + lam[gi]
 
-    # Theta: one block per (group, W|b)
-    th_blocks = {f"{k}@{gi}": block_bits(k, gi) for gi in range(len(groups)) for k in ("W", "b")}
+    # Theta: one block per (group, state kind): W|b, and VW|Vb with momentum
+    th_kinds = tuple(k for k in STATE_KINDS if f"{k}1" in names)
+    th_blocks = {f"{k}@{gi}": block_bits(k, gi) for gi in range(len(groups)) for k in th_kinds}
     n_theta, th_codes = allocate(th_blocks)
     # Wit: one block per (group, kind), the global tensors
     kinds = {gi: _group_kinds(names, g) for gi, g in enumerate(groups)}
@@ -293,7 +309,7 @@ def build_layout(arch: Arch, names: list[str]) -> Layout:
                     unused.append(TensorSlot(axes, sub, tuple(0 for _ in axes[1:])))
     theta: dict[str, TensorSlot] = {}
     for gi, g in enumerate(groups):
-        for k in ("W", "b"):
+        for k in th_kinds:
             layer_axis = (("l", lam[gi]),) if lam[gi] else ()
             theta[f"{k}@{gi}"] = TensorSlot(elem_axes(k, gi) + layer_axis, th_codes[f"{k}@{gi}"])
             for pos, i in enumerate(g):

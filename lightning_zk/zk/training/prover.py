@@ -31,7 +31,7 @@ from ..transcript import Transcript
 from .batch import SEED_BYTES, commit_batch, seeded_rng
 from .claims import WitClaim, prove_claims
 from .common import SEAL_DOMAIN, UNIT_DOMAIN, ChainError, UnitShape, slot_of
-from .layout import Layout, theta_names
+from .layout import Layout
 from .masking import expand_mask
 from .placement import Free, opening_point, place
 from .proof import PendingClaim, SealProof, UnitProof
@@ -104,7 +104,8 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
     first = tapes[0]
     for u, tp in enumerate(tapes):
         tp.validate()
-        same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const)
+        same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const,
+                tp.momentum, tp.weight_decay)
         if same != (
             first.dims,
             first.batch_size,
@@ -112,6 +113,8 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             first.value_bits,
             first.lr,
             first.mse_const,
+            first.momentum,
+            first.weight_decay,
         ):
             raise ParameterError(f"prove_unit: tape {u} (step {tp.step}) has other parameters")
         if tp.step != first.step + u:
@@ -177,14 +180,14 @@ def prove_unit(
     rng = as_rng(rng)
     pcs = Ligero(LigeroConfig(security_bits, blowup))
     first, last = tapes[0], tapes[-1]
-    L = first.num_layers
     draft = UnitShape(TrainingStatement(  # the shapes only need the public constants
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, *_DUMMY_COMS,
-        security_bits, blowup))
+        security_bits, blowup, momentum=first.momentum, weight_decay=first.weight_decay))
     layout = draft.layout
-    before = {k: first.tensors[k] for k in theta_names(L)}
-    after = {k: last.tensors[k + "n"] for k in theta_names(L)}
+    state = [k for k, _ in layout.theta_leaves()]  # weights, biases (and momentum buffers)
+    before = {k: first.tensors[k] for k in state}
+    after = {k: last.tensors[k + "n"] for k in state}
 
     if prev is None:
         b_in_tab = xp.asarray(_field(theta_table(layout, before)))
@@ -203,7 +206,7 @@ def prove_unit(
     stmt = TrainingStatement(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, b_in_com, b_out_com, batch_com,
-        security_bits, blowup, run_id, tuple(ledger_leaves),
+        security_bits, blowup, run_id, tuple(ledger_leaves), first.momentum, first.weight_decay,
     )
     shape = UnitShape(stmt)
     ml, wr, n = shape.masks, shape.ranges, layout.wit_vars
@@ -358,7 +361,7 @@ def resume_link(
         ChainError: the weights and seed do not recommit to ``statement.weights_out``.
     """
     layout = UnitShape(statement).layout
-    missing = [k for k in theta_names(layout.arch.num_layers) if k not in params]
+    missing = [k for k, _ in layout.theta_leaves() if k not in params]
     if missing:
         raise ParameterError(f"resume_link: weights {missing} missing")
     pcs = Ligero(statement.pcs_config)

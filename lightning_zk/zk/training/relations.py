@@ -19,7 +19,11 @@ Relations per layer l (stacked over t and over the layers of a layer group, see
 * weight grad: sum_b GZ_l[b,o] A_{l-1}[b,k] - 2^s GW - RGW = 0;  sum_b GZ_l[b,o] - Gb = 0
 * input grad (l >= 2): sum_o GZ_l[b,o] W_l[o,k] - 2^s GA_{l-1}[b,k] - RGA_{l-1} = 0
 * update: lr GW - 2^s UW - RUW = 0;  W' = W - UW;  same for the bias
+  with weight decay wd / momentum mu (:func:`_update_sgd`): wd W - 2^s DW - RDW = 0;
+  mu VW - 2^s MW - RMW = 0;  VW' = MW + GW + DW;  lr VW' - 2^s UW - RUW = 0 (lr (GW + DW)
+  without momentum);  W' = W - UW;  same for the bias
 * chain: Theta_out(t) = Theta_in(t+1) inside the unit; Theta_in(0) = B_in; Theta_out(last) = B_out
+  (Theta: weights, biases and, with momentum, the momentum buffers, which are 0 before step 0)
 * zero padding: every tensor is 0 outside its true shape (and an unused layer slot entirely),
   checked inside the relation that covers the tensor's whole index space (a random combination
   of the tensors of that shape times the public padding indicator); without it a prover could
@@ -408,6 +412,70 @@ def _update(c: _Ctx, tr: Transcript, g: int) -> Relation:
     return rel
 
 
+def _update_sgd(c: _Ctx, tr: Transcript, g: int) -> Relation:
+    """The update of SGD with weight decay wd and/or momentum mu (public constants), per
+    parameter P (W, then b) with gradient G, buffers V (before) and V' (after):
+
+        wd P - 2^s D - RD = 0,   mu V - 2^s M - RM = 0,   V' - M - G - D = 0,
+        lr V' - 2^s U - RU = 0 (lr (G + D) without momentum),   P' - P + U = 0
+
+    (D, RD only with weight decay; V, M, RM, V' only with momentum), each identity with its own
+    challenge, and every tensor 0 outside its true box. Plain SGD keeps :func:`_update`.
+    """
+    layers, lam, K, no, y = c.group(g)
+    tau, s, lr = c.tau, c.st.frac_bits, c.st.lr
+    mu, wd = c.st.momentum, c.st.weight_decay
+    n = y + no + K
+    r = tr.challenge_ext_list("update.r", n)
+    per_param = 2 + (1 if wd else 0) + (2 if mu else 0)
+    alphas = iter([Fp2(1), *tr.challenge_ext_list("update.alpha", 2 * per_param - 1)])
+    rel = Relation(f"update{_label(layers)}", n)
+    ew = rel.add(c.eq(0, r))
+    eb = rel.add(c.eq(0, r[: y + no]))
+    sk = rel.add(c.zero(y + no, n))
+
+    def mat(kind: str) -> int | None:
+        return rel.add(c.wit(c.stack(kind, g), o=y, k=y + no, l=tau))
+
+    def vec(kind: str) -> int | None:
+        return rel.add(c.wit(c.stack(kind, g), o=y, l=tau))
+
+    for p, place, sel in (("W", mat, (ew,)), ("b", vec, (eb, sk))):
+        P, Pn, U, RU = place(p), place(f"{p}n"), place(f"U{p}"), place(f"RU{p}")
+        direction = [place(f"G{p}")]  # the factors whose sum lr multiplies
+        if wd:
+            a = next(alphas)
+            D, RD = place(f"D{p}"), place(f"RD{p}")
+            rel.term(a * wd, *sel, P)
+            rel.rescaled(a, s, D, RD, *sel)
+            direction.append(D)
+        if mu:
+            a = next(alphas)
+            V, M, RM, Vn = place(f"V{p}"), place(f"M{p}"), place(f"RM{p}"), place(f"V{p}n")
+            rel.term(a * mu, *sel, V)
+            rel.rescaled(a, s, M, RM, *sel)
+            a = next(alphas)
+            rel.term(a, *sel, Vn)
+            for f in (M, *direction):
+                rel.term(-a, *sel, f)
+            direction = [Vn]
+        a = next(alphas)
+        for f in direction:
+            rel.term(a * lr, *sel, f)
+        rel.rescaled(a, s, U, RU, *sel)
+        a = next(alphas)
+        rel.term(a, *sel, Pn)
+        rel.term(-a, *sel, P)
+        rel.term(a, *sel, U)
+    extra = ("D", "RD", "V", "M", "RM")
+    mats = [f"{k}@{g}" for k in ("W", "GW", "RGW", "UW", "RUW", "Wn", *(e + "W" for e in extra),
+                                 "VWn")]
+    c.padded(rel, tr, ew, mats, o=y, k=y + no, l=tau)
+    vecs = [f"{k}@{g}" for k in ("b", "Gb", "Ub", "RUb", "bn", *(e + "b" for e in extra), "Vbn")]
+    c.padded(rel, tr, eb, vecs, o=y, l=tau)
+    return rel
+
+
 def _bits(v: int, width: int) -> list[int]:
     return [(v >> (width - 1 - j)) & 1 for j in range(width)]
 
@@ -428,6 +496,9 @@ def _chain(c: _Ctx, tr: Transcript) -> Relation:
     r_t = tr.challenge_ext_list("chain.r_t", tau)
     r_th = tr.challenge_ext_list("chain.r_theta", nth)
     a1, a2 = tr.challenge_ext_list("chain.alpha", 2)
+    # SGD momentum buffers are 0 before a run's first step (torch has none yet)
+    zero_start = c.st.chain_start and c.st.step_start == 0 and "VW" in c.lay.theta_kinds
+    a0 = tr.challenge_ext("chain.alpha_zero") if zero_start else None
     eqs = [eq_eval(r_t, _bits(t, tau)) for t in range(T)]
     e1 = [eqs[t] if t < Tr - 1 else Fp2(0) for t in range(T)]
     e2 = [eqs[t - 1] if 1 <= t <= Tr - 1 else Fp2(0) for t in range(T)]
@@ -440,7 +511,7 @@ def _chain(c: _Ctx, tr: Transcript) -> Relation:
         f1, f2 = rel.add(PubSmall(tv, tuple(e1))), rel.add(PubSmall(tv, tuple(e2)))
     g0, gl = rel.add(PubSmall(tv, tuple(d0))), rel.add(PubSmall(tv, tuple(dl)))
     for g in range(len(c.lay.groups)):
-        for k in ("W", "b"):
+        for k in c.lay.theta_kinds:
             block = c.lay.theta[f"{k}@{g}"]
             m = block.elem_vars
             # eq(r_theta, x) * sel_k(x_high) = eq(r_high, code) * eq(r_low, x_low) * sel_k(x_high)
@@ -456,6 +527,8 @@ def _chain(c: _Ctx, tr: Transcript) -> Relation:
                 rel.term(-scale, elow, sel, f2, w_in)
             rel.term(a1 * scale, elow, sel, g0, w_in)
             rel.term(a2 * scale, elow, sel, gl, w_out)
+            if a0 is not None and k in ("VW", "Vb"):
+                rel.term(a0 * scale, elow, sel, g0, w_in)
     eth = rel.add(c.eq(tau, r_th))
     bfree = tuple(Free(tau + j) for j in range(nth))
     b_in = rel.add(Committed("bin", "THETA", bfree, mask_index=1))
@@ -478,7 +551,10 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
         out.append(lambda tr, g=g: _weight_grad(c, tr, g))
         if max(layers) >= 2:
             out.append(lambda tr, g=g: _input_grad(c, tr, g))
-        out.append(lambda tr, g=g: _update(c, tr, g))
+        if stmt.momentum or stmt.weight_decay:
+            out.append(lambda tr, g=g: _update_sgd(c, tr, g))
+        else:
+            out.append(lambda tr, g=g: _update(c, tr, g))
     out.append(lambda tr: _chain(c, tr))
     from .batch import batch_builders  # batch.py builds on this module
 

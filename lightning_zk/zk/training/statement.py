@@ -5,7 +5,8 @@ architecture, true batch size, scale s, value bound, learning rate, MSE constant
 index, number of steps, stacking width, whether the unit starts a chain, the commitment
 parameters, the commitments to the weights before (B_in) and after (B_out) and to the unit's
 batch (x and y of every step, :mod:`.batch`), and the **run binding**: the identifier of the run
-the steps belong to and the ledger leaf of every step the unit proves (version 3). A proof
+the steps belong to and the ledger leaf of every step the unit proves (version 3), and SGD's
+momentum and weight decay (fixed-point constants, 0 when off; version 4). A proof
 therefore verifies only against the statement of *its* run and steps; which run and which
 ledger that is, is the caller's check (``lightning_zk.audit.proofs.verify_run`` compares every
 field with the run's manifest and Merkle ledger).
@@ -32,7 +33,8 @@ from .layout import Arch, instances_for
 
 __all__ = ["TrainingStatement", "STATEMENT_VERSION", "STATEMENT_FORMAT", "MAX_STATEMENT_BYTES"]
 
-STATEMENT_VERSION = 3  # 2: adds the batch commitment; 3: run binding (run_id, ledger leaves)
+STATEMENT_VERSION = 4  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: momentum,
+# weight decay
 STATEMENT_FORMAT = "lightning-zk/training-statement"
 MAX_STATEMENT_BYTES = 1 << 24  # 16 MiB: a statement of 2^18 steps; larger input is refused unread
 _U63 = (1 << 63) - 1
@@ -124,6 +126,8 @@ class TrainingStatement:
     blowup: int = 4
     run_id: str = ""  # the run the steps belong to ("" = not bound to a run)
     ledger_leaves: tuple[bytes, ...] = field(default=())  # one 32-byte leaf hash per step
+    momentum: int = 0  # SGD's momentum and weight decay, fixed-point integers (0: off)
+    weight_decay: int = 0
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.step_start < 0:
@@ -162,6 +166,7 @@ class TrainingStatement:
         tr.absorb_u64("stmt.batch", self.batch_size)
         tr.absorb_u64("stmt.scale", self.frac_bits, self.value_bits)
         tr.absorb_u64("stmt.constants", self.lr, self.mse_const)
+        tr.absorb_u64("stmt.optimizer", self.momentum, self.weight_decay)
         tr.absorb_u64("stmt.steps", self.step_start, self.num_steps, self.arch.num_instances)
         tr.absorb_u64("stmt.chain_start", int(self.chain_start))
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
@@ -193,6 +198,8 @@ class TrainingStatement:
             "blowup": self.blowup,
             "run_id": self.run_id,
             "ledger_leaves": [x.hex() for x in self.ledger_leaves],
+            "momentum": self.momentum,
+            "weight_decay": self.weight_decay,
         }
 
     def to_bytes(self) -> bytes:
@@ -212,9 +219,9 @@ class TrainingStatement:
         if version != STATEMENT_VERSION or type(version) is not int:  # noqa: E721
             raise ParameterError(
                 f"training statement version {version!r:.20} unsupported (this build reads "
-                f"version {STATEMENT_VERSION}: older statements are not bound to their run, and "
-                "version 1 has no batch commitment; re-prove the run with `lightning-zk prove "
-                "RUN`)"
+                f"version {STATEMENT_VERSION}: version 3 has no momentum and weight decay fields, "
+                "older statements are not bound to their run, and version 1 has no batch "
+                "commitment; re-prove the run with `lightning-zk prove RUN`)"
             )
         _exact_keys(d, _KEYS, "training statement")
         dims = d["dims"]
@@ -243,6 +250,8 @@ class TrainingStatement:
             _int(d, "blowup", 1, 1 << 16),
             run_id,
             tuple(_hex32(x, "ledger_leaves[]") for x in leaves),
+            _int(d, "momentum", 0, _U63),
+            _int(d, "weight_decay", 0, _U63),
         )
 
     @classmethod

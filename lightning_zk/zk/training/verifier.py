@@ -40,7 +40,8 @@ def check_statement(stmt: TrainingStatement, policy: VerifierPolicy | None = Non
     Raises:
         SecurityPolicyError: ``security_bits``/``blowup`` not accepted by ``policy``
             (default: :class:`~lightning_zk.zk.policy.VerifierPolicy`, at least 100 bits).
-        TranscriptError: fixed-point parameters, MSE constant or learning rate out of range.
+        TranscriptError: fixed-point parameters, MSE constant, learning rate, momentum or weight
+            decay out of range.
     """
     config = (policy or VerifierPolicy()).ligero_config(stmt.security_bits, stmt.blowup)
     try:
@@ -53,6 +54,9 @@ def check_statement(stmt: TrainingStatement, policy: VerifierPolicy | None = Non
         raise TranscriptError("statement MSE constant", expected=want, got=stmt.mse_const)
     if not 0 < stmt.lr < 1 << stmt.frac_bits:
         raise TranscriptError("statement learning rate in (0, 2^s)", got=stmt.lr)
+    for name in ("momentum", "weight_decay"):  # SGD's other constants, as the engine bounds them
+        if not 0 <= getattr(stmt, name) < 1 << stmt.frac_bits:
+            raise TranscriptError(f"statement {name} in [0, 2^s)", got=getattr(stmt, name))
     return config
 
 
@@ -300,6 +304,8 @@ def verify_chain(
                 "value_bits",
                 "lr",
                 "mse_const",
+                "momentum",
+                "weight_decay",
                 "security_bits",
                 "blowup",
                 "run_id",

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from ...fixed.engine import mse_constant
-from ...fixed.tape import WitnessTape, tensor_names
-from .layout import Layout, TensorSlot
+from ...fixed.tape import WitnessTape
+from .layout import Layout, TensorSlot, theta_names
 from .relations import tensor_class
 
 __all__ = ["WitnessError", "check_witness", "wit_table", "theta_table"]
@@ -46,7 +46,7 @@ def wit_table(layout: Layout, tapes: Sequence[WitnessTape]) -> np.ndarray:
     """Signed int64 table of Wit (2^wit_vars entries)."""
     T = layout.arch.num_instances
     out = np.zeros(1 << layout.wit_vars, dtype=np.int64)
-    for name in tensor_names(layout.arch.num_layers):
+    for name in tapes[0].names():
         slot = layout.wit[name]
         _scatter(out, slot, _stack(tapes, name, slot, T))
     for name, _ in layout.theta_leaves():
@@ -69,6 +69,24 @@ def theta_table(layout: Layout, params: dict[str, np.ndarray]) -> np.ndarray:
 
 def _rescaled(raw: np.ndarray, q: np.ndarray, r: np.ndarray, s: int) -> bool:
     return bool(np.array_equal(raw, (q << s) + r))
+
+
+def _sgd_direction(tp: WitnessTape, p: str, i: int, fail) -> np.ndarray:
+    """The tensor SGD scales by lr for parameter kind ``p`` of layer i, checking the weight decay
+    (G' = G + rescale(wd P)) and momentum (V' = rescale(mu V) + G') relations on the way."""
+    t, s = tp.tensors, tp.frac_bits
+    grad = t[f"G{p}{i}"]
+    if tp.weight_decay:
+        if not _rescaled(tp.weight_decay * t[f"{p}{i}"], t[f"D{p}{i}"], t[f"RD{p}{i}"], s):
+            fail("weight decay", f"D{p}{i}")
+        grad = grad + t[f"D{p}{i}"]
+    if tp.momentum:
+        if not _rescaled(tp.momentum * t[f"V{p}{i}"], t[f"M{p}{i}"], t[f"RM{p}{i}"], s):
+            fail("momentum", f"M{p}{i}")
+        if not np.array_equal(t[f"V{p}{i}n"], t[f"M{p}{i}"] + grad):
+            fail("momentum", f"V{p}{i}n")
+        grad = t[f"V{p}{i}n"]
+    return grad
 
 
 def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarray] | None) -> None:
@@ -114,18 +132,19 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
                 fail("bias gradient", f"Gb{i}")
             if i >= 2 and not _rescaled(gz @ t[f"W{i}"], t[f"GA{i - 1}"], t[f"RGA{i - 1}"], s):
                 fail("input gradient", f"GA{i - 1}")
-            for g, u_, r_, p_ in (("GW", "UW", "RUW", "W"), ("Gb", "Ub", "RUb", "b")):
-                if not _rescaled(tp.lr * t[f"{g}{i}"], t[f"{u_}{i}"], t[f"{r_}{i}"], s):
+            for u_, r_, p_ in (("UW", "RUW", "W"), ("Ub", "RUb", "b")):
+                direction = _sgd_direction(tp, p_, i, fail)
+                if not _rescaled(tp.lr * direction, t[f"{u_}{i}"], t[f"{r_}{i}"], s):
                     fail("update", f"{u_}{i}")
                 if not np.array_equal(t[f"{p_}{i}n"], t[f"{p_}{i}"] - t[f"{u_}{i}"]):
                     fail("update", f"{p_}{i}n")
         before = prev_params
         if u > 0:
-            before = {
-                f"{k}{i}": tapes[u - 1].tensors[f"{k}{i}n"]
-                for i in range(1, L + 1)
-                for k in ("W", "b")
-            }
+            before = {k: tapes[u - 1].tensors[f"{k}n"] for k in theta_names(L, tp.momentum != 0)}
+        elif before is None and tp.momentum and tp.step == 0:  # zero before the first step
+            for name in [f"{k}{i}" for i in range(1, L + 1) for k in ("VW", "Vb")]:
+                if np.any(t[name]):
+                    fail("chain", name)
         if before is not None:
             for k, arr in before.items():
                 if not np.array_equal(arr, t[k]):
