@@ -446,6 +446,9 @@ def _declared(manifest: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ProofRunError(f"the manifest's fixed section lacks {missing} (a run written by an "
                             "older lightning-zk: train it again)")
+    if fixed.get("loss", "mse") != "mse":
+        raise ProofRunError(f"the run trains with loss {fixed.get('loss')!r}: fixed-point mode "
+                            "trains it exactly, but only MSE steps can be proved yet")
     digests = fixed["digests"]
     if not isinstance(digests, dict) or digests.get("scheme") != SCHEME:
         raise ProofRunError(f"the run's records do not use hidden digests ({SCHEME}): they "

@@ -1,4 +1,5 @@
-"""Exact integer training engine: MLP of Linear(+bias) [+ReLU], MSE loss, SGD (DESIGN.md §5).
+"""Exact integer training engine: MLP of Linear(+bias) [+ReLU], MSE or softmax cross-entropy
+loss, SGD (DESIGN.md §5).
 
 Every op is int64 arithmetic with the single rounding rule of :func:`.format.rescale`, so a run
 is bit-identical on every device without any rounding log. Each :meth:`FixedPointMLP.step`
@@ -33,6 +34,13 @@ from .format import (
     rescale,
     rescale_owned,
 )
+from .softmax import (
+    LOSSES,
+    onehot_targets,
+    softmax_witness,
+    xent_constant,
+    xent_gradient,
+)
 from .tape import WitnessTape
 
 __all__ = ["FixedPointMLP", "mse_constant"]
@@ -54,6 +62,8 @@ class FixedPointMLP:
         lr: learning rate as a fixed-point integer (public constant).
         config: scale and magnitude bound.
         step: index of the next step.
+        loss: ``"mse"`` (targets y (B, d_L)) or ``"xent"`` (softmax cross-entropy, mean over the
+            batch; targets Yhot = 2^s onehot(labels), :func:`.softmax.onehot_targets`).
     Raises:
         ValueError: inconsistent shapes, or a fan-in that could overflow.
     """
@@ -65,7 +75,11 @@ class FixedPointMLP:
         lr: int,
         config: FixedPointConfig | None = None,
         step: int = 0,
+        loss: str = "mse",
     ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"FixedPointMLP(loss={loss!r}): supported losses are {LOSSES}")
+        self.loss = loss
         self.config = config or FixedPointConfig()
         self.weights = [np.asarray(w, dtype=np.int64).copy() for w in weights]
         self.biases = [np.asarray(b, dtype=np.int64).copy() for b in biases]
@@ -93,6 +107,7 @@ class FixedPointMLP:
         lr: float,
         config: FixedPointConfig | None = None,
         step: int = 0,
+        loss: str = "mse",
     ) -> FixedPointMLP:
         """Quantise float weights (round to nearest) and the learning rate."""
         cfg = config or FixedPointConfig()
@@ -103,6 +118,7 @@ class FixedPointMLP:
             fixed_constant(lr, s),
             cfg,
             step,
+            loss,
         )
 
     @property
@@ -122,7 +138,10 @@ class FixedPointMLP:
         return a
 
     def step_float(self, x: np.ndarray, y: np.ndarray) -> WitnessTape:
+        """A step on float inputs; y is float targets (MSE) or integer class labels (xent)."""
         s = self.config.frac_bits
+        if self.loss == "xent":
+            return self.step(quantize(x, s), onehot_targets(y, self.dims[-1], s))
         return self.step(quantize(x, s), quantize(y, s))
 
     def step(self, x: np.ndarray, y: np.ndarray) -> WitnessTape:
@@ -142,6 +161,9 @@ class FixedPointMLP:
         bsz = x.shape[0]
         if x.shape != (bsz, self.dims[0]) or y.shape != (bsz, self.dims[-1]):
             raise ValueError(f"step: batch shapes {x.shape}, {y.shape} do not fit dims {self.dims}")
+        if self.loss == "xent" and not (np.isin(y, (0, 1 << s)).all()
+                                        and (y.sum(axis=1) == 1 << s).all()):
+            raise ValueError("step: cross-entropy targets must be Yhot = 2^s onehot(labels)")
         for fan_in in (*self.dims[:-1], bsz, *self.dims[1:]):
             cfg.check_fan_in(fan_in)
         t: dict[str, np.ndarray] = {}
@@ -175,8 +197,13 @@ class FixedPointMLP:
                 put(f"V{i}", 2 * sign * z - z - sign)
                 put(f"A{i}", z * sign)
                 acts.append(f"A{i}")
-        c = mse_constant(bsz, self.dims[-1], s)
-        g, rg = rescale_owned(c * (t[f"Z{L}"] - y), s)
+        if self.loss == "xent":  # softmax witness: unsigned or remainder-like, checked by design
+            t.update(softmax_witness(t[f"Z{L}"], s, cfg.value_bits))
+            c = xent_constant(bsz, s)
+            g, rg = xent_gradient(t["P"], y, c, s)
+        else:
+            c = mse_constant(bsz, self.dims[-1], s)
+            g, rg = rescale_owned(c * (t[f"Z{L}"] - y), s)
         put("G", g)
         put("RG", rg)
         gz = "G"
@@ -209,6 +236,7 @@ class FixedPointMLP:
             mse_const=c,
             batch_size=bsz,
             tensors=t,
+            loss=self.loss,
         )
         for i in range(1, L + 1):
             self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()

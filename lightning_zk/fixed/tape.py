@@ -17,10 +17,15 @@ UW{l} RUW  (dl, dl-1)   update rescale(lr W-grad) and remainder; same for Ub{l} 
 W{l}n b{l}n             weights and bias after the step
 =========  ===========  ===============================================================
 
+A cross-entropy tape (``loss="xent"``) has y = Yhot = 2^s onehot(labels), G = rescale(c (P -
+Yhot)) with c = ``mse_const`` = round(2^s / B) (the loss-gradient constant), and the softmax
+witness of :mod:`.softmax`, every tensor (B, dL): ``H D Dlo Dhi Elo Ehi E RE Ssum P RP UP``.
+
 File format (``save``/``load``): an ``.npz`` archive (never pickled, read with
 ``allow_pickle=False``) holding one int64 array per tensor plus ``__header__``, a uint8 array
 with UTF-8 JSON ``{"format": "lightning-zk/tape", "version": 1, "step", "dims", "frac_bits",
-"value_bits", "lr", "mse_const", "batch_size", "names"}``.
+"value_bits", "lr", "mse_const", "batch_size", "loss", "names"}`` (version 2; a version-1
+file has no ``"loss"`` and is an MSE tape).
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ from typing import IO
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from .softmax import LOSSES, SOFTMAX_TENSORS
 
 __all__ = ["WitnessTape", "TapeFormatError", "tensor_names", "TAPE_VERSION"]
 
-TAPE_VERSION = 1
+TAPE_VERSION = 2
 _FORMAT = "lightning-zk/tape"
 
 
@@ -47,7 +53,7 @@ class TapeFormatError(ValueError):
     """A tape file is malformed, of another version, or inconsistent with its header."""
 
 
-def tensor_names(num_layers: int) -> list[str]:
+def tensor_names(num_layers: int, loss: str = "mse") -> list[str]:
     """All tape tensor names for an MLP with ``num_layers`` Linear layers, in canonical order."""
     names = ["x", "y"]
     for layer in range(1, num_layers + 1):
@@ -57,7 +63,7 @@ def tensor_names(num_layers: int) -> list[str]:
             names += [f"GZ{layer}"]
         names += [f"GW{layer}", f"RGW{layer}", f"Gb{layer}", f"UW{layer}", f"RUW{layer}"]
         names += [f"Ub{layer}", f"RUb{layer}", f"W{layer}n", f"b{layer}n"]
-    return names + ["G", "RG"]
+    return names + (list(SOFTMAX_TENSORS) if loss == "xent" else []) + ["G", "RG"]
 
 
 @dataclass
@@ -72,6 +78,7 @@ class WitnessTape:
     mse_const: int
     batch_size: int
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
+    loss: str = "mse"
 
     @property
     def num_layers(self) -> int:
@@ -88,7 +95,8 @@ class WitnessTape:
             "lr": int(self.lr),
             "mse_const": int(self.mse_const),
             "batch_size": int(self.batch_size),
-            "names": tensor_names(self.num_layers),
+            "loss": self.loss,
+            "names": tensor_names(self.num_layers, self.loss),
         }
 
     def expected_shape(self, name: str) -> tuple[int, ...]:
@@ -109,7 +117,9 @@ class WitnessTape:
 
     def validate(self) -> None:
         """Raise TapeFormatError unless every tensor is present with its shape and int64."""
-        for name in tensor_names(self.num_layers):
+        if self.loss not in LOSSES:
+            raise TapeFormatError(f"tape for step {self.step}: unknown loss {self.loss!r}")
+        for name in tensor_names(self.num_layers, self.loss):
             if name not in self.tensors:
                 raise TapeFormatError(f"tape for step {self.step} lacks tensor {name!r}")
             arr = self.tensors[name]
@@ -146,8 +156,11 @@ class WitnessTape:
             raise TapeFormatError(f"tape {path}: header is not JSON") from exc
         if not isinstance(head, dict) or head.get("format") != _FORMAT:
             raise TapeFormatError(f"tape {path}: not a lightning-zk tape")
-        if head.get("version") != TAPE_VERSION:
+        if head.get("version") not in (1, TAPE_VERSION):
             raise TapeFormatError(f"tape {path}: version {head.get('version')} unsupported")
+        loss = head.get("loss", "mse") if head["version"] == TAPE_VERSION else "mse"
+        if not isinstance(loss, str) or loss not in LOSSES:
+            raise TapeFormatError(f"tape {path}: unknown loss {loss!r}")
         try:
             tape = cls(
                 step=int(head["step"]),
@@ -158,10 +171,11 @@ class WitnessTape:
                 mse_const=int(head["mse_const"]),
                 batch_size=int(head["batch_size"]),
                 tensors=arrays,
+                loss=loss,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TapeFormatError(f"tape {path}: bad header field ({exc})") from exc
-        extra = set(arrays) - set(tensor_names(tape.num_layers))
+        extra = set(arrays) - set(tensor_names(tape.num_layers, tape.loss))
         if extra:
             raise TapeFormatError(f"tape {path}: unexpected tensors {sorted(extra)}")
         tape.validate()

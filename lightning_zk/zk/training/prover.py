@@ -104,6 +104,10 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
     first = tapes[0]
     for u, tp in enumerate(tapes):
         tp.validate()
+        if tp.loss != "mse":
+            raise ParameterError(
+                f"prove_unit: tape {u} (step {tp.step}) is a {tp.loss!r} step; the relations "
+                "prove the MSE output gradient only (cross-entropy proofs are not implemented)")
         same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const)
         if same != (
             first.dims,
