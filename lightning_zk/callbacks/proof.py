@@ -106,16 +106,6 @@ class ProofCallback(Callback):
             raise ValueError("ProofCallback(background=True) needs VerifiableStrategy(save_tapes=True)")
         strategy.proof_params = dict(self.proof_params)  # declared in the manifest at the start
 
-    def on_train_start(self, trainer, pl_module) -> None:
-        """Refuse, before the first step, a run whose loss the prover does not prove yet."""
-        from ..strategies.fixed import declared_loss
-
-        if declared_loss(trainer) != "mse":
-            raise ProofError(
-                "ProofCallback: this run trains with softmax cross-entropy (integer class "
-                "targets); fixed-point mode trains it exactly, but its proof is not implemented "
-                "yet (docs/zk_training.md). Train without ProofCallback, or use an MSE loss.")
-
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         session = trainer.strategy.session
         if session is None or session.last_record is None or session.last_tape is None:

@@ -43,7 +43,7 @@ from .softmax import (
 )
 from .tape import WitnessTape
 
-__all__ = ["FixedPointMLP", "mse_constant"]
+__all__ = ["FixedPointMLP", "mse_constant", "loss_constant"]
 
 # tensors that are range-checked as signed values |x| < 2^(value_bits-1) (sign witness V too)
 _UNSIGNED = ("S", "V")
@@ -52,6 +52,14 @@ _UNSIGNED = ("S", "V")
 def mse_constant(batch_size: int, out_dim: int, frac_bits: int) -> int:
     """Public fixed-point constant c = round(2^s * 2 / (B k)) of the MSE gradient."""
     return fixed_constant(2.0 / (batch_size * out_dim), frac_bits)
+
+
+def loss_constant(loss: str, batch_size: int, out_dim: int, frac_bits: int) -> int:
+    """The public loss-gradient constant of a tape or statement (``mse_const``): MSE's
+    round(2^s 2/(B k)) or cross-entropy's round(2^s / B)."""
+    if loss == "xent":
+        return xent_constant(batch_size, frac_bits)
+    return mse_constant(batch_size, out_dim, frac_bits)
 
 
 class FixedPointMLP:

@@ -202,6 +202,10 @@ def g_error_bound(classes: int, batch_size: int, frac_bits: int) -> float:
 class SoftmaxWitnessError(ValueError):
     """A softmax witness violates one of the integer relations (the tensor and the relation)."""
 
+    def __init__(self, tensor: str, relation: str) -> None:
+        self.tensor, self.relation = tensor, relation
+        super().__init__(f"softmax witness: {tensor} violates {relation}")
+
 
 def check_softmax_witness(t: dict[str, np.ndarray], logits: np.ndarray, c: int, frac_bits: int,
                           value_bits: int) -> None:
@@ -220,7 +224,7 @@ def check_softmax_witness(t: dict[str, np.ndarray], logits: np.ndarray, c: int, 
 
     def need(ok: bool | np.bool_, tensor: str, relation: str) -> None:
         if not bool(ok):
-            raise SoftmaxWitnessError(f"softmax witness: {tensor} violates {relation}")
+            raise SoftmaxWitnessError(tensor, relation)
 
     def within(x: np.ndarray, lo: int, hi: int) -> bool:
         return bool(((x >= lo) & (x < hi)).all())

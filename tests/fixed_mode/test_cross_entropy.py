@@ -283,18 +283,30 @@ def test_softmax_witness_relations_hold_and_every_tensor_is_pinned():
         check_softmax_witness(bad, z, c, S, Q)
 
 
-def test_cross_entropy_runs_are_refused_by_the_prover_until_proved(tmp_path):
-    from lightning_zk import ProofCallback
-    from lightning_zk.callbacks.proof import ProofError
-    from lightning_zk.zk.errors import ParameterError
-    from lightning_zk.zk.training import prove_step
+def test_lightning_cross_entropy_run_is_proved_and_verifies(tmp_path):
+    import json
 
-    with pytest.raises(ProofError, match="cross-entropy"):
-        fit_classifier(tmp_path / "proved", callbacks=[ProofCallback()])
-    assert not (tmp_path / "proved" / "ledger.sqlite").exists() or not RunDirectory(
-        tmp_path / "proved").read_steps()
-    fit_classifier(tmp_path / "run", steps=1)
-    run = RunDirectory(tmp_path / "run")
-    tape = WitnessTape.load(run.path / run.read_steps()[0].extra["tape"])
-    with pytest.raises(ParameterError, match="cross-entropy"):
-        prove_step(tape, None)
+    from lightning_zk import CommitCallback, ProofCallback
+    from lightning_zk.audit.proofs import BatchCheckError, check_run_batches, verify_run
+
+    path = tmp_path / "run"
+    fit_classifier(path, steps=4, n=8, callbacks=[CommitCallback(), ProofCallback(aggregate="epoch")])
+    report = verify_run(path)
+    assert report.ok, report.problems
+    assert report.steps_proven == 4 and report.ledger == "verified"
+    run = RunDirectory(path)
+    tapes = [WitnessTape.load(run.path / r.extra["tape"]) for r in run.read_steps()]
+    # the data owner checks the proofs against the float inputs and the integer class labels
+    batches = {t.step: (t.tensors["x"] / float(1 << S), np.argmax(t.tensors["y"], axis=1))
+               for t in tapes}
+    assert check_run_batches(path, batches) == [(0, 1), (2, 3)]
+    wrong = dict(batches)
+    wrong[0] = (batches[0][0], (batches[0][1] + 1) % 4)
+    with pytest.raises(BatchCheckError):
+        check_run_batches(path, wrong)
+    # a manifest that declares another loss than the statements is a reported problem
+    manifest = json.loads((path / "manifest.json").read_text())
+    manifest["fixed"]["loss"] = "mse"
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_run(path)
+    assert not report.ok and any("statement field loss" in p for p in report.problems)

@@ -55,7 +55,7 @@ class UnitShape:
 
     @cached_property
     def layout(self) -> Layout:
-        return build_layout(self.stmt.arch, tensor_names(len(self.stmt.dims) - 1))
+        return build_layout(self.stmt.arch, tensor_names(len(self.stmt.dims) - 1, self.stmt.loss))
 
     @cached_property
     def masks(self) -> MaskLayout:

@@ -104,11 +104,7 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
     first = tapes[0]
     for u, tp in enumerate(tapes):
         tp.validate()
-        if tp.loss != "mse":
-            raise ParameterError(
-                f"prove_unit: tape {u} (step {tp.step}) is a {tp.loss!r} step; the relations "
-                "prove the MSE output gradient only (cross-entropy proofs are not implemented)")
-        same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const)
+        same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const, tp.loss)
         if same != (
             first.dims,
             first.batch_size,
@@ -116,6 +112,7 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             first.value_bits,
             first.lr,
             first.mse_const,
+            first.loss,
         ):
             raise ParameterError(f"prove_unit: tape {u} (step {tp.step}) has other parameters")
         if tp.step != first.step + u:
@@ -185,7 +182,7 @@ def prove_unit(
     draft = UnitShape(TrainingStatement(  # the shapes only need the public constants
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, *_DUMMY_COMS,
-        security_bits, blowup))
+        security_bits, blowup, loss=first.loss))
     layout = draft.layout
     before = {k: first.tensors[k] for k in theta_names(L)}
     after = {k: last.tensors[k + "n"] for k in theta_names(L)}
@@ -207,7 +204,7 @@ def prove_unit(
     stmt = TrainingStatement(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, b_in_com, b_out_com, batch_com,
-        security_bits, blowup, run_id, tuple(ledger_leaves),
+        security_bits, blowup, run_id, tuple(ledger_leaves), first.loss,
     )
     shape = UnitShape(stmt)
     ml, wr, n = shape.masks, shape.ranges, layout.wit_vars

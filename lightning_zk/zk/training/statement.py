@@ -32,7 +32,8 @@ from .layout import Arch, instances_for
 
 __all__ = ["TrainingStatement", "STATEMENT_VERSION", "STATEMENT_FORMAT", "MAX_STATEMENT_BYTES"]
 
-STATEMENT_VERSION = 3  # 2: adds the batch commitment; 3: run binding (run_id, ledger leaves)
+STATEMENT_VERSION = 4  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: loss
+LOSS_KINDS = ("mse", "xent")  # the output gradient the relations prove
 STATEMENT_FORMAT = "lightning-zk/training-statement"
 MAX_STATEMENT_BYTES = 1 << 24  # 16 MiB: a statement of 2^18 steps; larger input is refused unread
 _U63 = (1 << 63) - 1
@@ -124,6 +125,7 @@ class TrainingStatement:
     blowup: int = 4
     run_id: str = ""  # the run the steps belong to ("" = not bound to a run)
     ledger_leaves: tuple[bytes, ...] = field(default=())  # one 32-byte leaf hash per step
+    loss: str = "mse"  # "mse" or "xent" (softmax cross-entropy): which output-gradient relations
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.step_start < 0:
@@ -139,6 +141,8 @@ class TrainingStatement:
                 f"TrainingStatement: run_id {self.run_id!r:.80} must be printable ASCII of at "
                 f"most {_MAX_RUN_ID} characters"
             )
+        if self.loss not in LOSS_KINDS:
+            raise ParameterError(f"TrainingStatement: loss {self.loss!r} is not one of {LOSS_KINDS}")
         leaves = tuple(bytes(x) for x in self.ledger_leaves)
         if leaves and (len(leaves) != self.num_steps or any(len(x) != 32 for x in leaves)):
             raise ParameterError(
@@ -162,6 +166,7 @@ class TrainingStatement:
         tr.absorb_u64("stmt.batch", self.batch_size)
         tr.absorb_u64("stmt.scale", self.frac_bits, self.value_bits)
         tr.absorb_u64("stmt.constants", self.lr, self.mse_const)
+        tr.absorb_str("stmt.loss", self.loss)
         tr.absorb_u64("stmt.steps", self.step_start, self.num_steps, self.arch.num_instances)
         tr.absorb_u64("stmt.chain_start", int(self.chain_start))
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
@@ -193,6 +198,7 @@ class TrainingStatement:
             "blowup": self.blowup,
             "run_id": self.run_id,
             "ledger_leaves": [x.hex() for x in self.ledger_leaves],
+            "loss": self.loss,
         }
 
     def to_bytes(self) -> bytes:
@@ -226,6 +232,9 @@ class TrainingStatement:
         run_id = d["run_id"]
         if not isinstance(run_id, str):
             raise _fail("run_id", "expected a string", run_id)
+        loss = d["loss"]
+        if not isinstance(loss, str) or loss not in LOSS_KINDS:
+            raise _fail("loss", f"expected one of {LOSS_KINDS}", loss)
         return cls(
             tuple(_int({"dims": w}, "dims", 1, 1 << 24) for w in dims),
             _int(d, "batch_size", 1, 1 << 24),
@@ -243,6 +252,7 @@ class TrainingStatement:
             _int(d, "blowup", 1, 1 << 16),
             run_id,
             tuple(_hex32(x, "ledger_leaves[]") for x in leaves),
+            loss,
         )
 
     @classmethod
