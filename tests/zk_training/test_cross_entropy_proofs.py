@@ -109,3 +109,55 @@ def test_statement_with_another_loss_is_rejected(step_unit):
     del d["loss"]
     with pytest.raises(ParameterError):
         TrainingStatement.from_bytes(json.dumps(d).encode())
+
+
+def _rank_mod_p(rows: list[list[int]]) -> int:
+    from lightning_zk.zk.backend import P
+
+    m, rank = [list(r) for r in rows], 0
+    for col in range(len(m[0]) if m else 0):
+        piv = next((i for i in range(rank, len(m)) if m[i][col]), None)
+        if piv is None:
+            continue
+        m[rank], m[piv] = m[piv], m[rank]
+        inv = pow(m[rank][col], P - 2, P)
+        m[rank] = [x * inv % P for x in m[rank]]
+        for i in range(len(m)):
+            if i != rank and m[i][col]:
+                f = m[i][col]
+                m[i] = [(x - f * y) % P for x, y in zip(m[i], m[rank], strict=True)]
+        rank += 1
+    return rank
+
+
+def test_softmax_mask_blocks_have_independent_functionals(monkeypatch):
+    """Zero knowledge of the new blocks: the F_p functionals M -> M~(z_j) of the claims on each
+    softmax block are linearly independent (so the masked claims are jointly uniform)."""
+    from lightning_zk.zk.extension import Fp2
+    from lightning_zk.zk.training import prover as prover_mod
+    from lightning_zk.zk.training.layout import code_int
+    from lightning_zk.zk.training.masking import mask_weights
+
+    seen = {}
+    original = prover_mod.prove_claims
+
+    def spy(tr, claims, wit, mtable, ml, *args, **kwargs):
+        seen["claims"], seen["ml"] = list(claims), ml
+        return original(tr, claims, wit, mtable, ml, *args, **kwargs)
+
+    monkeypatch.setattr(prover_mod, "prove_claims", spy)
+    prove_step(TAPES[0], backend="numpy", rng=3)
+    ml = seen["ml"]
+    tables = {tuple(c.point): mask_weights(ml, [c.point], [Fp2(1)]) for c in seen["claims"]}
+    checked = 0
+    for block in ml.blocks:
+        if block.name not in SOFTMAX_TENSORS:
+            continue
+        rows = []
+        for table in tables.values():
+            sub = table[:, code_int(block.mcode) :: 1 << len(block.mcode)]
+            if sub.any():
+                rows += [[int(x) for x in sub[0]], [int(x) for x in sub[1]]]
+        assert 4 <= len(rows) and _rank_mod_p(rows) == len(rows), block.name
+        checked += 1
+    assert checked == len(SOFTMAX_TENSORS)
