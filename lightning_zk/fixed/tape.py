@@ -19,7 +19,7 @@ W{l}n b{l}n             weights and bias after the step
 
 A cross-entropy tape (``loss="xent"``) has y = Yhot = 2^s onehot(labels), G = rescale(c (P -
 Yhot)) with c = ``mse_const`` = round(2^s / B) (the loss-gradient constant), and the softmax
-witness of :mod:`.softmax`, every tensor (B, dL): ``H D Dlo Dhi Elo Ehi E RE Ssum P RP UP``.
+witness of :mod:`.softmax` (:data:`.softmax.SOFTMAX_TENSORS`), every tensor (B, dL).
 
 File format (``save``/``load``): an ``.npz`` archive (never pickled, read with
 ``allow_pickle=False``) holding one int64 array per tensor plus ``__header__``, a uint8 array
