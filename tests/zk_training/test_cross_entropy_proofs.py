@@ -101,6 +101,8 @@ def test_statement_with_another_loss_is_rejected(step_unit):
                                       mse_const=mse_constant(BATCH, DIMS[-1], 16))):
         with pytest.raises(VerificationError):
             verify_unit(proof, other)
+    with pytest.raises(VerificationError, match="cross-entropy"):
+        verify_unit(proof, dataclasses.replace(stmt, dims=(4, 8, 64)))
     d = json.loads(stmt.to_bytes())
     for bad in ("softmax", 1, None):
         d["loss"] = bad

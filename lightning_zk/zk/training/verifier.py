@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 from ...fixed.engine import loss_constant
 from ...fixed.format import FixedPointConfig
-from ...fixed.softmax import max_classes
+from ...fixed.softmax import MAX_FRAC_BITS, max_classes
 from ..errors import ShapeMismatchError, SumcheckError, TranscriptError, VerificationError
 from ..extension import Fp2
 from ..ligero import Ligero, LigeroConfig, Query
@@ -53,8 +53,10 @@ def check_statement(stmt: TrainingStatement, policy: VerifierPolicy | None = Non
     if stmt.mse_const != want:
         raise TranscriptError(f"statement {stmt.loss} gradient constant", expected=want,
                               got=stmt.mse_const)
-    if stmt.loss == "xent" and stmt.dims[-1] > max_classes(stmt.frac_bits, stmt.value_bits):
-        raise TranscriptError("statement classes within max_classes(s, Q)", got=stmt.dims[-1])
+    if stmt.loss == "xent" and (stmt.dims[-1] > max_classes(stmt.frac_bits, stmt.value_bits)
+                                or stmt.frac_bits > MAX_FRAC_BITS):
+        raise TranscriptError("statement cross-entropy: classes <= max_classes(s, Q), "
+                              f"s <= {MAX_FRAC_BITS}", got=(stmt.dims[-1], stmt.frac_bits))
     if not 0 < stmt.lr < 1 << stmt.frac_bits:
         raise TranscriptError("statement learning rate in (0, 2^s)", got=stmt.lr)
     return config
