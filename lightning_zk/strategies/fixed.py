@@ -163,10 +163,10 @@ class FixedPointSession(TrainingSession):
 
     def _resume(self, marker) -> None:
         super()._resume(marker)
-        declared_loss = (self.manifest.get("fixed") or {}).get("loss", "mse")
-        if declared_loss != self.loss_kind:
+        declared = (self.manifest.get("fixed") or {}).get("loss", "mse")
+        if declared != self.loss_kind:
             raise RunDirectoryError(
-                f"the run {self.run.path} trains with loss {declared_loss!r}, this training's "
+                f"the run {self.run.path} trains with loss {declared!r}, this training's "
                 f"targets give {self.loss_kind!r}: a chain is proved for one loss.")
         if self.last_record is not None:  # a record carries the graph when it differs from the
             # previous step's: a resumed run records exactly what the uninterrupted one did
@@ -247,15 +247,16 @@ class FixedPointSession(TrainingSession):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise UnsupportedModelError(
                 "fixed-point mode expects batches (x, y) with float inputs x (B, d_in) and "
-                "regression targets y (B, d_out)"
+                "regression targets y (B, d_out) or integer class labels y (B,)"
             )
         x, y = batch
         kind = "xent" if isinstance(y, torch.Tensor) and not y.is_floating_point() else "mse"
         if kind != self.loss_kind:
             raise NotProvableError(
-                f"batch {self._pending['batch_idx']} has {'integer class' if kind == 'xent' else 'float'}"
-                f" targets, but the run trains with the {self.loss_kind!r} loss declared from the "
-                "dataset's first sample: every step of a proof chain has the same loss.")
+                f"batch {self._pending['batch_idx']} has "
+                f"{'integer class' if kind == 'xent' else 'float'} targets, but the run trains "
+                f"with the {self.loss_kind!r} loss declared from the dataset's first sample: "
+                "every step of a proof chain has the same loss.")
         if self.batch_size is not None and x.shape[0] != self.batch_size:
             raise UnsupportedModelError(
                 f"batch {self._pending['batch_idx']} of epoch {self._pending['epoch']} has "
