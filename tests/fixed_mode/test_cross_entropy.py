@@ -310,3 +310,42 @@ def test_lightning_cross_entropy_run_is_proved_and_verifies(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     report = verify_run(path)
     assert not report.ok and any("statement field loss" in p for p in report.problems)
+
+
+class _CrashBefore(L.Callback):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise RuntimeError(f"crash before step {self.step}")
+
+
+def _fit_ckpt(run_dir, ckpt_dir, callbacks, data, ckpt_path=None):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    L.seed_everything(0, verbose=False)
+    every = ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=2, save_top_k=-1)
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir, mode="fixed"), max_steps=4,
+                        callbacks=[*callbacks, every], **trainer_kwargs(enable_checkpointing=True))
+    trainer.fit(Classifier(), train_dataloaders=DataLoader(data, batch_size=4, shuffle=True),
+                ckpt_path=ckpt_path)
+
+
+def test_resumed_cross_entropy_run_continues_its_proof_chain(tmp_path):
+    from lightning_zk import CommitCallback, ProofCallback
+    from lightning_zk.audit.proofs import verify_run
+    from lightning_zk.ledger.errors import RunDirectoryError
+
+    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="crash before step 3"):
+        _fit_ckpt(run, ckpt, [CommitCallback(), ProofCallback(), _CrashBefore(3)], class_data(8))
+    (path,) = ckpt.glob("*step=2.ckpt")
+    # the same run resumed on float targets (another loss) is refused before any step
+    floats = TensorDataset(class_data(8).tensors[0], torch.rand(8, 4))
+    with pytest.raises(RunDirectoryError, match="loss 'xent'"):
+        _fit_ckpt(run, ckpt, [CommitCallback()], floats, ckpt_path=path)
+    _fit_ckpt(run, ckpt, [CommitCallback(), ProofCallback()], class_data(8), ckpt_path=path)
+    report = verify_run(run)
+    assert report.ok, report.problems
+    assert report.steps_proven == report.steps_committed == 4
