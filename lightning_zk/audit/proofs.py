@@ -45,8 +45,9 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_json
 from ..fixed import WitnessTape
-from ..fixed.engine import mse_constant
+from ..fixed.engine import loss_constant
 from ..fixed.format import quantize
+from ..fixed.softmax import onehot_targets
 from ..ledger import safeio
 from ..ledger.claims import check_run_claims
 from ..ledger.errors import RunDirectoryError
@@ -470,6 +471,7 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
             "run_id": manifest["run_id"], "dims": list(fixed["dims"]),
             "frac_bits": fixed["frac_bits"], "value_bits": fixed["value_bits"],
             "lr": fixed["lr"], "batch_size": fixed["batch_size"],
+            "loss": fixed.get("loss", "mse"),  # runs before the field trained MSE
             "mse_const": _mse_const(fixed), "security_bits": proof.get("security_bits"),
             "blowup": proof.get("blowup"),
             # SGD's momentum and weight decay (a run written before them trained plain SGD)
@@ -503,8 +505,8 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
 
 def _mse_const(fixed: Mapping[str, Any]) -> int | None:
     try:
-        return mse_constant(int(fixed["batch_size"]), int(fixed["dims"][-1]),
-                            int(fixed["frac_bits"]))
+        return loss_constant(str(fixed.get("loss", "mse")), int(fixed["batch_size"]),
+                             int(fixed["dims"][-1]), int(fixed["frac_bits"]))
     except (TypeError, ValueError, IndexError, KeyError):
         return None
 
@@ -545,6 +547,17 @@ def verify_run(run_dir: str | Path, policy: VerifierPolicy | None = None) -> Pro
         report.problems.append(f"run: {err}")
     report.ok = not report.problems
     return report
+
+
+def _onehot(y: np.ndarray, stmt: TrainingStatement, unit: str) -> np.ndarray:
+    labels = y.astype(np.int64)
+    if y.ndim != 1 or not np.array_equal(labels, y):
+        raise BatchCheckError(f"{unit} trains with cross-entropy: give its targets as the "
+                              "integer class labels (B,)")
+    try:
+        return onehot_targets(labels, stmt.dims[-1], stmt.frac_bits)
+    except ValueError as err:
+        raise BatchCheckError(f"{unit}: {err}") from err
 
 
 def _as_float(a: Any) -> Any:
@@ -592,7 +605,10 @@ def check_run_batches(run_dir: str | Path, batches: Mapping[int, tuple[Any, Any]
         for s in steps:
             x, y = (np.asarray(_as_float(a), dtype=np.float64) for a in batches[s])
             xs.append(quantize(x, stmt.frac_bits))
-            ys.append(quantize(y[:, None] if y.ndim == 1 else y, stmt.frac_bits))
+            if stmt.loss == "xent":  # class labels enter as Yhot = 2^s onehot, as in training
+                ys.append(_onehot(y, stmt, path.stem))
+            else:
+                ys.append(quantize(y[:, None] if y.ndim == 1 else y, stmt.frac_bits))
         try:
             seed = bytes.fromhex(str(entry["seed"]))
         except (KeyError, ValueError) as err:

@@ -1,4 +1,5 @@
-"""Exact integer training engine: MLP of Linear(+bias) [+ReLU], MSE loss, SGD (DESIGN.md §5).
+"""Exact integer training engine: MLP of Linear(+bias) [+ReLU], MSE or softmax cross-entropy
+loss, SGD (DESIGN.md §5).
 
 SGD may carry weight decay wd and momentum mu (public fixed-point constants, as torch's
 ``SGD(momentum=mu, weight_decay=wd)`` with dampening 0, no Nesterov): per parameter P with
@@ -42,9 +43,16 @@ from .format import (
     rescale,
     rescale_owned,
 )
+from .softmax import (
+    LOSSES,
+    onehot_targets,
+    softmax_witness,
+    xent_constant,
+    xent_gradient,
+)
 from .tape import WitnessTape
 
-__all__ = ["FixedPointMLP", "mse_constant"]
+__all__ = ["FixedPointMLP", "mse_constant", "loss_constant"]
 
 # tensors that are range-checked as signed values |x| < 2^(value_bits-1) (sign witness V too)
 _UNSIGNED = ("S", "V")
@@ -53,6 +61,14 @@ _UNSIGNED = ("S", "V")
 def mse_constant(batch_size: int, out_dim: int, frac_bits: int) -> int:
     """Public fixed-point constant c = round(2^s * 2 / (B k)) of the MSE gradient."""
     return fixed_constant(2.0 / (batch_size * out_dim), frac_bits)
+
+
+def loss_constant(loss: str, batch_size: int, out_dim: int, frac_bits: int) -> int:
+    """The public loss-gradient constant of a tape or statement (``mse_const``): MSE's
+    round(2^s 2/(B k)) or cross-entropy's round(2^s / B)."""
+    if loss == "xent":
+        return xent_constant(batch_size, frac_bits)
+    return mse_constant(batch_size, out_dim, frac_bits)
 
 
 class FixedPointMLP:
@@ -67,6 +83,8 @@ class FixedPointMLP:
             [0, 2^frac_bits) (0: off).
         velocity: the momentum buffers (``VW``, ``Vb`` per layer) before ``step``; None: zero
             (a run's first step, or torch's buffers not created yet).
+        loss: ``"mse"`` (targets y (B, d_L)) or ``"xent"`` (softmax cross-entropy, mean over the
+            batch; targets Yhot = 2^s onehot(labels), :func:`.softmax.onehot_targets`).
     Raises:
         ValueError: inconsistent shapes, or a fan-in that could overflow.
     """
@@ -81,7 +99,11 @@ class FixedPointMLP:
         momentum: int = 0,
         weight_decay: int = 0,
         velocity: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
+        loss: str = "mse",
     ) -> None:
+        if loss not in LOSSES:
+            raise ValueError(f"FixedPointMLP(loss={loss!r}): supported losses are {LOSSES}")
+        self.loss = loss
         self.config = config or FixedPointConfig()
         self.weights = [np.asarray(w, dtype=np.int64).copy() for w in weights]
         self.biases = [np.asarray(b, dtype=np.int64).copy() for b in biases]
@@ -138,6 +160,7 @@ class FixedPointMLP:
         step: int = 0,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        loss: str = "mse",
     ) -> FixedPointMLP:
         """Quantise float weights (round to nearest) and the SGD constants (as the lr)."""
         cfg = config or FixedPointConfig()
@@ -150,6 +173,7 @@ class FixedPointMLP:
             step,
             optimizer_constant("momentum", momentum, s),
             optimizer_constant("weight_decay", weight_decay, s),
+            loss=loss,
         )
 
     @property
@@ -169,7 +193,10 @@ class FixedPointMLP:
         return a
 
     def step_float(self, x: np.ndarray, y: np.ndarray) -> WitnessTape:
+        """A step on float inputs; y is float targets (MSE) or integer class labels (xent)."""
         s = self.config.frac_bits
+        if self.loss == "xent":
+            return self.step(quantize(x, s), onehot_targets(y, self.dims[-1], s))
         return self.step(quantize(x, s), quantize(y, s))
 
     def step(self, x: np.ndarray, y: np.ndarray) -> WitnessTape:
@@ -189,6 +216,9 @@ class FixedPointMLP:
         bsz = x.shape[0]
         if x.shape != (bsz, self.dims[0]) or y.shape != (bsz, self.dims[-1]):
             raise ValueError(f"step: batch shapes {x.shape}, {y.shape} do not fit dims {self.dims}")
+        if self.loss == "xent" and not (np.isin(y, (0, 1 << s)).all()
+                                        and (y.sum(axis=1) == 1 << s).all()):
+            raise ValueError("step: cross-entropy targets must be Yhot = 2^s onehot(labels)")
         for fan_in in (*self.dims[:-1], bsz, *self.dims[1:]):
             cfg.check_fan_in(fan_in)
         t: dict[str, np.ndarray] = {}
@@ -222,8 +252,13 @@ class FixedPointMLP:
                 put(f"V{i}", 2 * sign * z - z - sign)
                 put(f"A{i}", z * sign)
                 acts.append(f"A{i}")
-        c = mse_constant(bsz, self.dims[-1], s)
-        g, rg = rescale_owned(c * (t[f"Z{L}"] - y), s)
+        if self.loss == "xent":  # softmax witness: unsigned or remainder-like, checked by design
+            t.update(softmax_witness(t[f"Z{L}"], s, cfg.value_bits))
+            c = xent_constant(bsz, s)
+            g, rg = xent_gradient(t["P"], y, c, s)
+        else:
+            c = mse_constant(bsz, self.dims[-1], s)
+            g, rg = rescale_owned(c * (t[f"Z{L}"] - y), s)
         put("G", g)
         put("RG", rg)
         gz = "G"
@@ -261,6 +296,7 @@ class FixedPointMLP:
             tensors=t,
             momentum=self.momentum,
             weight_decay=self.weight_decay,
+            loss=self.loss,
         )
         for i in range(1, L + 1):
             self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()

@@ -29,6 +29,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from ..rounding.taint import user_location
 from .exact import exact_matmul
 from .format import FixedPointConfig, check_bound, fixed_constant, rescale
+from .softmax import onehot_targets, softmax_witness, xent_constant, xent_loss
 from .torch_bridge import UnsupportedModelError
 
 __all__ = ["FixedPointTracer", "UnsupportedOpError", "TracedOp", "SUPPORTED_OPS", "graph_digest"]
@@ -56,6 +57,12 @@ _ARITH = {
 }
 _FOREACH_UPDATES = {aten._foreach_add_.List, aten._foreach_mul_.Scalar}
 _UPDATES = {aten.add_.Tensor, aten.mul_.Tensor, aten.mul_.Scalar}  # in place: a new value
+# softmax cross-entropy (F.cross_entropy, nn.CrossEntropyLoss, F.nll_loss(F.log_softmax(z)))
+_XENT = {
+    aten._log_softmax.default, aten.nll_loss_forward.default, aten.nll_loss_backward.default,
+    aten._log_softmax_backward_data.default,
+}
+_ARITH |= _XENT
 _INPLACE = {aten.copy_.default, aten.zero_.default}
 _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
     aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default,
@@ -63,6 +70,10 @@ _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
     aten.is_same_size.default,
 }
 SUPPORTED_OPS = sorted(str(op) for op in _PASSTHROUGH | _ARITH)
+_LOG_SOFTMAX_USE = (
+    "the output of log_softmax feeds this op: cross-entropy with label_smoothing or probability "
+    "(soft) targets, or a hand-written log-softmax loss, is not supported; use "
+    "F.cross_entropy(logits, class_indices) / nn.CrossEntropyLoss() (mean, no weights)")
 
 class UnsupportedOpError(UnsupportedModelError):
     """An ATen op of the user's step has no exact fixed-point execution (yet)."""
@@ -116,6 +127,8 @@ class FixedPointTracer(TorchDispatchMode):
         self._quantise: set[str] = set()
         self._identity: str | None = None
         self._paused = 0
+        self._logits: dict[str, np.ndarray] = {}  # log_softmax node -> the logits' integers
+        self._last_logits: np.ndarray | None = None
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -212,6 +225,8 @@ class FixedPointTracer(TorchDispatchMode):
         else:
             raise UnsupportedOpError(str(func), user_location())
         self._record(func, args, kwargs, out)
+        if func is aten._log_softmax.default:
+            self._logits[f"n{len(self.ops) - 1}"] = self._last_logits
         if func in _UPDATES or func in (aten.copy_.default, aten.zero_.default):
             self._refs[_key(args[0])] = f"n{len(self.ops) - 1}"
         if func in _FOREACH_UPDATES:
@@ -244,6 +259,12 @@ class FixedPointTracer(TorchDispatchMode):
 
     def _arith(self, func, args, kwargs):
         s, name = self.config.frac_bits, str(func)
+        if func in _XENT:
+            return self._xent(func, args, kwargs)
+        for a in [*args, *kwargs.values()]:
+            for item in (a if isinstance(a, (list, tuple)) else [a]):
+                if isinstance(item, torch.Tensor) and self.ref(item) in self._logits:
+                    raise UnsupportedOpError(name, user_location(), _LOG_SOFTMAX_USE)
         if func is aten.mm.default:
             a, b = args
             return self._checked(self._rescaled(exact_matmul(self.ints(a), self.ints(b))), a, name)
@@ -346,6 +367,69 @@ class FixedPointTracer(TorchDispatchMode):
         with torch.no_grad():
             x.copy_(self.value(new, x))
         return x
+
+    # --- softmax cross-entropy ---------------------------------------------------------------
+    def _labels(self, target: torch.Tensor, classes: int, name: str) -> np.ndarray:
+        """Yhot = 2^s onehot of integer class targets; anything else is refused by name."""
+        if target.is_floating_point() or target.dim() != 1:
+            raise UnsupportedOpError(name, user_location(), "cross-entropy needs 1-D integer "
+                                     "class targets (probability targets are not supported)")
+        try:
+            return onehot_targets(target.detach().cpu().numpy(), classes, self.config.frac_bits)
+        except ValueError as err:
+            raise UnsupportedOpError(name, user_location(), str(err)) from err
+
+    def _nll_args(self, name: str, ls: torch.Tensor, weight, reduction, ignore_index) -> None:
+        if self.ref(ls) not in self._logits or ls.dim() != 2:
+            raise UnsupportedOpError(name, user_location(), "nll_loss is supported on the 2-D "
+                                     "output of log_softmax only (i.e. F.cross_entropy)")
+        if weight is not None:
+            raise UnsupportedOpError(name, user_location(), "class weights (weight=...)")
+        if reduction != 1:
+            raise UnsupportedOpError(name, user_location(), "only reduction='mean'")
+        if ignore_index != -100:
+            raise UnsupportedOpError(name, user_location(), f"ignore_index={ignore_index}")
+
+    def _xent(self, func, args, kwargs):
+        """The four ATen ops of F.cross_entropy, with the engine's semantics: the logits' softmax
+        P in fixed point (:func:`.softmax.softmax_witness`), the seed gradient -rescale(c g)
+        (c = round(2^s / B)) at the targets, and grad_Z = gO - rescale(P rowsum(gO)) = the
+        engine's rescale(c (P - Yhot)) for gO = -c onehot. The log-softmax values and the loss
+        are float64 from the fixed logits: they are logged, never feed the weights."""
+        name, s, cfg = str(func), self.config.frac_bits, self.config
+        if func is aten._log_softmax.default:
+            z, dim = args[0], args[1]
+            if z.dim() != 2 or dim not in (1, -1):
+                raise UnsupportedOpError(name, user_location(), "log_softmax over dim 1 of 2-D "
+                                         "logits only")
+            self._last_logits = self.ints(z)
+            v = self._last_logits.astype(np.float64) / float(1 << s)
+            top = v.max(axis=1, keepdims=True)
+            ls = v - top - np.log(np.exp(v - top).sum(axis=1, keepdims=True))
+            return self.value(np.floor(ls * float(1 << s) + 0.5).astype(np.int64), z)
+        if func is aten.nll_loss_forward.default:
+            ls, target, weight, reduction, ignore_index = args[:5]
+            self._nll_args(name, ls, weight, reduction, ignore_index)
+            yhot = self._labels(target, ls.shape[1], name)
+            loss = np.floor(xent_loss(self._logits[self.ref(ls)], yhot, s) * float(1 << s) + 0.5)
+            loss = np.asarray(loss, dtype=np.int64)
+            count = np.asarray(ls.shape[0] << s, dtype=np.int64)  # total_weight B, not a value
+            like = ls.new_empty(())
+            return self.value(loss, like), self.value(count, like)
+        if func is aten.nll_loss_backward.default:
+            go, ls, target, weight, reduction, ignore_index = args[:6]
+            self._nll_args(name, ls, weight, reduction, ignore_index)
+            yhot = self._labels(target, ls.shape[1], name)
+            c = xent_constant(ls.shape[0], s)
+            seed = self._rescaled(np.asarray(c * self.ints(go), dtype=np.int64))
+            return self._checked(-(yhot >> s) * seed, ls, name)
+        go, out, dim = args[:3]
+        if self.ref(out) not in self._logits or dim not in (1, -1):
+            raise UnsupportedOpError(name, user_location(), "log_softmax backward of another "
+                                     "op's output")
+        p = softmax_witness(self._logits[self.ref(out)], s, cfg.value_bits)["P"]
+        g = self.ints(go)
+        return self._checked(g + self._rescaled(-p * g.sum(axis=1, keepdims=True)), go, name)
 
     def _sgd(self, p: torch.Tensor, g: torch.Tensor, alpha: float, name: str) -> torch.Tensor:
         """p += alpha g as the engine's SGD update: p - rescale(lr g) with lr = -alpha on grid."""

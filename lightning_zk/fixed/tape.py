@@ -29,11 +29,15 @@ VW{l}n         (dl, dl-1)  buffer after: MW + GW + DW (mu != 0)
 
 and the update becomes UW = rescale(lr (GW + DW)) without momentum, rescale(lr VW{l}n) with it.
 
+A cross-entropy tape (``loss="xent"``) has y = Yhot = 2^s onehot(labels), G = rescale(c (P -
+Yhot)) with c = ``mse_const`` = round(2^s / B) (the loss-gradient constant), and the softmax
+witness of :mod:`.softmax` (:data:`.softmax.SOFTMAX_TENSORS`), every tensor (B, dL).
+
 File format (``save``/``load``): an ``.npz`` archive (never pickled, read with
 ``allow_pickle=False``) holding one int64 array per tensor plus ``__header__``, a uint8 array
 with UTF-8 JSON ``{"format": "lightning-zk/tape", "version": 1, "step", "dims", "frac_bits",
-"value_bits", "lr", "mse_const", "batch_size", "names"}``; version 2 adds ``"momentum"`` and
-``"weight_decay"`` (version 1 files are plain SGD and still load, with both 0).
+"value_bits", "lr", "mse_const", "batch_size", "names"}``; version 2 adds ``"momentum"``,
+``"weight_decay"`` and ``"loss"`` (version 1 files are plain-SGD MSE tapes and still load).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from typing import IO
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from .softmax import LOSSES, SOFTMAX_TENSORS
 
 __all__ = [
     "WitnessTape", "TapeFormatError", "tensor_names", "optimizer_names", "TAPE_VERSION",
@@ -56,7 +61,7 @@ __all__ = [
 
 _OPT_W = ("DW", "RDW", "VW", "MW", "RMW")  # per-weight tensors of momentum / weight decay
 _OPT_B = ("Db", "RDb", "Vb", "Mb", "RMb")
-TAPE_VERSION = 2  # 2: SGD momentum and weight decay (version 1: plain SGD, still read)
+TAPE_VERSION = 2  # 2: SGD momentum, weight decay, the loss (version 1: plain SGD, MSE; still read)
 _FORMAT = "lightning-zk/tape"
 
 
@@ -64,9 +69,11 @@ class TapeFormatError(ValueError):
     """A tape file is malformed, of another version, or inconsistent with its header."""
 
 
-def tensor_names(num_layers: int, momentum: bool = False, decay: bool = False) -> list[str]:
+def tensor_names(num_layers: int, momentum: bool = False, decay: bool = False,
+                 loss: str = "mse") -> list[str]:
     """All tape tensor names for an MLP with ``num_layers`` Linear layers, in canonical order
-    (with the tensors of SGD momentum and weight decay when those are on)."""
+    (with the tensors of SGD momentum and weight decay when those are on, and the softmax
+    witness of a cross-entropy tape)."""
     names = ["x", "y"]
     for layer in range(1, num_layers + 1):
         names += [f"W{layer}", f"b{layer}", f"Z{layer}", f"RZ{layer}"]
@@ -76,7 +83,7 @@ def tensor_names(num_layers: int, momentum: bool = False, decay: bool = False) -
         names += [f"GW{layer}", f"RGW{layer}", f"Gb{layer}", f"UW{layer}", f"RUW{layer}"]
         names += [f"Ub{layer}", f"RUb{layer}", f"W{layer}n", f"b{layer}n"]
         names += optimizer_names(layer, momentum, decay)
-    return names + ["G", "RG"]
+    return names + (list(SOFTMAX_TENSORS) if loss == "xent" else []) + ["G", "RG"]
 
 
 def optimizer_names(layer: int, momentum: bool, decay: bool) -> list[str]:
@@ -104,6 +111,7 @@ class WitnessTape:
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     momentum: int = 0  # public fixed-point constants of SGD (0: off)
     weight_decay: int = 0
+    loss: str = "mse"
 
     @property
     def num_layers(self) -> int:
@@ -111,7 +119,8 @@ class WitnessTape:
 
     def names(self) -> list[str]:
         """The tensor names this tape holds (by its optimizer settings)."""
-        return tensor_names(self.num_layers, self.momentum != 0, self.weight_decay != 0)
+        return tensor_names(self.num_layers, self.momentum != 0, self.weight_decay != 0,
+                            self.loss)
 
     def header(self) -> dict:
         return {
@@ -126,6 +135,7 @@ class WitnessTape:
             "batch_size": int(self.batch_size),
             "momentum": int(self.momentum),
             "weight_decay": int(self.weight_decay),
+            "loss": self.loss,
             "names": self.names(),
         }
 
@@ -147,6 +157,8 @@ class WitnessTape:
 
     def validate(self) -> None:
         """Raise TapeFormatError unless every tensor is present with its shape and int64."""
+        if self.loss not in LOSSES:
+            raise TapeFormatError(f"tape for step {self.step}: unknown loss {self.loss!r}")
         for name in self.names():
             if name not in self.tensors:
                 raise TapeFormatError(f"tape for step {self.step} lacks tensor {name!r}")
@@ -187,10 +199,13 @@ class WitnessTape:
         version = head.get("version")
         if version not in (1, TAPE_VERSION) or type(version) is not int:  # noqa: E721
             raise TapeFormatError(f"tape {path}: version {version!r:.20} unsupported")
-        optim = [k in head for k in ("momentum", "weight_decay")]
+        optim = [k in head for k in ("momentum", "weight_decay", "loss")]
         if any(optim) if version == 1 else not all(optim):  # exactly in version 2
-            raise TapeFormatError(
-                f"tape {path}: version {version} and the fields momentum, weight_decay disagree")
+            raise TapeFormatError(f"tape {path}: version {version} and the fields momentum, "
+                                  "weight_decay, loss disagree")
+        loss = head.get("loss", "mse")
+        if not isinstance(loss, str) or loss not in LOSSES:
+            raise TapeFormatError(f"tape {path}: unknown loss {loss!r:.40}")
         try:
             tape = cls(
                 step=int(head["step"]),
@@ -203,6 +218,7 @@ class WitnessTape:
                 tensors=arrays,
                 momentum=int(head.get("momentum", 0)),
                 weight_decay=int(head.get("weight_decay", 0)),
+                loss=loss,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TapeFormatError(f"tape {path}: bad header field ({exc})") from exc

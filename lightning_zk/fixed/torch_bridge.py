@@ -2,7 +2,7 @@
 
 Kept apart so that :mod:`lightning_zk.fixed` itself never imports torch.
 Supported: ``Linear`` (with bias) layers separated by single ``ReLU`` layers, no final ReLU
-(the MSE loss sees the last Linear's output).
+(the MSE or cross-entropy loss sees the last Linear's output).
 """
 
 from __future__ import annotations
@@ -113,16 +113,25 @@ def write_back(engine: FixedPointMLP, module: nn.Module, optimizer: object | Non
                 buf.copy_(torch.from_numpy(dequantize(v, s)).to(buf))
 
 
+def _plain_cross_entropy(loss: object) -> bool:
+    return (isinstance(loss, nn.CrossEntropyLoss) and loss.reduction == "mean"
+            and loss.weight is None and loss.ignore_index == -100 and loss.label_smoothing == 0)
+
+
 def check_loss_and_optimizer(loss: object, optimizer: object) -> float:
     """Return the SGD learning rate; raise UnsupportedModelError naming anything unsupported.
 
-    Supported: ``nn.MSELoss(reduction="mean")`` (or ``"mse"``) and ``torch.optim.SGD`` with
-    one parameter group, optionally momentum and weight decay (:func:`sgd_settings`).
+    Supported: ``nn.MSELoss(reduction="mean")`` (or ``"mse"``), ``nn.CrossEntropyLoss()`` with
+    mean reduction and no weights, ignore_index or label smoothing (or ``"xent"``), and
+    ``torch.optim.SGD`` with one parameter group, optionally momentum and weight decay
+    (:func:`sgd_settings`).
     """
-    if not (loss == "mse" or (isinstance(loss, nn.MSELoss) and loss.reduction == "mean")):
+    mse = loss == "mse" or (isinstance(loss, nn.MSELoss) and loss.reduction == "mean")
+    if not (mse or loss == "xent" or _plain_cross_entropy(loss)):
         name = loss if isinstance(loss, str) else type(loss).__name__
         raise UnsupportedModelError(
-            f"loss {name!r} is not supported in fixed-point mode; use nn.MSELoss(reduction='mean')"
+            f"loss {name!r} is not supported in fixed-point mode; use nn.MSELoss(reduction='mean') "
+            "or nn.CrossEntropyLoss() (mean, no weight, ignore_index or label_smoothing)"
         )
     if type(optimizer) is not torch.optim.SGD:
         raise UnsupportedModelError(

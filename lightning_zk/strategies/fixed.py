@@ -23,7 +23,10 @@ The LightningModule must hold the network as an ``nn.Sequential`` of Linear(+bia
 ``net`` attribute, or its only Sequential child) and configure one ``torch.optim.SGD`` (momentum
 and weight decay allowed, no Nesterov or dampening; its momentum buffers are committed state); its
 ``training_step`` computes the MSE loss however it likes to spell it through ``aten.mse_loss``
-(``F.mse_loss``, ``nn.MSELoss``).
+(``F.mse_loss``, ``nn.MSELoss``), or softmax cross-entropy on integer class targets
+(``F.cross_entropy``, ``nn.CrossEntropyLoss``; mean, no weights, smoothing or ignore_index).
+The loss kind follows the training targets' dtype (integer class labels: cross-entropy) and is
+declared in the manifest (``fixed.loss``) from the dataset's first sample.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from torch.nn import functional as F
 
 from ..fixed import FixedPointConfig, WitnessTape, dequantize
 from ..fixed.intercept import FixedPointTracer, graph_digest
+from ..fixed.softmax import onehot_targets, xent_loss
 from ..fixed.torch_bridge import (
     UnsupportedModelError,
     check_loss_and_optimizer,
@@ -74,6 +78,26 @@ def find_network(module: nn.Module) -> nn.Sequential:
         f"`self.net` (or as the module's only Sequential child); {type(module).__name__} has "
         f"{len(sequentials)} Sequential children."
     )
+
+
+_LOSS_SPELLING = {"mse": "F.mse_loss(self.net(x), y)", "xent": "F.cross_entropy(self.net(x), y)"}
+
+
+def declared_loss(trainer) -> str:
+    """The run's loss kind from the training dataset's first sample: integer class targets mean
+    softmax cross-entropy, anything else MSE (every batch is checked against it)."""
+    loader = getattr(trainer, "train_dataloader", None)
+    dataset = getattr(loader, "dataset", None)
+    try:
+        sample = dataset[0] if dataset is not None else None
+    except Exception:  # an iterable or exotic dataset: MSE, and each batch is checked
+        return "mse"
+    target = sample[1] if isinstance(sample, (tuple, list)) and len(sample) == 2 else None
+    if isinstance(target, torch.Tensor):
+        return "mse" if target.is_floating_point() else "xent"
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return "xent"
+    return "mse"
 
 
 class NotProvableError(UnsupportedModelError):
@@ -119,6 +143,8 @@ class FixedPointSession(TrainingSession):
                 "batch_size (no batch_sampler): every step of a proof chain has the same public "
                 "batch size. HINT: DataLoader(dataset, batch_size=B, drop_last=True)."
             )
+        self.loss_kind = declared_loss(trainer)
+        self.engine.loss = self.loss_kind
         self.last_tape: WitnessTape | None = None
         self.last_loss: float | None = None
         self._key: DigestKey | None = None
@@ -141,12 +167,17 @@ class FixedPointSession(TrainingSession):
             "dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
             "value_bits": self.config.value_bits, "lr": self.engine.lr,
             "momentum": self.engine.momentum, "weight_decay": self.engine.weight_decay,
-            "batch_size": self.batch_size, "proof": self._proof_params(),
+            "batch_size": self.batch_size, "loss": self.loss_kind, "proof": self._proof_params(),
             "digests": {"scheme": SCHEME, "key_commitment": self.digest_key.commitment()},
         }}
 
     def _resume(self, marker) -> None:
         super()._resume(marker)
+        declared = (self.manifest.get("fixed") or {}).get("loss", "mse")
+        if declared != self.loss_kind:
+            raise RunDirectoryError(
+                f"the run {self.run.path} trains with loss {declared!r}, this training's "
+                f"targets give {self.loss_kind!r}: a chain is proved for one loss.")
         if self.last_record is not None:  # a record carries the graph when it differs from the
             # previous step's: a resumed run records exactly what the uninterrupted one did
             self._graph_digest = (self.last_record.extra or {}).get("graph_sha256")
@@ -227,9 +258,16 @@ class FixedPointSession(TrainingSession):
         if not isinstance(batch, (tuple, list)) or len(batch) != 2:
             raise UnsupportedModelError(
                 "fixed-point mode expects batches (x, y) with float inputs x (B, d_in) and "
-                "regression targets y (B, d_out)"
+                "regression targets y (B, d_out) or integer class labels y (B,)"
             )
         x, y = batch
+        kind = "xent" if isinstance(y, torch.Tensor) and not y.is_floating_point() else "mse"
+        if kind != self.loss_kind:
+            raise NotProvableError(
+                f"batch {self._pending['batch_idx']} has "
+                f"{'integer class' if kind == 'xent' else 'float'} targets, but the run trains "
+                f"with the {self.loss_kind!r} loss declared from the dataset's first sample: "
+                "every step of a proof chain has the same loss.")
         if self.batch_size is not None and x.shape[0] != self.batch_size:
             raise UnsupportedModelError(
                 f"batch {self._pending['batch_idx']} of epoch {self._pending['epoch']} has "
@@ -292,9 +330,10 @@ class FixedPointSession(TrainingSession):
         return [b for b in momentum_buffers(optimizer, net).values() if b is not None]
 
     def _template(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
-        """The graph of the provable template step (F.mse_loss(net(x), y), the run's SGD) on these
-        shapes, traced on a copy of the network (cached per batch shape and per whether SGD's
-        momentum buffers exist yet: torch clones the first one, updates it in place later)."""
+        """The graph of the provable template step (F.mse_loss(net(x), y) or
+        F.cross_entropy(net(x), y), the run's SGD) on these shapes, traced on a copy of the
+        network (cached per batch shape and per whether SGD's momentum buffers exist yet: torch
+        clones the first one, updates it in place later)."""
         buffers = self._had_buffers  # SGD momentum buffers before the step (from step 1 on)
         key = (tuple(x.shape), tuple(y.shape), buffers)
         if key not in self._templates:
@@ -306,8 +345,9 @@ class FixedPointSession(TrainingSession):
                 for p in net.parameters():
                     opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
             tracer = self._new_tracer(net, x, y, opt)
+            loss = F.cross_entropy if self.loss_kind == "xent" else F.mse_loss
             with tracer:
-                F.mse_loss(net(x), y).backward()
+                loss(net(x), y).backward()
                 opt.step()
             outputs = [*net.parameters(), *self._buffers(net, opt)]
             self._templates[key] = tracer.graph([tracer.ref(p) for p in outputs])
@@ -321,7 +361,7 @@ class FixedPointSession(TrainingSession):
             if got != want:
                 raise NotProvableError(
                     f"step {self.next_step}: the training_step's traced graph is not the provable "
-                    f"MLP template (Linear/ReLU, F.mse_loss(self.net(x), y) on the batch, "
+                    f"MLP template (Linear/ReLU, {_LOSS_SPELLING[self.loss_kind]} on the batch, "
                     f"the SGD step): op {i} is {got} where the template has {want}. Fixed-point mode "
                     "proves only that graph for now (issue 12); nothing was trained.")
         raise NotProvableError(
@@ -342,9 +382,13 @@ class FixedPointSession(TrainingSession):
         except NotProvableError:
             self._write_back()  # the engine holds the weights (and buffers) before the step
             raise
-        xq, yq = tracer.ints(x, "batch:0"), tracer.ints(y, "batch:1")
-        if yq.ndim == 1:
-            yq = yq[:, None]
+        xq = tracer.ints(x, "batch:0")
+        if self.loss_kind == "xent":
+            yq = onehot_targets(y.detach().cpu().numpy(), self.engine.dims[-1], self.config.frac_bits)
+        else:
+            yq = tracer.ints(y, "batch:1")
+            if yq.ndim == 1:
+                yq = yq[:, None]
         tape = self.engine.step(xq, yq)
         after = [tracer.ints(p, "check") for p in params]
         expect = [a for i in range(1, self.engine.num_layers + 1)
@@ -356,8 +400,12 @@ class FixedPointSession(TrainingSession):
         if not all(np.array_equal(a, b) for a, b in zip(after, expect, strict=True)):
             raise AssertionError("the intercepted step differs from the integer engine's tape")
         s = self.config.frac_bits
-        output = dequantize(tape.tensors[f"Z{self.engine.num_layers}"], s)
-        self.last_loss = float(np.mean((output - dequantize(tape.tensors["y"], s)) ** 2))
+        logits = tape.tensors[f"Z{self.engine.num_layers}"]
+        if self.loss_kind == "xent":  # float64 from the fixed logits: logged, not proved
+            self.last_loss = xent_loss(logits, tape.tensors["y"], s)
+        else:
+            output = dequantize(logits, s)
+            self.last_loss = float(np.mean((output - dequantize(tape.tensors["y"], s)) ** 2))
         self.last_tape = tape
         extra: dict[str, Any] = {"loss": self.last_loss, "graph_sha256": graph_digest(graph)}
         if self.next_step == 0 or self._graph_digest != extra["graph_sha256"]:

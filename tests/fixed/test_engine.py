@@ -141,3 +141,32 @@ def test_tape_load_rejects_malformed(tmp_path):
     )
     with pytest.raises(TapeFormatError, match="Z1"):
         WitnessTape.load(tmp_path / "s.npz")
+
+
+def test_tape_loss_field_round_trip_and_version_1(tmp_path):
+    """Version-2 tapes carry the loss kind; a version-1 file (no "loss") loads as MSE; an xent
+    header missing the softmax witness or naming an unknown loss is refused."""
+    mlp, rng = _mlp((4, 8, 3))
+    tape = mlp.step_float(rng.normal(size=(4, 4)), rng.normal(size=(4, 3)))
+
+    def write(path, head, tensors):
+        arr = np.frombuffer(json.dumps(head).encode(), dtype=np.uint8)
+        np.savez(path, __header__=arr, **tensors)
+
+    old = {k: v for k, v in tape.header().items()
+           if k not in ("loss", "momentum", "weight_decay")} | {"version": 1}
+    write(tmp_path / "v1.npz", old, tape.tensors)
+    assert WitnessTape.load(tmp_path / "v1.npz").loss == "mse"
+    write(tmp_path / "x.npz", tape.header() | {"loss": "xent"}, tape.tensors)
+    with pytest.raises(TapeFormatError, match="lacks tensor"):
+        WitnessTape.load(tmp_path / "x.npz")
+    write(tmp_path / "u.npz", tape.header() | {"loss": "hinge"}, tape.tensors)
+    with pytest.raises(TapeFormatError, match="unknown loss"):
+        WitnessTape.load(tmp_path / "u.npz")
+    ce = FixedPointMLP.from_float([rng.normal(size=(8, 4)), rng.normal(size=(3, 8))],
+                                  [np.zeros(8), np.zeros(3)], lr=0.125, loss="xent")
+    xt = ce.step_float(rng.normal(size=(4, 4)), np.array([0, 2, 1, 2]))
+    xt.save(tmp_path / "ce.npz")
+    back = WitnessTape.load(tmp_path / "ce.npz")
+    assert back.loss == "xent" and back.header() == xt.header()
+    assert all(np.array_equal(back.tensors[k], xt.tensors[k]) for k in xt.tensors)

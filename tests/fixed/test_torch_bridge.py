@@ -62,8 +62,12 @@ def test_unsupported_layers_are_named(model, word):
 def test_loss_and_optimizer_checks_name_the_problem():
     params = [nn.Parameter(torch.zeros(2))]
     assert check_loss_and_optimizer(nn.MSELoss(), torch.optim.SGD(params, lr=0.5)) == 0.5
+    assert check_loss_and_optimizer(nn.CrossEntropyLoss(), torch.optim.SGD(params, lr=0.5)) == 0.5
     with pytest.raises(UnsupportedModelError, match="CrossEntropyLoss"):
-        check_loss_and_optimizer(nn.CrossEntropyLoss(), torch.optim.SGD(params, lr=0.5))
+        check_loss_and_optimizer(nn.CrossEntropyLoss(label_smoothing=0.1),
+                                 torch.optim.SGD(params, lr=0.5))
+    with pytest.raises(UnsupportedModelError, match="NLLLoss"):
+        check_loss_and_optimizer(nn.NLLLoss(), torch.optim.SGD(params, lr=0.5))
     with pytest.raises(UnsupportedModelError, match="Adam"):
         check_loss_and_optimizer(nn.MSELoss(), torch.optim.Adam(params))
     # momentum and weight decay are proved (issue 12); Nesterov and dampening are not

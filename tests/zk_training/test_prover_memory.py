@@ -5,9 +5,10 @@ it stopped keeping codewords and lifted tables (commit 591a230; re-recorded for 
 F_p2 sumcheck masks, from the prover before the memory work, which gave the same bytes): the savings (class-wise
 encoding, base and periodic tables, chunked sums, ``consume``) are pure prover-side
 refactorings, so every byte must stay the same. A deliberate change of the proof format or of
-the prover's randomness use updates them. Re-recorded for statement version 4 (issue 12: the
-transcript absorbs the statement version and SGD's momentum and weight decay); with version 3's
-absorption the same prover gives the previous digests (ff95c621…, 8aa6d71f…) byte for byte.
+the prover's randomness use updates them. Re-recorded for statement version 5 (issue 12: the
+transcript absorbs the statement version, SGD's momentum and weight decay, and the loss kind);
+with version 3's absorption the same prover gives the previous digests (ff95c621…, 8aa6d71f…)
+byte for byte (checked when the two branches were merged).
 """
 
 from __future__ import annotations
@@ -22,8 +23,8 @@ import pytest
 
 from .seeded import seeded_proofs
 
-STEP_SHA256 = "0921be6152b91c4de5bf6becc8bc4e689329f8b31ab790d95c86cd97869e1755"
-EPOCH_SHA256 = "a641f499491bd37ae397eefdb61bb0da488fa3150332cb0adcbe51896f4a658e"
+STEP_SHA256 = "150921d968fc74355f318e1119f25bb5b9e6d4b44173eaeea11af6aefc93a5b1"
+EPOCH_SHA256 = "90e41532a8c7f05090aa41a8e8b36fd221440bc8319422262ac631d5ffad2e89"
 
 
 def test_seeded_proofs_are_byte_identical_to_before():

@@ -28,7 +28,7 @@ def _parse(d):
 
 def test_round_trip():
     assert TrainingStatement.from_bytes(STMT.to_bytes()) == STMT
-    assert STMT.to_json()["version"] == 4
+    assert STMT.to_json()["version"] == 5 and STMT.to_json()["loss"] == "mse"
 
 
 @pytest.mark.parametrize("name", INT_FIELDS)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...fixed.softmax import SOFTMAX_TENSORS
 from ..ligero import ColumnSupport
 
 __all__ = [
@@ -155,7 +156,9 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
     return (("b", arch.nb), ("o", arch.nd(layer)))
 
 
-GLOBAL_TENSORS = ("x", "y", "G", "RG")
+# tensors outside any layer group: the batch, the output gradient, and the (B, d_L) softmax
+# witness of a cross-entropy unit
+GLOBAL_TENSORS = ("x", "y", "G", "RG", *SOFTMAX_TENSORS)
 
 
 def split_name(name: str) -> tuple[str, int | None]:

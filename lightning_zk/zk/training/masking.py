@@ -30,7 +30,7 @@ import numpy as np
 
 from ..extension import Fp2
 from ..multilinear import eq_eval, eq_table
-from .layout import Layout, allocate, code_int
+from .layout import GLOBAL_TENSORS, Layout, allocate, code_int
 
 __all__ = ["K_MASK", "MaskBlock", "MaskLayout", "mask_layout", "expand_mask", "mask_weights",
            "mask_weight_eval"]
@@ -66,7 +66,7 @@ def mask_layout(layout: Layout) -> MaskLayout:
         lam = sum(b for a, b in slot.axes if a == "l")
         parts.append((name, slot.code, slot.elem_vars, lam))
     for name, slot in layout.wit.items():
-        if name in ("x", "y", "G", "RG"):
+        if name in GLOBAL_TENSORS:
             parts.append((name, slot.code, slot.elem_vars, 0))
     sizes = {}
     for name, _, m, lam in parts:

@@ -15,7 +15,8 @@ Relations per layer l (stacked over t and over the layers of a layer group, see
 
 * forward:   sum_k A_{l-1}[b,k] W_l[o,k] + 2^s ind(b) b_l[o] - 2^s Z_l[b,o] - RZ_l[b,o] = 0
 * activation (l < L): A = Z S;  V = 2 S Z - Z - S;  GZ = GA S;  S (1 - S) = 0
-  output (l = L):     c (Z_L - y) - 2^s G - RG = 0
+  output (l = L):     c (Z_L - y) - 2^s G - RG = 0 (MSE), or c (P - y) - 2^s G - RG = 0 with
+                      P the fixed-point softmax of Z_L (cross-entropy: :mod:`.softmax`)
 * weight grad: sum_b GZ_l[b,o] A_{l-1}[b,k] - 2^s GW - RGW = 0;  sum_b GZ_l[b,o] - Gb = 0
 * input grad (l >= 2): sum_o GZ_l[b,o] W_l[o,k] - 2^s GA_{l-1}[b,k] - RGA_{l-1} = 0
 * update: lr GW - 2^s UW - RUW = 0;  W' = W - UW;  same for the bias
@@ -37,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ...fixed.softmax import SOFTMAX_NONNEGATIVE, SOFTMAX_TENSORS
 from ..extension import Fp2
 from ..multilinear import eq_eval
 from ..sumcheck import SumcheckSpec, Term
@@ -164,6 +166,8 @@ def _box(f: PubPadBox, point: Sequence[Fp2]) -> Fp2:
 def tensor_class(name: str) -> str:
     """Range class of a Wit tensor: remainder | sign | vwit | signed."""
     stem = name.rstrip("0123456789")
+    if name in SOFTMAX_NONNEGATIVE:  # proved >= 0 (value in [0, 2^Q)) like V
+        return "vwit"
     if name.startswith("R"):
         return "remainder"
     if stem == "S":
@@ -315,6 +319,12 @@ def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
         rel.term(-a3, eq, S, S)
         kinds = ("A", "Z", "S", "V", "GZ", "GA", "RGA", "RZ")
         c.padded(rel, tr, eq, [f"{k}@{g}" for k in kinds], b=y, o=y + nb, l=tau)
+    elif c.st.loss == "xent":  # the softmax identities (.softmax) replace c (Z_L - y)
+        from .softmax import xent_output_terms
+
+        xent_output_terms(c, tr, rel, t, eq, g, y)
+        names = [f"Z@{g}", f"RZ@{g}", "y", "G", "RG", *SOFTMAX_TENSORS]
+        c.padded(rel, tr, eq, names, b=y, o=y + nb, l=tau)
     else:
         Z, Y, G, RG = t(c.stack("Z", g)), t("y"), t("G"), t("RG")
         rel.term(c.st.mse_const, eq, Z)
@@ -548,6 +558,10 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
     for g, layers in enumerate(layout.groups):
         out.append(lambda tr, g=g: _forward(c, tr, g))
         out.append(lambda tr, g=g: _elementwise(c, tr, g))
+        if stmt.loss == "xent" and layout.arch.num_layers in layers:
+            from .softmax import softmax_rows  # softmax.py builds on this module
+
+            out.append(lambda tr, g=g: softmax_rows(c, tr, g))
         out.append(lambda tr, g=g: _weight_grad(c, tr, g))
         if max(layers) >= 2:
             out.append(lambda tr, g=g: _input_grad(c, tr, g))

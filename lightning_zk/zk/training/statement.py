@@ -6,7 +6,8 @@ index, number of steps, stacking width, whether the unit starts a chain, the com
 parameters, the commitments to the weights before (B_in) and after (B_out) and to the unit's
 batch (x and y of every step, :mod:`.batch`), and the **run binding**: the identifier of the run
 the steps belong to and the ledger leaf of every step the unit proves (version 3), and SGD's
-momentum and weight decay (fixed-point constants, 0 when off; version 4). A proof
+momentum and weight decay (fixed-point constants, 0 when off; version 4) and the loss kind
+(``mse`` or ``xent``, softmax cross-entropy; version 5). A proof
 therefore verifies only against the statement of *its* run and steps; which run and which
 ledger that is, is the caller's check (``lightning_zk.audit.proofs.verify_run`` compares every
 field with the run's manifest and Merkle ledger).
@@ -33,8 +34,9 @@ from .layout import Arch, instances_for
 
 __all__ = ["TrainingStatement", "STATEMENT_VERSION", "STATEMENT_FORMAT", "MAX_STATEMENT_BYTES"]
 
-STATEMENT_VERSION = 4  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: momentum,
-# weight decay
+STATEMENT_VERSION = 5  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: momentum,
+# weight decay; 5: the loss kind
+LOSS_KINDS = ("mse", "xent")  # the output gradient the relations prove
 STATEMENT_FORMAT = "lightning-zk/training-statement"
 MAX_STATEMENT_BYTES = 1 << 24  # 16 MiB: a statement of 2^18 steps; larger input is refused unread
 _U63 = (1 << 63) - 1
@@ -128,6 +130,7 @@ class TrainingStatement:
     ledger_leaves: tuple[bytes, ...] = field(default=())  # one 32-byte leaf hash per step
     momentum: int = 0  # SGD's momentum and weight decay, fixed-point integers (0: off)
     weight_decay: int = 0
+    loss: str = "mse"  # "mse" or "xent" (softmax cross-entropy): which output-gradient relations
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.step_start < 0:
@@ -143,6 +146,8 @@ class TrainingStatement:
                 f"TrainingStatement: run_id {self.run_id!r:.80} must be printable ASCII of at "
                 f"most {_MAX_RUN_ID} characters"
             )
+        if self.loss not in LOSS_KINDS:
+            raise ParameterError(f"TrainingStatement: loss {self.loss!r} is not one of {LOSS_KINDS}")
         leaves = tuple(bytes(x) for x in self.ledger_leaves)
         if leaves and (len(leaves) != self.num_steps or any(len(x) != 32 for x in leaves)):
             raise ParameterError(
@@ -167,6 +172,7 @@ class TrainingStatement:
         tr.absorb_u64("stmt.scale", self.frac_bits, self.value_bits)
         tr.absorb_u64("stmt.constants", self.lr, self.mse_const)
         tr.absorb_u64("stmt.optimizer", self.momentum, self.weight_decay)
+        tr.absorb_str("stmt.loss", self.loss)
         tr.absorb_u64("stmt.steps", self.step_start, self.num_steps, self.arch.num_instances)
         tr.absorb_u64("stmt.chain_start", int(self.chain_start))
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
@@ -200,6 +206,7 @@ class TrainingStatement:
             "ledger_leaves": [x.hex() for x in self.ledger_leaves],
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
+            "loss": self.loss,
         }
 
     def to_bytes(self) -> bytes:
@@ -219,7 +226,8 @@ class TrainingStatement:
         if version != STATEMENT_VERSION or type(version) is not int:  # noqa: E721
             raise ParameterError(
                 f"training statement version {version!r:.20} unsupported (this build reads "
-                f"version {STATEMENT_VERSION}: version 3 has no momentum and weight decay fields, "
+                f"version {STATEMENT_VERSION}: version 4 has no loss kind, version 3 no momentum and "
+                "weight decay fields, "
                 "older statements are not bound to their run, and version 1 has no batch "
                 "commitment; re-prove the run with `lightning-zk prove RUN`)"
             )
@@ -233,6 +241,9 @@ class TrainingStatement:
         run_id = d["run_id"]
         if not isinstance(run_id, str):
             raise _fail("run_id", "expected a string", run_id)
+        loss = d["loss"]
+        if not isinstance(loss, str) or loss not in LOSS_KINDS:
+            raise _fail("loss", f"expected one of {LOSS_KINDS}", loss)
         return cls(
             tuple(_int({"dims": w}, "dims", 1, 1 << 24) for w in dims),
             _int(d, "batch_size", 1, 1 << 24),
@@ -252,6 +263,7 @@ class TrainingStatement:
             tuple(_hex32(x, "ledger_leaves[]") for x in leaves),
             _int(d, "momentum", 0, _U63),
             _int(d, "weight_decay", 0, _U63),
+            loss,
         )
 
     @classmethod

@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-from ...fixed.engine import mse_constant
+from ...fixed.engine import loss_constant
 from ...fixed.format import FixedPointConfig
+from ...fixed.softmax import MAX_FRAC_BITS, max_classes
 from ..errors import ShapeMismatchError, SumcheckError, TranscriptError, VerificationError
 from ..extension import Fp2
 from ..ligero import Ligero, LigeroConfig, Query
@@ -49,9 +50,14 @@ def check_statement(stmt: TrainingStatement, policy: VerifierPolicy | None = Non
         cfg.check_fan_in(max(*stmt.dims, stmt.batch_size))
     except ValueError as exc:
         raise TranscriptError("statement fixed-point parameters", detail=str(exc)) from exc
-    want = mse_constant(stmt.batch_size, stmt.dims[-1], stmt.frac_bits)
+    want = loss_constant(stmt.loss, stmt.batch_size, stmt.dims[-1], stmt.frac_bits)
     if stmt.mse_const != want:
-        raise TranscriptError("statement MSE constant", expected=want, got=stmt.mse_const)
+        raise TranscriptError(f"statement {stmt.loss} gradient constant", expected=want,
+                              got=stmt.mse_const)
+    if stmt.loss == "xent" and (stmt.dims[-1] > max_classes(stmt.frac_bits, stmt.value_bits)
+                                or stmt.frac_bits > MAX_FRAC_BITS):
+        raise TranscriptError("statement cross-entropy: classes <= max_classes(s, Q), "
+                              f"s <= {MAX_FRAC_BITS}", got=(stmt.dims[-1], stmt.frac_bits))
     if not 0 < stmt.lr < 1 << stmt.frac_bits:
         raise TranscriptError("statement learning rate in (0, 2^s)", got=stmt.lr)
     for name in ("momentum", "weight_decay"):  # SGD's other constants, as the engine bounds them
@@ -306,6 +312,7 @@ def verify_chain(
                 "mse_const",
                 "momentum",
                 "weight_decay",
+                "loss",
                 "security_bits",
                 "blowup",
                 "run_id",

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...fixed.engine import mse_constant
+from ...fixed.engine import loss_constant
+from ...fixed.softmax import SoftmaxWitnessError, check_softmax_witness
 from ...fixed.tape import WitnessTape
 from .layout import Layout, TensorSlot, theta_names
 from .relations import tensor_class
@@ -98,8 +99,8 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
         def fail(rel: str, name: str, st: int = st) -> None:
             raise WitnessError(rel, name, st)
 
-        if tp.mse_const != mse_constant(tp.batch_size, tp.dims[-1], s):
-            fail("mse constant", "mse_const")
+        if tp.mse_const != loss_constant(tp.loss, tp.batch_size, tp.dims[-1], s):
+            fail("loss-gradient constant", "mse_const")
         for name, arr in t.items():
             kind = tensor_class(name)
             if kind == "remainder" and (arr.min(initial=0) < -half or arr.max(initial=0) >= half):
@@ -122,7 +123,12 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
                 if not np.array_equal(t[f"GZ{i}"], t[f"GA{i}"] * sg):
                     fail("backward mask", f"GZ{i}")
                 acts.append(t[f"A{i}"])
-        if not _rescaled(tp.mse_const * (t[f"Z{L}"] - t["y"]), t["G"], t["RG"], s):
+        if tp.loss == "xent":
+            try:
+                check_softmax_witness(t, t[f"Z{L}"], tp.mse_const, s, tp.value_bits)
+            except SoftmaxWitnessError as err:
+                fail(f"cross-entropy gradient: {err.relation}", err.tensor)
+        elif not _rescaled(tp.mse_const * (t[f"Z{L}"] - t["y"]), t["G"], t["RG"], s):
             fail("output gradient", "G")
         for i in range(1, L + 1):
             gz = t["G"] if i == L else t[f"GZ{i}"]
