@@ -56,9 +56,11 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
 def mlp_from_torch(
     module: nn.Module, lr: float, config: FixedPointConfig | None = None, step: int = 0,
     momentum: float = 0.0, weight_decay: float = 0.0, optimizer: object | None = None,
+    loss: str = "mse",
 ) -> FixedPointMLP:
     """Quantise a torch MLP (round to nearest) into the exact integer engine; with momentum,
-    its buffers come from ``optimizer``'s state where torch created them (zero before)."""
+    its buffers come from ``optimizer``'s state where torch created them (zero before);
+    ``loss`` is ``"mse"`` or ``"xent"`` (softmax cross-entropy)."""
     cfg = config or FixedPointConfig()
     s = cfg.frac_bits
     lins = _linears(module)
@@ -77,7 +79,7 @@ def mlp_from_torch(
                      for layer in lins for p in (layer.weight, layer.bias)]
             velocity = (q[0::2], q[1::2])
     return FixedPointMLP(ws, bs, fixed_constant(lr, s), cfg, step, mu,
-                         _constant("weight_decay", weight_decay, s), velocity)
+                         _constant("weight_decay", weight_decay, s), velocity, loss=loss)
 
 
 def _constant(name: str, value: float, frac_bits: int) -> int:
