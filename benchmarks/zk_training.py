@@ -154,7 +154,7 @@ def _step_rows(name, dims, batches, lr, reps, target: float | None, **opt):
 def _accuracy(dims, lr, momentum, weight_decay, batch: int, epochs: int) -> tuple[float, float]:
     """Test accuracy of the digits classifier trained by the exact fixed-point engine and by
     float32 torch from the same initial weights on the same batches (the last 397 images are the
-    test split, as in examples/digits_fixed.py)."""
+    test split of the seeded permutation, as in examples/digits_fixed.py)."""
     import torch
     from sklearn.datasets import load_digits
     from torch import nn
@@ -163,7 +163,8 @@ def _accuracy(dims, lr, momentum, weight_decay, batch: int, epochs: int) -> tupl
     from lightning_zk.fixed.torch_bridge import mlp_from_torch
 
     d = load_digits()
-    x, y = d.data / 16.0, d.target
+    order = np.random.default_rng(0).permutation(len(d.data))
+    x, y = d.data[order] / 16.0, d.target[order]
     cut = len(x) - 397
     model = _model(dims)
     engine = mlp_from_torch(model, lr, momentum=momentum, weight_decay=weight_decay, loss="xent")
