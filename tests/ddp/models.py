@@ -1,0 +1,63 @@
+"""Models and data of the DDP tests (importable: Lightning's launcher re-runs the script)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader
+
+from tests.models import MLP, ToyModule, make_data
+
+
+class GroupNormCNN(ToyModule):
+    """Convolutions, GroupNorm (no running statistics: shardable), GELU and dropout."""
+
+    def __init__(self, optimizer: str = "sgd") -> None:
+        super().__init__(optimizer)
+        self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
+        self.norm = nn.GroupNorm(2, 6)
+        self.conv2 = nn.Conv2d(6, 8, 3, stride=2)
+        self.drop = nn.Dropout(0.1)
+        self.head = nn.Linear(8 * 3 * 3, 4)
+
+    def forward(self, x):
+        h = F.relu(self.norm(self.conv1(x)))
+        h = self.drop(F.gelu(self.conv2(h)))
+        return self.head(h.flatten(1))
+
+
+KINDS = {"mlp": (MLP, "mlp"), "cnn": (GroupNormCNN, "cnn")}
+
+
+def make(kind: str, batch_size: int = 8, shuffle: bool = True, seed: int = 0,
+         n: int = 64) -> tuple[L.LightningModule, DataLoader]:
+    """The model (seeded) and its training data; ``batch_size`` is one shard's."""
+    cls, data = KINDS[kind]
+    L.seed_everything(seed, verbose=False)
+    model = cls()
+    return model, DataLoader(make_data(data, n=n), batch_size=batch_size, shuffle=shuffle)
+
+
+def misroute_shard(strategy: Any, step: int) -> None:
+    """(Test) make rank 1 load shard 0's samples at ``step``: a rank that trained on another shard."""
+    original = strategy.process_dataloader
+
+    def process(dataloader):
+        loader = original(dataloader)
+        order = strategy._batch_order
+        if order is None or strategy.global_rank != 1:
+            return loader
+        local = order.local_indices
+
+        def wrong(epoch: int, batch_idx: int) -> list[int]:
+            if batch_idx == step:
+                return order.shard_indices(epoch, batch_idx, 0)
+            return local(epoch, batch_idx)
+
+        order.local_indices = wrong
+        return loader
+
+    strategy.process_dataloader = process
