@@ -203,3 +203,26 @@ def test_accumulation_and_custom_samplers_are_refused(tmp_path):
 def test_sharded_batch_digest_depends_on_the_shard_order():
     a, b = "00" * 32, "11" * 32
     assert sharded_batch_digest([a, b]) != sharded_batch_digest([b, a])
+
+
+def test_registered_strategy_names():
+    from lightning_zk import VerifiableDDPStrategy
+
+    trainer = L.Trainer(strategy="verifiable_ddp", devices=2, **trainer_kwargs())
+    assert isinstance(trainer.strategy, VerifiableDDPStrategy)
+    assert trainer.strategy._start_method == "popen"
+    spawn = L.Trainer(strategy="verifiable_ddp_spawn", devices=2, **trainer_kwargs())
+    assert spawn.strategy._start_method == "spawn"
+
+
+def test_sharded_run_over_two_epochs_replays(tmp_path):
+    """6 steps of 2 shards over 64 samples: 4 steps per epoch, epoch 1 in its own seeded order."""
+    model, data = make("mlp")
+    strategy = VerifiableShardedStrategy(run_dir=tmp_path / "run", shards=2, seed=3)
+    L.Trainer(strategy=strategy, max_steps=6, **trainer_kwargs()).fit(model, train_dataloaders=data)
+    records = RunDirectory(tmp_path / "run").read_steps()
+    assert [r.epoch for r in records] == [0, 0, 0, 0, 1, 1]
+    assert sorted(i for r in records[:4] for i in r.batch_indices) == list(range(64))
+    assert records[4].batch_indices != records[0].batch_indices
+    report = _audit(tmp_path / "run")
+    assert report.ok, report.summary()
