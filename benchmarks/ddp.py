@@ -66,7 +66,7 @@ def worker(args: argparse.Namespace) -> None:
                         callbacks=[timer], **_trainer_kwargs())
     trainer.fit(model, train_dataloaders=loader(data, batch_size))
     if trainer.is_global_zero:
-        Path(args.out).write_text(json.dumps({"step_s": timer.median()}))
+        Path(args.out).write_text(json.dumps({"step_s": timer.median(), "ends": timer.ends}))
 
 
 def launch(family: str, mode: str, devices: int, steps: int, threads: int, out: Path,
