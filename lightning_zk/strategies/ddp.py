@@ -125,39 +125,54 @@ class _ShardedSession:
             "global_step": self.trainer.global_step,
         }
 
-    def _shard_log(self, log: StepLog | None) -> tuple[StepLog | None, list[list[int]]]:
-        """The step's log in one-process numbering (rank 0; ``None`` elsewhere) and each shard's
-        op range; gathers every rank's shard entries when several processes computed them."""
+    def _rest_entries(self, log: StepLog, lo: int, hi: int) -> list[LogEntry]:
+        """This rank's entries outside its shards (before them; after them, renumbered to follow)."""
+        return _rebased(log.entries, 0, lo, 0) + _rebased(log.entries, hi, log.ops_rounded, lo)
+
+    def _shard_log(self, log: StepLog) -> tuple[StepLog | None, dict[str, Any]]:
+        """The step's log in one-process numbering (rank 0; ``None`` elsewhere) and the record's
+        ``extra``; gathers every rank's shard entries when several processes computed them.
+
+        Every rank also sends its entries of the ops outside its shards (the update, the state
+        rounding at the boundary), which every rank computes for itself and only rank 0's are
+        committed. Equal entries mean equal roundings (the threshold guarantee); a rank whose
+        entries differ (hardware that rounded a near-tie the other way) takes rank 0's state, so
+        the ranks never drift apart from the committed state.
+        """
         strategy = self.strategy
         spans = strategy._shard_spans
         strategy._shard_spans = []
-        local = log.entries if log is not None else []
-        payload = [(k, _rebased(local, a, b, 0), b - a, eb - ea) for k, a, ea, b, eb in spans]
-        gathered = [item for part in strategy.gather_objects(payload) for item in part]
-        gathered.sort(key=lambda item: item[0])
-        if gathered and [item[0] for item in gathered] != list(range(strategy.shards)):
+        lo, hi = (spans[0][1], spans[-1][3]) if spans else (log.ops_rounded, log.ops_rounded)
+        shards = [(k, _rebased(log.entries, a, b, 0), b - a, eb - ea) for k, a, ea, b, eb in spans]
+        rest = (self._rest_entries(log, lo, hi), log.ops_rounded - (hi - lo))
+        gathered = strategy.gather_objects((shards, rest))
+        items = sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
+        if items and [item[0] for item in items] != list(range(strategy.shards)):
             raise RuntimeError(f"step {self.next_step}: the ranks computed shards "
-                               f"{[item[0] for item in gathered]}, not each of {strategy.shards} once")
-        if not strategy.is_global_zero or log is None:
-            return None, []
+                               f"{[item[0] for item in items]}, not each of {strategy.shards} once")
+        diverged = [rank for rank, (_, theirs) in enumerate(gathered) if theirs != gathered[0][1]]
+        if diverged:
+            strategy.adopt_rank0_state(grads=self._grads_live())
+        if not strategy.is_global_zero:
+            return None, {}
+        extra: dict[str, Any] = {"resynced_ranks": diverged} if diverged else {}
         if not spans:  # no update ran in this step (the loss was skipped): only rank 0's ops
-            return log, []
-        lo, hi = spans[0][1], spans[-1][3]  # this process's shards: ops [lo, hi)
+            return log, extra
         local_ops = hi - lo
         local_elements = spans[-1][4] - spans[0][2]
-        entries = _rebased(local, 0, lo, 0)
+        entries = _rebased(log.entries, 0, lo, 0)
         ranges, at = [], lo
-        for _, shard_entries, ops, _elements in gathered:
+        for _, shard_entries, ops, _elements in items:
             entries += _rebased(shard_entries, 0, ops, at)
             ranges.append([at, at + ops])
             at += ops
-        entries += _rebased(local, hi, log.ops_rounded, at)
+        entries += _rebased(log.entries, hi, log.ops_rounded, at)
         merged = StepLog(
             log.step, entries,
-            log.ops_rounded - local_ops + sum(item[2] for item in gathered),
-            log.elements_rounded - local_elements + sum(item[3] for item in gathered),
+            log.ops_rounded - local_ops + sum(item[2] for item in items),
+            log.elements_rounded - local_elements + sum(item[3] for item in items),
         )
-        return merged, ranges
+        return merged, {"shards": ranges, **extra}
 
 
 class ShardedTrainingSession(_ShardedSession, TrainingSession):
@@ -172,9 +187,9 @@ class ShardedTrainingSession(_ShardedSession, TrainingSession):
         grads = self._grads_live()
         self.mode.round_named(named_state_tensors(self.model, self.optimizers, grads=grads))
         log, _ = self.mode.end_step()
-        merged, ranges = self._shard_log(log)
+        merged, extra = self._shard_log(log)
         assert merged is not None
-        self._commit_step(merged, extra={"shards": ranges} if ranges else None, grads=grads)
+        self._commit_step(merged, extra=extra or None, grads=grads)
 
 
 class ShardWorkerSession(_ShardedSession, TrainingSession):
@@ -377,6 +392,14 @@ class _ShardedSteps:
             return loss
 
         return run
+
+    def adopt_rank0_state(self, grads: bool) -> None:
+        """Every rank takes rank 0's state (model, optimizers; live gradients): the committed one."""
+        if self.world_size == 1:
+            return
+        with torch.no_grad():
+            for _, t in named_state_tensors(self.model, self.optimizers, grads=grads):
+                torch.distributed.broadcast(t, src=0)
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {name: b.detach().clone() for name, b in self.lightning_module.named_buffers()}

@@ -34,11 +34,17 @@ def main() -> None:
     parser.add_argument("--ledger", action="store_true")
     parser.add_argument("--bad-shard-at", type=int, default=None,
                         help="(test) rank 1 trains on shard 0's samples at this step")
+    parser.add_argument("--diverge-rank1-at", type=int, default=None,
+                        help="(test) rank 1's update rounds a near-tie the other way at this step")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
     model, data = make(args.kind, batch_size=args.batch_size, shuffle=bool(args.shuffle))
     callbacks = [CommitCallback(checkpoint_every_n_steps=2)] if args.ledger else []
+    if args.diverge_rank1_at is not None:
+        from tests.ddp.models import Rank1Divergence
+
+        callbacks.append(Rank1Divergence(args.diverge_rank1_at))
     if args.plain:
         strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=120)) \
             if args.devices > 1 else "auto"

@@ -61,3 +61,33 @@ def misroute_shard(strategy: Any, step: int) -> None:
         return loader
 
     strategy.process_dataloader = process
+
+
+class Rank1Divergence(L.Callback):
+    """(Test) rank 1's update of step ``step`` differs from rank 0's, as a near-tie rounded the
+    other way on other hardware would make it: its log of the update has an entry rank 0's lacks,
+    and its first layer differs (doubled, exaggerated so that the later steps cannot absorb it)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_rank != 1 or batch_idx != self.step:
+            return
+        import numpy as np
+        import torch
+
+        from lightning_zk.rounding.log import LogEntry
+
+        with torch.no_grad():
+            next(pl_module.parameters()).mul_(2.0)  # exact: stays on the grid
+        session = trainer.strategy.session
+        original = session._rest_entries
+
+        def rest(log, lo, hi):
+            session._rest_entries = original
+            flipped = LogEntry(hi, "state:model/net.0.weight", 0, 1, np.array([0], dtype=np.int64),
+                               np.array([True]))
+            return [*original(log, lo, hi), flipped]
+
+        session._rest_entries = rest

@@ -174,6 +174,17 @@ def test_rank_that_trained_on_another_shard_is_caught(tmp_path):
     assert verdict.first_disputed_step == BAD_STEP and verdict.dishonest == "trainer"
 
 
+def test_rank_whose_update_rounded_differently_takes_rank0_state(tmp_path):
+    """Rank 1's update of step 1 rounds a near-tie the other way (emulated): the ranks' logs of the
+    update differ, rank 1 takes rank 0's committed state, and the run still replays."""
+    _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"),
+            "--diverge-rank1-at", "1")
+    records = RunDirectory(tmp_path / "run").read_steps()
+    assert [r.extra.get("resynced_ranks") for r in records] == [None, [1], None, None]
+    report = _audit(tmp_path / "run")
+    assert report.ok, report.summary()
+
+
 # --- refused configurations (one process, fast) -------------------------------------------------
 def _fit_sharded(tmp_path, model, data, **trainer_overrides):
     strategy = VerifiableShardedStrategy(run_dir=tmp_path / "run", shards=2)
