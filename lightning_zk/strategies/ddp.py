@@ -435,7 +435,9 @@ class _ShardedSteps:
 
 def _flat_grads(params: list[torch.nn.Parameter]) -> torch.Tensor:
     """Every parameter's gradient (zeros where none) flattened, then one presence flag each."""
-    dtype = params[0].dtype if params else torch.float64
+    if not params:
+        return torch.zeros(0, dtype=torch.float64)
+    dtype = params[0].dtype
     parts = [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).to(dtype) for p in params]
     flags = torch.tensor([p.grad is not None for p in params], dtype=dtype, device=params[0].device)
     return torch.cat([*parts, flags])

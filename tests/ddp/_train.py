@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.strategies import DDPStrategy
 
 from lightning_zk import CommitCallback, VerifiableDDPStrategy
+from lightning_zk.testing import NondeterminismEmulator
 from tests.ddp.models import KINDS, make
 from tests.models import trainer_kwargs
 
@@ -36,6 +37,8 @@ def main() -> None:
                         help="(test) rank 1 trains on shard 0's samples at this step")
     parser.add_argument("--diverge-rank1-at", type=int, default=None,
                         help="(test) rank 1's update rounds a near-tie the other way at this step")
+    parser.add_argument("--emulate", action="store_true",
+                        help="each rank emulates other hardware (NondeterminismEmulator, seed 100 + rank)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -57,7 +60,11 @@ def main() -> None:
             misroute_shard(strategy, args.bad_shard_at)
     trainer = L.Trainer(strategy=strategy, devices=args.devices, max_steps=args.steps,
                         callbacks=callbacks, **trainer_kwargs())
-    trainer.fit(model, train_dataloaders=data)
+    if args.emulate:  # the launcher sets LOCAL_RANK for the ranks it starts (rank 0: unset)
+        with NondeterminismEmulator(ulps=8, seed=100 + int(os.environ.get("LOCAL_RANK", "0"))):
+            trainer.fit(model, train_dataloaders=data)
+    else:
+        trainer.fit(model, train_dataloaders=data)
     if trainer.is_global_zero:
         weights = {k: v.detach().to(torch.float32).contiguous().view(torch.int32).flatten().tolist()
                    for k, v in model.state_dict().items()}

@@ -81,6 +81,16 @@ def test_one_process_replay_under_emulated_nondeterminism(ddp_run):
     assert report.ok, report.summary()
 
 
+def test_ranks_on_emulated_different_hardware_replay_on_a_third(tmp_path):
+    """Rank 0 and rank 1 each emulate other hardware (seeded ulp perturbations of every reduction
+    and transcendental result); the one-process replay, a third machine, reproduces the run."""
+    _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"), "--emulate")
+    with NondeterminismEmulator(ulps=8, seed=7):
+        report = _audit(tmp_path / "run")
+    assert report.ok, report.summary()
+    assert report.corrections > 0  # the log decided roundings this machine would have taken otherwise
+
+
 def test_one_process_sharded_training_commits_the_same_steps(ddp_run, tmp_path):
     """World size 1 with 2 shards is the same computation as 2 processes: every record agrees."""
     model, data = make("mlp")
