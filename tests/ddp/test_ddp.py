@@ -247,3 +247,27 @@ def test_sharded_run_over_two_epochs_replays(tmp_path):
     assert records[4].batch_indices != records[0].batch_indices
     report = _audit(tmp_path / "run")
     assert report.ok, report.summary()
+
+
+def test_cli_fit_on_two_processes_audit_on_one(tmp_path):
+    """`lightning-zk fit` with the DDP example config (shrunk), then `lightning-zk audit`."""
+    import yaml
+
+    from lightning_zk.cli import main
+    from tests.audit._runs import in_project
+
+    config = yaml.safe_load((ROOT / "examples" / "configs" / "digits_mlp_ddp.yaml").read_text())
+    config["trainer"].update(max_steps=3, default_root_dir=str(tmp_path), enable_progress_bar=False,
+                             enable_model_summary=False)
+    config["trainer"]["strategy"]["init_args"]["run_dir"] = str(tmp_path / "run")
+    config["model"]["init_args"]["hidden"] = 32
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "WORLD_SIZE")}
+    proc = subprocess.run([sys.executable, "-m", "lightning_zk.cli", "fit", "--config",
+                           str(tmp_path / "config.yaml")], cwd=ROOT, capture_output=True, text=True,
+                          env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("steps committed") == 1  # rank 0's summary only
+    with in_project():
+        assert main(["audit", str(tmp_path / "run"), "--out", str(tmp_path / "audit"),
+                     "--no-progress"]) == 0
