@@ -55,6 +55,8 @@ def _trainer_kwargs() -> dict:
 
 def worker(args: argparse.Namespace) -> None:
     """One training run (this process and, under ``popen``, its re-run ranks)."""
+    # Lightning's DDP sets the thread count itself (cores / processes) unless OMP_NUM_THREADS is set
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
     torch.set_num_threads(args.threads)
     model, data, batch_size = make_family(args.family)
     timer = IntervalTimer()
@@ -73,6 +75,7 @@ def launch(family: str, mode: str, devices: int, steps: int, threads: int, out: 
            run_dir: Path | None = None) -> float:
     env = {k: v for k, v in os.environ.items()
            if k not in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--mode", mode, "--family", family,
            "--devices", str(devices), "--steps", str(steps), "--threads", str(threads), "--out", str(out)]
     if run_dir is not None:
