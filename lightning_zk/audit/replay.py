@@ -211,8 +211,10 @@ def replay(
         start = dataclasses.replace(start, global_step=records[start.step].global_step)
     stop = len(records) if stop is None else min(stop, len(records))
     kwargs = _replay_trainer_kwargs(manifest, trainer_kwargs)
-    # a sharded (data-parallel) run replays on this one process, its shards in turn
-    strategy = replay_strategy_class(manifest).from_manifest(manifest, run_dir=audit_dir, device=device)
+    # a sharded (data-parallel) run replays on this one process, its shards in turn (or on
+    # ``devices=M`` DDP processes, M dividing its shard count: each runs its shards)
+    strategy = replay_strategy_class(manifest, kwargs.get("devices")).from_manifest(
+        manifest, run_dir=audit_dir, device=device)
     strategy.replay_source, strategy.replay_start, strategy.replay_stop = source, start, stop
     callbacks = list(callbacks or [])
     if audit_dir is not None and not any(isinstance(c, CommitCallback) for c in callbacks):

@@ -57,7 +57,7 @@ from ..rounding.log import LogEntry, StepLog
 from ..rounding.precision import round_values
 from . import manifest as mf
 from .data import ShardedOrder, make_sharded
-from .replay import ReplaySession
+from .replay import AuditInputError, ReplaySession
 from .session import TrainingSession
 from .verifiable import VerifiableStrategy
 
@@ -227,7 +227,40 @@ class ShardWorkerSession(_ShardedSession, TrainingSession):
 
 
 class ShardedReplaySession(_ShardedSession, ReplaySession):
-    """The auditor's session for a sharded run: the shards of each step run in turn."""
+    """The auditor's session for a sharded run: the shards of each step run in turn (on one
+    process, or ``S / M`` of them on each of ``M`` processes)."""
+
+    def _replay_log(self, log: StepLog, record) -> StepLog:
+        """On ``M > 1`` processes: this process's part of the step's log, renumbered as it runs it
+        (the ops before the shards, its own shards, the rest of the step)."""
+        strategy = self.strategy
+        ranges = (record.extra or {}).get("shards")
+        if strategy.world_size == 1 or not ranges:
+            return log
+        if not _consecutive(ranges, strategy.shards, log.ops_rounded):
+            raise AuditInputError(
+                f"step {record.step}: record field extra.shards {str(ranges)[:80]} does not give "
+                f"{strategy.shards} consecutive op ranges inside the step's {log.ops_rounded} rounded "
+                "ops; replay this run on one process")
+        first, count = strategy._local_shards()
+        lo, hi = ranges[0][0], ranges[-1][1]
+        entries, at = _rebased(log.entries, 0, lo, 0), lo
+        for a, b in ranges[first:first + count]:
+            entries += _rebased(log.entries, a, b, at)
+            at += b - a
+        entries += _rebased(log.entries, hi, log.ops_rounded, at)
+        return StepLog(log.step, entries, log.ops_rounded - (hi - lo) + (at - lo), log.elements_rounded)
+
+
+def _consecutive(ranges: Any, count: int, ops: int) -> bool:
+    """``count`` ranges ``[a, b)`` of ints, each starting where the last ended, inside ``[0, ops]``."""
+    if not isinstance(ranges, list) or len(ranges) != count:
+        return False
+    if not all(isinstance(r, list) and len(r) == 2 and all(type(v) is int for v in r) for r in ranges):
+        return False
+    ends = [ranges[0][0], *(b for _, b in ranges)]
+    starts = [a for a, _ in ranges]
+    return 0 <= ends[0] and ends[-1] <= ops and starts == ends[:-1] and all(a <= b for a, b in ranges)
 
 
 # --- strategies --------------------------------------------------------------------------------
@@ -267,6 +300,13 @@ class _ShardedSteps:
 
     def config_json(self) -> dict[str, object]:
         return {**super().config_json(), "shards": self.shards}
+
+    @classmethod
+    def from_manifest(cls, manifest, run_dir=None, device=None):
+        """The strategy that replays a sharded run: its arithmetic and its shard count."""
+        strategy = super().from_manifest(manifest, run_dir=run_dir, device=device)
+        strategy._init_sharding(int(manifest["strategy"]["shards"]))
+        return strategy
 
     # --- setup -----------------------------------------------------------------------------------
     def setup(self, trainer) -> None:
@@ -330,6 +370,8 @@ class _ShardedSteps:
         try:
             self._check_supported(trainer)
             if self.replay_source is not None:
+                if not self.is_global_zero:  # only rank 0 writes the auditor's run directory
+                    self.run_dir = None
                 self.session = ShardedReplaySession.open(self, trainer, self._batch_order)
             elif self.is_global_zero:
                 self.session = ShardedTrainingSession.open(self, trainer, self._batch_order)
@@ -453,11 +495,6 @@ class VerifiableShardedStrategy(_ShardedSteps, VerifiableStrategy):
         self._init_sharding(shards)
         super().__init__(*args, **kwargs)
 
-    @classmethod
-    def from_manifest(cls, manifest, run_dir=None, device=None) -> VerifiableShardedStrategy:
-        strategy = super().from_manifest(manifest, run_dir=run_dir, device=device)
-        strategy._init_sharding(int(manifest["strategy"]["shards"]))
-        return strategy
 
 
 class VerifiableDDPStrategy(_ShardedSteps, VerifiableStrategy, DDPStrategy):
@@ -476,6 +513,8 @@ class VerifiableDDPStrategy(_ShardedSteps, VerifiableStrategy, DDPStrategy):
             ``"spawn"``/``"fork"`` start processes from this one.
         process_group_backend: default ``"gloo"`` on CPU, ``"nccl"`` on CUDA (Lightning's choice).
         timeout: how long a rank waits in a collective.
+        device: ignored: each rank's device is Lightning's (``accelerator``, ``devices=N``); accepted
+            so that a replay builds this strategy as it builds the others.
 
     Raises:
         ShardedRunError: an unsupported configuration (at construction or ``fit``).
@@ -502,6 +541,7 @@ class VerifiableDDPStrategy(_ShardedSteps, VerifiableStrategy, DDPStrategy):
         mode: str = "rounded",
         background_commit: bool = False,
         state_digest: str | None = None,
+        device: str | torch.device | None = None,
         **ddp_kwargs: Any,
     ) -> None:
         if mode != "rounded":
@@ -549,10 +589,15 @@ class VerifiableDDPStrategy(_ShardedSteps, VerifiableStrategy, DDPStrategy):
         )
 
 
-def replay_strategy_class(manifest: dict[str, Any]) -> type[VerifiableStrategy]:
-    """The strategy class that replays a run on one process: sharded runs run their shards in turn."""
+def replay_strategy_class(manifest: dict[str, Any], devices: Any = None) -> type[VerifiableStrategy]:
+    """The strategy class that replays a run: a sharded run runs its shards in turn on one process,
+    or on ``devices`` DDP processes (an int > 1 that divides its shard count)."""
     strategy = manifest.get("strategy") or {}
-    return VerifiableShardedStrategy if "shards" in strategy else VerifiableStrategy
+    if "shards" not in strategy:
+        return VerifiableStrategy
+    if isinstance(devices, int) and not isinstance(devices, bool) and devices > 1:
+        return VerifiableDDPStrategy
+    return VerifiableShardedStrategy
 
 
 if VerifiableDDPStrategy.strategy_name not in StrategyRegistry:

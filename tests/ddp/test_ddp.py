@@ -105,20 +105,50 @@ def test_one_process_sharded_training_commits_the_same_steps(ddp_run, tmp_path):
     assert one.read_manifest()["final_state_digest"] == two.read_manifest()["final_state_digest"]
 
 
-def test_cnn_with_two_shards_per_process(tmp_path):
-    """4 shards on 2 processes (2 each): the gradient is still ((g0 + g1) + g2) + g3, not a sum of
+@pytest.fixture(scope="module")
+def cnn4_run(tmp_path_factory) -> Path:
+    """A GroupNorm CNN run with 4 shards of 4 samples on 2 processes (2 shards each)."""
+    base = tmp_path_factory.mktemp("cnn4")
+    _launch(base / "out.json", "--kind", "cnn", "--devices", "2", "--shards", "4",
+            "--batch-size", "4", "--run-dir", str(base / "run"))
+    return base / "run"
+
+
+def test_cnn_with_two_shards_per_process(cnn4_run, tmp_path):
+    """4 shards on 2 processes: the gradient is still ((g0 + g1) + g2) + g3, not a sum of
     per-process sums; a one-process 4-shard run and the one-process replay agree bit for bit."""
-    _launch(tmp_path / "out.json", "--kind", "cnn", "--devices", "2", "--shards", "4",
-            "--batch-size", "4", "--run-dir", str(tmp_path / "run"))
-    report = _audit(tmp_path / "run", kind="cnn", batch_size=4)
+    report = _audit(cnn4_run, kind="cnn", batch_size=4)
     assert report.ok, report.summary()
     model, data = make("cnn", batch_size=4)
     L.Trainer(strategy=VerifiableShardedStrategy(run_dir=tmp_path / "one", shards=4), max_steps=STEPS,
               **trainer_kwargs()).fit(model, train_dataloaders=data)
-    two, one = RunDirectory(tmp_path / "run"), RunDirectory(tmp_path / "one")
+    two, one = RunDirectory(cnn4_run), RunDirectory(tmp_path / "one")
     assert two.read_manifest()["hardware"]["shards_per_process"] == 2
     assert [r.state_digest for r in one.read_steps()] == [r.state_digest for r in two.read_steps()]
     assert [r.log_sha256 for r in one.read_steps()] == [r.log_sha256 for r in two.read_steps()]
+
+
+def _replay_on_processes(run: Path, out: Path, *args: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
+    for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "tests.ddp._replay", str(run), "--out", str(out), *args],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_four_shards_replayed_on_two_processes(cnn4_run, tmp_path):
+    """M = 2 processes replay an N = 4-shard run (2 shards each), bit for bit."""
+    report = _replay_on_processes(cnn4_run, tmp_path / "r.json", "--kind", "cnn", "--batch-size", "4")
+    assert report["ok"] and report["steps_checked"] == STEPS
+
+
+def test_tampered_rank_log_caught_by_a_two_process_replay(ddp_run, tmp_path):
+    shutil.copytree(ddp_run, tmp_path / "run")
+    _flip_shard(RunDirectory(tmp_path / "run"), 2, shard=1)
+    report = _replay_on_processes(tmp_path / "run", tmp_path / "r.json")
+    assert not report["ok"] and report["first_mismatch_step"] == 2
 
 
 def test_plain_ddp_differs_between_world_sizes(tmp_path):
