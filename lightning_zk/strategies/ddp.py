@@ -28,7 +28,8 @@ and ``hardware.world_size``.
 process with the same arithmetic: ``replay()`` and ``lightning-zk audit`` use it for a sharded run,
 so an auditor with one machine reproduces an ``N``-process run bit for bit (and the dispute's
 referee, which replays through ``replay()``, too). It also trains: a one-process run with
-``shards=S`` commits the same steps as an ``S``-process DDP run.
+``shards=S`` commits the same steps as an ``S``-process DDP run. ``replay(..., devices=M)`` (``M``
+dividing ``S``) replays on ``M`` DDP processes instead, each with its shards' part of the log.
 
 **Refused** (a clear error at ``fit``): fixed-point mode, manual optimization, gradient
 accumulation, validation during fit (Lightning shards it across ranks), modules whose buffers
