@@ -34,7 +34,8 @@ dividing ``S``) replays on ``M`` DDP processes instead, each with its shards' pa
 **Refused** (a clear error at ``fit``): fixed-point mode, manual optimization, gradient
 accumulation, validation during fit (Lightning shards it across ranks), modules whose buffers
 change in the forward pass (BatchNorm running statistics, ``SyncBatchNorm``), resuming from a
-checkpoint, ``background_commit``, and custom samplers or iterable datasets.
+Lightning checkpoint (a crashed run restarts without one: the committed steps are recomputed and
+re-verified), ``background_commit``, and custom samplers or iterable datasets.
 """
 
 from __future__ import annotations

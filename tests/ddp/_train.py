@@ -39,6 +39,8 @@ def main() -> None:
                         help="(test) rank 1's update rounds a near-tie the other way at this step")
     parser.add_argument("--emulate", action="store_true",
                         help="each rank emulates other hardware (NondeterminismEmulator, seed 100 + rank)")
+    parser.add_argument("--crash-at", type=int, default=None,
+                        help="(test) every rank fails when this step's batch starts")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -48,6 +50,10 @@ def main() -> None:
         from tests.ddp.models import Rank1Divergence
 
         callbacks.append(Rank1Divergence(args.diverge_rank1_at))
+    if args.crash_at is not None:
+        from tests.ddp.models import CrashAt
+
+        callbacks.append(CrashAt(args.crash_at))
     if args.plain:
         strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=120)) \
             if args.devices > 1 else "auto"

@@ -91,3 +91,14 @@ class Rank1Divergence(L.Callback):
             return [*original(log, lo, hi), flipped]
 
         session._rest_entries = rest
+
+
+class CrashAt(L.Callback):
+    """(Test) every rank fails when step ``step``'s batch starts (a crash mid-run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if batch_idx == self.step:
+            raise RuntimeError(f"crash at step {self.step}")

@@ -225,6 +225,23 @@ def test_rank_whose_update_rounded_differently_takes_rank0_state(tmp_path):
     assert report.ok, report.summary()
 
 
+def test_crashed_run_restarts_and_reverifies(ddp_run, tmp_path):
+    """Every rank fails at step 2 (2 steps committed, the run unfinished); the same command again
+    recomputes and re-verifies the committed steps on both ranks and finishes the run, with the
+    records of the uninterrupted run."""
+    run = tmp_path / "run"
+    with pytest.raises(AssertionError, match="crash at step 2"):
+        _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(run), "--ledger",
+                "--crash-at", "2")
+    assert len(RunDirectory(run).read_steps()) == 2
+    assert RunDirectory(run).read_manifest()["final_state_digest"] is None
+    _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(run), "--ledger")
+    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest")
+    again, honest = RunDirectory(run).read_steps(), RunDirectory(ddp_run).read_steps()
+    assert [[getattr(r, f) for f in fields] for r in again] == [[getattr(r, f) for f in fields] for r in honest]
+    assert _audit(run).ok
+
+
 # --- refused configurations (one process, fast) -------------------------------------------------
 def _fit_sharded(tmp_path, model, data, **trainer_overrides):
     strategy = VerifiableShardedStrategy(run_dir=tmp_path / "run", shards=2)
