@@ -381,7 +381,8 @@ class _ShardedSteps:
                 self.session = ShardWorkerSession.open(self, trainer, self._batch_order)
         except BaseException as err:  # every rank learns it: none waits in a collective
             error = err
-        failed = [(rank, repr(e)) for rank, e in enumerate(self.gather_objects(error)) if e is not None]
+        told = None if error is None else f"{type(error).__name__}: {error}"  # (a str always pickles)
+        failed = [(rank, e) for rank, e in enumerate(self.gather_objects(told)) if e is not None]
         if error is not None:
             raise error
         if failed:
