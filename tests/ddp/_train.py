@@ -41,6 +41,7 @@ def main() -> None:
                         help="each rank emulates other hardware (NondeterminismEmulator, seed 100 + rank)")
     parser.add_argument("--crash-at", type=int, default=None,
                         help="(test) every rank fails when this step's batch starts")
+    parser.add_argument("--seed", type=int, default=0, help="the strategy's seed")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -58,7 +59,7 @@ def main() -> None:
         strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=120)) \
             if args.devices > 1 else "auto"
     else:
-        strategy = VerifiableDDPStrategy(run_dir=args.run_dir, shards=args.shards,
+        strategy = VerifiableDDPStrategy(run_dir=args.run_dir, shards=args.shards, seed=args.seed,
                                          timeout=timedelta(seconds=120))
         if args.bad_shard_at is not None:
             from tests.ddp.models import misroute_shard

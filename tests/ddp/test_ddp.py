@@ -242,6 +242,18 @@ def test_crashed_run_restarts_and_reverifies(ddp_run, tmp_path):
     assert _audit(run).ok
 
 
+def test_rank_0_failing_to_start_stops_every_rank(ddp_run, tmp_path):
+    """Rank 0 refuses a run directory of another run (another seed): rank 1 learns it at once
+    instead of waiting in a collective, and nothing in the directory changes."""
+    shutil.copytree(ddp_run, tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir() if p.is_file() and p.name != ".lock"}
+    with pytest.raises(AssertionError, match="belongs to another run"):
+        _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"),
+                "--seed", "1")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()
+            if p.is_file() and p.name != ".lock"} == before  # (the lock file names its last holder)
+
+
 # --- refused configurations (one process, fast) -------------------------------------------------
 def _fit_sharded(tmp_path, model, data, **trainer_overrides):
     strategy = VerifiableShardedStrategy(run_dir=tmp_path / "run", shards=2)
