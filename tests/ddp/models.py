@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tests.models import MLP, ToyModule, make_data
+from tests.models import MLP, TinyTransformer, ToyModule, make_data
 
 
 class GroupNormCNN(ToyModule):
@@ -29,7 +29,7 @@ class GroupNormCNN(ToyModule):
         return self.head(h.flatten(1))
 
 
-KINDS = {"mlp": (MLP, "mlp"), "cnn": (GroupNormCNN, "cnn")}
+KINDS = {"mlp": (MLP, "mlp"), "cnn": (GroupNormCNN, "cnn"), "transformer": (TinyTransformer, "transformer")}
 
 
 def make(kind: str, batch_size: int = 8, shuffle: bool = True, seed: int = 0,

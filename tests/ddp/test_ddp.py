@@ -128,6 +128,15 @@ def test_cnn_with_two_shards_per_process(cnn4_run, tmp_path):
     assert [r.log_sha256 for r in one.read_steps()] == [r.log_sha256 for r in two.read_steps()]
 
 
+def test_transformer_on_two_processes_replays_on_one(tmp_path):
+    """Attention (MultiheadAttention, SDPA), LayerNorm, GELU and dropout in every shard, AdamW."""
+    _launch(tmp_path / "out.json", "--kind", "transformer", "--devices", "2",
+            "--run-dir", str(tmp_path / "run"))
+    report = _audit(tmp_path / "run", kind="transformer")
+    assert report.ok, report.summary()
+    assert report.logged_elements > 0
+
+
 def _replay_on_processes(run: Path, out: Path, *args: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
     for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
