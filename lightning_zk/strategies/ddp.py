@@ -41,6 +41,7 @@ re-verified), ``background_commit``, and custom samplers or iterable datasets.
 from __future__ import annotations
 
 import hashlib
+import zlib
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -137,16 +138,17 @@ class _ShardedSession:
 
         Every rank also sends its entries of the ops outside its shards (the update, the state
         rounding at the boundary), which every rank computes for itself and only rank 0's are
-        committed. Equal entries mean equal roundings (the threshold guarantee); a rank whose
-        entries differ (hardware that rounded a near-tie the other way) takes rank 0's state, so
-        the ranks never drift apart from the committed state.
+        committed, and a CRC-32 of its state at the boundary. A rank whose entries or state differ
+        from rank 0's (hardware that rounded a near-tie of the update the other way, an update the
+        rank skipped) takes rank 0's state, the committed one, so the ranks never drift apart.
         """
         strategy = self.strategy
         spans = strategy._shard_spans
         strategy._shard_spans = []
         lo, hi = (spans[0][1], spans[-1][3]) if spans else (log.ops_rounded, log.ops_rounded)
         shards = [(k, _rebased(log.entries, a, b, 0), b - a, eb - ea) for k, a, ea, b, eb in spans]
-        rest = (self._rest_entries(log, lo, hi), log.ops_rounded - (hi - lo))
+        rest = (self._rest_entries(log, lo, hi), log.ops_rounded - (hi - lo),
+                strategy.state_checksum(self._grads_live()))
         gathered = strategy.gather_objects((shards, rest))
         items = sorted((item for part, _ in gathered for item in part), key=lambda item: item[0])
         if items and [item[0] for item in items] != list(range(strategy.shards)):
@@ -154,7 +156,7 @@ class _ShardedSession:
                                f"{[item[0] for item in items]}, not each of {strategy.shards} once")
         diverged = [rank for rank, (_, theirs) in enumerate(gathered) if theirs != gathered[0][1]]
         if diverged:
-            strategy.adopt_rank0_state(grads=self._grads_live())
+            strategy.adopt_rank0_state()
         if not strategy.is_global_zero:
             return None, {}
         extra: dict[str, Any] = {"resynced_ranks": diverged} if diverged else {}
@@ -438,13 +440,42 @@ class _ShardedSteps:
 
         return run
 
-    def adopt_rank0_state(self, grads: bool) -> None:
-        """Every rank takes rank 0's state (model, optimizers; live gradients): the committed one."""
+    def adopt_rank0_state(self) -> None:
+        """Every rank takes rank 0's state — the committed one: model, optimizers, LR schedulers
+        and gradients, sent as rank 0's state dicts (whatever state the other rank holds)."""
         if self.world_size == 1:
             return
+        module = self.lightning_module
+        schedulers = [config.scheduler for config in module.trainer.lr_scheduler_configs]
+        payload: list[Any] = [None]
+        if self.is_global_zero:
+            payload = [{"model": module.state_dict(),
+                        "optimizers": [o.state_dict() for o in self.optimizers],
+                        "schedulers": [s.state_dict() for s in schedulers],
+                        "grads": {n: p.grad for n, p in module.named_parameters() if p.grad is not None}}]
+        torch.distributed.broadcast_object_list(payload, src=0)
+        if self.is_global_zero:
+            return
+        state = payload[0]
         with torch.no_grad():
-            for _, t in named_state_tensors(self.model, self.optimizers, grads=grads):
-                torch.distributed.broadcast(t, src=0)
+            module.load_state_dict(state["model"])
+            for optimizer, saved in zip(self.optimizers, state["optimizers"], strict=True):
+                optimizer.load_state_dict(saved)
+            for scheduler, saved in zip(schedulers, state["schedulers"], strict=True):
+                scheduler.load_state_dict(saved)
+            for name, p in module.named_parameters():
+                grad = state["grads"].get(name)
+                p.grad = grad.to(p.device) if grad is not None else None
+
+    def state_checksum(self, grads: bool) -> int:
+        """CRC-32 of this rank's state tensors (what the ranks compare at each boundary)."""
+        crc = 0
+        if self.world_size == 1:
+            return crc
+        for name, t in named_state_tensors(self.model, self.optimizers, grads=grads):
+            crc = zlib.crc32(name.encode("utf-8"), crc)
+            crc = zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
+        return crc
 
     def _buffers(self) -> dict[str, torch.Tensor]:
         return {name: b.detach().clone() for name, b in self.lightning_module.named_buffers()}

@@ -42,6 +42,8 @@ def main() -> None:
     parser.add_argument("--crash-at", type=int, default=None,
                         help="(test) every rank fails when this step's batch starts")
     parser.add_argument("--seed", type=int, default=0, help="the strategy's seed")
+    parser.add_argument("--skip-rank1-update-at", type=int, default=None,
+                        help="(test) rank 1 skips its optimizer update at this step")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -55,6 +57,10 @@ def main() -> None:
         from tests.ddp.models import CrashAt
 
         callbacks.append(CrashAt(args.crash_at))
+    if args.skip_rank1_update_at is not None:
+        from tests.ddp.models import Rank1SkipsUpdate
+
+        callbacks.append(Rank1SkipsUpdate(args.skip_rank1_update_at))
     if args.plain:
         strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=120)) \
             if args.devices > 1 else "auto"

@@ -102,3 +102,22 @@ class CrashAt(L.Callback):
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if batch_idx == self.step:
             raise RuntimeError(f"crash at step {self.step}")
+
+
+class Rank1SkipsUpdate(L.Callback):
+    """(Test) rank 1 skips the optimizer update of step ``step`` (its forward and backward run)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_rank != 1 or batch_idx != self.step:
+            return
+        optimizer = trainer.optimizers[0]
+        step = optimizer.step
+
+        def skipped(closure=None, **kwargs):
+            optimizer.step = step
+            return closure() if closure is not None else None
+
+        optimizer.step = skipped

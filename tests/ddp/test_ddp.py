@@ -234,6 +234,18 @@ def test_rank_whose_update_rounded_differently_takes_rank0_state(tmp_path):
     assert report.ok, report.summary()
 
 
+def test_rank_that_skipped_its_update_is_caught_at_the_step(ddp_run, tmp_path):
+    """Rank 1 skips the update of step 1: at that step's boundary its state differs from rank 0's
+    (the ranks compare CRC-32s of their states), it takes rank 0's committed state, and the record
+    says so; the run is the honest run, step for step."""
+    _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"),
+            "--skip-rank1-update-at", "1")
+    records = RunDirectory(tmp_path / "run").read_steps()
+    assert [r.extra.get("resynced_ranks") for r in records] == [None, [1], None, None]
+    honest = RunDirectory(ddp_run).read_steps()
+    assert [r.state_digest for r in records] == [r.state_digest for r in honest]
+
+
 def test_crashed_run_restarts_and_reverifies(ddp_run, tmp_path):
     """Every rank fails at step 2 (2 steps committed, the run unfinished); the same command again
     recomputes and re-verifies the committed steps on both ranks and finishes the run, with the
