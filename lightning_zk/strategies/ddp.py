@@ -22,7 +22,9 @@ loaded them, gathered), its ``batch_digest`` a digest over the shards' digests, 
 is one file holding every rank's entries in the numbering of a one-process run: the ops before the
 shards, shard 0's, shard 1's, …, then the rest of the step (the update, the boundary); the record's
 ``extra.shards`` gives each shard's op range. The manifest records ``strategy.shards`` (identity)
-and ``hardware.world_size``.
+and ``hardware.world_size``. At each boundary the ranks compare their logs of the ops outside
+their shards and a CRC-32 of their states; a rank that differs from rank 0 (a near-tie of the update
+rounded the other way, a skipped update) takes rank 0's committed state (``extra.resynced_ranks``).
 
 **Replay.** :class:`VerifiableShardedStrategy` runs the ``S`` shards of each step in turn on one
 process with the same arithmetic: ``replay()`` and ``lightning-zk audit`` use it for a sharded run,
