@@ -253,6 +253,7 @@ class ChainProver:
         proof, stmt, link = prove_unit(list(tapes), self.link, backend=self.backend,
                                        run_id=self.run_id,
                                        ledger_leaves=self._leaves(first, len(tapes)),
+                                       graphs=self._graphs(first, len(tapes)),
                                        **self.prove_kwargs)
         first, last = stmt.step_start, stmt.step_start + stmt.num_steps - 1
         path = unit_path(self.run, first, last)
@@ -276,6 +277,17 @@ class ChainProver:
             return [leaf_hash(leaf_bytes(r)) for r in self._records[first:first + count]]
         except LedgerError as err:
             raise ProofRunError(f"cannot bind the proof to the run's ledger: {err}") from err
+
+    def _graphs(self, first: int, count: int) -> list[bytes]:
+        """The traced-graph digests the records of steps first..first+count-1 commit."""
+        out = []
+        for record in self._records[first:first + count]:  # (read by _leaves)
+            digest = (record.extra or {}).get("graph_sha256")
+            if not isinstance(digest, str) or len(digest) != 64:
+                raise ProofRunError(f"step {record.step}'s record has no traced-graph digest "
+                                    "(a run written before graphs were committed: train again)")
+            out.append(bytes.fromhex(digest))
+        return out
 
     def _drop_chain_states(self, keep: str | None) -> None:
         folder = self.run.path / TAPE_DIR / CHAIN_DIR
@@ -465,6 +477,7 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
         report.problems.append(str(err))
         return
     proof = fixed["proof"] if isinstance(fixed["proof"], dict) else {}
+    templates: dict[tuple, set[str]] = {}  # the provable graph digests, per buffers-or-not
     for stmt in statements:
         unit = f"the unit of steps {stmt.step_start}..{stmt.step_start + stmt.num_steps - 1}"
         want = {
@@ -501,6 +514,48 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
         if len(stmt.ledger_leaves) != len(leaves):
             report.problems.append(f"{unit}: the statement binds {len(stmt.ledger_leaves)} "
                                    f"ledger leaves for {len(leaves)} steps")
+        _check_graphs(stmt, records, unit, report, templates)
+
+
+def _check_graphs(stmt: TrainingStatement, records: Sequence[StepRecord], unit: str,
+                  report: ProofReport, templates: dict[tuple, set[str]]) -> None:
+    """Each step's traced graph: the statement's digest is the record's, the graph a record
+    shows hashes to it, and it is a graph the proved relations stand for, derived here from the
+    statement's own constants (``lightning_zk.fixed.template``): the proof is of the user's
+    ``training_step`` as traced, or the run is refused."""
+    from ..fixed.format import FixedPointConfig
+    from ..fixed.intercept import graph_digest  # (torch: only when a run is checked)
+    from ..fixed.template import provable_digests
+
+    steps = range(stmt.step_start, stmt.step_start + stmt.num_steps)
+    if len(stmt.graphs) != len(steps):
+        report.problems.append(f"{unit}: the statement binds {len(stmt.graphs)} graph digests "
+                               f"for {len(steps)} steps")
+        return
+    for s, have in zip(steps, stmt.graphs, strict=True):
+        extra = records[s].extra or {}
+        committed = extra.get("graph_sha256")
+        if committed != have.hex():
+            report.problems.append(f"{unit}: statement field graphs[{s - steps.start}] is "
+                                   f"{have.hex()[:16]}…, step {s}'s record commits "
+                                   f"{str(committed)[:16]}…")
+            return
+        if "graph" in extra and graph_digest(extra["graph"]) != committed:
+            report.problems.append(f"step {s}: the graph its record shows does not hash to the "
+                                   "graph digest it commits")
+            return
+        key = (bool(stmt.momentum) and s > 0,)
+        if key not in templates:
+            templates[key] = provable_digests(
+                stmt.dims, stmt.batch_size, FixedPointConfig(stmt.frac_bits, stmt.value_bits),
+                lr=stmt.lr, momentum=stmt.momentum, weight_decay=stmt.weight_decay,
+                loss=stmt.loss, buffers=key[0])
+        if committed not in templates[key]:
+            report.problems.append(
+                f"step {s}: its traced graph {committed[:16]}… is not the step the proof's "
+                f"relations stand for (the template for the statement's dims, loss and SGD "
+                "constants): the proof does not speak of this training_step")
+            return
 
 
 def _mse_const(fixed: Mapping[str, Any]) -> int | None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,7 +188,10 @@ class FixedPointTracer(TorchDispatchMode):
                         consts.append(self.ints(item).tolist() if item.dim() == 0
                                       else {"shape": list(item.shape)})
                     inputs.append(r)
-                elif isinstance(item, (int, float, bool)) or item is None:
+                elif isinstance(item, float):  # as the step computes with it (canonical)
+                    consts.append({"fixed": fixed_constant(item, self.config.frac_bits)}
+                                  if math.isfinite(item) else repr(item))
+                elif isinstance(item, (int, bool)) or item is None:
                     consts.append(item)
         outs = out if isinstance(out, (list, tuple)) else [out]
         index = len(self.ops)

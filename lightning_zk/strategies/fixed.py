@@ -32,7 +32,6 @@ declared in the manifest (``fixed.loss``) from the dataset's first sample.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -40,11 +39,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.nn import functional as F
 
 from ..fixed import FixedPointConfig, WitnessTape, dequantize
 from ..fixed.intercept import FixedPointTracer, graph_digest
 from ..fixed.softmax import onehot_targets, xent_loss
+from ..fixed.template import new_tracer, template_graph
 from ..fixed.torch_bridge import (
     UnsupportedModelError,
     check_loss_and_optimizer,
@@ -278,17 +277,7 @@ class FixedPointSession(TrainingSession):
 
     def _new_tracer(self, net: nn.Module, x: torch.Tensor, y: torch.Tensor,
                     optimizer: torch.optim.Optimizer | None = None) -> FixedPointTracer:
-        tracer = FixedPointTracer(self.config, step=self.next_step)
-        for name, param in net.named_parameters():
-            tracer.leaf(f"param:{name}", param)
-        state = optimizer.state if optimizer is not None else {}
-        for name, param in net.named_parameters():  # SGD's momentum buffers (after step 0)
-            buf = (state.get(param) or {}).get("momentum_buffer")
-            if buf is not None:
-                tracer.leaf(f"momentum:{name}", buf)
-        tracer.leaf("batch:0", x, quantise=True)
-        tracer.leaf("batch:1", y, quantise=True)
-        return tracer
+        return new_tracer(self.config, self.next_step, net, x, y, optimizer)
 
     def start_trace(self) -> FixedPointTracer:
         """The dispatch mode the user's step (training_step, backward, SGD) runs under."""
@@ -329,27 +318,17 @@ class FixedPointSession(TrainingSession):
         return [b for b in momentum_buffers(optimizer, net).values() if b is not None]
 
     def _template(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
-        """The graph of the provable template step (F.mse_loss(net(x), y) or
-        F.cross_entropy(net(x), y), the run's SGD) on these shapes, traced on a copy of the
-        network (cached per batch shape and per whether SGD's momentum buffers exist yet: torch
-        clones the first one, updates it in place later)."""
+        """The graph of the provable template step (:mod:`..fixed.template`) with the run's SGD
+        settings on a copy of the network (cached per batch shape and per whether SGD's momentum
+        buffers exist yet: torch clones the first one, updates it in place later)."""
         buffers = self._had_buffers  # SGD momentum buffers before the step (from step 1 on)
         key = (tuple(x.shape), tuple(y.shape), buffers)
         if key not in self._templates:
-            net = copy.deepcopy(self.net)
             group = self.optimizers[0].param_groups[0]
-            opt = torch.optim.SGD(net.parameters(), lr=group["lr"], momentum=group["momentum"],
-                                  weight_decay=group["weight_decay"], foreach=group["foreach"])
-            if buffers:  # (values do not shape the graph)
-                for p in net.parameters():
-                    opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
-            tracer = self._new_tracer(net, x, y, opt)
-            loss = F.cross_entropy if self.loss_kind == "xent" else F.mse_loss
-            with tracer:
-                loss(net(x), y).backward()
-                opt.step()
-            outputs = [*net.parameters(), *self._buffers(net, opt)]
-            self._templates[key] = tracer.graph([tracer.ref(p) for p in outputs])
+            self._templates[key] = template_graph(
+                self.net, x, y, self.config, lr=group["lr"], momentum=group["momentum"],
+                weight_decay=group["weight_decay"], foreach=group["foreach"], buffers=buffers,
+                loss=self.loss_kind, step=self.next_step)
         return self._templates[key]
 
     def _check_provable(self, graph: list[dict[str, Any]], x, y) -> None:

@@ -15,7 +15,7 @@ _COM = Commitment(bytes(range(32)), 8, False, 2)
 STMT = TrainingStatement(
     (4, 8, 3), 3, 16, 24, 16384, 14564, 5, 2, False, _COM, _COM, Commitment(bytes(32), 9, False, 2),
     run_id="d598911246ed471d9b7821a533f18ea3", ledger_leaves=(bytes([1]) * 32, bytes([2]) * 32),
-    momentum=58982, weight_decay=7,
+    momentum=58982, weight_decay=7, graphs=(bytes([3]) * 32, bytes([4]) * 32),
 )
 
 INT_FIELDS = ["batch_size", "frac_bits", "value_bits", "lr", "mse_const", "step_start",
@@ -28,7 +28,8 @@ def _parse(d):
 
 def test_round_trip():
     assert TrainingStatement.from_bytes(STMT.to_bytes()) == STMT
-    assert STMT.to_json()["version"] == 5 and STMT.to_json()["loss"] == "mse"
+    assert STMT.to_json()["version"] == 6 and STMT.to_json()["loss"] == "mse"
+    assert STMT.to_json()["graphs"] == ["03" * 32, "04" * 32]
 
 
 @pytest.mark.parametrize("name", INT_FIELDS)
@@ -61,6 +62,15 @@ def test_run_id(bad):
     d = STMT.to_json()
     d["run_id"] = bad
     with pytest.raises(ParameterError, match="run_id"):
+        _parse(d)
+
+
+@pytest.mark.parametrize("bad", ["03" * 32, ["03" * 31], ["zz" * 32], [3] * 2, ["03" * 32] * 3,
+                                 None])
+def test_graphs(bad):
+    d = STMT.to_json()
+    d["graphs"] = bad
+    with pytest.raises(ParameterError, match="graph"):
         _parse(d)
 
 

@@ -146,6 +146,7 @@ def prove_unit(
     blowup: int = 4,
     run_id: str = "",
     ledger_leaves: Sequence[bytes] = (),
+    graphs: Sequence[bytes] = (),
 ) -> tuple[UnitProof, TrainingStatement, ChainLink]:
     """Prove the consecutive steps in ``tapes`` (a unit); ``prev`` continues a chain.
 
@@ -163,6 +164,9 @@ def prove_unit(
         run_id, ledger_leaves: the run binding of the statement: the run's identifier and the
             ledger leaf hash of each step in ``tapes`` (``""``/``()``: unbound, which
             ``lightning_zk.audit.proofs.verify_run`` never accepts for a run).
+        graphs: the SHA-256 digest of each step's traced op graph (the step records'
+            ``graph_sha256``), which ``verify_run`` checks against the template it derives
+            from the statement itself.
     Returns:
         (proof, public statement, link for the next unit / the seal); ``link.batch_seed`` is
         the secret seed of ``statement.batch`` (see :func:`.batch.check_batch`).
@@ -209,7 +213,7 @@ def prove_unit(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, b_in_com, b_out_com, batch_com,
         security_bits, blowup, run_id, tuple(ledger_leaves), first.momentum, first.weight_decay,
-        first.loss,
+        first.loss, tuple(graphs),
     )
     shape = UnitShape(stmt)
     ml, wr, n = shape.masks, shape.ranges, layout.wit_vars

@@ -7,7 +7,9 @@ parameters, the commitments to the weights before (B_in) and after (B_out) and t
 batch (x and y of every step, :mod:`.batch`), and the **run binding**: the identifier of the run
 the steps belong to and the ledger leaf of every step the unit proves (version 3), and SGD's
 momentum and weight decay (fixed-point constants, 0 when off; version 4) and the loss kind
-(``mse`` or ``xent``, softmax cross-entropy; version 5). A proof
+(``mse`` or ``xent``, softmax cross-entropy; version 5), and the digest of each step's traced op
+graph (the user's ``training_step`` as executed, ``lightning_zk.fixed.template``; version 6). A
+proof
 therefore verifies only against the statement of *its* run and steps; which run and which
 ledger that is, is the caller's check (``lightning_zk.audit.proofs.verify_run`` compares every
 field with the run's manifest and Merkle ledger).
@@ -34,8 +36,8 @@ from .layout import Arch, instances_for
 
 __all__ = ["TrainingStatement", "STATEMENT_VERSION", "STATEMENT_FORMAT", "MAX_STATEMENT_BYTES"]
 
-STATEMENT_VERSION = 5  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: momentum,
-# weight decay; 5: the loss kind
+STATEMENT_VERSION = 6  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: momentum,
+# weight decay; 5: the loss kind; 6: the traced graph of every step
 LOSS_KINDS = ("mse", "xent")  # the output gradient the relations prove
 STATEMENT_FORMAT = "lightning-zk/training-statement"
 MAX_STATEMENT_BYTES = 1 << 24  # 16 MiB: a statement of 2^18 steps; larger input is refused unread
@@ -131,6 +133,7 @@ class TrainingStatement:
     momentum: int = 0  # SGD's momentum and weight decay, fixed-point integers (0: off)
     weight_decay: int = 0
     loss: str = "mse"  # "mse" or "xent" (softmax cross-entropy): which output-gradient relations
+    graphs: tuple[bytes, ...] = field(default=())  # one 32-byte traced-graph digest per step
 
     def __post_init__(self) -> None:
         if self.num_steps < 1 or self.step_start < 0:
@@ -155,6 +158,13 @@ class TrainingStatement:
                 "(need one 32-byte leaf hash per step, or none for an unbound statement)"
             )
         object.__setattr__(self, "ledger_leaves", leaves)
+        graphs = tuple(bytes(x) for x in self.graphs)
+        if graphs and (len(graphs) != self.num_steps or any(len(x) != 32 for x in graphs)):
+            raise ParameterError(
+                f"TrainingStatement: {len(graphs)} graph digests for {self.num_steps} steps "
+                "(need one 32-byte digest per step, or none for an unbound statement)"
+            )
+        object.__setattr__(self, "graphs", graphs)
 
     @property
     def arch(self) -> Arch:
@@ -173,6 +183,9 @@ class TrainingStatement:
         tr.absorb_u64("stmt.constants", self.lr, self.mse_const)
         tr.absorb_u64("stmt.optimizer", self.momentum, self.weight_decay)
         tr.absorb_str("stmt.loss", self.loss)
+        tr.absorb_u64("stmt.graphs", len(self.graphs))
+        for graph in self.graphs:
+            tr.absorb_digest("stmt.graph", graph)
         tr.absorb_u64("stmt.steps", self.step_start, self.num_steps, self.arch.num_instances)
         tr.absorb_u64("stmt.chain_start", int(self.chain_start))
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
@@ -207,6 +220,7 @@ class TrainingStatement:
             "momentum": self.momentum,
             "weight_decay": self.weight_decay,
             "loss": self.loss,
+            "graphs": [x.hex() for x in self.graphs],
         }
 
     def to_bytes(self) -> bytes:
@@ -226,10 +240,10 @@ class TrainingStatement:
         if version != STATEMENT_VERSION or type(version) is not int:  # noqa: E721
             raise ParameterError(
                 f"training statement version {version!r:.20} unsupported (this build reads "
-                f"version {STATEMENT_VERSION}: version 4 has no loss kind, version 3 no momentum and "
-                "weight decay fields, "
-                "older statements are not bound to their run, and version 1 has no batch "
-                "commitment; re-prove the run with `lightning-zk prove RUN`)"
+                f"version {STATEMENT_VERSION}: version 5 has no graph digests, version 4 no "
+                "loss kind, version 3 no momentum and weight decay fields, older statements are "
+                "not bound to their run, and version 1 has no batch commitment; re-prove the run "
+                "with `lightning-zk prove RUN`)"
             )
         _exact_keys(d, _KEYS, "training statement")
         dims = d["dims"]
@@ -241,6 +255,9 @@ class TrainingStatement:
         run_id = d["run_id"]
         if not isinstance(run_id, str):
             raise _fail("run_id", "expected a string", run_id)
+        graphs = d["graphs"]
+        if not isinstance(graphs, list):
+            raise _fail("graphs", "expected a list of 64-hex-digit graph digests", graphs)
         loss = d["loss"]
         if not isinstance(loss, str) or loss not in LOSS_KINDS:
             raise _fail("loss", f"expected one of {LOSS_KINDS}", loss)
@@ -264,6 +281,7 @@ class TrainingStatement:
             _int(d, "momentum", 0, _U63),
             _int(d, "weight_decay", 0, _U63),
             loss,
+            tuple(_hex32(x, "graphs[]") for x in graphs),
         )
 
     @classmethod

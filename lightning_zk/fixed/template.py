@@ -1,0 +1,105 @@
+"""The provable template step as a traced graph: what the trainer's step must be, and what the
+verifier checks the committed graphs against.
+
+The zk relations prove one step shape: a Linear/ReLU MLP, ``F.mse_loss(net(x), y)`` or
+``F.cross_entropy(net(x), y)`` on the batch, ``torch.optim.SGD`` (momentum, weight decay). The
+trainer traces the user's own step (:class:`.intercept.FixedPointTracer`) and refuses it unless
+its graph equals :func:`template_graph` on a copy of the user's network. The verifier rebuilds the
+same graph from a statement's public constants alone (:func:`provable_digests`) and accepts a
+step only if the graph digest the trainer committed for it is one of those: so a proof speaks of
+the user's ``training_step`` as traced, never of a stand-in the records do not name.
+
+The graph is canonical: parameters and momentum buffers are named by position (``param:i``,
+``momentum:i``), the batch ``batch:0``/``batch:1``, and float constants by their fixed-point
+integers (what the step computes with), so it depends on the architecture, the loss, the SGD
+constants on the grid and the batch shape, not on module attribute names or float spellings.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .format import FixedPointConfig
+from .intercept import FixedPointTracer, graph_digest
+
+__all__ = ["new_tracer", "template_graph", "mlp_network", "provable_digests", "FOREACH_CHOICES"]
+
+FOREACH_CHOICES = (False, True)  # torch's two SGD paths, same arithmetic, different op lists
+
+
+def new_tracer(config: FixedPointConfig, step: int, net: nn.Module, x: torch.Tensor,
+               y: torch.Tensor, optimizer: torch.optim.Optimizer | None = None) -> FixedPointTracer:
+    """A tracer with the step's leaves: the parameters, SGD's momentum buffers where torch holds
+    them (after step 0), the batch inputs and targets (quantised)."""
+    tracer = FixedPointTracer(config, step=step)
+    params = list(net.parameters())
+    for i, param in enumerate(params):
+        tracer.leaf(f"param:{i}", param)
+    state = optimizer.state if optimizer is not None else {}
+    for i, param in enumerate(params):
+        buf = (state.get(param) or {}).get("momentum_buffer")
+        if buf is not None:
+            tracer.leaf(f"momentum:{i}", buf)
+    tracer.leaf("batch:0", x, quantise=True)
+    tracer.leaf("batch:1", y, quantise=True)
+    return tracer
+
+
+def template_graph(net: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FixedPointConfig,
+                   *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
+                   foreach: bool | None = None, buffers: bool = False, loss: str = "mse",
+                   step: int = 0) -> list[dict[str, Any]]:
+    """The canonical graph of the template step on a copy of ``net`` with batch (x, y):
+    ``loss(net(x), y).backward(); SGD(...).step()``, with momentum buffers already held by
+    torch iff ``buffers`` (step 0 clones new buffers, later steps update them in place)."""
+    net = copy.deepcopy(net)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
+                          foreach=foreach)
+    if buffers:  # (their values do not shape the graph)
+        for p in net.parameters():
+            opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
+    tracer = new_tracer(config, step, net, x, y, opt)
+    loss_fn = F.cross_entropy if loss == "xent" else F.mse_loss
+    with tracer:
+        loss_fn(net(x), y).backward()
+        opt.step()
+    outputs = list(net.parameters())
+    if momentum:
+        outputs += [opt.state[p]["momentum_buffer"] for p in net.parameters()]
+    return tracer.graph([tracer.ref(t) for t in outputs])
+
+
+def mlp_network(dims: Sequence[int]) -> nn.Sequential:
+    """The Linear/ReLU MLP of widths ``dims`` (its weights do not shape the graph)."""
+    layers: list[nn.Module] = []
+    for i in range(len(dims) - 1):
+        layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
+def provable_digests(dims: Sequence[int], batch_size: int, config: FixedPointConfig, *, lr: int,
+                     momentum: int = 0, weight_decay: int = 0, loss: str = "mse",
+                     buffers: bool = False) -> set[str]:
+    """Digests of the template graphs a step with these public constants may commit (one per
+    SGD path): what a verifier derives from a statement by itself. The constants are the
+    fixed-point integers of the statement (a float that rounds to them gives the same graph)."""
+    scale = float(1 << config.frac_bits)
+    x = torch.zeros(batch_size, dims[0])
+    y = (torch.zeros(batch_size, dtype=torch.long) if loss == "xent"
+         else torch.zeros(batch_size, dims[-1]))
+    with torch.random.fork_rng():  # the network's values do not shape the graph: keep the RNG
+        net = mlp_network(dims)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()  # (on the grid, as the trainer's module is)
+    return {graph_digest(template_graph(net, x, y, config, lr=lr / scale,
+                                        momentum=momentum / scale,
+                                        weight_decay=weight_decay / scale, foreach=foreach,
+                                        buffers=buffers, loss=loss))
+            for foreach in FOREACH_CHOICES}
