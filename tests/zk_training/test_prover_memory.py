@@ -8,7 +8,9 @@ refactorings, so every byte must stay the same. A deliberate change of the proof
 the prover's randomness use updates them. Re-recorded for statement version 5 (issue 12: the
 transcript absorbs the statement version, SGD's momentum and weight decay, and the loss kind);
 with version 3's absorption the same prover gives the previous digests (ff95c621…, 8aa6d71f…)
-byte for byte (checked when the two branches were merged).
+byte for byte (checked when the two branches were merged). Re-recorded for statement version 6
+(issue 12, Conv2d: the transcript absorbs the conv shape); absorbing version 5 without the conv
+field, the same prover gives the previous digests (150921d9…, 90e41532…) byte for byte.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import pytest
 
 from .seeded import seeded_proofs
 
-STEP_SHA256 = "150921d968fc74355f318e1119f25bb5b9e6d4b44173eaeea11af6aefc93a5b1"
-EPOCH_SHA256 = "90e41532a8c7f05090aa41a8e8b36fd221440bc8319422262ac631d5ffad2e89"
+STEP_SHA256 = "f98e323ed0bc1b7ef5d72d4aec3225c864a23e6703899cbf2fd7d9b2c341a21f"
+EPOCH_SHA256 = "f94fb159336f6b8396c3cff0657c0af58af4006ec6c34521ffa47afe4468dae4"
 
 
 def test_seeded_proofs_are_byte_identical_to_before():

@@ -105,7 +105,7 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
     for u, tp in enumerate(tapes):
         tp.validate()
         same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const,
-                tp.momentum, tp.weight_decay, tp.loss)
+                tp.momentum, tp.weight_decay, tp.loss, tp.conv)
         if same != (
             first.dims,
             first.batch_size,
@@ -116,6 +116,7 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             first.momentum,
             first.weight_decay,
             first.loss,
+            first.conv,
         ):
             raise ParameterError(f"prove_unit: tape {u} (step {tp.step}) has other parameters")
         if tp.step != first.step + u:
@@ -128,6 +129,11 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             raise ParameterError(
                 f"prove_unit: unit starts at step {first.step}, the chain expects step {want}"
             )
+
+
+def _conv_tuple(tape: WitnessTape) -> tuple[int, ...]:
+    """The statement's encoding of a tape's conv layer (() without one)."""
+    return tape.conv.as_tuple() if tape.conv is not None else ()
 
 
 def _lam(point: Sequence[Fp2]) -> Fp2:
@@ -185,7 +191,7 @@ def prove_unit(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, *_DUMMY_COMS,
         security_bits, blowup, momentum=first.momentum, weight_decay=first.weight_decay,
-        loss=first.loss))
+        loss=first.loss, conv=_conv_tuple(first)))
     layout = draft.layout
     state = [k for k, _ in layout.theta_leaves()]  # weights, biases (and momentum buffers)
     before = {k: first.tensors[k] for k in state}
@@ -209,7 +215,7 @@ def prove_unit(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, b_in_com, b_out_com, batch_com,
         security_bits, blowup, run_id, tuple(ledger_leaves), first.momentum, first.weight_decay,
-        first.loss,
+        first.loss, _conv_tuple(first),
     )
     shape = UnitShape(stmt)
     ml, wr, n = shape.masks, shape.ranges, layout.wit_vars
