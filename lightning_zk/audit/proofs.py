@@ -476,9 +476,12 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
             "blowup": proof.get("blowup"),
             # SGD's momentum and weight decay (a run written before them trained plain SGD)
             "momentum": fixed.get("momentum", 0), "weight_decay": fixed.get("weight_decay", 0),
+            # a first Conv2d's shape (an MLP run's manifest has none)
+            "conv": list(fixed.get("conv") or []),
         }
         got = {k: getattr(stmt, k) for k in want}
         got["dims"] = list(stmt.dims)
+        got["conv"] = list(stmt.conv)
         for key in want:
             if got[key] != want[key]:
                 report.problems.append(f"{unit}: statement field {key} is {got[key]!r:.80}, the "
