@@ -172,6 +172,11 @@ class WitnessTape:
         """Raise TapeFormatError unless every tensor is present with its shape and int64."""
         if self.loss not in LOSSES:
             raise TapeFormatError(f"tape for step {self.step}: unknown loss {self.loss!r}")
+        conv = self.conv
+        if conv is not None and (len(self.dims) < 3 or self.dims[:2] != (conv.patch,
+                                                                          conv.filters)):
+            raise TapeFormatError(f"tape for step {self.step}: dims {self.dims} do not start "
+                                  f"with the conv's (C k k, F) = ({conv.patch}, {conv.filters})")
         for name in self.names():
             if name not in self.tensors:
                 raise TapeFormatError(f"tape for step {self.step} lacks tensor {name!r}")

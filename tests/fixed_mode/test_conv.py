@@ -95,6 +95,40 @@ def test_engine_conv_step_matches_loop_reference(spec):
     assert np.array_equal(t["Z2"], (raw + (1 << (S - 1))) >> S)
 
 
+def test_conv_tape_round_trip_and_older_versions(tmp_path):
+    """Version-3 tapes carry the conv shape; a version-2 file (no "conv") loads without one; a
+    bad conv header is refused."""
+    import json
+
+    from lightning_zk.fixed import TapeFormatError
+
+    spec = ConvSpec(1, 4, 4, 2, 3, 1, 1)
+    rng = np.random.default_rng(0)
+    mlp = FixedPointMLP.from_float([rng.normal(size=(2, 1, 3, 3)), rng.normal(size=(3, 32))],
+                                   [np.zeros(2), np.zeros(3)], lr=0.125, conv=spec)
+    tape = mlp.step_float(rng.normal(size=(2, 16)), rng.normal(size=(2, 3)))
+    tape.save(tmp_path / "c.npz")
+    back = WitnessTape.load(tmp_path / "c.npz")
+    assert back.conv == spec and back.header() == tape.header()
+
+    def write(path, head, tensors):
+        np.savez(path, __header__=np.frombuffer(json.dumps(head).encode(), dtype=np.uint8),
+                 **tensors)
+
+    plain = FixedPointMLP.from_float([rng.normal(size=(4, 3))], [np.zeros(4)], lr=0.125)
+    pt = plain.step_float(rng.normal(size=(2, 3)), rng.normal(size=(2, 4)))
+    v2 = {k: v for k, v in pt.header().items() if k != "conv"} | {"version": 2}
+    write(tmp_path / "v2.npz", v2, pt.tensors)
+    assert WitnessTape.load(tmp_path / "v2.npz").conv is None
+    for bad in ([1, 4, 4, 2, 3, 1], [1, 4, 4, 2, 3, 1, 5], [1, 4, 4, 2, 3, 1, "1"]):
+        write(tmp_path / "b.npz", tape.header() | {"conv": bad}, tape.tensors)
+        with pytest.raises(TapeFormatError, match="conv"):
+            WitnessTape.load(tmp_path / "b.npz")
+    write(tmp_path / "m.npz", tape.header() | {"conv": [1, 4, 4, 3, 3, 1, 1]}, tape.tensors)
+    with pytest.raises(TapeFormatError):  # another filter count: the shapes disagree
+        WitnessTape.load(tmp_path / "m.npz")
+
+
 def _cnn(seed=0, conv=None):
     torch.manual_seed(seed)
     conv = conv or nn.Conv2d(1, 2, 3, padding=1)
