@@ -249,6 +249,30 @@ def test_lightning_cnn_trains_bit_identically_and_its_proofs_verify(tmp_path):
     assert {s.conv for s in statements} == {spec.as_tuple()}
 
 
+class HalvedInputCNN(CNN):
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return F.cross_entropy(self.net(x * 0.5), y)
+
+
+def test_conv_step_other_than_the_template_is_not_trained(tmp_path):
+    """The template graph (traced from the user's own network) includes the conv ops: a step
+    that scales its images is a different graph, refused before anything is trained."""
+    from lightning_zk.strategies.fixed import NotProvableError
+
+    L.seed_everything(0, verbose=False)
+    model = HalvedInputCNN(padding=0)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
+                        max_steps=1, **trainer_kwargs())
+    with pytest.raises(NotProvableError, match="graph"):
+        trainer.fit(model, train_dataloaders=DataLoader(image_data(), batch_size=2))
+    s = FixedPointConfig().frac_bits
+    for p, b in zip(model.parameters(), before, strict=True):  # rolled back: the start weights
+        assert np.array_equal(quantize(p.detach().double().numpy(), s),
+                              quantize(b.double().numpy(), s))
+
+
 def test_conv_output_not_a_power_of_two_is_refused(tmp_path):
     L.seed_everything(0, verbose=False)
     trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),

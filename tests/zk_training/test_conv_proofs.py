@@ -136,6 +136,9 @@ def test_statement_conv_field_is_parsed_strictly(step_unit):
                 [1, 4, 4, 3, 3, 1, 1]):
         with pytest.raises(ParameterError):
             TrainingStatement.from_json({**d, "conv": bad})
+    with pytest.raises(ParameterError, match="patch entries"):  # a verifier's work is bounded
+        TrainingStatement.from_json({**d, "conv": [1, 4096, 4096, 2, 3, 1, 1],
+                                     "dims": [9, 2, *d["dims"][2:]]})
     missing = {k: v for k, v in d.items() if k != "conv"}
     with pytest.raises(ParameterError):
         TrainingStatement.from_json(missing)

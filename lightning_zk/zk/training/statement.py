@@ -42,6 +42,7 @@ LOSS_KINDS = ("mse", "xent")  # the output gradient the relations prove
 STATEMENT_FORMAT = "lightning-zk/training-statement"
 MAX_STATEMENT_BYTES = 1 << 24  # 16 MiB: a statement of 2^18 steps; larger input is refused unread
 _U63 = (1 << 63) - 1
+MAX_PATCH_ENTRIES = 1 << 22  # H' W' C k k: the im2col selection is evaluated entry by entry
 _MAX_RUN_ID = 128
 
 
@@ -143,6 +144,11 @@ class TrainingStatement:
                 spec = ConvSpec(*conv)
             except (TypeError, ValueError) as err:
                 raise ParameterError(f"TrainingStatement: conv {conv}: {err}") from None
+            if spec.positions * spec.patch > MAX_PATCH_ENTRIES:
+                raise ParameterError(
+                    f"TrainingStatement: conv {conv} has {spec.positions * spec.patch} patch "
+                    f"entries per image, more than {MAX_PATCH_ENTRIES} (prover and verifier "
+                    "evaluate the im2col selection entry by entry)")
             if len(self.dims) < 3 or self.dims[0] != spec.patch or self.dims[1] != spec.filters:
                 raise ParameterError(
                     f"TrainingStatement: conv {conv} needs dims (C k k = {spec.patch}, F = "
