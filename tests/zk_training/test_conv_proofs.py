@@ -129,6 +129,16 @@ def test_statement_with_another_conv_shape_is_rejected(step_unit, conv):
         verify_unit(proof, other)
 
 
+def test_conv_output_not_a_power_of_two_is_not_proved():
+    spec = ConvSpec(1, 6, 6, 2, 3, 1, 1)  # 6x6 output: the Flatten is no relabelling
+    rng = np.random.default_rng(0)
+    mlp = FixedPointMLP.from_float([rng.normal(size=(2, 1, 3, 3)) * .3, rng.normal(size=(3, 72)) * .1],
+                                   [np.zeros(2), np.zeros(3)], lr=0.125, conv=spec)
+    tape = mlp.step_float(rng.normal(size=(2, 36)) * .5, rng.normal(size=(2, 3)) * .1)
+    with pytest.raises(ParameterError, match="powers of two"):
+        prove_step(tape, backend="numpy", rng=1)
+
+
 def test_statement_conv_field_is_parsed_strictly(step_unit):
     _, stmt, _ = step_unit
     d = json.loads(stmt.to_bytes())

@@ -123,6 +123,10 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             raise ParameterError(
                 f"prove_unit: tapes must be consecutive steps; got step {tp.step} at position {u}"
             )
+    if first.conv is not None and not first.conv.provable:
+        raise ParameterError(
+            f"prove_unit: the conv's output is {first.conv.out_height}x{first.conv.out_width}; "
+            "the relations need its height and width to be powers of two")
     if prev is not None:
         want = prev.statement.step_start + prev.statement.num_steps
         if first.step != want or tuple(prev.statement.dims) != first.dims:
