@@ -208,6 +208,12 @@ class FixedPointSession(TrainingSession):
             raise RunDirectoryError(
                 f"the run {self.run.path} trains with loss {declared!r}, this training's "
                 f"targets give {self.loss_kind!r}: a chain is proved for one loss.")
+        conv = list(self.engine.conv.as_tuple()) if self.engine.conv is not None else None
+        if (self.manifest.get("fixed") or {}).get("conv") != conv:
+            raise RunDirectoryError(
+                f"the run {self.run.path} declares the conv layer "
+                f"{(self.manifest.get('fixed') or {}).get('conv')}, this training's network and "
+                f"data give {conv}: a chain is proved for one architecture.")
         if self.last_record is not None:  # a record carries the graph when it differs from the
             # previous step's: a resumed run records exactly what the uninterrupted one did
             self._graph_digest = (self.last_record.extra or {}).get("graph_sha256")

@@ -279,3 +279,43 @@ def test_conv_output_not_a_power_of_two_is_refused(tmp_path):
                         max_steps=1, **trainer_kwargs())
     with pytest.raises(UnsupportedModelError, match="powers of two"):
         trainer.fit(CNN(padding=1), train_dataloaders=DataLoader(image_data(), batch_size=2))
+
+
+def test_resumed_cnn_run_keeps_its_conv_buffers_and_chain(tmp_path):
+    """Crash before step 3, resume from the step-2 checkpoint: the conv's (F, C, k, k) momentum
+    buffer is restored into the engine's flattened layout, and the chain verifies and equals the
+    run trained straight through."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class Crash(RuntimeError):
+        pass
+
+    class CrashBefore(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 3:
+                raise Crash("crash before step 3")
+
+    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
+
+    def fit(steps, callbacks, ckpt_path=None, path=run):
+        L.seed_everything(0, verbose=False)
+        trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=path, mode="fixed"),
+                            max_steps=steps, callbacks=callbacks,
+                            **(trainer_kwargs() | {"enable_checkpointing": True}))
+        trainer.fit(CNN(padding=0, momentum=0.5), train_dataloaders=DataLoader(
+            image_data(), batch_size=2, shuffle=True), ckpt_path=ckpt_path)
+
+    def callbacks(*extra):
+        return [CommitCallback(), ProofCallback(every_n_steps=1), *extra,
+                ModelCheckpoint(dirpath=ckpt, every_n_train_steps=2, save_top_k=-1)]
+
+    with pytest.raises(Crash):
+        fit(5, callbacks(CrashBefore()))
+    (path,) = ckpt.glob("*step=2.ckpt")
+    fit(5, callbacks(), ckpt_path=path)
+    report = verify_run(run)
+    assert report.ok, report.problems
+    assert report.steps_proven == report.steps_committed == 5
+    fit(5, [CommitCallback()], path=tmp_path / "straight")
+    assert [r.extra["tape_sha256"] for r in RunDirectory(run).read_steps()] == [
+        r.extra["tape_sha256"] for r in RunDirectory(tmp_path / "straight").read_steps()]
