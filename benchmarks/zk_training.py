@@ -12,6 +12,11 @@ zkDL's benchmark network (8 Linear layers of width 1024, batch 64, ~8M parameter
                   (LIGHTNING_ZK_THREADS); the digits step also on 1 thread, for the speedup
 * zk epoch      — FAC4DNN aggregation: E steps in one unit, reported per step
 
+and the same rows for the digits classifier (issue 12: the same network with softmax
+cross-entropy on the integer labels and SGD with momentum 0.9 and weight decay 1e-3), plus its
+test accuracy trained by the fixed-point engine against float32 torch from the same initial
+weights and batches (--accuracy-epochs, target: within 1 point).
+
 Usage:  python benchmarks/zk_training.py [--epoch-steps 8] [--backend auto]
         [--zkdl-widths 128 256] [--skip-zkdl] [--memory-cap-gib 20] [--reps 5]
 Networks of zkDL's shape (8 Linear layers, batch 64) are proved at each --zkdl-widths and at the
@@ -61,12 +66,13 @@ def _machine(backend: str) -> str:
     )
 
 
-def _digits(batch: int, steps: int) -> list[tuple[np.ndarray, np.ndarray]]:
+def _digits(batch: int, steps: int, labels: bool = False) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Shuffled digits batches: one-hot float targets (MSE) or integer labels (cross-entropy)."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
     x = d.data / 16.0
-    y = np.eye(10)[d.target]
+    y = d.target if labels else np.eye(10)[d.target]
     rng = np.random.default_rng(0)
     idx = rng.permutation(len(x))
     return [
@@ -97,25 +103,29 @@ def _model(dims):
     return nn.Sequential(*layers)
 
 
-def _step_times(dims, batches, lr, reps: int):
+def _step_times(dims, batches, lr, reps: int, loss: str = "mse", momentum: float = 0.0,
+                weight_decay: float = 0.0):
     """Medians (ms) of the float32 step and the fixed step, measured alternately in blocks of
     len(batches) steps over ``reps`` repetitions (both see the same machine load), and the
-    fixed-point tapes of the first block."""
+    fixed-point tapes of the first block. ``loss``: "mse" or "xent" (integer labels)."""
     import torch
     from torch import nn
 
     from lightning_zk.fixed.torch_bridge import mlp_from_torch
 
     model = _model(dims)
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
-    engine = mlp_from_torch(_model(dims), lr=lr)
+    sgd = {"lr": lr, "momentum": momentum, "weight_decay": weight_decay}
+    opt = torch.optim.SGD(model.parameters(), **sgd)
+    engine = mlp_from_torch(_model(dims), config=None, loss=loss, **sgd)
+    loss_fn = nn.functional.cross_entropy if loss == "xent" else nn.functional.mse_loss
     f32, fixed, tapes = [], [], []
     for rep in range(reps):
         for x, y in batches:
-            xt, yt = torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32)
+            xt = torch.tensor(x, dtype=torch.float32)
+            yt = torch.tensor(y) if loss == "xent" else torch.tensor(y, dtype=torch.float32)
             t0 = time.perf_counter()
             opt.zero_grad()
-            nn.functional.mse_loss(model(xt), yt).backward()
+            loss_fn(model(xt), yt).backward()
             opt.step()
             f32.append(time.perf_counter() - t0)
         for x, y in batches:
@@ -128,8 +138,8 @@ def _step_times(dims, batches, lr, reps: int):
     return 1e3 * float(np.median(f32[skip:])), 1e3 * float(np.median(fixed[skip:])), tapes
 
 
-def _step_rows(name, dims, batches, lr, reps, target: float | None):
-    f32, fixed, tapes = _step_times(dims, batches, lr, reps)
+def _step_rows(name, dims, batches, lr, reps, target: float | None, **opt):
+    f32, fixed, tapes = _step_times(dims, batches, lr, reps, **opt)
     note = f"tape incl.; {fixed / f32:.2f}x float32"
     if target is not None:
         verdict = "met" if fixed <= target * f32 else "NOT met"
@@ -139,6 +149,50 @@ def _step_rows(name, dims, batches, lr, reps, target: float | None):
         (name, "fixed step", 1, fixed, None, None, note),
     ]
     return rows, tapes
+
+
+def _accuracy(dims, lr, momentum, weight_decay, batch: int, epochs: int) -> tuple[float, float]:
+    """Test accuracy of the digits classifier trained by the exact fixed-point engine and by
+    float32 torch from the same initial weights on the same batches (the last 397 images are the
+    test split of the seeded permutation, as in examples/digits_fixed.py)."""
+    import torch
+    from sklearn.datasets import load_digits
+    from torch import nn
+
+    from lightning_zk.fixed import dequantize
+    from lightning_zk.fixed.torch_bridge import mlp_from_torch
+
+    d = load_digits()
+    order = np.random.default_rng(0).permutation(len(d.data))
+    x, y = d.data[order] / 16.0, d.target[order]
+    cut = len(x) - 397
+    model = _model(dims)
+    engine = mlp_from_torch(model, lr, momentum=momentum, weight_decay=weight_decay, loss="xent")
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    rng = np.random.default_rng(0)
+    for _ in range(epochs):
+        order = rng.permutation(cut)
+        for i in range(cut // batch):
+            idx = order[i * batch:(i + 1) * batch]
+            engine.step_float(x[idx], y[idx])
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(torch.tensor(x[idx], dtype=torch.float32)),
+                                        torch.tensor(y[idx])).backward()
+            opt.step()
+    s = engine.config.frac_bits
+
+    def hits(weights, biases) -> float:
+        a = x[cut:]
+        for i, (w, b) in enumerate(zip(weights, biases, strict=True)):
+            a = a @ w.T + b
+            a = np.maximum(a, 0) if i < len(weights) - 1 else a
+        return float(np.mean(a.argmax(axis=1) == y[cut:]))
+
+    lins = [m for m in model if isinstance(m, nn.Linear)]
+    fixed = hits([dequantize(w, s) for w in engine.weights], [dequantize(b, s) for b in engine.biases])
+    plain = hits([m.weight.detach().double().numpy() for m in lins],
+                 [m.bias.detach().double().numpy() for m in lins])
+    return fixed, plain
 
 
 def _warm_up() -> None:
@@ -269,10 +323,11 @@ def _print(rows) -> None:
     print("-" * len(head))
     for model, mode, steps, pms, vms, kb, note in rows:
         f = lambda x, w: f"{x:>{w}.1f}" if x is not None else f"{'-':>{w}}"  # noqa: E731
+        steps = "-" if steps is None else steps
         print(f"{model:<22} {mode:<20} {steps:>5} {f(pms, 14)} {f(vms, 15)} {f(kb, 15)}  {note}")
 
 
-def _fill(dims, batch, steps) -> tuple[int, float, float]:
+def _fill(dims, batch, steps, names=None) -> tuple[int, float, float]:
     """(Wit variables, true entries / committed entries, true entries / 2^n) of the unit's
     witness; committed entries are the Ligero rows times the columns of Wit's column support."""
     import math
@@ -280,7 +335,7 @@ def _fill(dims, batch, steps) -> tuple[int, float, float]:
     from lightning_zk.zk.ligero import LAYOUT_MULTILINEAR, LigeroConfig, derive_params
 
     arch = Arch(tuple(dims), batch, max(1, 1 << (steps - 1).bit_length()) if steps > 1 else 1)
-    lay = build_layout(arch, tensor_names(len(dims) - 1))
+    lay = build_layout(arch, names or tensor_names(len(dims) - 1))
     n = lay.wit_vars
     true = sum(math.prod(s.sizes) * steps for s in lay.wit.values() if s.sizes)
     params = derive_params(((n, False),), False, 1, LAYOUT_MULTILINEAR, LigeroConfig(),
@@ -309,7 +364,7 @@ def _zk_rows(name, dims, tapes, backend, epoch_steps, one_thread=False, targets=
     """zk step (and epoch) rows; with ``one_thread`` the step is also proved on one thread
     (speedup of the parallel kernels). Returns the rows and the step's proof parts."""
     rows, notes = [], []
-    nv, fill, dom = _fill(dims, tapes[0].batch_size, 1)
+    nv, fill, dom = _fill(dims, tapes[0].batch_size, 1, tapes[0].names())
     res = _prove_row(tapes, backend, epoch=False, cap=cap)
     if "error" in res:
         return [(name, "zk step", 1, None, None, None, f"Wit 2^{nv}: {res['error']}")], notes, {}
@@ -328,7 +383,7 @@ def _zk_rows(name, dims, tapes, backend, epoch_steps, one_thread=False, targets=
         ep = tapes[:epoch_steps]
         n = len(ep)
         re = _prove_row(ep, backend, epoch=True, cap=cap)
-        nve, fille, dome = _fill(dims, tapes[0].batch_size, n)
+        nve, fille, dome = _fill(dims, tapes[0].batch_size, n, tapes[0].names())
         if "error" in re:
             rows.append((name, "zk epoch (per step)", n, None, None, None, re["error"]))
         else:
@@ -351,6 +406,8 @@ def main() -> None:
     ap.add_argument("--memory-cap-gib", type=float, default=20.0,
                     help="address-space cap of each prover process")
     ap.add_argument("--reps", type=int, default=5, help="repetitions of the step timings")
+    ap.add_argument("--accuracy-epochs", type=int, default=10,
+                    help="epochs of the digits classifier's accuracy comparison")
     args = ap.parse_args()
     cap = args.memory_cap_gib
     print("machine:", _machine(args.backend))
@@ -366,6 +423,20 @@ def main() -> None:
         targets=(TARGETS["digits step"], TARGETS["digits epoch"]), cap=cap)
     rows += zk
     notes += zk_notes
+    # the digits classifier (issue 12): the same network, softmax cross-entropy on the integer
+    # labels, SGD with momentum 0.9 and weight decay 1e-3
+    name, opt = "digits classifier", {"loss": "xent", "momentum": 0.9, "weight_decay": 1e-3}
+    step_rows, ctapes = _step_rows(name, digits, _digits(64, max(args.epoch_steps, 1), True), lr,
+                                   args.reps, None, **opt)
+    rows += step_rows
+    zk, zk_notes, _ = _zk_rows(name, digits, ctapes, args.backend, args.epoch_steps, cap=cap)
+    rows += zk
+    fixed_acc, plain_acc = _accuracy(digits, lr, 0.9, 1e-3, 64, args.accuracy_epochs)
+    gap = 100 * (plain_acc - fixed_acc)
+    rows.append((name, "test accuracy", None, None, None, None,
+                 f"fixed point {fixed_acc:.1%}, float32 {plain_acc:.1%} ({args.accuracy_epochs} "
+                 f"epochs, same initial weights and batches; target within 1 point: "
+                 f"{'met' if gap <= 1.0 else 'NOT met'})"))
     for w in args.zkdl_widths:
         small = (w,) * 9
         name = f"zkDL shape 8x{w}"

@@ -33,6 +33,8 @@ _LAZY = {
     "ThresholdPolicy": ".rounding.threshold",
     "UnroundedValueWarning": ".rounding.taint",
     "VerifiableStrategy": ".strategies",
+    "VerifiableDDPStrategy": ".strategies",
+    "VerifiableShardedStrategy": ".strategies",
     "calibrate_threshold": ".strategies.calibrate",
 }
 

@@ -33,8 +33,8 @@ class VerifiableCLI(LightningCLI):
 
     def after_fit(self) -> None:
         session = getattr(self.trainer.strategy, "session", None)
-        if session is None or session.run is None:
-            return
+        if session is None or session.run is None or not self.trainer.is_global_zero:
+            return  # (under DDP only rank 0 commits)
         ledger = session.manifest.get("ledger") or {}
         root = f", ledger root {ledger['root'][:16]}…" if ledger.get("root") else ""
         print(f"lightning-zk: {session.next_step} steps committed to {session.run.path}{root}\n"

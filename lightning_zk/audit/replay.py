@@ -18,6 +18,7 @@ from ..callbacks.commit import CommitCallback
 from ..ledger.claims import check_run_claims
 from ..ledger.rundir import RunDirectory, StepRecord
 from ..rounding.mode import ReplayDivergenceError
+from ..strategies.ddp import replay_strategy_class
 from ..strategies.manifest import (
     SHAPING_SETTINGS,
     STOPPING_SETTINGS,
@@ -33,7 +34,6 @@ from ..strategies.replay import (
     ReplaySession,
     ReplayStart,
 )
-from ..strategies.verifiable import VerifiableStrategy
 from .progress import ReplayProgressBar
 
 __all__ = ["AuditConfigError", "AuditInputError", "AuditReport", "ReplayStart", "replay"]
@@ -211,7 +211,10 @@ def replay(
         start = dataclasses.replace(start, global_step=records[start.step].global_step)
     stop = len(records) if stop is None else min(stop, len(records))
     kwargs = _replay_trainer_kwargs(manifest, trainer_kwargs)
-    strategy = VerifiableStrategy.from_manifest(manifest, run_dir=audit_dir, device=device)
+    # a sharded (data-parallel) run replays on this one process, its shards in turn (or on
+    # ``devices=M`` DDP processes, M dividing its shard count: each runs its shards)
+    strategy = replay_strategy_class(manifest, kwargs.get("devices")).from_manifest(
+        manifest, run_dir=audit_dir, device=device)
     strategy.replay_source, strategy.replay_start, strategy.replay_stop = source, start, stop
     callbacks = list(callbacks or [])
     if audit_dir is not None and not any(isinstance(c, CommitCallback) for c in callbacks):

@@ -113,11 +113,12 @@ def _linears(module: nn.Module) -> list[nn.Module]:
 def mlp_from_torch(
     module: nn.Module, lr: float, config: FixedPointConfig | None = None, step: int = 0,
     momentum: float = 0.0, weight_decay: float = 0.0, optimizer: object | None = None,
-    input_shape: tuple[int, ...] | None = None,
+    loss: str = "mse", input_shape: tuple[int, ...] | None = None,
 ) -> FixedPointMLP:
     """Quantise a torch MLP (round to nearest) into the exact integer engine; with momentum,
-    its buffers come from ``optimizer``'s state where torch created them (zero before). A
-    network with a first Conv2d needs the sample ``input_shape`` (C, H, W)."""
+    its buffers come from ``optimizer``'s state where torch created them (zero before);
+    ``loss`` is ``"mse"`` or ``"xent"`` (softmax cross-entropy). A network with a first Conv2d
+    needs the sample ``input_shape`` (C, H, W)."""
     cfg = config or FixedPointConfig()
     s = cfg.frac_bits
     lins = _linears(module)
@@ -145,7 +146,8 @@ def mlp_from_torch(
             velocity = (q[0::2], q[1::2])
     try:
         return FixedPointMLP(ws, bs, fixed_constant(lr, s), cfg, step, mu,
-                             _constant("weight_decay", weight_decay, s), velocity, conv=conv)
+                             _constant("weight_decay", weight_decay, s), velocity, loss=loss,
+                             conv=conv)
     except ValueError as err:
         raise UnsupportedModelError(str(err)) from None
 

@@ -328,7 +328,9 @@ STRATEGY = Tagged("mode", {
         "mode": Enum("rounded"), "compute_dtype": Enum("float64", "float32"),
         "mantissa_bits": Int(1, 23), "seed": SEED, "threshold_policy": THRESHOLD_POLICY,
         "thresholds": Obj({"base": TAU, "per_kind": Map(TAU, 64), "per_op": Map(TAU, 4096)}),
-    }, rules=[("mantissa_bits", lambda s: "float32 compute needs mantissa_bits < 23 (guard bits)"
+        # data-parallel runs (VerifiableDDPStrategy): shards per step, whatever the world size
+        "shards": Int(1, 1 << 16),
+    }, optional=("shards",), rules=[("mantissa_bits", lambda s: "float32 compute needs mantissa_bits < 23 (guard bits)"
                if s["compute_dtype"] == "float32" and s["mantissa_bits"] == 23 else None)]),
     "fixed": Obj({"mode": Enum("fixed"), "frac_bits": Int(1, 30), "value_bits": Int(2, 40),
                   "seed": SEED},

@@ -176,6 +176,7 @@ class RoundingMode(TorchDispatchMode):
         self.thresholds = thresholds
         self.seed = seed
         self._state: _StepState | None = None
+        self._step_random: StepRandom | None = None  # the step's stream while a shard draws
         self._depth = 0
         self._paused = 0
         self.taint = TaintTracker()  # its ``committed`` callback is set by the training session
@@ -228,6 +229,29 @@ class RoundingMode(TorchDispatchMode):
     @property
     def in_step(self) -> bool:
         return self._state is not None
+
+    # --- data-parallel shards ----------------------------------------------------------------
+    def position(self) -> tuple[int, int]:
+        """``(rounded ops, rounded elements)`` of the open step so far: where a shard begins."""
+        state = self._require_state()
+        return state.op_seq, state.elements_rounded
+
+    def begin_shard(self, shard: int) -> None:
+        """Serve the following random draws from shard ``shard``'s stream ``(seed, step, shard)``.
+
+        A sharded step (``VerifiableDDPStrategy``) runs each shard's forward and backward pass
+        under its own stream, so a shard draws the same dropout masks on any process.
+        """
+        state = self._require_state()
+        if state.random.shard is None:
+            self._step_random = state.random
+        state.random = StepRandom(self.seed, state.step, shard)
+
+    def end_shards(self) -> None:
+        """Back to the step's own stream (where it left off) for the rest of the step."""
+        state = self._require_state()
+        if state.random.shard is not None:
+            state.random = self._step_random
 
     def _require_state(self) -> _StepState:
         if self._state is None:

@@ -47,6 +47,16 @@ def stream_key(seed: int, step: int, draw: int) -> int:
     return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
 
 
+def shard_stream_key(seed: int, step: int, shard: int, draw: int) -> int:
+    """64-bit key of one draw of data-parallel shard ``shard`` (its own domain tag).
+
+    Sharded steps (``VerifiableDDPStrategy``) draw each shard's dropout masks from a stream keyed by
+    ``(seed, step, shard)``, so a shard draws the same masks whichever process computes it.
+    """
+    data = b"lightning-zk/rng/shard/v1" + struct.pack("<qqqq", seed, step, shard, draw)
+    return int.from_bytes(hashlib.sha256(data).digest()[:8], "little")
+
+
 def random_bits(key: int, n: int) -> np.ndarray:
     """``n`` pseudo-random uint64 values of stream ``key``."""
     counters = np.arange(1, n + 1, dtype=np.uint64)
@@ -112,13 +122,17 @@ def _bind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict:
 class StepRandom:
     """Serves the random ops of one training step from the keyed stream."""
 
-    def __init__(self, seed: int, step: int) -> None:
+    def __init__(self, seed: int, step: int, shard: int | None = None) -> None:
         self.seed = seed
         self.step = step
+        self.shard = shard  # a data-parallel shard's own stream (None: the step's stream)
         self.draws = 0
 
     def _key(self) -> int:
-        key = stream_key(self.seed, self.step, self.draws)
+        if self.shard is None:
+            key = stream_key(self.seed, self.step, self.draws)
+        else:
+            key = shard_stream_key(self.seed, self.step, self.shard, self.draws)
         self.draws += 1
         return key
 

@@ -342,3 +342,123 @@ def make_deterministic(
     new_loader = _update_dataloader(dataloader, new_sampler, mode=RunningStage.TRAINING)
     new_batch_sampler = new_loader.batch_sampler
     return new_loader, BatchOrder(new_sampler, new_batch_sampler.batch_size, new_batch_sampler.drop_last)
+
+
+# --- data-parallel shards (VerifiableDDPStrategy) --------------------------------------------
+class ShardedOrder:
+    """The seeded order of a sharded run: step ``t`` of an epoch is ``shards`` shards of
+    ``shard_size`` samples, consecutive in the epoch's order.
+
+    The global batch of step ``t`` is ``order[t·S·b : (t+1)·S·b]`` (``S`` shards of ``b``), shard
+    ``k`` its ``k``-th slice of ``b``; an epoch has ``length // (S·b)`` steps (an incomplete
+    global batch is dropped, so every shard has ``b`` samples). A process computing shards
+    ``first .. first + count − 1`` loads their indices, concatenated, as its batch. The records
+    hold the global batch in shard order, whatever the number of processes.
+    """
+
+    kind = "seeded"
+
+    def __init__(self, sampler: VerifiableSampler, shard_size: int, shards: int, first: int,
+                 count: int) -> None:
+        self.sampler = sampler
+        self.batch_size = shard_size
+        self.shards = shards
+        self.first, self.count = first, count
+        self.steps_per_epoch = sampler.length // (shards * shard_size)
+        self._cache: tuple[int, np.ndarray] | None = None
+        self._resume: tuple[int, int] | None = None
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._cache is None or self._cache[0] != epoch:
+            self._cache = (epoch, self.sampler.order(epoch))
+        return self._cache[1]
+
+    def shard_indices(self, epoch: int, batch_idx: int, shard: int) -> list[int]:
+        """Dataset indices of shard ``shard`` of step ``batch_idx`` of ``epoch``."""
+        b = self.batch_size
+        start = (batch_idx * self.shards + shard) * b
+        return self._order(epoch)[start : start + b].tolist()
+
+    def indices(self, epoch: int, batch_idx: int) -> list[int]:
+        """The global batch (every shard, in shard order): what the seeded order prescribes."""
+        b, s = self.batch_size, self.shards
+        return self._order(epoch)[batch_idx * s * b : (batch_idx + 1) * s * b].tolist()
+
+    def local_indices(self, epoch: int, batch_idx: int) -> list[int]:
+        """What this process loads: its shards' indices, concatenated in shard order."""
+        return [i for k in range(self.first, self.first + self.count)
+                for i in self.shard_indices(epoch, batch_idx, k)]
+
+    def sampler_indices(self, epoch: int, batch_idx: int) -> list[int] | None:
+        return None
+
+    def resume_at(self, epoch: int, batches_done: int) -> None:
+        """The next pass over ``epoch`` starts after its first ``batches_done`` steps."""
+        self._resume = (epoch, batches_done)
+
+    def to_json(self) -> dict[str, object]:
+        return {"kind": self.kind, "length": self.sampler.length, "shuffle": self.sampler.shuffle,
+                "batch_size": self.batch_size, "drop_last": True}
+
+
+class ShardedBatchSampler(Sampler[list[int]]):
+    """Yields this process's local shards of each step of the epoch (:class:`ShardedOrder`)."""
+
+    def __init__(self, order: ShardedOrder) -> None:
+        self.order = order
+
+    @property
+    def sampler(self) -> VerifiableSampler:
+        return self.order.sampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.order.sampler.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        epoch = self.order.sampler.epoch
+        start = 0
+        if self.order._resume is not None and self.order._resume[0] == epoch:
+            start, self.order._resume = self.order._resume[1], None
+        for t in range(start, self.order.steps_per_epoch):
+            yield self.order.local_indices(epoch, t)
+
+    def __len__(self) -> int:
+        return self.order.steps_per_epoch
+
+
+def make_sharded(dataloader: object, seed: int, shards: int, first: int,
+                 count: int) -> tuple[DataLoader, ShardedOrder]:
+    """Rebuild a training ``dataloader`` (``batch_size`` = one shard) to load this process's shards.
+
+    Accepts loaders built from ``batch_size``/``shuffle`` (also after Lightning put a
+    ``DistributedSampler`` in); a custom sampler or an iterable dataset has no shardable seeded
+    order: :class:`UnsupportedDataLoaderError`.
+    """
+    from torch.utils.data import DistributedSampler
+
+    hint = ("HINT: build the training DataLoader from a map-style dataset with batch_size= and "
+            "shuffle= (batch_size is one shard's size).")
+    if not isinstance(dataloader, DataLoader) or dataloader._dataset_kind != 0:
+        raise UnsupportedDataLoaderError(
+            "VerifiableDDPStrategy shards the seeded order of a map-style dataset; this training "
+            f"data is {type(dataloader).__name__} with an iterable dataset or no DataLoader. {hint}")
+    batch_sampler = dataloader.batch_sampler
+    sampler = batch_sampler.sampler if type(batch_sampler) is BatchSampler else None
+    if type(sampler) is DistributedSampler:
+        shuffle = bool(sampler.shuffle)
+    elif type(sampler) is RandomSampler and not sampler.replacement and sampler._num_samples is None:
+        shuffle = True
+    elif type(sampler) is SequentialSampler:
+        shuffle = False
+    else:
+        raise UnsupportedDataLoaderError(
+            f"VerifiableDDPStrategy cannot shard the order of a {type(sampler or batch_sampler).__name__}: "
+            f"a sharded run's order is the seeded order, split into shards. {hint}")
+    shard_size = batch_sampler.batch_size
+    length = len(dataloader.dataset)  # type: ignore[arg-type]
+    if length < shards * shard_size:
+        raise UnsupportedDataLoaderError(
+            f"the dataset has {length} samples, fewer than one step of {shards} shards of "
+            f"{shard_size}: no step would run. HINT: use fewer shards or a smaller batch_size.")
+    order = ShardedOrder(VerifiableSampler(length, shuffle, seed), shard_size, shards, first, count)
+    return _with_index_sampler(dataloader, ShardedBatchSampler(order)), order

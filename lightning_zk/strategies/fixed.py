@@ -158,9 +158,11 @@ class FixedPointSession(TrainingSession):
                 "of variables). HINT: choose padding/stride so that (H + 2p - k) / stride + 1 is "
                 "a power of two (8x8 inputs, k=3, padding=1 give 8x8).")
         # with momentum, the buffers torch restored from a checkpoint (zero before step 0)
+        self.loss_kind = declared_loss(trainer)
         self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step,
                                      momentum=momentum, weight_decay=weight_decay,
-                                     optimizer=self.optimizers[0], input_shape=shape)
+                                     optimizer=self.optimizers[0], loss=self.loss_kind,
+                                     input_shape=shape)
         self._write_back()  # the module holds exactly the dequantised weights (and buffers)
         self.save_tapes = strategy.save_tapes
         self.batch_size = getattr(batch_order, "batch_size", None)
@@ -170,8 +172,6 @@ class FixedPointSession(TrainingSession):
                 "batch_size (no batch_sampler): every step of a proof chain has the same public "
                 "batch size. HINT: DataLoader(dataset, batch_size=B, drop_last=True)."
             )
-        self.loss_kind = declared_loss(trainer)
-        self.engine.loss = self.loss_kind
         self.last_tape: WitnessTape | None = None
         self.last_loss: float | None = None
         self._key: DigestKey | None = None

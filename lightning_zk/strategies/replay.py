@@ -28,7 +28,7 @@ from ..ledger.state import (
     run_digest_format,
     save_snapshot,
 )
-from ..rounding.log import HEADER_SIZE, MAX_BODY_BYTES, RoundingLogError, decode_step_log
+from ..rounding.log import HEADER_SIZE, MAX_BODY_BYTES, RoundingLogError, StepLog, decode_step_log
 from . import manifest as mf
 from .session import TrainingSession
 
@@ -231,7 +231,12 @@ class ReplaySession(TrainingSession):
             log = decode_step_log(data, source=str(path))
         except RoundingLogError as err:
             raise AuditInputError(f"step {step}: {err}") from err
-        self.mode.begin_step(step, replay_log=log)
+        self.mode.begin_step(step, replay_log=self._replay_log(log, record))
+
+    def _replay_log(self, log: StepLog, record: StepRecord) -> StepLog:
+        """The part of the trainer's log this process replays (a sharded replay on several
+        processes: its own shards)."""
+        return log
 
     def begin_batch(self, batch: Any, batch_idx: int) -> None:
         super().begin_batch(batch, batch_idx)

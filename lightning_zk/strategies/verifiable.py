@@ -172,7 +172,7 @@ class VerifiableStrategy(SingleDeviceStrategy):
         self.seed = seed
         self.run_dir = Path(run_dir) if run_dir is not None else None
         self._explicit_device = device is not None
-        super().__init__(device=device if device is not None else "cpu")
+        self._init_base_strategy(device if device is not None else "cpu")
         self.session: TrainingSession | None = None
         self.replay_source: RunDirectory | None = None  # set by lightning_zk.audit.replay
         self.replay_start = None  # ReplayStart: where a replay begins (default: step 0)
@@ -180,6 +180,10 @@ class VerifiableStrategy(SingleDeviceStrategy):
         self._flags = DeterministicFlags()
         self._batch_order = None
         self._user_precision = None
+
+    def _init_base_strategy(self, device: str | torch.device) -> None:
+        """Initialise the Lightning strategy underneath (``VerifiableDDPStrategy``: DDP's)."""
+        SingleDeviceStrategy.__init__(self, device=device)
 
     @classmethod
     def from_manifest(
