@@ -10,6 +10,7 @@ chain and the ledger without ever seeing weights or data. The same model trained
     python -m examples.digits_fixed --run-dir runs/digits_fixed && lightning-zk verify runs/digits_fixed
     python -m examples.digits_fixed --full      # the whole training split, 10 epochs (minutes)
     python -m examples.digits_fixed --loss mse  # regress the one-hot labels instead
+    python -m examples.digits_fixed --model cnn # Conv2d(1, 4, 3, padding=1) on the 8×8 images first
 """
 
 from __future__ import annotations
@@ -49,6 +50,16 @@ class DigitsClassifier(L.LightningModule):
                                weight_decay=h.weight_decay)
 
 
+class DigitsCNN(DigitsClassifier):
+    """Conv2d(1→4, 3×3, padding 1) + ReLU on the 8×8 images, Flatten, then 256 → hidden → 10:
+    fixed mode proves the conv as a matmul over im2col patches (docs/zk_training.md)."""
+
+    def __init__(self, hidden: int = 32, filters: int = 4, **kwargs) -> None:
+        super().__init__(hidden=hidden, **kwargs)
+        self.net = nn.Sequential(nn.Conv2d(1, filters, 3, padding=1), nn.ReLU(), nn.Flatten(),
+                                 nn.Linear(filters * 64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+
+
 class DigitsRegressor(DigitsClassifier):
     """The same network regressing one-hot labels with MSE (fixed mode's other provable loss)."""
 
@@ -57,8 +68,10 @@ class DigitsRegressor(DigitsClassifier):
         return nn.functional.mse_loss(self.net(x), y)
 
 
-def digits(split: str, n: int | None = None, onehot: bool = False) -> TensorDataset:
-    """The bundled digits, pixels scaled to [0, 1]; ``split`` "train" or "test" (fixed split)."""
+def digits(split: str, n: int | None = None, onehot: bool = False,
+           images: bool = False) -> TensorDataset:
+    """The bundled digits, pixels scaled to [0, 1]; ``split`` "train" or "test" (fixed split);
+    ``images``: inputs (1, 8, 8) for a conv network instead of 64 pixels."""
     from sklearn.datasets import load_digits
 
     x, y = load_digits(return_X_y=True)
@@ -66,6 +79,8 @@ def digits(split: str, n: int | None = None, onehot: bool = False) -> TensorData
     x, y, cut = x[order], y[order], len(x) - TEST_SAMPLES
     x, y = (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
     inputs = torch.tensor(x / 16.0, dtype=torch.float32)[:n]
+    if images:
+        inputs = inputs.reshape(-1, 1, 8, 8)
     labels = torch.tensor(y)[:n]
     if onehot:
         labels = nn.functional.one_hot(labels, 10).float()
@@ -73,14 +88,14 @@ def digits(split: str, n: int | None = None, onehot: bool = False) -> TensorData
 
 
 def accuracy(model: DigitsClassifier) -> float:
-    data = digits("test")
+    data = digits("test", images=isinstance(model, DigitsCNN))
     with torch.no_grad():
         predicted = model.net(data.tensors[0].to(next(model.parameters()).dtype)).argmax(dim=1)
     return float((predicted == data.tensors[1]).float().mean())
 
 
 def _loader(args: argparse.Namespace) -> DataLoader:
-    data = digits("train", args.samples, onehot=args.loss == "mse")
+    data = digits("train", args.samples, onehot=args.loss == "mse", images=args.model == "cnn")
     return DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True,
                       generator=torch.Generator().manual_seed(0))
 
@@ -100,13 +115,17 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--loss", choices=("xent", "mse"), default="xent")
+    parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
     parser.add_argument("--full", action="store_true",
                         help="the whole training split (1400 images), batch 32, 10 epochs")
     args = parser.parse_args()
     if args.full:
         args.samples, args.batch_size, args.epochs = None, 32, 10
     L.seed_everything(0, verbose=False)
-    model = (DigitsRegressor if args.loss == "mse" else DigitsClassifier)()
+    if args.model == "cnn" and args.loss == "mse":
+        parser.error("--model cnn trains with cross-entropy (--loss xent)")
+    model = (DigitsCNN if args.model == "cnn" else
+             DigitsRegressor if args.loss == "mse" else DigitsClassifier)()
     baseline = copy.deepcopy(model)  # the same initial weights, trained in float32
 
     started = time.perf_counter()

@@ -489,9 +489,12 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
             "blowup": proof.get("blowup"),
             # SGD's momentum and weight decay (a run written before them trained plain SGD)
             "momentum": fixed.get("momentum", 0), "weight_decay": fixed.get("weight_decay", 0),
+            # a first Conv2d's shape (an MLP run's manifest has none)
+            "conv": list(fixed.get("conv") or []),
         }
         got = {k: getattr(stmt, k) for k in want}
         got["dims"] = list(stmt.dims)
+        got["conv"] = list(stmt.conv)
         for key in want:
             if got[key] != want[key]:
                 report.problems.append(f"{unit}: statement field {key} is {got[key]!r:.80}, the "
@@ -549,7 +552,7 @@ def _check_graphs(stmt: TrainingStatement, records: Sequence[StepRecord], unit: 
             templates[key] = provable_digests(
                 stmt.dims, stmt.batch_size, FixedPointConfig(stmt.frac_bits, stmt.value_bits),
                 lr=stmt.lr, momentum=stmt.momentum, weight_decay=stmt.weight_decay,
-                loss=stmt.loss, buffers=key[0])
+                loss=stmt.loss, buffers=key[0], conv=stmt.conv)
         if committed not in templates[key]:
             report.problems.append(
                 f"step {s}: its traced graph {committed[:16]}… is not the step the proof's "

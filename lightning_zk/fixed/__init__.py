@@ -4,6 +4,7 @@ NumPy only (no torch, no Lightning); torch conversion lives in :mod:`.torch_brid
 See ``docs/fixed_point.md``.
 """
 
+from .conv import ConvSpec, im2col
 from .engine import FixedPointMLP, mse_constant
 from .exact import ExactOverflowError, exact_matmul, plan_limbs
 from .format import (
@@ -20,6 +21,8 @@ from .reference import ref_rescale, ref_sgd_update, reference_sgd_step, referenc
 from .tape import TapeFormatError, WitnessTape, tensor_names
 
 __all__ = [
+    "ConvSpec",
+    "im2col",
     "FixedPointMLP",
     "mse_constant",
     "ExactOverflowError",

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .conv import ConvSpec, flat_to_rows, im2col, rows_to_flat
 from .exact import exact_matmul
 from .format import (
     FixedPointConfig,
@@ -100,6 +101,7 @@ class FixedPointMLP:
         weight_decay: int = 0,
         velocity: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
         loss: str = "mse",
+        conv: ConvSpec | None = None,
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"FixedPointMLP(loss={loss!r}): supported losses are {LOSSES}")
@@ -109,9 +111,15 @@ class FixedPointMLP:
         self.biases = [np.asarray(b, dtype=np.int64).copy() for b in biases]
         if not self.weights or len(self.weights) != len(self.biases):
             raise ValueError("FixedPointMLP: need one bias per weight matrix and >= 1 layer")
+        self.conv = conv
+        if conv is not None and (len(self.weights) < 2 or self.weights[0].shape != (
+                conv.filters, conv.patch)):
+            raise ValueError(f"FixedPointMLP: conv {conv} needs weights[0] of shape "
+                             f"({conv.filters}, {conv.patch}) and a Linear layer after it")
         dims = [self.weights[0].shape[1]]
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            if w.ndim != 2 or w.shape[1] != dims[-1] or b.shape != (w.shape[0],):
+            if w.ndim != 2 or w.shape[1] != dims[-1] * self.spatial(i) or b.shape != (
+                    w.shape[0],):
                 raise ValueError(f"FixedPointMLP: layer {i + 1} has shapes {w.shape}, {b.shape}")
             dims.append(w.shape[0])
         self.dims = tuple(int(d) for d in dims)
@@ -161,10 +169,13 @@ class FixedPointMLP:
         momentum: float = 0.0,
         weight_decay: float = 0.0,
         loss: str = "mse",
+        conv: ConvSpec | None = None,
     ) -> FixedPointMLP:
-        """Quantise float weights (round to nearest) and the SGD constants (as the lr)."""
+        """Quantise float weights (round to nearest) and the SGD constants (as the lr); with
+        ``conv``, weights[0] is the conv weight (F, C, k, k) or (F, C k k)."""
         cfg = config or FixedPointConfig()
         s = cfg.frac_bits
+        weights = [np.asarray(w).reshape(w.shape[0], -1) for w in weights]
         return cls(
             [quantize(w, s) for w in weights],
             [quantize(b, s) for b in biases],
@@ -174,11 +185,26 @@ class FixedPointMLP:
             optimizer_constant("momentum", momentum, s),
             optimizer_constant("weight_decay", weight_decay, s),
             loss=loss,
+            conv=conv,
         )
 
     @property
     def num_layers(self) -> int:
         return len(self.weights)
+
+    def spatial(self, i: int) -> int:
+        """H' W' for the Linear layer (0-based index i) right after the conv (its Flatten
+        multiplies the fan-in), else 1."""
+        return self.conv.positions if self.conv is not None and i == 1 else 1
+
+    def _layer_input(self, a: np.ndarray, i: int) -> np.ndarray:
+        """Layer i's (0-based) input matrix: the conv's patches, the Flatten of its output
+        (an exact permutation), or the previous activation."""
+        if self.conv is not None and i == 0:
+            return im2col(a, self.conv)
+        if self.conv is not None and i == 1:
+            return rows_to_flat(a, self.conv)
+        return a
 
     def float_weights(self) -> tuple[list[np.ndarray], list[np.ndarray]]:
         s = self.config.frac_bits
@@ -188,7 +214,7 @@ class FixedPointMLP:
         """Fixed-point predictions (no tape, no update)."""
         s, a = self.config.frac_bits, np.asarray(x, dtype=np.int64)
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
-            z, _ = rescale(exact_matmul(a, w.T) + (b << s)[None, :], s)
+            z, _ = rescale(exact_matmul(self._layer_input(a, i), w.T) + (b << s)[None, :], s)
             a = z * (z > 0) if i < self.num_layers - 1 else z
         return a
 
@@ -214,12 +240,18 @@ class FixedPointMLP:
         x = np.asarray(x, dtype=np.int64)
         y = np.asarray(y, dtype=np.int64)
         bsz = x.shape[0]
-        if x.shape != (bsz, self.dims[0]) or y.shape != (bsz, self.dims[-1]):
+        conv = self.conv
+        width = self.dims[0] if conv is None else conv.image
+        if conv is not None and x.ndim == 4:
+            x = x.reshape(bsz, -1)
+        if x.shape != (bsz, width) or y.shape != (bsz, self.dims[-1]):
             raise ValueError(f"step: batch shapes {x.shape}, {y.shape} do not fit dims {self.dims}")
+        rows = bsz * conv.positions if conv is not None else bsz
         if self.loss == "xent" and not (np.isin(y, (0, 1 << s)).all()
                                         and (y.sum(axis=1) == 1 << s).all()):
             raise ValueError("step: cross-entropy targets must be Yhot = 2^s onehot(labels)")
-        for fan_in in (*self.dims[:-1], bsz, *self.dims[1:]):
+        fans = [w.shape[1] for w in self.weights]
+        for fan_in in (*fans, bsz, rows, *self.dims[1:]):
             cfg.check_fan_in(fan_in)
         t: dict[str, np.ndarray] = {}
         top: dict[str, int] = {}  # max |tensor| of the checked signed tensors
@@ -238,10 +270,22 @@ class FixedPointMLP:
         put("x", x)
         put("y", y)
         acts = ["x"]
+        if conv is not None:  # the patch matrix: layer 1 is a Linear layer over its rows
+            put("PA", im2col(x, conv))
+            acts = ["PA"]
+
+        def inputs(i: int) -> str:
+            """Layer i's input on the tape; the Flatten after the conv as a temporary view."""
+            if conv is not None and i == 2:
+                t["_X2"] = rows_to_flat(t["A1"], conv)
+                top["_X2"] = top["A1"]
+                return "_X2"
+            return acts[i - 1]
+
         for i in range(1, L + 1):
             put(f"W{i}", self.weights[i - 1])
             put(f"b{i}", self.biases[i - 1])
-            raw = matmul(acts[-1], f"W{i}", tb=True)
+            raw = matmul(inputs(i), f"W{i}", tb=True)
             raw += self.biases[i - 1][None, :] << s
             z, rz = rescale_owned(raw, s)
             put(f"Z{i}", z)
@@ -263,12 +307,14 @@ class FixedPointMLP:
         put("RG", rg)
         gz = "G"
         for i in range(L, 0, -1):
-            gw, rgw = rescale_owned(matmul(gz, acts[i - 1], ta=True), s)
+            gw, rgw = rescale_owned(matmul(gz, inputs(i), ta=True), s)
             put(f"GW{i}", gw)
             put(f"RGW{i}", rgw)
             put(f"Gb{i}", t[gz].sum(axis=0))
             if i > 1:
                 ga, rga = rescale_owned(matmul(gz, f"W{i}"), s)
+                if conv is not None and i == 2:  # back to the conv's rows (exact permutation)
+                    ga, rga = flat_to_rows(ga, conv), flat_to_rows(rga, conv)
                 put(f"GA{i - 1}", ga)
                 put(f"RGA{i - 1}", rga)
                 put(f"GZ{i - 1}", ga * t[f"S{i - 1}"])
@@ -285,6 +331,7 @@ class FixedPointMLP:
             put(f"RUb{i}", rub)
             put(f"W{i}n", t[f"W{i}"] - uw)
             put(f"b{i}n", t[f"b{i}"] - ub)
+        t.pop("_X2", None)
         tape = WitnessTape(
             step=self.step_index,
             dims=self.dims,
@@ -297,6 +344,7 @@ class FixedPointMLP:
             momentum=self.momentum,
             weight_decay=self.weight_decay,
             loss=self.loss,
+            conv=conv,
         )
         for i in range(1, L + 1):
             self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()

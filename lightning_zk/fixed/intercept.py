@@ -28,6 +28,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..rounding.taint import user_location
+from .conv import ConvSpec, im2col
 from .exact import exact_matmul
 from .format import FixedPointConfig, check_bound, fixed_constant, rescale
 from .softmax import onehot_targets, softmax_witness, xent_constant, xent_loss
@@ -64,6 +65,8 @@ _XENT = {
     aten._log_softmax_backward_data.default,
 }
 _ARITH |= _XENT
+_CONV = {aten.convolution.default, aten.convolution_backward.default}  # nn.Conv2d (im2col)
+_ARITH |= _CONV
 _INPLACE = {aten.copy_.default, aten.zero_.default}
 _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
     aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default,
@@ -265,6 +268,8 @@ class FixedPointTracer(TorchDispatchMode):
         s, name = self.config.frac_bits, str(func)
         if func in _XENT:
             return self._xent(func, args, kwargs)
+        if func in _CONV:
+            return self._conv(func, args)
         for a in [*args, *kwargs.values()]:
             for item in (a if isinstance(a, (list, tuple)) else [a]):
                 if isinstance(item, torch.Tensor) and self.ref(item) in self._logits:
@@ -371,6 +376,58 @@ class FixedPointTracer(TorchDispatchMode):
         with torch.no_grad():
             x.copy_(self.value(new, x))
         return x
+
+    # --- Conv2d as a matmul over patches -----------------------------------------------------
+    def _conv_spec(self, name: str, x: torch.Tensor, w: torch.Tensor, stride, padding,
+                   dilation, transposed, output_padding, groups) -> ConvSpec:
+        """The public shape of a supported Conv2d call; anything else refused by name."""
+        why = ""
+        if x.dim() != 4 or w.dim() != 4:
+            why = "only 2-D convolutions (nn.Conv2d) on (B, C, H, W) inputs"
+        elif transposed or any(output_padding):
+            why = "transposed convolutions"
+        elif groups != 1:
+            why = f"groups={groups} (only groups=1)"
+        elif any(d != 1 for d in dilation):
+            why = f"dilation={list(dilation)} (only dilation=1)"
+        elif len(set(stride)) != 1 or len(set(padding)) != 1 or w.shape[2] != w.shape[3]:
+            why = "only square kernels with equal stride and zero padding on both axes"
+        if why:
+            raise UnsupportedOpError(name, user_location(), why)
+        b, c, h, wd = x.shape
+        try:
+            return ConvSpec(int(c), int(h), int(wd), int(w.shape[0]), int(w.shape[2]),
+                            int(stride[0]), int(padding[0]))
+        except ValueError as err:
+            raise UnsupportedOpError(name, user_location(), str(err)) from err
+
+    def _conv(self, func, args):
+        """nn.Conv2d forward and backward with the engine's semantics (:mod:`.conv`): Z =
+        rescale(im2col(x) Wmat^T + 2^s b), grad_W = rescale(GZ^T im2col(x)), grad_b = sum GZ
+        over (b, oh, ow). The input gradient (a conv after another layer) is refused."""
+        name, s = str(func), self.config.frac_bits
+        if func is aten.convolution.default:
+            x, w, bias = args[:3]
+            spec = self._conv_spec(name, x, w, *args[3:9])
+            if bias is None:
+                raise UnsupportedOpError(name, user_location(), "Conv2d without bias (bias=True "
+                                         "needed)")
+            pa = im2col(self.ints(x), spec)
+            wmat = self.ints(w).reshape(spec.filters, -1)
+            raw = exact_matmul(pa, wmat.T) + (self.ints(bias)[None, :] << s)
+            z = self._rescaled(raw).reshape(x.shape[0], spec.out_height, spec.out_width, -1)
+            return self._checked(np.ascontiguousarray(z.transpose(0, 3, 1, 2)), x, name)
+        go, x, w = args[:3]
+        spec = self._conv_spec(name, x, w, *args[4:10])
+        mask = args[10]
+        if mask[0]:
+            raise UnsupportedOpError(name, user_location(), "the input gradient of a Conv2d: "
+                                     "only a first Conv2d layer (on the batch input) is supported")
+        gz = self.ints(go).transpose(0, 2, 3, 1).reshape(-1, spec.filters)
+        gw = self._rescaled(exact_matmul(gz.T, im2col(self.ints(x), spec)))
+        gw_t = self._checked(gw.reshape(w.shape), w, name) if mask[1] else None
+        gb_t = self._checked(gz.sum(axis=0), w, name) if mask[2] else None
+        return None, gw_t, gb_t
 
     # --- softmax cross-entropy ---------------------------------------------------------------
     def _labels(self, target: torch.Tensor, classes: int, name: str) -> np.ndarray:

@@ -37,7 +37,14 @@ File format (``save``/``load``): an ``.npz`` archive (never pickled, read with
 ``allow_pickle=False``) holding one int64 array per tensor plus ``__header__``, a uint8 array
 with UTF-8 JSON ``{"format": "lightning-zk/tape", "version": 1, "step", "dims", "frac_bits",
 "value_bits", "lr", "mse_const", "batch_size", "names"}``; version 2 adds ``"momentum"``,
-``"weight_decay"`` and ``"loss"`` (version 1 files are plain-SGD MSE tapes and still load).
+``"weight_decay"`` and ``"loss"`` (version 1 files are plain-SGD MSE tapes and still load);
+version 3 adds ``"conv"``: null, or the first Conv2d layer's public shape [C, H, W, F, k,
+stride, padding] (older files have no conv layer and still load).
+
+A tape with a first Conv2d layer (:mod:`.conv`) has dims = (C k k, F, d2, ..., dL): layer 1 is a
+Linear layer over the patch matrix, so x is (B, C H W) (the flattened images), PA (B H' W', C k k)
+= im2col(x) is the layer's input, layer 1's tensors Z1 ... GZ1 have the rows (b, oh, ow) of PA,
+W1 is the flattened conv weight (F, C k k) and W2 is (d2, F H' W') in torch's Flatten order.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ from typing import IO
 import numpy as np
 
 from ..atomic import atomic_write_bytes
+from .conv import ConvSpec
 from .softmax import LOSSES, SOFTMAX_TENSORS
 
 __all__ = [
@@ -61,7 +69,7 @@ __all__ = [
 
 _OPT_W = ("DW", "RDW", "VW", "MW", "RMW")  # per-weight tensors of momentum / weight decay
 _OPT_B = ("Db", "RDb", "Vb", "Mb", "RMb")
-TAPE_VERSION = 2  # 2: SGD momentum, weight decay, the loss (version 1: plain SGD, MSE; still read)
+TAPE_VERSION = 3  # 2: SGD momentum, weight decay, the loss (version 1: plain SGD, MSE); 3: conv
 _FORMAT = "lightning-zk/tape"
 
 
@@ -70,11 +78,11 @@ class TapeFormatError(ValueError):
 
 
 def tensor_names(num_layers: int, momentum: bool = False, decay: bool = False,
-                 loss: str = "mse") -> list[str]:
+                 loss: str = "mse", conv: bool = False) -> list[str]:
     """All tape tensor names for an MLP with ``num_layers`` Linear layers, in canonical order
-    (with the tensors of SGD momentum and weight decay when those are on, and the softmax
-    witness of a cross-entropy tape)."""
-    names = ["x", "y"]
+    (with the tensors of SGD momentum and weight decay when those are on, the softmax
+    witness of a cross-entropy tape, and the patch matrix PA of a first conv layer)."""
+    names = ["x", "y"] + (["PA"] if conv else [])
     for layer in range(1, num_layers + 1):
         names += [f"W{layer}", f"b{layer}", f"Z{layer}", f"RZ{layer}"]
         if layer < num_layers:
@@ -112,6 +120,7 @@ class WitnessTape:
     momentum: int = 0  # public fixed-point constants of SGD (0: off)
     weight_decay: int = 0
     loss: str = "mse"
+    conv: ConvSpec | None = None  # a first Conv2d layer (layer 1 over its patch matrix)
 
     @property
     def num_layers(self) -> int:
@@ -120,7 +129,7 @@ class WitnessTape:
     def names(self) -> list[str]:
         """The tensor names this tape holds (by its optimizer settings)."""
         return tensor_names(self.num_layers, self.momentum != 0, self.weight_decay != 0,
-                            self.loss)
+                            self.loss, self.conv is not None)
 
     def header(self) -> dict:
         return {
@@ -136,6 +145,7 @@ class WitnessTape:
             "momentum": int(self.momentum),
             "weight_decay": int(self.weight_decay),
             "loss": self.loss,
+            "conv": list(self.conv.as_tuple()) if self.conv is not None else None,
             "names": self.names(),
         }
 
@@ -145,20 +155,28 @@ class WitnessTape:
         digits = "".join(c for c in stem if c.isdigit())
         layer = int(digits) if digits else len(d) - 1
         kind = stem[: len(stem) - len(digits)]
+        conv = self.conv
         if name == "x":
-            return (b, d[0])
+            return (b, d[0] if conv is None else conv.image)
+        if name == "PA" and conv is not None:
+            return (b * conv.positions, conv.patch)
         if name in ("y", "G", "RG"):
             return (b, d[-1])
         if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
-            return (d[layer], d[layer - 1])
+            return (d[layer], d[layer - 1] * (conv.positions if conv and layer == 2 else 1))
         if kind in ("b", "Gb", "Ub", "RUb", *_OPT_B):
             return (d[layer],)
-        return (b, d[layer])
+        return (b * (conv.positions if conv and layer == 1 else 1), d[layer])
 
     def validate(self) -> None:
         """Raise TapeFormatError unless every tensor is present with its shape and int64."""
         if self.loss not in LOSSES:
             raise TapeFormatError(f"tape for step {self.step}: unknown loss {self.loss!r}")
+        conv = self.conv
+        if conv is not None and (len(self.dims) < 3 or self.dims[:2] != (conv.patch,
+                                                                          conv.filters)):
+            raise TapeFormatError(f"tape for step {self.step}: dims {self.dims} do not start "
+                                  f"with the conv's (C k k, F) = ({conv.patch}, {conv.filters})")
         for name in self.names():
             if name not in self.tensors:
                 raise TapeFormatError(f"tape for step {self.step} lacks tensor {name!r}")
@@ -197,12 +215,22 @@ class WitnessTape:
         if not isinstance(head, dict) or head.get("format") != _FORMAT:
             raise TapeFormatError(f"tape {path}: not a lightning-zk tape")
         version = head.get("version")
-        if version not in (1, TAPE_VERSION) or type(version) is not int:  # noqa: E721
+        if version not in (1, 2, TAPE_VERSION) or type(version) is not int:  # noqa: E721
             raise TapeFormatError(f"tape {path}: version {version!r:.20} unsupported")
         optim = [k in head for k in ("momentum", "weight_decay", "loss")]
-        if any(optim) if version == 1 else not all(optim):  # exactly in version 2
+        if any(optim) if version == 1 else not all(optim):  # exactly from version 2 on
             raise TapeFormatError(f"tape {path}: version {version} and the fields momentum, "
                                   "weight_decay, loss disagree")
+        if ("conv" in head) != (version >= 3):
+            raise TapeFormatError(f"tape {path}: version {version} and the field conv disagree")
+        conv = head.get("conv")
+        if conv is not None:
+            if not isinstance(conv, list) or len(conv) != 7:
+                raise TapeFormatError(f"tape {path}: conv must be null or 7 integers")
+            try:
+                conv = ConvSpec(*conv)
+            except (TypeError, ValueError) as exc:
+                raise TapeFormatError(f"tape {path}: bad conv shape ({exc})") from exc
         loss = head.get("loss", "mse")
         if not isinstance(loss, str) or loss not in LOSSES:
             raise TapeFormatError(f"tape {path}: unknown loss {loss!r:.40}")
@@ -219,6 +247,7 @@ class WitnessTape:
                 momentum=int(head.get("momentum", 0)),
                 weight_decay=int(head.get("weight_decay", 0)),
                 loss=loss,
+                conv=conv,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TapeFormatError(f"tape {path}: bad header field ({exc})") from exc

@@ -1,7 +1,8 @@
 """The provable template step as a traced graph: what the trainer's step must be, and what the
 verifier checks the committed graphs against.
 
-The zk relations prove one step shape: a Linear/ReLU MLP, ``F.mse_loss(net(x), y)`` or
+The zk relations prove one step shape: a Linear/ReLU MLP (optionally behind one Conv2d, ReLU and
+Flatten), ``F.mse_loss(net(x), y)`` or
 ``F.cross_entropy(net(x), y)`` on the batch, ``torch.optim.SGD`` (momentum, weight decay). The
 trainer traces the user's own step (:class:`.intercept.FixedPointTracer`) and refuses it unless
 its graph equals :func:`template_graph` on a copy of the user's network. The verifier rebuilds the
@@ -25,10 +26,12 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from .conv import ConvSpec
 from .format import FixedPointConfig
 from .intercept import FixedPointTracer, graph_digest
 
-__all__ = ["new_tracer", "template_graph", "mlp_network", "provable_digests", "FOREACH_CHOICES"]
+__all__ = ["new_tracer", "template_graph", "template_network", "provable_digests",
+           "FOREACH_CHOICES"]
 
 FOREACH_CHOICES = (False, True)  # torch's two SGD paths, same arithmetic, different op lists
 
@@ -75,26 +78,35 @@ def template_graph(net: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Fix
     return tracer.graph([tracer.ref(t) for t in outputs])
 
 
-def mlp_network(dims: Sequence[int]) -> nn.Sequential:
-    """The Linear/ReLU MLP of widths ``dims`` (its weights do not shape the graph)."""
+def template_network(dims: Sequence[int], conv: Sequence[int] = ()) -> nn.Sequential:
+    """The network a statement describes (its weights do not shape the graph): the Linear/ReLU
+    MLP of widths ``dims``, or with ``conv`` = (C, H, W, F, k, stride, padding) a first
+    ``Conv2d``, ReLU and ``Flatten`` in front of the Linear layers (dims[0] = C k k and dims[1] =
+    F then describe the conv as a matmul over patches)."""
     layers: list[nn.Module] = []
-    for i in range(len(dims) - 1):
-        layers += [nn.Linear(dims[i], dims[i + 1]), nn.ReLU()]
+    widths = list(dims)
+    if conv:
+        spec = ConvSpec(*conv)
+        layers += [nn.Conv2d(spec.channels, spec.filters, spec.kernel, stride=spec.stride,
+                             padding=spec.padding), nn.ReLU(), nn.Flatten()]
+        widths = [spec.filters * spec.positions, *widths[2:]]
+    for i in range(len(widths) - 1):
+        layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
 
 
 def provable_digests(dims: Sequence[int], batch_size: int, config: FixedPointConfig, *, lr: int,
                      momentum: int = 0, weight_decay: int = 0, loss: str = "mse",
-                     buffers: bool = False) -> set[str]:
+                     buffers: bool = False, conv: Sequence[int] = ()) -> set[str]:
     """Digests of the template graphs a step with these public constants may commit (one per
     SGD path): what a verifier derives from a statement by itself. The constants are the
     fixed-point integers of the statement (a float that rounds to them gives the same graph)."""
     scale = float(1 << config.frac_bits)
-    x = torch.zeros(batch_size, dims[0])
+    x = (torch.zeros(batch_size, *conv[:3]) if conv else torch.zeros(batch_size, dims[0]))
     y = (torch.zeros(batch_size, dtype=torch.long) if loss == "xent"
          else torch.zeros(batch_size, dims[-1]))
     with torch.random.fork_rng():  # the network's values do not shape the graph: keep the RNG
-        net = mlp_network(dims)
+        net = template_network(dims, conv)
     with torch.no_grad():
         for p in net.parameters():
             p.zero_()  # (on the grid, as the trainer's module is)

@@ -2,7 +2,9 @@
 
 Kept apart so that :mod:`lightning_zk.fixed` itself never imports torch.
 Supported: ``Linear`` (with bias) layers separated by single ``ReLU`` layers, no final ReLU
-(the MSE or cross-entropy loss sees the last Linear's output).
+(the MSE or cross-entropy loss sees the last Linear's output), optionally after a first
+``Conv2d`` (bias, groups 1, dilation 1, square kernel, equal stride and zero padding on both
+axes), its ``ReLU`` and ``Flatten()``.
 """
 
 from __future__ import annotations
@@ -10,12 +12,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .conv import ConvSpec
 from .engine import FixedPointMLP
 from .format import FixedPointConfig, dequantize, fixed_constant, optimizer_constant, quantize
 
 __all__ = [
     "UnsupportedModelError",
     "mlp_from_torch",
+    "conv_spec",
     "write_back",
     "check_loss_and_optimizer",
     "sgd_settings",
@@ -27,12 +31,64 @@ class UnsupportedModelError(ValueError):
     """The module contains a layer, loss or optimizer that fixed-point mode cannot prove."""
 
 
-def _linears(module: nn.Module) -> list[nn.Linear]:
+def _conv_head(layers: list[nn.Module]) -> tuple[nn.Conv2d | None, int]:
+    """A leading Conv2d, ReLU, Flatten (checked, each refusal by name) and how many modules."""
+    if not layers or not isinstance(layers[0], nn.Conv2d):
+        return None, 0
+    conv = layers[0]
+    why = ""
+    if conv.bias is None:
+        why = "has no bias; bias=True needed"
+    elif conv.groups != 1:
+        why = f"has groups={conv.groups}; only groups=1 is supported"
+    elif any(d != 1 for d in conv.dilation):
+        why = f"has dilation={conv.dilation}; only dilation=1 is supported"
+    elif conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        why = f"has padding={conv.padding!r}, padding_mode={conv.padding_mode!r}; only integer " \
+              "zero padding is supported"
+    elif len(set(conv.stride)) != 1 or len(set(conv.padding)) != 1 or len(
+            set(conv.kernel_size)) != 1:
+        why = "must have a square kernel and equal stride and padding on both axes"
+    if why:
+        raise UnsupportedModelError(f"layer 0 (Conv2d) {why}")
+    ok = (len(layers) > 3 and isinstance(layers[1], nn.ReLU) and isinstance(layers[2], nn.Flatten)
+          and layers[2].start_dim == 1 and layers[2].end_dim == -1)
+    if not ok:
+        raise UnsupportedModelError(
+            "a Conv2d layer is supported as the first layer, followed by nn.ReLU(), nn.Flatten() "
+            "and the Linear/ReLU layers (one conv layer; pooling and further convs are not yet)")
+    return conv, 3
+
+
+def conv_spec(module: nn.Module, input_shape: tuple[int, ...]) -> ConvSpec | None:
+    """The first Conv2d's public shape for inputs of ``input_shape`` (C, H, W), or None."""
     layers = list(module.children()) if isinstance(module, nn.Sequential) else [module]
+    conv, _ = _conv_head(layers)
+    if conv is None:
+        return None
+    if len(input_shape) != 3 or input_shape[0] != conv.in_channels:
+        raise UnsupportedModelError(
+            f"the Conv2d expects inputs (C={conv.in_channels}, H, W), the data has samples of "
+            f"shape {tuple(input_shape)}")
+    try:
+        return ConvSpec(int(conv.in_channels), int(input_shape[1]), int(input_shape[2]),
+                        int(conv.out_channels), int(conv.kernel_size[0]), int(conv.stride[0]),
+                        int(conv.padding[0]))
+    except ValueError as err:
+        raise UnsupportedModelError(f"layer 0 (Conv2d): {err}") from None
+
+
+def _linears(module: nn.Module) -> list[nn.Module]:
+    """The weight layers in order: an optional first Conv2d, then the Linear layers."""
+    layers = list(module.children()) if isinstance(module, nn.Sequential) else [module]
+    conv, skip = _conv_head(layers)
+    head: list[nn.Module] = [conv] if conv is not None else []
+    layers = layers[skip:]
     if not isinstance(module, nn.Sequential) and not isinstance(module, nn.Linear):
         raise UnsupportedModelError(
             f"fixed-point mode supports nn.Sequential of Linear/ReLU, got {type(module).__name__}"
         )
+    start = skip
     linears: list[nn.Linear] = []
     expect_linear = True
     for i, layer in enumerate(layers):
@@ -45,27 +101,35 @@ def _linears(module: nn.Module) -> list[nn.Linear]:
             expect_linear = True
         else:
             raise UnsupportedModelError(
-                f"layer {i} ({type(layer).__name__}) is not supported here: fixed-point mode "
-                "proves Linear(+bias) layers separated by ReLU, ending with a Linear"
+                f"layer {i + start} ({type(layer).__name__}) is not supported here: fixed-point "
+                "mode proves Linear(+bias) layers separated by ReLU, ending with a Linear (after "
+                "an optional first Conv2d, ReLU, Flatten)"
             )
     if not linears:
         raise UnsupportedModelError("the model has no Linear layer")
-    return linears
+    return head + linears
 
 
 def mlp_from_torch(
     module: nn.Module, lr: float, config: FixedPointConfig | None = None, step: int = 0,
     momentum: float = 0.0, weight_decay: float = 0.0, optimizer: object | None = None,
-    loss: str = "mse",
+    loss: str = "mse", input_shape: tuple[int, ...] | None = None,
 ) -> FixedPointMLP:
     """Quantise a torch MLP (round to nearest) into the exact integer engine; with momentum,
     its buffers come from ``optimizer``'s state where torch created them (zero before);
-    ``loss`` is ``"mse"`` or ``"xent"`` (softmax cross-entropy)."""
+    ``loss`` is ``"mse"`` or ``"xent"`` (softmax cross-entropy). A network with a first Conv2d
+    needs the sample ``input_shape`` (C, H, W)."""
     cfg = config or FixedPointConfig()
     s = cfg.frac_bits
     lins = _linears(module)
+    conv = None
+    if isinstance(lins[0], nn.Conv2d):
+        if input_shape is None:
+            raise UnsupportedModelError("a Conv2d network needs the input shape (C, H, W)")
+        conv = conv_spec(module, tuple(input_shape))
     with torch.no_grad():
-        ws = [quantize(layer.weight.detach().double().cpu().numpy(), s) for layer in lins]
+        ws = [quantize(layer.weight.detach().double().cpu().numpy(), s).reshape(
+            layer.weight.shape[0], -1) for layer in lins]
         bs = [quantize(layer.bias.detach().double().cpu().numpy(), s) for layer in lins]
     mu = _constant("momentum", momentum, s)
     velocity = None
@@ -75,11 +139,17 @@ def mlp_from_torch(
             if any(b is None for b in bufs.values()):
                 raise UnsupportedModelError("SGD has momentum buffers for only some parameters")
             with torch.no_grad():
-                q = [quantize(bufs[p].detach().double().cpu().numpy(), s)
+                q = [quantize(bufs[p].detach().double().cpu().numpy(), s).reshape(
+                    p.shape[0], -1) if p.dim() > 1 else quantize(
+                    bufs[p].detach().double().cpu().numpy(), s)
                      for layer in lins for p in (layer.weight, layer.bias)]
             velocity = (q[0::2], q[1::2])
-    return FixedPointMLP(ws, bs, fixed_constant(lr, s), cfg, step, mu,
-                         _constant("weight_decay", weight_decay, s), velocity, loss=loss)
+    try:
+        return FixedPointMLP(ws, bs, fixed_constant(lr, s), cfg, step, mu,
+                             _constant("weight_decay", weight_decay, s), velocity, loss=loss,
+                             conv=conv)
+    except ValueError as err:
+        raise UnsupportedModelError(str(err)) from None
 
 
 def _constant(name: str, value: float, frac_bits: int) -> int:
@@ -103,7 +173,8 @@ def write_back(engine: FixedPointMLP, module: nn.Module, optimizer: object | Non
     s = engine.config.frac_bits
     with torch.no_grad():
         for layer, w, b in zip(lins, engine.weights, engine.biases, strict=True):
-            layer.weight.copy_(torch.from_numpy(dequantize(w, s)).to(layer.weight))
+            layer.weight.copy_(torch.from_numpy(dequantize(w, s)).reshape(layer.weight.shape).to(
+                layer.weight))
             layer.bias.copy_(torch.from_numpy(dequantize(b, s)).to(layer.bias))
         if optimizer is None or not engine.momentum:
             return
@@ -112,7 +183,7 @@ def write_back(engine: FixedPointMLP, module: nn.Module, optimizer: object | Non
                   for v in pair]
         for buf, v in zip(bufs.values(), values, strict=True):
             if buf is not None:
-                buf.copy_(torch.from_numpy(dequantize(v, s)).to(buf))
+                buf.copy_(torch.from_numpy(dequantize(v, s)).reshape(buf.shape).to(buf))
 
 
 def _plain_cross_entropy(loss: object) -> bool:

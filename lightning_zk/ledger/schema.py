@@ -345,10 +345,13 @@ FIXED = Obj({"dims": List(Int(1, 1 << 24), 2, 64), "frac_bits": Int(1, 30),
              "batch_size": Int(1, 1 << 24),
              # the loss whose gradient the steps take (absent in runs before it: "mse")
              "loss": Enum("mse", "xent"),
+             # a first Conv2d's public shape [C, H, W, F, k, stride, padding] (absent: none)
+             "conv": List(Int(0, 1 << 24), 7, 7),
              "proof": Obj({"security_bits": Int(1, 128), "blowup": Int(1, 16)}),
              # the records' state and batch digests are keyed (lightning_zk.ledger.hiding)
              "digests": Obj({"scheme": Enum("hmac-sha256/v1"), "key_commitment": DIGEST})},
-            optional=("batch_size", "loss", "proof", "digests", "momentum", "weight_decay"))
+            optional=("batch_size", "loss", "proof", "digests", "momentum", "weight_decay",
+                      "conv"))
 #: ``hyperparameters.trainer`` of runs written before the ``trainer`` section (read, not written).
 TRAINER_SETTINGS = Obj({
     "max_epochs": Maybe(Int(-1, U63)), "max_steps": Int(-1, U63),

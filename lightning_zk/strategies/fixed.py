@@ -27,6 +27,13 @@ and weight decay allowed, no Nesterov or dampening; its momentum buffers are com
 (``F.cross_entropy``, ``nn.CrossEntropyLoss``; mean, no weights, smoothing or ignore_index).
 The loss kind follows the training targets' dtype (integer class labels: cross-entropy) and is
 declared in the manifest (``fixed.loss``) from the dataset's first sample.
+
+The network may start with one ``Conv2d`` (bias, groups 1, dilation 1, square kernel, equal
+stride and zero padding), ``ReLU`` and ``Flatten()`` before the Linear/ReLU layers; its input
+shape (C, H, W) comes from the dataset's first sample and its public shape is declared in the
+manifest (``fixed.conv``, [C, H, W, F, k, stride, padding]) and carried by every statement.
+Its output height and width must be powers of two (the proofs read the Flatten as a relabelling
+of variables), so e.g. 8x8 digits with k=3, padding=1.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from ..fixed.template import new_tracer, template_graph
 from ..fixed.torch_bridge import (
     UnsupportedModelError,
     check_loss_and_optimizer,
+    conv_spec,
     mlp_from_torch,
     momentum_buffers,
     sgd_settings,
@@ -99,6 +107,17 @@ def declared_loss(trainer) -> str:
     return "mse"
 
 
+def sample_shape(trainer) -> tuple[int, ...] | None:
+    """The shape of the training dataset's first input (a conv network's (C, H, W))."""
+    dataset = getattr(getattr(trainer, "train_dataloader", None), "dataset", None)
+    try:
+        sample = dataset[0] if dataset is not None else None
+    except Exception:  # an iterable or exotic dataset: no shape known
+        return None
+    x = sample[0] if isinstance(sample, (tuple, list)) and len(sample) == 2 else None
+    return tuple(int(d) for d in x.shape) if isinstance(x, torch.Tensor) else None
+
+
 class NotProvableError(UnsupportedModelError):
     """The user's step ran in fixed point, but its graph is not one the prover proves yet."""
 
@@ -129,11 +148,20 @@ class FixedPointSession(TrainingSession):
                 "refused at the step where it takes effect. HINT: drop the scheduler in fixed "
                 "mode, or train with mode='rounded'.")
         self.config = FixedPointConfig(frac_bits=strategy.frac_bits, value_bits=strategy.value_bits)
+        shape = sample_shape(trainer)
+        conv = conv_spec(self.net, shape) if shape is not None and len(shape) == 3 else None
+        if conv is not None and not conv.provable:
+            raise UnsupportedModelError(
+                f"the Conv2d's output is {conv.out_height}x{conv.out_width}: fixed-point proofs "
+                "need its height and width to be powers of two (the Flatten is then a relabelling "
+                "of variables). HINT: choose padding/stride so that (H + 2p - k) / stride + 1 is "
+                "a power of two (8x8 inputs, k=3, padding=1 give 8x8).")
         # with momentum, the buffers torch restored from a checkpoint (zero before step 0)
         self.loss_kind = declared_loss(trainer)
         self.engine = mlp_from_torch(self.net, lr, self.config, step=trainer.global_step,
                                      momentum=momentum, weight_decay=weight_decay,
-                                     optimizer=self.optimizers[0], loss=self.loss_kind)
+                                     optimizer=self.optimizers[0], loss=self.loss_kind,
+                                     input_shape=shape)
         self._write_back()  # the module holds exactly the dequantised weights (and buffers)
         self.save_tapes = strategy.save_tapes
         self.batch_size = getattr(batch_order, "batch_size", None)
@@ -161,13 +189,16 @@ class FixedPointSession(TrainingSession):
     def _manifest_sections(self) -> dict[str, Any]:
         """The public constants every proof of this run must carry (in the first manifest write:
         a kill can never leave a fixed-point manifest without them)."""
-        return {"fixed": {
+        fixed = {
             "dims": list(self.engine.dims), "frac_bits": self.config.frac_bits,
             "value_bits": self.config.value_bits, "lr": self.engine.lr,
             "momentum": self.engine.momentum, "weight_decay": self.engine.weight_decay,
             "batch_size": self.batch_size, "loss": self.loss_kind, "proof": self._proof_params(),
             "digests": {"scheme": SCHEME, "key_commitment": self.digest_key.commitment()},
-        }}
+        }
+        if self.engine.conv is not None:  # (an MLP run's manifest stays as it was)
+            fixed["conv"] = list(self.engine.conv.as_tuple())
+        return {"fixed": fixed}
 
     def _resume(self, marker) -> None:
         super()._resume(marker)
@@ -176,6 +207,12 @@ class FixedPointSession(TrainingSession):
             raise RunDirectoryError(
                 f"the run {self.run.path} trains with loss {declared!r}, this training's "
                 f"targets give {self.loss_kind!r}: a chain is proved for one loss.")
+        conv = list(self.engine.conv.as_tuple()) if self.engine.conv is not None else None
+        if (self.manifest.get("fixed") or {}).get("conv") != conv:
+            raise RunDirectoryError(
+                f"the run {self.run.path} declares the conv layer "
+                f"{(self.manifest.get('fixed') or {}).get('conv')}, this training's network and "
+                f"data give {conv}: a chain is proved for one architecture.")
         if self.last_record is not None:  # a record carries the graph when it differs from the
             # previous step's: a resumed run records exactly what the uninterrupted one did
             self._graph_digest = (self.last_record.extra or {}).get("graph_sha256")
@@ -226,6 +263,8 @@ class FixedPointSession(TrainingSession):
         meta = {"mode": "fixed", "frac_bits": self.config.frac_bits,
                 "value_bits": self.config.value_bits, "lr": self.engine.lr,
                 "dims": list(self.engine.dims)}
+        if self.engine.conv is not None:
+            meta["conv"] = list(self.engine.conv.as_tuple())
         self._optimizer_state(tensors, meta)
         return StateSnapshot(tensors=tensors, meta=meta, digest_format=self.digest_format)
 
@@ -375,7 +414,8 @@ class FixedPointSession(TrainingSession):
             after += [tracer.ints(b, "check") for b in buffers]
             expect += [a for i in range(1, self.engine.num_layers + 1)
                        for a in (tape.tensors[f"VW{i}n"], tape.tensors[f"Vb{i}n"])]
-        if not all(np.array_equal(a, b) for a, b in zip(after, expect, strict=True)):
+        if not all(a.size == b.size and np.array_equal(a.reshape(b.shape), b)
+                   for a, b in zip(after, expect, strict=True)):  # (conv weights: flattened)
             raise AssertionError("the intercepted step differs from the integer engine's tape")
         s = self.config.frac_bits
         logits = tape.tensors[f"Z{self.engine.num_layers}"]

@@ -8,7 +8,10 @@ refactorings, so every byte must stay the same. A deliberate change of the proof
 the prover's randomness use updates them. Re-recorded for statement version 5 (issue 12: the
 transcript absorbs the statement version, SGD's momentum and weight decay, and the loss kind);
 with version 3's absorption the same prover gives the previous digests (ff95c621…, 8aa6d71f…)
-byte for byte (checked when the two branches were merged).
+byte for byte (checked when the two branches were merged). Re-recorded for statement version 6
+(issue 12, Conv2d: the transcript absorbs the conv shape) and version 7 (the steps' graph
+digests); absorbing version 5 without the conv and graph fields, the same prover gives the
+previous digests (150921d9…, 90e41532…) byte for byte (checked at the merge).
 """
 
 from __future__ import annotations
@@ -23,8 +26,8 @@ import pytest
 
 from .seeded import seeded_proofs
 
-STEP_SHA256 = "150921d968fc74355f318e1119f25bb5b9e6d4b44173eaeea11af6aefc93a5b1"
-EPOCH_SHA256 = "90e41532a8c7f05090aa41a8e8b36fd221440bc8319422262ac631d5ffad2e89"
+STEP_SHA256 = "4046604b587e21dfee67d5bc9bf21da8150420b92904cacf812b5de11dea0565"
+EPOCH_SHA256 = "f2db70c96f750561dcd19ef29f96c08af263b0c17bea287d37651b66adb4c2c6"
 
 
 def test_seeded_proofs_are_byte_identical_to_before():

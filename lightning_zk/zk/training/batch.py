@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ...fixed.conv import ConvSpec
 from ...fixed.tape import tensor_names
 from ..errors import ParameterError, VerificationError
 from ..extension import Fp2
@@ -36,7 +37,7 @@ from ..ligero import Ligero, LigeroConfig, LigeroState
 from ..pcs import Commitment
 from ..randomness import ProverRng
 from ..transcript import Transcript
-from .layout import Arch, Layout, TensorSlot, allocate, build_layout, instances_for
+from .layout import Arch, Layout, TensorSlot, allocate, bits_of, build_layout, instances_for
 from .placement import Free
 from .relations import Committed, PubEq, PubPadBox, Relation
 
@@ -72,10 +73,10 @@ class BatchLayout:
         self.arch = arch
         L, tau, nb = arch.num_layers, arch.tau, arch.nb
         axes = {
-            "x": (("t", tau), ("b", nb), ("o", arch.nd(0))),
+            "x": (("t", tau), ("b", nb), ("o", bits_of(arch.x_width))),
             "y": (("t", tau), ("b", nb), ("o", arch.nd(L))),
         }
-        sizes = {"x": (arch.batch_size, arch.dims[0]), "y": (arch.batch_size, arch.dims[L])}
+        sizes = {"x": (arch.batch_size, arch.x_width), "y": (arch.batch_size, arch.dims[L])}
         self.num_vars, codes = allocate({k: sum(b for _, b in a) for k, a in axes.items()})
         self.slots = {k: TensorSlot(axes[k], codes[k], sizes[k]) for k in axes}
 
@@ -108,7 +109,7 @@ def batch_table(blayout: BatchLayout, xs: Sequence[Any], ys: Sequence[Any]) -> n
     if len(xs) != len(ys) or not 1 <= len(xs) <= T:
         raise ParameterError(f"batch: {len(xs)} inputs and {len(ys)} targets for T = {T}")
     out = np.zeros(1 << blayout.num_vars, dtype=np.int64)
-    for name, arrs, width in (("x", xs, arch.dims[0]), ("y", ys, arch.dims[L])):
+    for name, arrs, width in (("x", xs, arch.x_width), ("y", ys, arch.dims[L])):
         slot = blayout[name]
         block = np.zeros([T, *[1 << b for _, b in slot.axes[1:]]], dtype=np.int64)
         for t, a in enumerate(_as_int_batch(arrs, arch.batch_size, width, name)):
@@ -131,7 +132,7 @@ def batch_link(layout: Layout, tr: Transcript) -> Relation:
     (_, nb), (_, nx) = x_slot.axes[1:]
     tau = arch.tau
     ex = rel.add(PubEq(tuple(range(mx)), tuple(r[:mx])))
-    pad = rel.add(PubPadBox(((tau, nb), (tau + nb, nx)), ((arch.batch_size, arch.dims[0]),)))
+    pad = rel.add(PubPadBox(((tau, nb), (tau + nb, nx)), ((arch.batch_size, arch.x_width),)))
     rel.term(a_pad, ex, pad, rel.add(Committed("wit", "x", tuple(Free(i) for i in range(mx)))))
     for k, (name, m) in enumerate((("x", mx), ("y", my))):
         free = tuple(Free(i) for i in range(m))
@@ -208,20 +209,24 @@ def batch_commitment(
     *,
     security_bits: int = 100,
     blowup: int = 4,
+    conv: Sequence[int] = (),
 ) -> Commitment:
     """Recompute a unit's batch commitment from its fixed-point data and the secret seed.
 
     Args:
         xs, ys: per step of the unit, in order, the integer (fixed-point) inputs (B, d_in) and
             targets (B, d_out), as in the witness tape (``quantize(x, frac_bits)``).
-        dims: layer widths of the MLP; seed: the unit's 32-byte batch seed.
+        dims: layer widths of the MLP; seed: the unit's 32-byte batch seed; conv: the
+            statement's conv shape (inputs are then the flattened images (B, C H W)).
     """
     xs, ys = list(xs), list(ys)
     if not xs:
         raise ParameterError("batch_commitment: no steps")
     batch = int(np.asarray(xs[0]).shape[0])
-    arch = Arch(tuple(int(d) for d in dims), batch, instances_for(len(xs)))
-    layout = build_layout(arch, tensor_names(arch.num_layers))
+    spec = ConvSpec(*conv) if conv else None
+    xs = [np.asarray(a).reshape(batch, -1) for a in xs]
+    arch = Arch(tuple(int(d) for d in dims), batch, instances_for(len(xs)), spec)
+    layout = build_layout(arch, tensor_names(arch.num_layers, conv=spec is not None))
     pcs = Ligero(LigeroConfig(security_bits, blowup))
     return commit_batch(pcs, layout, xs, ys, seed)[0]
 
@@ -241,7 +246,8 @@ def check_batch(stmt: Any, xs: Sequence[Any], ys: Sequence[Any], seed: bytes) ->
         raise BatchCheckError("batch size", expected=stmt.batch_size)
     try:
         got = batch_commitment(
-            xs, ys, stmt.dims, seed, security_bits=stmt.security_bits, blowup=stmt.blowup
+            xs, ys, stmt.dims, seed, security_bits=stmt.security_bits, blowup=stmt.blowup,
+            conv=stmt.conv,
         )
     except ParameterError as exc:
         raise BatchCheckError("batch data shape", detail=str(exc)) from exc

@@ -56,7 +56,8 @@ class UnitShape:
     @cached_property
     def layout(self) -> Layout:
         st = self.stmt  # SGD momentum / weight decay add their tensors (and Theta's buffers)
-        names = tensor_names(len(st.dims) - 1, st.momentum != 0, st.weight_decay != 0, st.loss)
+        names = tensor_names(len(st.dims) - 1, st.momentum != 0, st.weight_decay != 0, st.loss,
+                             bool(st.conv))
         return build_layout(st.arch, names)
 
     @cached_property

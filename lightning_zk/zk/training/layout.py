@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ...fixed.conv import ConvSpec
 from ...fixed.softmax import SOFTMAX_TENSORS
 from ..ligero import ColumnSupport
 
@@ -67,6 +68,27 @@ class Arch:
     dims: tuple[int, ...]
     batch_size: int
     num_instances: int  # T, a power of two (1: a single step)
+    conv: ConvSpec | None = None  # a first Conv2d: layer 1 over its patch rows (b, oh, ow)
+
+    def rows(self, layer: int) -> int:
+        """Rows of layer ``layer``'s activations: B, or B H' W' for the conv layer."""
+        return self.batch_size * (self.conv.positions if self.conv and layer == 1 else 1)
+
+    def nrows(self, layer: int) -> int:
+        """Bits of the row axis (b, then oh ow for the conv: H', W' are powers of two)."""
+        return bits_of(self.rows(layer))
+
+    def fan(self, layer: int) -> int:
+        """Fan-in of layer ``layer``'s weight: the Flatten after the conv multiplies it."""
+        return self.dims[layer - 1] * (self.conv.positions if self.conv and layer == 2 else 1)
+
+    def nk(self, layer: int) -> int:
+        return bits_of(self.fan(layer))
+
+    @property
+    def x_width(self) -> int:
+        """Columns of the batch input x: d0, or the flattened image C H W."""
+        return self.conv.image if self.conv else self.dims[0]
 
     @property
     def num_layers(self) -> int:
@@ -129,14 +151,16 @@ def _sizes(name: str, arch: Arch) -> tuple[int, ...]:
     layer = int(digits) if digits else L
     kind = stem[: len(stem) - len(digits)]
     if name == "x":
-        return (arch.batch_size, d[0])
+        return (arch.batch_size, arch.x_width)
+    if name == "PA":
+        return (arch.rows(1), d[0])
     if name in ("y", "G", "RG"):
         return (arch.batch_size, d[L])
     if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
-        return (d[layer], d[layer - 1])
+        return (d[layer], arch.fan(layer))
     if kind in ("b", "Gb", "Ub", "RUb", *_OPT_B):
         return (d[layer],)
-    return (arch.batch_size, d[layer])
+    return (arch.rows(layer), d[layer])
 
 
 def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
@@ -146,19 +170,21 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
     layer = int(digits) if digits else L
     kind = stem[: len(stem) - len(digits)]
     if name == "x":
-        return (("b", arch.nb), ("o", arch.nd(0)))
+        return (("b", arch.nb), ("o", bits_of(arch.x_width)))
+    if name == "PA":
+        return (("b", arch.nrows(1)), ("o", arch.nd(0)))
     if name in ("y", "G", "RG"):
         return (("b", arch.nb), ("o", arch.nd(L)))
     if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
-        return (("o", arch.nd(layer)), ("k", arch.nd(layer - 1)))
+        return (("o", arch.nd(layer)), ("k", arch.nk(layer)))
     if kind in ("b", "Gb", "Ub", "RUb", *_OPT_B):
         return (("o", arch.nd(layer)),)
-    return (("b", arch.nb), ("o", arch.nd(layer)))
+    return (("b", arch.nrows(layer)), ("o", arch.nd(layer)))
 
 
-# tensors outside any layer group: the batch, the output gradient, and the (B, d_L) softmax
-# witness of a cross-entropy unit
-GLOBAL_TENSORS = ("x", "y", "G", "RG", *SOFTMAX_TENSORS)
+# tensors outside any layer group: the batch, the output gradient, the (B, d_L) softmax
+# witness of a cross-entropy unit, and the patch matrix of a first conv layer
+GLOBAL_TENSORS = ("x", "y", "G", "RG", "PA", *SOFTMAX_TENSORS)
 
 
 def split_name(name: str) -> tuple[str, int | None]:
@@ -184,10 +210,10 @@ def layer_groups(arch: Arch) -> tuple[tuple[int, ...], ...]:
     (bits of fan-in, bits of width), in order of first appearance. Layers of one group need not
     be consecutive.
     """
-    groups: dict[tuple[int, int, bool], list[int]] = {}
+    groups: dict[tuple[int, int, bool, int], list[int]] = {}
     L = arch.num_layers
-    for i in range(1, L + 1):
-        groups.setdefault((arch.nd(i - 1), arch.nd(i), i == L), []).append(i)
+    for i in range(1, L + 1):  # (a conv layer's rows differ: it is alone too)
+        groups.setdefault((arch.nk(i), arch.nd(i), i == L, arch.nrows(i)), []).append(i)
     return tuple(tuple(g) for g in groups.values())
 
 

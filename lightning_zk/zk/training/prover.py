@@ -105,7 +105,7 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
     for u, tp in enumerate(tapes):
         tp.validate()
         same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const,
-                tp.momentum, tp.weight_decay, tp.loss)
+                tp.momentum, tp.weight_decay, tp.loss, tp.conv)
         if same != (
             first.dims,
             first.batch_size,
@@ -116,18 +116,28 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             first.momentum,
             first.weight_decay,
             first.loss,
+            first.conv,
         ):
             raise ParameterError(f"prove_unit: tape {u} (step {tp.step}) has other parameters")
         if tp.step != first.step + u:
             raise ParameterError(
                 f"prove_unit: tapes must be consecutive steps; got step {tp.step} at position {u}"
             )
+    if first.conv is not None and not first.conv.provable:
+        raise ParameterError(
+            f"prove_unit: the conv's output is {first.conv.out_height}x{first.conv.out_width}; "
+            "the relations need its height and width to be powers of two")
     if prev is not None:
         want = prev.statement.step_start + prev.statement.num_steps
         if first.step != want or tuple(prev.statement.dims) != first.dims:
             raise ParameterError(
                 f"prove_unit: unit starts at step {first.step}, the chain expects step {want}"
             )
+
+
+def _conv_tuple(tape: WitnessTape) -> tuple[int, ...]:
+    """The statement's encoding of a tape's conv layer (() without one)."""
+    return tape.conv.as_tuple() if tape.conv is not None else ()
 
 
 def _lam(point: Sequence[Fp2]) -> Fp2:
@@ -189,7 +199,7 @@ def prove_unit(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, *_DUMMY_COMS,
         security_bits, blowup, momentum=first.momentum, weight_decay=first.weight_decay,
-        loss=first.loss))
+        loss=first.loss, conv=_conv_tuple(first)))
     layout = draft.layout
     state = [k for k, _ in layout.theta_leaves()]  # weights, biases (and momentum buffers)
     before = {k: first.tensors[k] for k in state}
@@ -213,7 +223,7 @@ def prove_unit(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, b_in_com, b_out_com, batch_com,
         security_bits, blowup, run_id, tuple(ledger_leaves), first.momentum, first.weight_decay,
-        first.loss, tuple(graphs),
+        first.loss, tuple(graphs), _conv_tuple(first),
     )
     shape = UnitShape(stmt)
     ml, wr, n = shape.masks, shape.ranges, layout.wit_vars

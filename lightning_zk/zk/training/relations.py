@@ -23,6 +23,9 @@ Relations per layer l (stacked over t and over the layers of a layer group, see
   with weight decay wd / momentum mu (:func:`_update_sgd`): wd W - 2^s DW - RDW = 0;
   mu VW - 2^s MW - RMW = 0;  VW' = MW + GW + DW;  lr VW' - 2^s UW - RUW = 0 (lr (GW + DW)
   without momentum);  W' = W - UW;  same for the bias
+* im2col (first Conv2d, :func:`_im2col`): PA(r) = sum_{b, i} eq(r_b, b) Sel(r_p, r_k, i) x(b, i)
+  with Sel the public 0/1 patch selection; the conv is then layer 1 over PA's rows (b, oh, ow),
+  and layer 2 reads A1 through the Flatten (a relabelling of variables, :meth:`_Ctx.flat`)
 * chain: Theta_out(t) = Theta_in(t+1) inside the unit; Theta_in(0) = B_in; Theta_out(last) = B_out
   (Theta: weights, biases and, with momentum, the momentum buffers, which are 0 before step 0)
 * zero padding: every tensor is 0 outside its true shape (and an unused layer slot entirely),
@@ -38,12 +41,13 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from ...fixed.conv import gather_index
 from ...fixed.softmax import SOFTMAX_NONNEGATIVE, SOFTMAX_TENSORS
 from ..extension import Fp2
 from ..multilinear import eq_eval
 from ..sumcheck import SumcheckSpec, Term
 from ..transcript import Transcript
-from .layout import Layout, TensorSlot
+from .layout import Layout, TensorSlot, bits_of
 from .placement import Free, Var, small_mle
 from .statement import TrainingStatement
 
@@ -253,11 +257,38 @@ class _Ctx:
     def act(self, layer: int) -> str:
         return "x" if layer == 0 else f"A{layer}"
 
+    def layer_input(self, i: int, b: int | Sequence[Fp2], k: int | Sequence[Fp2]) -> Committed:
+        """Layer i's input matrix [b, k] placed: PA for a conv layer 1, A1 through the Flatten
+        for layer 2 after a conv, else the previous activation (b, k: start var or point)."""
+        if self.arch.conv is not None and i == 1:
+            return self.wit("PA", b=b, o=k)
+        if self.arch.conv is not None and i == 2:
+            return self.flat("A1", b, k)
+        return self.wit(self.act(i - 1), b=b, o=k)
+
+    def flat(self, name: str, b: int | Sequence[Fp2], k: int | Sequence[Fp2]) -> Committed:
+        """A conv-shaped tensor (rows (b, p), column f) seen as torch's Flatten (b, (f, p)):
+        with H' W' = 2^m its row bits are (b, p) and the flat column bits (f, p), so the
+        Flatten is a relabelling of variables (no relation, nothing to prove)."""
+        nb, nf = self.arch.nb, self.arch.nd(1)
+        m = self.arch.nrows(1) - nb
+
+        def spec(v: int | Sequence[Fp2], bits: int) -> list[Var]:
+            return [Free(v + j) for j in range(bits)] if isinstance(v, int) else list(v)
+
+        bv, kv = spec(b, nb), spec(k, nf + m)
+        assign = [Free(j) for j in range(self.tau)] + bv + kv[nf:] + kv[:nf]
+        return Committed("wit", name, tuple(assign))
+
+    def nb(self, g: int) -> int:
+        """Row bits of group g's activations (B, or B H' W' for the conv layer)."""
+        return self.arch.nrows(self.lay.groups[g][0])
+
     def group(self, g: int) -> tuple[tuple[int, ...], int, int, int, int]:
         """(layers, layer vars lam, fan-in bits K, width bits no, first var y after t and l)."""
         layers, lam = self.lay.groups[g], self.lay.group_bits(g)
         i0 = layers[0]
-        return layers, lam, self.arch.nd(i0 - 1), self.arch.nd(i0), self.tau + lam
+        return layers, lam, self.arch.nk(i0), self.arch.nd(i0), self.tau + lam
 
 
 def _label(layers: Sequence[int]) -> str:
@@ -266,7 +297,7 @@ def _label(layers: Sequence[int]) -> str:
 
 def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
     layers, lam, K, no, y = c.group(g)
-    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
+    tau, nb, s = c.tau, c.nb(g), c.st.frac_bits
     r_t, r_l = tr.challenge_ext_list("fwd.r_t", tau), tr.challenge_ext_list("fwd.r_l", lam)
     r_b, r_o = tr.challenge_ext_list("fwd.r_b", nb), tr.challenge_ext_list("fwd.r_o", no)
     n = y + max(K, nb + no)
@@ -276,7 +307,7 @@ def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
     sk = rel.add(c.zero(y + K, n))
     for pos, i in enumerate(layers):
         sel = rel.add(c.select(tau, r_l, [pos]))
-        a = rel.add(c.wit(c.act(i - 1), b=r_b, o=y))
+        a = rel.add(c.layer_input(i, b=r_b, k=y))
         rel.term(1, et, sel, a, w, sk)
     ebo = rel.add(c.eq(y, r_b + r_o))
     z = rel.add(c.wit(c.stack("Z", g), b=y, o=y + nb, l=tau))
@@ -285,7 +316,7 @@ def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
     eo = rel.add(c.eq(y, r_o))
     bias = rel.add(c.wit(c.stack("b", g), o=y, l=tau))
     so = rel.add(c.zero(y + no, n))
-    bsz = c.arch.batch_size
+    bsz = c.arch.rows(layers[0])
     ind = small_mle([1] * bsz + [0] * ((1 << nb) - bsz), r_b)
     rel.rescaled(1, s, z, rz, et, el, ebo, sbo)
     rel.term(ind * (1 << s), et, el, eo, bias, so)
@@ -294,7 +325,7 @@ def _forward(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
 def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
     layers, lam, _, no, y = c.group(g)
-    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
+    tau, nb, s = c.tau, c.nb(g), c.st.frac_bits
     n = y + nb + no
     r = tr.challenge_ext_list("elem.r", n)
     a1, a2 = tr.challenge_ext_list("elem.alpha", 2)
@@ -336,7 +367,7 @@ def _elementwise(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
 def _weight_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
     layers, lam, K, no, y = c.group(g)
-    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
+    tau, nb, s = c.tau, c.nb(g), c.st.frac_bits
     r_t, r_l = tr.challenge_ext_list("wgrad.r_t", tau), tr.challenge_ext_list("wgrad.r_l", lam)
     r_o, r_k = tr.challenge_ext_list("wgrad.r_o", no), tr.challenge_ext_list("wgrad.r_k", K)
     gamma = tr.challenge_ext("wgrad.gamma")
@@ -347,7 +378,7 @@ def _weight_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
     sb = rel.add(c.zero(y + nb, n))
     for pos, i in enumerate(layers):
         sel = rel.add(c.select(tau, r_l, [pos]))
-        a = rel.add(c.wit(c.act(i - 1), b=y, o=r_k))
+        a = rel.add(c.layer_input(i, b=y, k=r_k))
         rel.term(1, et, sel, gz, a, sb)
     eok = rel.add(c.eq(y, r_o + r_k))
     gw = rel.add(c.wit(c.stack("GW", g), o=y, k=y + no, l=tau))
@@ -364,7 +395,7 @@ def _weight_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
 
 def _input_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
     layers, lam, K, no, y = c.group(g)
-    tau, nb, s = c.tau, c.arch.nb, c.st.frac_bits
+    tau, nb, s = c.tau, c.nb(g), c.st.frac_bits
     r_t, r_l = tr.challenge_ext_list("igrad.r_t", tau), tr.challenge_ext_list("igrad.r_l", lam)
     r_b, r_k = tr.challenge_ext_list("igrad.r_b", nb), tr.challenge_ext_list("igrad.r_k", K)
     n = y + max(no, nb + K)
@@ -380,8 +411,11 @@ def _input_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
     for pos in inner:
         i = layers[pos]
         sel = rel.add(c.select(tau, r_l, [pos]))
-        ga = rel.add(c.wit(f"GA{i - 1}", b=y, o=y + nb))
-        rga = rel.add(c.wit(f"RGA{i - 1}", b=y, o=y + nb))
+        if c.arch.conv is not None and i == 2:  # GA1 has the conv's rows: via the Flatten
+            ga, rga = rel.add(c.flat("GA1", y, y + nb)), rel.add(c.flat("RGA1", y, y + nb))
+        else:
+            ga = rel.add(c.wit(f"GA{i - 1}", b=y, o=y + nb))
+            rga = rel.add(c.wit(f"RGA{i - 1}", b=y, o=y + nb))
         rel.rescaled(1, s, ga, rga, et, sel, ebk, sbk)
     return rel
 
@@ -548,6 +582,48 @@ def _chain(c: _Ctx, tr: Transcript) -> Relation:
     return rel
 
 
+def gather_table(c: _Ctx, r_p: Sequence[Fp2], r_k: Sequence[Fp2]) -> tuple[Fp2, ...]:
+    """Sel(r_p, r_k, i) for every flat image index i (padded to 2^bits): the MLE of the public
+    0/1 im2col selection at the relation's point, sum over the patch entries (p, j) that copy
+    pixel i of eq(r_p, p) eq(r_k, j). O(H' W' C k k) field operations: fine for small images;
+    prover and verifier compute it alike."""
+    conv = c.arch.conv
+    idx = gather_index(conv)
+    ep = [eq_eval(list(r_p), _bits(p, len(r_p))) for p in range(idx.shape[0])]
+    ek = [eq_eval(list(r_k), _bits(j, len(r_k))) for j in range(idx.shape[1])]
+    out = [Fp2(0)] * (1 << bits_of(conv.image))
+    for p in range(idx.shape[0]):
+        for j in range(idx.shape[1]):
+            i = int(idx[p, j])
+            if i >= 0:
+                out[i] = out[i] + ep[p] * ek[j]
+    return tuple(out)
+
+
+def _im2col(c: _Ctx, tr: Transcript) -> Relation:
+    """PA = Gather(x): at a random point (r_t, r_b, r_p, r_k) of PA (rows (b, p = oh W' + ow),
+    columns j = (c, kh, kw)),  PA(r) = sum_{b, i} eq(r_b, b) Sel(r_p, r_k, i) x(b, i),  one
+    sumcheck over (t, b, i). Sel is 0 for padding columns and at the zero padding of the image, so
+    PA is fixed entirely (its padding too) by x, whose own padding the batch relation zeroes."""
+    tau, nb = c.tau, c.arch.nb
+    nr, nk, nx = c.arch.nrows(1), c.arch.nd(0), bits_of(c.arch.x_width)
+    r_t = tr.challenge_ext_list("im2col.r_t", tau)
+    r_r = tr.challenge_ext_list("im2col.r_rows", nr)
+    r_k = tr.challenge_ext_list("im2col.r_k", nk)
+    y = tau
+    n = y + max(nb + nx, nr + nk)
+    rel = Relation("im2col", n)
+    et = rel.add(c.eq(0, r_t))
+    eb = rel.add(c.eq(y, r_r[:nb]))
+    sel = rel.add(PubSmall(tuple(range(y + nb, y + nb + nx)), gather_table(c, r_r[nb:], r_k)))
+    x = rel.add(c.wit("x", b=y, o=y + nb))
+    rel.term(1, et, eb, sel, x, rel.add(c.zero(y + nb + nx, n)))
+    epa = rel.add(c.eq(y, r_r + r_k))
+    pa = rel.add(c.wit("PA", b=y, o=y + nr))
+    rel.term(-1, et, epa, pa, rel.add(c.zero(y + nr + nk, n)))
+    return rel
+
+
 Builder = Callable[[Transcript], Relation]
 
 
@@ -555,6 +631,8 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
     """The unit's relations in transcript order; prover and verifier call the same list."""
     c = _Ctx(layout, stmt)
     out: list[Builder] = []
+    if layout.arch.conv is not None:
+        out.append(lambda tr: _im2col(c, tr))
     for g, layers in enumerate(layout.groups):
         out.append(lambda tr, g=g: _forward(c, tr, g))
         out.append(lambda tr, g=g: _elementwise(c, tr, g))

@@ -7,9 +7,10 @@ parameters, the commitments to the weights before (B_in) and after (B_out) and t
 batch (x and y of every step, :mod:`.batch`), and the **run binding**: the identifier of the run
 the steps belong to and the ledger leaf of every step the unit proves (version 3), and SGD's
 momentum and weight decay (fixed-point constants, 0 when off; version 4) and the loss kind
-(``mse`` or ``xent``, softmax cross-entropy; version 5), and the digest of each step's traced op
-graph (the user's ``training_step`` as executed, ``lightning_zk.fixed.template``; version 6). A
-proof
+(``mse`` or ``xent``, softmax cross-entropy; version 5), the public shape of a first Conv2d
+layer ``conv`` = [C, H, W, F, k, stride, padding] (null without one; version 6), and the digest
+of each step's traced op graph (the user's ``training_step`` as executed,
+``lightning_zk.fixed.template``; version 7). A proof
 therefore verifies only against the statement of *its* run and steps; which run and which
 ledger that is, is the caller's check (``lightning_zk.audit.proofs.verify_run`` compares every
 field with the run's manifest and Merkle ledger).
@@ -28,6 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ...fixed.conv import ConvSpec
 from ..errors import ParameterError
 from ..ligero import LigeroConfig
 from ..pcs import LAYOUT_MULTILINEAR, LAYOUT_VECTOR, Commitment
@@ -36,12 +38,13 @@ from .layout import Arch, instances_for
 
 __all__ = ["TrainingStatement", "STATEMENT_VERSION", "STATEMENT_FORMAT", "MAX_STATEMENT_BYTES"]
 
-STATEMENT_VERSION = 6  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: momentum,
-# weight decay; 5: the loss kind; 6: the traced graph of every step
+STATEMENT_VERSION = 7  # 2: batch commitment; 3: run binding (run_id, ledger leaves); 4: momentum,
+# weight decay; 5: the loss kind; 6: the conv layer's shape; 7: the traced graph of every step
 LOSS_KINDS = ("mse", "xent")  # the output gradient the relations prove
 STATEMENT_FORMAT = "lightning-zk/training-statement"
 MAX_STATEMENT_BYTES = 1 << 24  # 16 MiB: a statement of 2^18 steps; larger input is refused unread
 _U63 = (1 << 63) - 1
+MAX_PATCH_ENTRIES = 1 << 22  # H' W' C k k: the im2col selection is evaluated entry by entry
 _MAX_RUN_ID = 128
 
 
@@ -134,8 +137,25 @@ class TrainingStatement:
     weight_decay: int = 0
     loss: str = "mse"  # "mse" or "xent" (softmax cross-entropy): which output-gradient relations
     graphs: tuple[bytes, ...] = field(default=())  # one 32-byte traced-graph digest per step
+    conv: tuple[int, ...] = ()  # a first Conv2d's (C, H, W, F, k, stride, padding); () = none
 
     def __post_init__(self) -> None:
+        conv = tuple(self.conv)
+        object.__setattr__(self, "conv", conv)
+        if conv:
+            try:
+                spec = ConvSpec(*conv)
+            except (TypeError, ValueError) as err:
+                raise ParameterError(f"TrainingStatement: conv {conv}: {err}") from None
+            if spec.positions * spec.patch > MAX_PATCH_ENTRIES:
+                raise ParameterError(
+                    f"TrainingStatement: conv {conv} has {spec.positions * spec.patch} patch "
+                    f"entries per image, more than {MAX_PATCH_ENTRIES} (prover and verifier "
+                    "evaluate the im2col selection entry by entry)")
+            if len(self.dims) < 3 or self.dims[0] != spec.patch or self.dims[1] != spec.filters:
+                raise ParameterError(
+                    f"TrainingStatement: conv {conv} needs dims (C k k = {spec.patch}, F = "
+                    f"{spec.filters}, ...) and a Linear layer after it, got {self.dims}")
         if self.num_steps < 1 or self.step_start < 0:
             raise ParameterError(
                 f"TrainingStatement: step_start={self.step_start}, num_steps={self.num_steps}"
@@ -168,7 +188,8 @@ class TrainingStatement:
 
     @property
     def arch(self) -> Arch:
-        return Arch(tuple(self.dims), self.batch_size, instances_for(self.num_steps))
+        return Arch(tuple(self.dims), self.batch_size, instances_for(self.num_steps),
+                    ConvSpec(*self.conv) if self.conv else None)
 
     @property
     def pcs_config(self) -> LigeroConfig:
@@ -186,6 +207,7 @@ class TrainingStatement:
         tr.absorb_u64("stmt.graphs", len(self.graphs))
         for graph in self.graphs:
             tr.absorb_digest("stmt.graph", graph)
+        tr.absorb_u64("stmt.conv", len(self.conv), *self.conv)
         tr.absorb_u64("stmt.steps", self.step_start, self.num_steps, self.arch.num_instances)
         tr.absorb_u64("stmt.chain_start", int(self.chain_start))
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
@@ -221,6 +243,7 @@ class TrainingStatement:
             "weight_decay": self.weight_decay,
             "loss": self.loss,
             "graphs": [x.hex() for x in self.graphs],
+            "conv": list(self.conv) if self.conv else None,
         }
 
     def to_bytes(self) -> bytes:
@@ -240,7 +263,8 @@ class TrainingStatement:
         if version != STATEMENT_VERSION or type(version) is not int:  # noqa: E721
             raise ParameterError(
                 f"training statement version {version!r:.20} unsupported (this build reads "
-                f"version {STATEMENT_VERSION}: version 5 has no graph digests, version 4 no "
+                f"version {STATEMENT_VERSION}: version 6 has no graph digests, version 5 no conv "
+                "field, version 4 no "
                 "loss kind, version 3 no momentum and weight decay fields, older statements are "
                 "not bound to their run, and version 1 has no batch commitment; re-prove the run "
                 "with `lightning-zk prove RUN`)"
@@ -261,6 +285,9 @@ class TrainingStatement:
         loss = d["loss"]
         if not isinstance(loss, str) or loss not in LOSS_KINDS:
             raise _fail("loss", f"expected one of {LOSS_KINDS}", loss)
+        conv = d["conv"]
+        if conv is not None and (not isinstance(conv, list) or len(conv) != 7):
+            raise _fail("conv", "expected null or a list [C, H, W, F, k, stride, padding]", conv)
         return cls(
             tuple(_int({"dims": w}, "dims", 1, 1 << 24) for w in dims),
             _int(d, "batch_size", 1, 1 << 24),
@@ -282,6 +309,7 @@ class TrainingStatement:
             _int(d, "weight_decay", 0, _U63),
             loss,
             tuple(_hex32(x, "graphs[]") for x in graphs),
+            tuple(_int({"conv": v}, "conv", 0, 1 << 24) for v in conv or ()),
         )
 
     @classmethod

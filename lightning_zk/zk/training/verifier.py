@@ -47,9 +47,14 @@ def check_statement(stmt: TrainingStatement, policy: VerifierPolicy | None = Non
     config = (policy or VerifierPolicy()).ligero_config(stmt.security_bits, stmt.blowup)
     try:
         cfg = FixedPointConfig(stmt.frac_bits, stmt.value_bits)
-        cfg.check_fan_in(max(*stmt.dims, stmt.batch_size))
+        arch = stmt.arch
+        cfg.check_fan_in(max(*stmt.dims, stmt.batch_size, arch.rows(1),
+                             *(arch.fan(i) for i in range(1, arch.num_layers + 1))))
     except ValueError as exc:
         raise TranscriptError("statement fixed-point parameters", detail=str(exc)) from exc
+    if arch.conv is not None and not arch.conv.provable:
+        raise TranscriptError("statement conv: output height and width must be powers of two "
+                              "(the Flatten is then a relabelling)", got=stmt.conv)
     want = loss_constant(stmt.loss, stmt.batch_size, stmt.dims[-1], stmt.frac_bits)
     if stmt.mse_const != want:
         raise TranscriptError(f"statement {stmt.loss} gradient constant", expected=want,

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from ...fixed.conv import im2col, rows_to_flat
 from ...fixed.engine import loss_constant
 from ...fixed.softmax import SoftmaxWitnessError, check_softmax_witness
 from ...fixed.tape import WitnessTape
@@ -108,8 +109,18 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
             if kind == "signed" and (arr.min(initial=0) < -bound or arr.max(initial=0) >= bound):
                 fail("magnitude bound", name)
         acts = [t["x"]]
+        if tp.conv is not None:  # layer 1 over the patch matrix, layer 2 through the Flatten
+            if not np.array_equal(t["PA"], im2col(t["x"], tp.conv)):
+                fail("im2col", "PA")
+            acts = [t["PA"]]
+
+        def layer_in(i: int, acts: list[np.ndarray] = acts, tp: WitnessTape = tp) -> np.ndarray:
+            if tp.conv is not None and i == 2:
+                return rows_to_flat(acts[1], tp.conv)
+            return acts[i - 1]
+
         for i in range(1, L + 1):
-            raw = acts[-1] @ t[f"W{i}"].T + (t[f"b{i}"] << s)[None, :]
+            raw = layer_in(i) @ t[f"W{i}"].T + (t[f"b{i}"] << s)[None, :]
             if not _rescaled(raw, t[f"Z{i}"], t[f"RZ{i}"], s):
                 fail("forward", f"Z{i}")
             if i < L:
@@ -132,11 +143,14 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
             fail("output gradient", "G")
         for i in range(1, L + 1):
             gz = t["G"] if i == L else t[f"GZ{i}"]
-            if not _rescaled(gz.T @ acts[i - 1], t[f"GW{i}"], t[f"RGW{i}"], s):
+            if not _rescaled(gz.T @ layer_in(i), t[f"GW{i}"], t[f"RGW{i}"], s):
                 fail("weight gradient", f"GW{i}")
             if not np.array_equal(gz.sum(axis=0), t[f"Gb{i}"]):
                 fail("bias gradient", f"Gb{i}")
-            if i >= 2 and not _rescaled(gz @ t[f"W{i}"], t[f"GA{i - 1}"], t[f"RGA{i - 1}"], s):
+            ga, rga = t[f"GA{i - 1}"] if i >= 2 else None, t[f"RGA{i - 1}"] if i >= 2 else None
+            if tp.conv is not None and i == 2:
+                ga, rga = rows_to_flat(ga, tp.conv), rows_to_flat(rga, tp.conv)
+            if i >= 2 and not _rescaled(gz @ t[f"W{i}"], ga, rga, s):
                 fail("input gradient", f"GA{i - 1}")
             for u_, r_, p_ in (("UW", "RUW", "W"), ("Ub", "RUb", "b")):
                 direction = _sgd_direction(tp, p_, i, fail)
