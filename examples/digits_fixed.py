@@ -4,8 +4,9 @@ An MLP classifies scikit-learn's 8×8 digits (bundled, no download) with softmax
 and SGD with momentum and weight decay, in exact fixed point (``VerifiableStrategy(mode="fixed")``:
 the module's own ``training_step`` runs with every op intercepted). ``ProofCallback`` proves each
 epoch's steps in one aggregated proof, and ``lightning-zk verify RUN`` checks the proofs, their
-chain and the ledger without ever seeing weights or data. The same model trained in float32
-(same initial weights, same data, same batch order) is the accuracy baseline.
+chain and the ledger without ever seeing weights or data. The same model trained in float32 on
+the same initial weights and exactly the batches the run committed (their indices are in the
+step records) is the accuracy baseline.
 
     python -m examples.digits_fixed --run-dir runs/digits_fixed && lightning-zk verify runs/digits_fixed
     python -m examples.digits_fixed --full      # the whole training split, 10 epochs (minutes)
@@ -38,9 +39,11 @@ class DigitsClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(self.net(x), y)
+
     def training_step(self, batch, batch_idx):  # fixed mode runs it, every op intercepted
-        x, y = batch
-        loss = nn.functional.cross_entropy(self.net(x), y)
+        loss = self.loss(*batch)
         self.log("train_loss", loss, prog_bar=True)
         return loss
 
@@ -63,8 +66,7 @@ class DigitsCNN(DigitsClassifier):
 class DigitsRegressor(DigitsClassifier):
     """The same network regressing one-hot labels with MSE (fixed mode's other provable loss)."""
 
-    def training_step(self, batch, batch_idx):
-        x, y = batch
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return nn.functional.mse_loss(self.net(x), y)
 
 
@@ -94,15 +96,20 @@ def accuracy(model: DigitsClassifier) -> float:
     return float((predicted == data.tensors[1]).float().mean())
 
 
-def _loader(args: argparse.Namespace) -> DataLoader:
-    data = digits("train", args.samples, onehot=args.loss == "mse", images=args.model == "cnn")
-    return DataLoader(data, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                      generator=torch.Generator().manual_seed(0))
+def _train_data(args: argparse.Namespace) -> TensorDataset:
+    return digits("train", args.samples, onehot=args.loss == "mse", images=args.model == "cnn")
 
 
-def _trainer(args: argparse.Namespace, **kwargs) -> L.Trainer:
-    return L.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False,
-                     enable_model_summary=False, enable_progress_bar=False, **kwargs)
+def train_float32_like(model: DigitsClassifier, run_dir: str, data: TensorDataset) -> None:
+    """Plain float32 SGD on exactly the batches the verifiable run committed, in its order."""
+    from lightning_zk import RunDirectory
+
+    optimizer = model.configure_optimizers()
+    inputs, targets = data.tensors
+    for record in RunDirectory(run_dir).read_steps():
+        optimizer.zero_grad()
+        model.loss(inputs[record.batch_indices], targets[record.batch_indices]).backward()
+        optimizer.step()
 
 
 def main() -> None:
@@ -111,8 +118,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", default="runs/digits_fixed")
-    parser.add_argument("--samples", type=int, default=64, help="training images (default 64)")
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--samples", type=int, default=512, help="training images (default 512)")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--loss", choices=("xent", "mse"), default="xent")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
@@ -127,15 +134,19 @@ def main() -> None:
     model = (DigitsCNN if args.model == "cnn" else
              DigitsRegressor if args.loss == "mse" else DigitsClassifier)()
     baseline = copy.deepcopy(model)  # the same initial weights, trained in float32
+    data = _train_data(args)
 
     started = time.perf_counter()
-    _trainer(args).fit(baseline, train_dataloaders=_loader(args))
-    plain_s = time.perf_counter() - started
-    started = time.perf_counter()
-    trainer = _trainer(args, strategy=VerifiableStrategy(run_dir=args.run_dir, mode="fixed"),
-                       callbacks=[CommitCallback(), ProofCallback(aggregate="epoch")])
-    trainer.fit(model, train_dataloaders=_loader(args))
+    trainer = L.Trainer(max_epochs=args.epochs, logger=False, enable_checkpointing=False,
+                        enable_model_summary=False, enable_progress_bar=False,
+                        strategy=VerifiableStrategy(run_dir=args.run_dir, mode="fixed"),
+                        callbacks=[CommitCallback(), ProofCallback(aggregate="epoch")])
+    trainer.fit(model, train_dataloaders=DataLoader(data, batch_size=args.batch_size,
+                                                    shuffle=True, drop_last=True))
     fixed_s = time.perf_counter() - started
+    started = time.perf_counter()
+    train_float32_like(baseline, args.run_dir, data)
+    plain_s = time.perf_counter() - started
     report = verify_run(args.run_dir)
     proofs = sum(p.stat().st_size for p in Path(args.run_dir, "proofs").glob("*.lzkt"))
     print(f"test accuracy on {TEST_SAMPLES} images: fixed point {accuracy(model):.1%}, "
