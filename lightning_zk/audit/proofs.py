@@ -266,22 +266,26 @@ class ChainProver:
         self._drop_chain_states(keep=path.stem)
         return path
 
-    def _leaves(self, first: int, count: int) -> list[bytes]:
-        """The ledger leaf hashes of steps first..first+count-1 (from their committed records)."""
+    def _committed(self, first: int, count: int) -> list[StepRecord]:
+        """The committed records of steps first..first+count-1 (read again only when needed)."""
         if len(self._records) < first + count:
             self._records = self.run.read_steps()
         if len(self._records) < first + count:
             raise ProofRunError(f"steps {first}..{first + count - 1} are not all committed in "
                                 f"{self.run.path} (it commits {len(self._records)} steps)")
+        return self._records[first:first + count]
+
+    def _leaves(self, first: int, count: int) -> list[bytes]:
+        """The ledger leaf hashes of steps first..first+count-1 (from their committed records)."""
         try:
-            return [leaf_hash(leaf_bytes(r)) for r in self._records[first:first + count]]
+            return [leaf_hash(leaf_bytes(r)) for r in self._committed(first, count)]
         except LedgerError as err:
             raise ProofRunError(f"cannot bind the proof to the run's ledger: {err}") from err
 
     def _graphs(self, first: int, count: int) -> list[bytes]:
         """The traced-graph digests the records of steps first..first+count-1 commit."""
         out = []
-        for record in self._records[first:first + count]:  # (read by _leaves)
+        for record in self._committed(first, count):
             digest = (record.extra or {}).get("graph_sha256")
             if not isinstance(digest, str) or len(digest) != 64:
                 raise ProofRunError(f"step {record.step}'s record has no traced-graph digest "

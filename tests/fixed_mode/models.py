@@ -43,3 +43,18 @@ def regression_loader(n: int = 16, batch_size: int = 4) -> DataLoader:
 def make_regressor(seed: int = 0, **kwargs) -> Regressor:
     L.seed_everything(seed, verbose=False)
     return Regressor(**kwargs)
+
+
+class Crash(RuntimeError):
+    """The training process dies here (a test's simulated crash)."""
+
+
+class CrashBefore(L.Callback):
+    """Raise :class:`Crash` when the batch of ``step`` starts (steps before it are committed)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise Crash(f"crash before step {self.step}")

@@ -19,6 +19,7 @@ from lightning_zk.fixed.conv import ConvSpec, im2col
 from lightning_zk.fixed.intercept import FixedPointTracer, UnsupportedOpError
 from lightning_zk.fixed.softmax import onehot_targets
 from lightning_zk.fixed.torch_bridge import UnsupportedModelError, mlp_from_torch, write_back
+from tests.fixed_mode.models import Crash, CrashBefore
 from tests.models import trainer_kwargs
 
 S = 16
@@ -287,14 +288,6 @@ def test_resumed_cnn_run_keeps_its_conv_buffers_and_chain(tmp_path):
     run trained straight through."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    class Crash(RuntimeError):
-        pass
-
-    class CrashBefore(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 3:
-                raise Crash("crash before step 3")
-
     run, ckpt = tmp_path / "run", tmp_path / "ckpt"
 
     def fit(steps, callbacks, ckpt_path=None, path=run):
@@ -310,7 +303,7 @@ def test_resumed_cnn_run_keeps_its_conv_buffers_and_chain(tmp_path):
                 ModelCheckpoint(dirpath=ckpt, every_n_train_steps=2, save_top_k=-1)]
 
     with pytest.raises(Crash):
-        fit(5, callbacks(CrashBefore()))
+        fit(5, callbacks(CrashBefore(3)))
     (path,) = ckpt.glob("*step=2.ckpt")
     fit(5, callbacks(), ckpt_path=path)
     report = verify_run(run)

@@ -33,6 +33,7 @@ from lightning_zk.fixed.softmax import (
 )
 from lightning_zk.fixed.torch_bridge import mlp_from_torch, write_back
 from lightning_zk.strategies.fixed import NotProvableError
+from tests.fixed_mode.models import Crash, CrashBefore
 from tests.models import trainer_kwargs
 
 S, Q = 16, 24
@@ -312,15 +313,6 @@ def test_lightning_cross_entropy_run_is_proved_and_verifies(tmp_path):
     assert not report.ok and any("statement field loss" in p for p in report.problems)
 
 
-class _CrashBefore(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise RuntimeError(f"crash before step {self.step}")
-
-
 def _fit_ckpt(run_dir, ckpt_dir, callbacks, data, ckpt_path=None):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -338,8 +330,8 @@ def test_resumed_cross_entropy_run_continues_its_proof_chain(tmp_path):
     from lightning_zk.ledger.errors import RunDirectoryError
 
     run, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    with pytest.raises(RuntimeError, match="crash before step 3"):
-        _fit_ckpt(run, ckpt, [CommitCallback(), ProofCallback(), _CrashBefore(3)], class_data(8))
+    with pytest.raises(Crash, match="crash before step 3"):
+        _fit_ckpt(run, ckpt, [CommitCallback(), ProofCallback(), CrashBefore(3)], class_data(8))
     (path,) = ckpt.glob("*step=2.ckpt")
     # the same run resumed on float targets (another loss) is refused before any step
     floats = TensorDataset(class_data(8).tensors[0], torch.rand(8, 4))

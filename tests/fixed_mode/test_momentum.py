@@ -23,7 +23,7 @@ from lightning_zk.fixed import (
     reference_sgd_step,
 )
 from lightning_zk.fixed.torch_bridge import UnsupportedModelError, mlp_from_torch
-from tests.fixed_mode.models import Regressor, make_regressor, regression_loader
+from tests.fixed_mode.models import Crash, CrashBefore, Regressor, make_regressor, regression_loader
 from tests.models import trainer_kwargs
 
 LR, MU, WD = 0.05, 0.9, 1e-3  # rounded to 3277, 58982, 66 (x 2^-16), as the lr always was
@@ -180,14 +180,6 @@ def test_resumed_training_keeps_the_buffers_and_the_chain(tmp_path):
     buffers, re-verifies step 2 against its committed state and the proof chain verifies."""
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    class Crash(RuntimeError):
-        pass
-
-    class CrashBefore(L.Callback):
-        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-            if trainer.global_step == 3:
-                raise Crash("crash before step 3")
-
     run, ckpt = tmp_path / "run", tmp_path / "ckpt"
 
     def callbacks(*extra):
@@ -195,7 +187,7 @@ def test_resumed_training_keeps_the_buffers_and_the_chain(tmp_path):
                 ModelCheckpoint(dirpath=ckpt, every_n_train_steps=2, save_top_k=-1)]
 
     with pytest.raises(Crash):
-        _fit(run, steps=6, callbacks=callbacks(CrashBefore()), enable_checkpointing=True)
+        _fit(run, steps=6, callbacks=callbacks(CrashBefore(3)), enable_checkpointing=True)
     (path,) = ckpt.glob("*step=2.ckpt")
     _fit(run, steps=6, callbacks=callbacks(), ckpt_path=path, enable_checkpointing=True)
     report = verify_run(run)

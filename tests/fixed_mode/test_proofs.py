@@ -19,7 +19,7 @@ from lightning_zk.audit.proofs import (
     verify_run,
 )
 from lightning_zk.cli import main
-from tests.fixed_mode.models import make_regressor, regression_loader
+from tests.fixed_mode.models import Crash, CrashBefore, make_regressor, regression_loader
 from tests.models import make_model, trainer_kwargs
 
 
@@ -171,19 +171,6 @@ def test_proof_callback_arguments():
         ProofCallback(every_n_steps=0)
 
 
-class _Crash(RuntimeError):
-    pass
-
-
-class _CrashBefore(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if trainer.global_step == self.step:
-            raise _Crash(f"crash before step {self.step}")
-
-
 def _fit_ckpt(run_dir, ckpt_dir, callbacks, steps=8, ckpt_path=None):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
@@ -204,8 +191,8 @@ def test_resumed_training_continues_the_proof_chain(tmp_path, every, ckpt_step, 
     from lightning_zk.audit.proofs import chain_progress
 
     run, ckpt = tmp_path / "run", tmp_path / "ckpt"
-    with pytest.raises(_Crash):
-        _fit_ckpt(run, ckpt, [CommitCallback(), ProofCallback(every_n_steps=every), _CrashBefore(5)])
+    with pytest.raises(Crash):
+        _fit_ckpt(run, ckpt, [CommitCallback(), ProofCallback(every_n_steps=every), CrashBefore(5)])
     assert chain_progress(run) == (5 if every == 1 else 3, False)
     proved_before = {p.name: p.stat().st_mtime_ns for p in (run / "proofs").glob("unit-*.lzkt")}
     (path,) = ckpt.glob(f"*step={ckpt_step}.ckpt")
@@ -236,8 +223,8 @@ def test_chain_without_its_private_state_cannot_be_continued(tmp_path):
     from lightning_zk.audit.proofs import ChainProver, chain_state_path
 
     run = tmp_path / "run"
-    with pytest.raises(_Crash):
-        _fit(run, [ProofCallback(), _CrashBefore(2)], steps=4)
+    with pytest.raises(Crash):
+        _fit(run, [ProofCallback(), CrashBefore(2)], steps=4)
     chain_state_path(run, "unit-00000001-00000001").unlink()
     with pytest.raises(ProofRunError, match="chain state .* is missing"):
         ChainProver(run, backend="numpy")
@@ -250,8 +237,8 @@ def test_a_run_resumed_at_a_fresh_step_records_what_the_uninterrupted_run_record
 
     _fit_ckpt(tmp_path / "a" / "run", tmp_path / "a" / "ckpt", [CommitCallback()])
     run, ckpt = tmp_path / "b" / "run", tmp_path / "b" / "ckpt"
-    with pytest.raises(_Crash):
-        _fit_ckpt(run, ckpt, [CommitCallback(), _CrashBefore(4)])
+    with pytest.raises(Crash):
+        _fit_ckpt(run, ckpt, [CommitCallback(), CrashBefore(4)])
     (path,) = ckpt.glob("*step=4.ckpt")  # saved after step 3: step 4 is trained fresh
     _fit_ckpt(run, ckpt, [CommitCallback()], ckpt_path=path)
     straight, resumed = snapshot_of(tmp_path / "a" / "run"), snapshot_of(run)

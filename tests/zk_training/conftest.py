@@ -37,14 +37,20 @@ class Run:
     epoch_seed: bytes
 
 
+def step_chain(tapes, rng: int):
+    """One step proof per tape, chained (seeded rng, rng + 1, ...): the units, the seal and
+    each unit's batch seed."""
+    units, seeds, link = [], [], None
+    for i, tape in enumerate(tapes):
+        proof, stmt, link = prove_step(tape, link, backend="numpy", rng=rng + i)
+        units.append((proof, stmt))
+        seeds.append(link.batch_seed)
+    return units, prove_seal(link), seeds
+
+
 @pytest.fixture(scope="session")
 def run() -> Run:
     tapes = make_tapes(3)
-    units, seeds, link = [], [], None
-    for i, tape in enumerate(tapes):
-        proof, stmt, link = prove_step(tape, link, backend="numpy", rng=100 + i)
-        units.append((proof, stmt))
-        seeds.append(link.batch_seed)
-    seal = prove_seal(link)
+    units, seal, seeds = step_chain(tapes, 100)
     eproof, estmt, elink = prove_epoch(tapes, None, backend="numpy", rng=7)
     return Run(tapes, units, seal, eproof, estmt, prove_seal(elink), seeds, elink.batch_seed)

@@ -23,6 +23,8 @@ from lightning_zk.zk.training.common import UnitShape
 from lightning_zk.zk.training.layout import Arch, layer_groups
 from lightning_zk.zk.training.relations import count_wit_claims, relation_builders
 
+from .conftest import step_chain
+
 # layers 1-3 are 8 -> 8 after padding (true widths 7, 8, 6): one group of 3 in 4 layer slots
 DIMS = (8, 7, 8, 6, 3)
 BATCH = 3
@@ -92,11 +94,8 @@ def test_stacking_cuts_sumchecks_and_openings():
 
 @pytest.fixture(scope="module")
 def chain():
-    units, link = [], None
-    for i, tape in enumerate(TAPES):
-        proof, stmt, link = prove_step(tape, link, backend="numpy", rng=20 + i)
-        units.append((proof, stmt))
-    return units, prove_seal(link)
+    units, seal, _ = step_chain(TAPES, 20)
+    return units, seal
 
 
 def test_stacked_step_chain_verifies(chain):

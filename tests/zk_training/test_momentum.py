@@ -24,7 +24,7 @@ from lightning_zk.zk.training import (
 )
 from lightning_zk.zk.training.common import UnitShape
 
-from .conftest import BATCH, DIMS
+from .conftest import BATCH, DIMS, step_chain
 
 MU, WD = 0.875, 0.0625  # (exact at 2^-16; 0.9 / 1e-3 are rounded, as in test_fixed_mode)
 
@@ -48,11 +48,8 @@ TAPES = make_tapes(3, seed=4)
 
 @pytest.fixture(scope="module")
 def chain():
-    units, link = [], None
-    for i, tape in enumerate(TAPES):
-        proof, stmt, link = prove_step(tape, link, backend="numpy", rng=20 + i)
-        units.append((proof, stmt))
-    return units, prove_seal(link)
+    units, seal, _ = step_chain(TAPES, 20)
+    return units, seal
 
 
 def test_step_chain_verifies_and_binds_the_buffers(chain):

@@ -171,20 +171,13 @@ class TrainingStatement:
             )
         if self.loss not in LOSS_KINDS:
             raise ParameterError(f"TrainingStatement: loss {self.loss!r} is not one of {LOSS_KINDS}")
-        leaves = tuple(bytes(x) for x in self.ledger_leaves)
-        if leaves and (len(leaves) != self.num_steps or any(len(x) != 32 for x in leaves)):
-            raise ParameterError(
-                f"TrainingStatement: {len(leaves)} ledger leaves for {self.num_steps} steps "
-                "(need one 32-byte leaf hash per step, or none for an unbound statement)"
-            )
-        object.__setattr__(self, "ledger_leaves", leaves)
-        graphs = tuple(bytes(x) for x in self.graphs)
-        if graphs and (len(graphs) != self.num_steps or any(len(x) != 32 for x in graphs)):
-            raise ParameterError(
-                f"TrainingStatement: {len(graphs)} graph digests for {self.num_steps} steps "
-                "(need one 32-byte digest per step, or none for an unbound statement)"
-            )
-        object.__setattr__(self, "graphs", graphs)
+        for name, what in (("ledger_leaves", "ledger leaves"), ("graphs", "graph digests")):
+            digests = tuple(bytes(x) for x in getattr(self, name))
+            if digests and (len(digests) != self.num_steps or any(len(x) != 32 for x in digests)):
+                raise ParameterError(
+                    f"TrainingStatement: {len(digests)} {what} for {self.num_steps} steps (need "
+                    "one 32-byte digest per step, or none for an unbound statement)")
+            object.__setattr__(self, name, digests)
 
     @property
     def arch(self) -> Arch:
