@@ -2,7 +2,9 @@
 
 An MLP classifies scikit-learn's 8×8 digits (bundled, no download) with softmax cross-entropy
 and SGD with momentum and weight decay, in exact fixed point (``VerifiableStrategy(mode="fixed")``:
-the module's own ``training_step`` runs with every op intercepted). ``ProofCallback`` proves each
+the module's own ``training_step`` runs with every op intercepted; its ``forward`` scales the
+pixel values 0..16 to [0, 1] itself, and the proofs cover that scaling from the committed
+pixels). ``ProofCallback`` proves each
 epoch's steps in one aggregated proof, and ``lightning-zk verify RUN`` checks the proofs, their
 chain and the ledger without ever seeing weights or data. The same model trained in float32 on
 the same initial weights and exactly the batches the run committed (their indices are in the
@@ -39,8 +41,11 @@ class DigitsClassifier(L.LightningModule):
         self.save_hyperparameters()
         self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x / 16)  # pixels 0..16 to [0, 1]: proved from the committed pixels
+
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self.net(x), y)
+        return nn.functional.cross_entropy(self(x), y)
 
     def training_step(self, batch, batch_idx):  # fixed mode runs it, every op intercepted
         loss = self.loss(*batch)
@@ -67,12 +72,13 @@ class DigitsRegressor(DigitsClassifier):
     """The same network regressing one-hot labels with MSE (fixed mode's other provable loss)."""
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(self.net(x), y)
+        return nn.functional.mse_loss(self(x), y)
 
 
 def digits(split: str, n: int | None = None, onehot: bool = False,
            images: bool = False) -> TensorDataset:
-    """The bundled digits, pixels scaled to [0, 1]; ``split`` "train" or "test" (fixed split);
+    """The bundled digits, pixel values 0..16 (the model scales them); ``split`` "train" or
+    "test" (fixed split);
     ``images``: inputs (1, 8, 8) for a conv network instead of 64 pixels."""
     from sklearn.datasets import load_digits
 
@@ -80,7 +86,7 @@ def digits(split: str, n: int | None = None, onehot: bool = False,
     order = np.random.default_rng(0).permutation(len(x))  # the images come sorted by writer
     x, y, cut = x[order], y[order], len(x) - TEST_SAMPLES
     x, y = (x[:cut], y[:cut]) if split == "train" else (x[cut:], y[cut:])
-    inputs = torch.tensor(x / 16.0, dtype=torch.float32)[:n]
+    inputs = torch.tensor(x, dtype=torch.float32)[:n]
     if images:
         inputs = inputs.reshape(-1, 1, 8, 8)
     labels = torch.tensor(y)[:n]
@@ -92,7 +98,7 @@ def digits(split: str, n: int | None = None, onehot: bool = False,
 def accuracy(model: DigitsClassifier) -> float:
     data = digits("test", images=isinstance(model, DigitsCNN))
     with torch.no_grad():
-        predicted = model.net(data.tensors[0].to(next(model.parameters()).dtype)).argmax(dim=1)
+        predicted = model(data.tensors[0].to(next(model.parameters()).dtype)).argmax(dim=1)
     return float((predicted == data.tensors[1]).float().mean())
 
 

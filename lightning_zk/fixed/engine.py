@@ -44,6 +44,7 @@ from .format import (
     rescale,
     rescale_owned,
 )
+from .scaling import InputScale
 from .softmax import (
     LOSSES,
     onehot_targets,
@@ -86,6 +87,9 @@ class FixedPointMLP:
             (a run's first step, or torch's buffers not created yet).
         loss: ``"mse"`` (targets y (B, d_L)) or ``"xent"`` (softmax cross-entropy, mean over the
             batch; targets Yhot = 2^s onehot(labels), :func:`.softmax.onehot_targets`).
+        input_scale: the step scales its batch input by a public constant before the network
+            (``net(x / 16)``, :mod:`.scaling`): XS = rescale(k x) feeds layer 1, x stays the
+            committed batch. None: the network reads x.
     Raises:
         ValueError: inconsistent shapes, or a fan-in that could overflow.
     """
@@ -102,6 +106,7 @@ class FixedPointMLP:
         velocity: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
         loss: str = "mse",
         conv: ConvSpec | None = None,
+        input_scale: InputScale | None = None,
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"FixedPointMLP(loss={loss!r}): supported losses are {LOSSES}")
@@ -112,6 +117,7 @@ class FixedPointMLP:
         if not self.weights or len(self.weights) != len(self.biases):
             raise ValueError("FixedPointMLP: need one bias per weight matrix and >= 1 layer")
         self.conv = conv
+        self.input_scale = input_scale
         if conv is not None and (len(self.weights) < 2 or self.weights[0].shape != (
                 conv.filters, conv.patch)):
             raise ValueError(f"FixedPointMLP: conv {conv} needs weights[0] of shape "
@@ -170,6 +176,7 @@ class FixedPointMLP:
         weight_decay: float = 0.0,
         loss: str = "mse",
         conv: ConvSpec | None = None,
+        input_scale: InputScale | None = None,
     ) -> FixedPointMLP:
         """Quantise float weights (round to nearest) and the SGD constants (as the lr); with
         ``conv``, weights[0] is the conv weight (F, C, k, k) or (F, C k k)."""
@@ -186,6 +193,7 @@ class FixedPointMLP:
             optimizer_constant("weight_decay", weight_decay, s),
             loss=loss,
             conv=conv,
+            input_scale=input_scale,
         )
 
     @property
@@ -270,8 +278,14 @@ class FixedPointMLP:
         put("x", x)
         put("y", y)
         acts = ["x"]
+        if self.input_scale is not None:  # the step's own x * c or x / c, exact (.scaling)
+            k = self.input_scale.multiplier(s, cfg.value_bits)
+            xs, rxs = rescale_owned(k * x, s)
+            put("XS", xs)
+            put("RXS", rxs)
+            acts = ["XS"]
         if conv is not None:  # the patch matrix: layer 1 is a Linear layer over its rows
-            put("PA", im2col(x, conv))
+            put("PA", im2col(t[acts[0]], conv))
             acts = ["PA"]
 
         def inputs(i: int) -> str:
@@ -345,6 +359,7 @@ class FixedPointMLP:
             weight_decay=self.weight_decay,
             loss=self.loss,
             conv=conv,
+            input_scale=self.input_scale,
         )
         for i in range(1, L + 1):
             self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()

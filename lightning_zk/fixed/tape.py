@@ -39,7 +39,13 @@ with UTF-8 JSON ``{"format": "lightning-zk/tape", "version": 1, "step", "dims", 
 "value_bits", "lr", "mse_const", "batch_size", "names"}``; version 2 adds ``"momentum"``,
 ``"weight_decay"`` and ``"loss"`` (version 1 files are plain-SGD MSE tapes and still load);
 version 3 adds ``"conv"``: null, or the first Conv2d layer's public shape [C, H, W, F, k,
-stride, padding] (older files have no conv layer and still load).
+stride, padding] (older files have no conv layer and still load); version 4 adds
+``"input_scale"``: null, or [op, const, form] of the step's scaling of its batch input (:mod:`.scaling`,
+older files have none and still load).
+
+A tape whose step scales its input (``net(x / 16)``) has XS RXS (B, like x): XS = rescale(k x) with
+remainder RXS, the network's input (layer 1 reads XS, or the conv gathers its patches from it);
+x is still the committed batch.
 
 A tape with a first Conv2d layer (:mod:`.conv`) has dims = (C k k, F, d2, ..., dL): layer 1 is a
 Linear layer over the patch matrix, so x is (B, C H W) (the flattened images), PA (B H' W', C k k)
@@ -61,6 +67,7 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from .conv import ConvSpec
+from .scaling import InputScale, InputScaleError
 from .softmax import LOSSES, SOFTMAX_TENSORS
 
 __all__ = [
@@ -69,7 +76,8 @@ __all__ = [
 
 _OPT_W = ("DW", "RDW", "VW", "MW", "RMW")  # per-weight tensors of momentum / weight decay
 _OPT_B = ("Db", "RDb", "Vb", "Mb", "RMb")
-TAPE_VERSION = 3  # 2: SGD momentum, weight decay, the loss (version 1: plain SGD, MSE); 3: conv
+TAPE_VERSION = 4  # 2: SGD momentum, weight decay, the loss (version 1: plain SGD, MSE); 3: conv;
+# 4: the scaling of the batch input
 _FORMAT = "lightning-zk/tape"
 
 
@@ -78,11 +86,12 @@ class TapeFormatError(ValueError):
 
 
 def tensor_names(num_layers: int, momentum: bool = False, decay: bool = False,
-                 loss: str = "mse", conv: bool = False) -> list[str]:
+                 loss: str = "mse", conv: bool = False, scaled: bool = False) -> list[str]:
     """All tape tensor names for an MLP with ``num_layers`` Linear layers, in canonical order
     (with the tensors of SGD momentum and weight decay when those are on, the softmax
-    witness of a cross-entropy tape, and the patch matrix PA of a first conv layer)."""
-    names = ["x", "y"] + (["PA"] if conv else [])
+    witness of a cross-entropy tape, the scaled input XS RXS of a step that scales its input,
+    and the patch matrix PA of a first conv layer)."""
+    names = ["x", "y"] + (["XS", "RXS"] if scaled else []) + (["PA"] if conv else [])
     for layer in range(1, num_layers + 1):
         names += [f"W{layer}", f"b{layer}", f"Z{layer}", f"RZ{layer}"]
         if layer < num_layers:
@@ -121,6 +130,7 @@ class WitnessTape:
     weight_decay: int = 0
     loss: str = "mse"
     conv: ConvSpec | None = None  # a first Conv2d layer (layer 1 over its patch matrix)
+    input_scale: InputScale | None = None  # the step's x * c or x / c before the network
 
     @property
     def num_layers(self) -> int:
@@ -129,7 +139,7 @@ class WitnessTape:
     def names(self) -> list[str]:
         """The tensor names this tape holds (by its optimizer settings)."""
         return tensor_names(self.num_layers, self.momentum != 0, self.weight_decay != 0,
-                            self.loss, self.conv is not None)
+                            self.loss, self.conv is not None, self.input_scale is not None)
 
     def header(self) -> dict:
         return {
@@ -146,6 +156,7 @@ class WitnessTape:
             "weight_decay": int(self.weight_decay),
             "loss": self.loss,
             "conv": list(self.conv.as_tuple()) if self.conv is not None else None,
+            "input_scale": self.input_scale.as_list() if self.input_scale is not None else None,
             "names": self.names(),
         }
 
@@ -156,7 +167,7 @@ class WitnessTape:
         layer = int(digits) if digits else len(d) - 1
         kind = stem[: len(stem) - len(digits)]
         conv = self.conv
-        if name == "x":
+        if name in ("x", "XS", "RXS"):
             return (b, d[0] if conv is None else conv.image)
         if name == "PA" and conv is not None:
             return (b * conv.positions, conv.patch)
@@ -177,6 +188,11 @@ class WitnessTape:
                                                                           conv.filters)):
             raise TapeFormatError(f"tape for step {self.step}: dims {self.dims} do not start "
                                   f"with the conv's (C k k, F) = ({conv.patch}, {conv.filters})")
+        if self.input_scale is not None:
+            try:
+                self.input_scale.multiplier(self.frac_bits, self.value_bits)
+            except InputScaleError as exc:
+                raise TapeFormatError(f"tape for step {self.step}: {exc}") from None
         for name in self.names():
             if name not in self.tensors:
                 raise TapeFormatError(f"tape for step {self.step} lacks tensor {name!r}")
@@ -215,7 +231,7 @@ class WitnessTape:
         if not isinstance(head, dict) or head.get("format") != _FORMAT:
             raise TapeFormatError(f"tape {path}: not a lightning-zk tape")
         version = head.get("version")
-        if version not in (1, 2, TAPE_VERSION) or type(version) is not int:  # noqa: E721
+        if version not in (1, 2, 3, TAPE_VERSION) or type(version) is not int:  # noqa: E721
             raise TapeFormatError(f"tape {path}: version {version!r:.20} unsupported")
         optim = [k in head for k in ("momentum", "weight_decay", "loss")]
         if any(optim) if version == 1 else not all(optim):  # exactly from version 2 on
@@ -223,6 +239,15 @@ class WitnessTape:
                                   "weight_decay, loss disagree")
         if ("conv" in head) != (version >= 3):
             raise TapeFormatError(f"tape {path}: version {version} and the field conv disagree")
+        if ("input_scale" in head) != (version >= 4):
+            raise TapeFormatError(
+                f"tape {path}: version {version} and the field input_scale disagree")
+        scale = head.get("input_scale")
+        if scale is not None:
+            try:
+                scale = InputScale.from_list(scale)
+            except InputScaleError as exc:
+                raise TapeFormatError(f"tape {path}: {exc}") from None
         conv = head.get("conv")
         if conv is not None:
             if not isinstance(conv, list) or len(conv) != 7:
@@ -248,6 +273,7 @@ class WitnessTape:
                 weight_decay=int(head.get("weight_decay", 0)),
                 loss=loss,
                 conv=conv,
+                input_scale=scale,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TapeFormatError(f"tape {path}: bad header field ({exc})") from exc

@@ -3,7 +3,9 @@ verifier checks the committed graphs against.
 
 The zk relations prove one step shape: a Linear/ReLU MLP (optionally behind one Conv2d, ReLU and
 Flatten), ``F.mse_loss(net(x), y)`` or
-``F.cross_entropy(net(x), y)`` on the batch, ``torch.optim.SGD`` (momentum, weight decay). The
+``F.cross_entropy(net(x), y)`` on the batch, optionally with the input scaled by a public
+constant first (``net(x / 16)``, ``net(x * 0.0625)``: :mod:`.scaling`), ``torch.optim.SGD``
+(momentum, weight decay). The
 trainer traces the user's own step (:class:`.intercept.FixedPointTracer`) and refuses it unless
 its graph equals :func:`template_graph` on a copy of the user's network. The verifier rebuilds the
 same graph from a statement's public constants alone (:func:`provable_digests`) and accepts a
@@ -29,6 +31,7 @@ from torch.nn import functional as F
 from .conv import ConvSpec
 from .format import FixedPointConfig
 from .intercept import FixedPointTracer, graph_digest
+from .scaling import InputScale
 
 __all__ = ["new_tracer", "template_graph", "template_network", "provable_digests",
            "FOREACH_CHOICES"]
@@ -57,10 +60,11 @@ def new_tracer(config: FixedPointConfig, step: int, net: nn.Module, x: torch.Ten
 def template_graph(net: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FixedPointConfig,
                    *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                    foreach: bool | None = None, buffers: bool = False, loss: str = "mse",
-                   step: int = 0) -> list[dict[str, Any]]:
+                   step: int = 0, input_scale: InputScale | None = None) -> list[dict[str, Any]]:
     """The canonical graph of the template step on a copy of ``net`` with batch (x, y):
     ``loss(net(x), y).backward(); SGD(...).step()``, with momentum buffers already held by
-    torch iff ``buffers`` (step 0 clones new buffers, later steps update them in place)."""
+    torch iff ``buffers`` (step 0 clones new buffers, later steps update them in place), and
+    ``net(x * c)`` / ``net(x / c)`` for an ``input_scale``."""
     net = copy.deepcopy(net)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                           foreach=foreach)
@@ -69,8 +73,16 @@ def template_graph(net: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Fix
             opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
     tracer = new_tracer(config, step, net, x, y, opt)
     loss_fn = F.cross_entropy if loss == "xent" else F.mse_loss
+    c: Any = None
+    if input_scale is not None:  # the literal in the form the graph records it (a tensor is
+        c = input_scale.literal(config.frac_bits)  # made outside the step, else it is an op)
+        if input_scale.form == "tensor":
+            c = torch.tensor(c, dtype=torch.float64)
     with tracer:
-        loss_fn(net(x), y).backward()
+        inputs = x
+        if input_scale is not None:
+            inputs = x * c if input_scale.op == "mul" else x / c
+        loss_fn(net(inputs), y).backward()
         opt.step()
     outputs = list(net.parameters())
     if momentum:
@@ -97,7 +109,8 @@ def template_network(dims: Sequence[int], conv: Sequence[int] = ()) -> nn.Sequen
 
 def provable_digests(dims: Sequence[int], batch_size: int, config: FixedPointConfig, *, lr: int,
                      momentum: int = 0, weight_decay: int = 0, loss: str = "mse",
-                     buffers: bool = False, conv: Sequence[int] = ()) -> set[str]:
+                     buffers: bool = False, conv: Sequence[int] = (),
+                     input_scale: InputScale | None = None) -> set[str]:
     """Digests of the template graphs a step with these public constants may commit (one per
     SGD path): what a verifier derives from a statement by itself. The constants are the
     fixed-point integers of the statement (a float that rounds to them gives the same graph)."""
@@ -113,5 +126,5 @@ def provable_digests(dims: Sequence[int], batch_size: int, config: FixedPointCon
     return {graph_digest(template_graph(net, x, y, config, lr=lr / scale,
                                         momentum=momentum / scale,
                                         weight_decay=weight_decay / scale, foreach=foreach,
-                                        buffers=buffers, loss=loss))
+                                        buffers=buffers, loss=loss, input_scale=input_scale))
             for foreach in FOREACH_CHOICES}

@@ -4,7 +4,8 @@
 ``backward``) and the optimizer step under :class:`~lightning_zk.fixed.intercept.FixedPointTracer`,
 which executes every ATen op in exact fixed point and records the step's graph. A step whose
 graph is the provable template (Linear+ReLU MLP, MSE of the output against the batch target,
-SGD, with momentum and weight decay when configured) gets its witness tape from the exact
+SGD, with momentum and weight decay when configured; the network may read the batch input
+scaled by a public constant, ``net(x / 16)``, :mod:`..fixed.scaling`) gets its witness tape from the exact
 integer engine (:mod:`lightning_zk.fixed`),
 checked bit for bit against the weights the user's code produced, and kept for the zk prover
 (spilled to ``RUN/tapes/`` for offline proving); any other graph is refused
@@ -49,8 +50,9 @@ from torch import nn
 
 from ..fixed import FixedPointConfig, WitnessTape, dequantize
 from ..fixed.intercept import FixedPointTracer, graph_digest
+from ..fixed.scaling import InputScale, InputScaleError
 from ..fixed.softmax import onehot_targets, xent_loss
-from ..fixed.template import new_tracer, template_graph
+from ..fixed.template import new_tracer, template_graph, template_network
 from ..fixed.torch_bridge import (
     UnsupportedModelError,
     check_loss_and_optimizer,
@@ -356,30 +358,50 @@ class FixedPointSession(TrainingSession):
             return []
         return [b for b in momentum_buffers(optimizer, net).values() if b is not None]
 
-    def _template(self, x: torch.Tensor, y: torch.Tensor) -> list[dict[str, Any]]:
+    def _template(self, x: torch.Tensor, y: torch.Tensor,
+                  scale: InputScale | None = None) -> list[dict[str, Any]]:
         """The graph of the provable template step (:mod:`..fixed.template`) with the run's SGD
-        settings on a copy of the network (cached per batch shape and per whether SGD's momentum
-        buffers exist yet: torch clones the first one, updates it in place later)."""
+        settings, on the canonical network the verifier rebuilds from a statement (so a network
+        the verifier would not recognise is refused here, at step 0, not after the proofs);
+        cached per batch shape, input scaling and whether SGD's momentum buffers exist yet
+        (torch clones the first one, updates it in place later)."""
         buffers = self._had_buffers  # SGD momentum buffers before the step (from step 1 on)
-        key = (tuple(x.shape), tuple(y.shape), buffers)
+        key = (tuple(x.shape), tuple(y.shape), buffers, scale)
         if key not in self._templates:
             group = self.optimizers[0].param_groups[0]
+            conv = self.engine.conv.as_tuple() if self.engine.conv is not None else ()
+            with torch.random.fork_rng():  # building it must not move the run's RNG
+                canonical = template_network(self.engine.dims, conv).to(
+                    next(self.net.parameters()).dtype)
+            with torch.no_grad():
+                for p in canonical.parameters():
+                    p.zero_()  # on the grid; values do not shape the graph
             self._templates[key] = template_graph(
-                self.net, x, y, self.config, lr=group["lr"], momentum=group["momentum"],
+                canonical, x, y, self.config, lr=group["lr"], momentum=group["momentum"],
                 weight_decay=group["weight_decay"], foreach=group["foreach"], buffers=buffers,
-                loss=self.loss_kind, step=self.next_step)
+                loss=self.loss_kind, step=self.next_step, input_scale=scale)
         return self._templates[key]
 
-    def _check_provable(self, graph: list[dict[str, Any]], x, y) -> None:
-        template = self._template(x, y)
+    def _check_provable(self, graph: list[dict[str, Any]], x, y) -> InputScale | None:
+        """Refuse a step whose graph is not the provable template; return the scaling of the
+        batch input the step starts with (``x / 16``), which the template then includes."""
+        scale = InputScale.from_graph(graph, self.config.frac_bits)
+        if scale is not None:
+            try:
+                scale.multiplier(self.config.frac_bits, self.config.value_bits)
+            except InputScaleError as exc:
+                raise NotProvableError(f"step {self.next_step}: {exc}; nothing was trained.") from None
+        template = self._template(x, y, scale)
         if graph == template:
-            return
+            return scale
         for i, (got, want) in enumerate(zip(graph, template, strict=False)):
             if got != want:
                 raise NotProvableError(
                     f"step {self.next_step}: the training_step's traced graph is not the provable "
                     f"MLP template (Linear/ReLU, {_LOSS_SPELLING[self.loss_kind]} on the batch, "
-                    f"the SGD step): op {i} is {got} where the template has {want}. Fixed-point mode "
+                    f"optionally x * c or x / c first, the SGD step; the network as the canonical "
+                    "nn.Sequential([Conv2d, ReLU, Flatten,] Linear, ReLU, ..., Linear) that the "
+                    f"verifier rebuilds): op {i} is {got} where the template has {want}. Fixed-point mode "
                     "proves only that graph for now (issue 12); nothing was trained.")
         raise NotProvableError(
             f"step {self.next_step}: the training_step's traced graph has {len(graph)} ops, the "
@@ -395,7 +417,7 @@ class FixedPointSession(TrainingSession):
         outputs = [tracer.ref(p) for p in [*params, *buffers]]
         graph = tracer.graph(outputs)
         try:
-            self._check_provable(graph, x, y)
+            scale = self._check_provable(graph, x, y)
         except NotProvableError:
             self._write_back()  # the engine holds the weights (and buffers) before the step
             raise
@@ -406,6 +428,7 @@ class FixedPointSession(TrainingSession):
             yq = tracer.ints(y, "batch:1")
             if yq.ndim == 1:
                 yq = yq[:, None]
+        self.engine.input_scale = scale  # the step's own x * c or x / c (None: none)
         tape = self.engine.step(xq, yq)
         after = [tracer.ints(p, "check") for p in params]
         expect = [a for i in range(1, self.engine.num_layers + 1)

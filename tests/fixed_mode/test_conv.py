@@ -118,7 +118,7 @@ def test_conv_tape_round_trip_and_older_versions(tmp_path):
 
     plain = FixedPointMLP.from_float([rng.normal(size=(4, 3))], [np.zeros(4)], lr=0.125)
     pt = plain.step_float(rng.normal(size=(2, 3)), rng.normal(size=(2, 4)))
-    v2 = {k: v for k, v in pt.header().items() if k != "conv"} | {"version": 2}
+    v2 = {k: v for k, v in pt.header().items() if k not in ("conv", "input_scale")} | {"version": 2}
     write(tmp_path / "v2.npz", v2, pt.tensors)
     assert WitnessTape.load(tmp_path / "v2.npz").conv is None
     for bad in ([1, 4, 4, 2, 3, 1], [1, 4, 4, 2, 3, 1, 5], [1, 4, 4, 2, 3, 1, "1"]):
@@ -250,19 +250,19 @@ def test_lightning_cnn_trains_bit_identically_and_its_proofs_verify(tmp_path):
     assert {s.conv for s in statements} == {spec.as_tuple()}
 
 
-class HalvedInputCNN(CNN):
+class HalvedOutputCNN(CNN):
     def training_step(self, batch, batch_idx):
         x, y = batch
-        return F.cross_entropy(self.net(x * 0.5), y)
+        return F.cross_entropy(self.net(x) * 0.5, y)
 
 
 def test_conv_step_other_than_the_template_is_not_trained(tmp_path):
     """The template graph (traced from the user's own network) includes the conv ops: a step
-    that scales its images is a different graph, refused before anything is trained."""
+    that scales its logits is a different graph, refused before anything is trained."""
     from lightning_zk.strategies.fixed import NotProvableError
 
     L.seed_everything(0, verbose=False)
-    model = HalvedInputCNN(padding=0)
+    model = HalvedOutputCNN(padding=0)
     before = [p.detach().clone() for p in model.parameters()]
     trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
                         max_steps=1, **trainer_kwargs())

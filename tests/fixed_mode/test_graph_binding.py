@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from lightning_zk import CommitCallback, ProofCallback
 from lightning_zk.audit.proofs import _read_chain, verify_run
@@ -83,3 +84,45 @@ def test_a_record_showing_another_graph_than_its_digest_is_refused(proven, tmp_p
     steps.write_text("\n".join(lines) + "\n")
     report = verify_run(path)
     assert not report.ok and any("does not hash" in p for p in report.problems)
+
+
+class _CloningLinear(torch.nn.Linear):
+    """A Linear whose forward adds an op (a clone) the canonical network does not have: the
+    values are the same, the traced graph is not."""
+
+    def forward(self, x):
+        return super().forward(x.clone())
+
+
+def test_a_network_the_verifier_would_not_rebuild_is_refused_at_step_0(tmp_path):
+    """The trainer checks each step against the canonical network the verifier rebuilds from a
+    statement, not against a copy of the user's: a network spelled otherwise is refused before
+    anything is trained, not after hours of training and proving (it once trained and proved,
+    and only verify_run refused it)."""
+    import lightning as L
+    from torch import nn
+    from torch.nn import functional as F
+
+    from lightning_zk import VerifiableStrategy
+    from lightning_zk.strategies.fixed import NotProvableError
+    from tests.fixed_mode.models import regression_loader
+    from tests.models import trainer_kwargs
+
+    class Spelled(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), _CloningLinear(8, 3))
+
+        def training_step(self, batch, batch_idx):
+            return F.mse_loss(self.net(batch[0]), batch[1])
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    L.seed_everything(0, verbose=False)
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
+                        max_steps=2, callbacks=[CommitCallback(), ProofCallback()],
+                        **trainer_kwargs())
+    with pytest.raises(NotProvableError, match="aten.clone.*canonical|canonical.*aten.clone"):
+        trainer.fit(Spelled(), train_dataloaders=regression_loader())
+    assert not RunDirectory(tmp_path / "run").read_steps()

@@ -273,6 +273,6 @@ def test_the_foreach_graph_is_the_whole_step(tmp_path, momentum):
 
     model = _model(momentum=momentum, weight_decay=0.0, foreach=True)
     model.training_step = lambda batch, batch_idx: torch.nn.functional.mse_loss(
-        model.net(batch[0] * 2), batch[1])
+        model.net(batch[0]) * 2, batch[1])
     with pytest.raises(NotProvableError, match="aten.mul"):
         _fit(tmp_path / "run", model=model, steps=1)

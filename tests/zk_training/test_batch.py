@@ -63,7 +63,7 @@ def test_honest_epoch_unit_commits_to_all_its_batches(run):
 def test_statement_json_carries_the_batch_commitment(run):
     _, stmt = run.step_proofs[0]
     d = json.loads(stmt.to_bytes())
-    assert d["version"] == STATEMENT_VERSION == 7
+    assert d["version"] == STATEMENT_VERSION == 8
     assert d["batch"]["root"] == stmt.batch.root.hex()
     assert TrainingStatement.from_bytes(stmt.to_bytes()).batch == stmt.batch
 

@@ -150,7 +150,7 @@ def test_other_momentum_or_weight_decay_in_the_statement_rejected(chain):
 def test_statement_fields_parsed_strictly(chain):
     stmt = chain[0][0][1]
     d = json.loads(stmt.to_bytes())
-    assert d["version"] == 7 and d["momentum"] == stmt.momentum
+    assert d["version"] == 8 and d["momentum"] == stmt.momentum
     assert TrainingStatement.from_bytes(stmt.to_bytes()) == stmt
     for edit in ({"momentum": True}, {"momentum": 0.5}, {"weight_decay": "4096"},
                  {"weight_decay": -1}):

@@ -11,7 +11,9 @@ with version 3's absorption the same prover gives the previous digests (ff95c621
 byte for byte (checked when the two branches were merged). Re-recorded for statement version 6
 (issue 12, Conv2d: the transcript absorbs the conv shape) and version 7 (the steps' graph
 digests); absorbing version 5 without the conv and graph fields, the same prover gives the
-previous digests (150921d9…, 90e41532…) byte for byte (checked at the merge).
+previous digests (150921d9…, 90e41532…) byte for byte (checked at the merge). Re-recorded for
+statement version 8 (the input scaling: the transcript absorbs it); absorbing version 7 without
+it, the same prover gives the previous digests (4046604b…, f2db70c9…) byte for byte.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import pytest
 
 from .seeded import seeded_proofs
 
-STEP_SHA256 = "4046604b587e21dfee67d5bc9bf21da8150420b92904cacf812b5de11dea0565"
-EPOCH_SHA256 = "f2db70c96f750561dcd19ef29f96c08af263b0c17bea287d37651b66adb4c2c6"
+STEP_SHA256 = "07316f41c006f796f9552516b008e154d9935ac29d622df923f3b0b8c03bfbd8"
+EPOCH_SHA256 = "7eeccc7e2f0a49bc87ae8f0f9ebb47f933545b75285b3ad0f5069feb7d0b497a"
 
 
 def test_seeded_proofs_are_byte_identical_to_before():

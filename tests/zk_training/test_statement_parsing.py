@@ -28,7 +28,7 @@ def _parse(d):
 
 def test_round_trip():
     assert TrainingStatement.from_bytes(STMT.to_bytes()) == STMT
-    assert STMT.to_json()["version"] == 7 and STMT.to_json()["loss"] == "mse"
+    assert STMT.to_json()["version"] == 8 and STMT.to_json()["loss"] == "mse"
     assert STMT.to_json()["graphs"] == ["03" * 32, "04" * 32]
     assert STMT.to_json()["conv"] is None and STMT.conv == ()
 

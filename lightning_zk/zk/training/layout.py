@@ -69,6 +69,7 @@ class Arch:
     batch_size: int
     num_instances: int  # T, a power of two (1: a single step)
     conv: ConvSpec | None = None  # a first Conv2d: layer 1 over its patch rows (b, oh, ow)
+    scaled: bool = False  # the step scales its input: XS = rescale(k x) is the network's input
 
     def rows(self, layer: int) -> int:
         """Rows of layer ``layer``'s activations: B, or B H' W' for the conv layer."""
@@ -150,7 +151,7 @@ def _sizes(name: str, arch: Arch) -> tuple[int, ...]:
     digits = "".join(c for c in stem if c.isdigit())
     layer = int(digits) if digits else L
     kind = stem[: len(stem) - len(digits)]
-    if name == "x":
+    if name in ("x", "XS", "RXS"):
         return (arch.batch_size, arch.x_width)
     if name == "PA":
         return (arch.rows(1), d[0])
@@ -169,7 +170,7 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
     digits = "".join(c for c in stem if c.isdigit())
     layer = int(digits) if digits else L
     kind = stem[: len(stem) - len(digits)]
-    if name == "x":
+    if name in ("x", "XS", "RXS"):
         return (("b", arch.nb), ("o", bits_of(arch.x_width)))
     if name == "PA":
         return (("b", arch.nrows(1)), ("o", arch.nd(0)))
@@ -183,8 +184,8 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
 
 
 # tensors outside any layer group: the batch, the output gradient, the (B, d_L) softmax
-# witness of a cross-entropy unit, and the patch matrix of a first conv layer
-GLOBAL_TENSORS = ("x", "y", "G", "RG", "PA", *SOFTMAX_TENSORS)
+# witness of a cross-entropy unit, the scaled input and the patch matrix of a first conv layer
+GLOBAL_TENSORS = ("x", "y", "G", "RG", "XS", "RXS", "PA", *SOFTMAX_TENSORS)
 
 
 def split_name(name: str) -> tuple[str, int | None]:

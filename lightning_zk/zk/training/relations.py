@@ -255,7 +255,11 @@ class _Ctx:
         return f"{kind}@{g}"
 
     def act(self, layer: int) -> str:
-        return "x" if layer == 0 else f"A{layer}"
+        """Layer ``layer``'s activation; layer 0's is the network's input: the batch x, or XS
+        when the step scales it."""
+        if layer == 0:
+            return "XS" if self.arch.scaled else "x"
+        return f"A{layer}"
 
     def layer_input(self, i: int, b: int | Sequence[Fp2], k: int | Sequence[Fp2]) -> Committed:
         """Layer i's input matrix [b, k] placed: PA for a conv layer 1, A1 through the Flatten
@@ -616,11 +620,32 @@ def _im2col(c: _Ctx, tr: Transcript) -> Relation:
     et = rel.add(c.eq(0, r_t))
     eb = rel.add(c.eq(y, r_r[:nb]))
     sel = rel.add(PubSmall(tuple(range(y + nb, y + nb + nx)), gather_table(c, r_r[nb:], r_k)))
-    x = rel.add(c.wit("x", b=y, o=y + nb))
+    x = rel.add(c.wit(c.act(0), b=y, o=y + nb))
     rel.term(1, et, eb, sel, x, rel.add(c.zero(y + nb + nx, n)))
     epa = rel.add(c.eq(y, r_r + r_k))
     pa = rel.add(c.wit("PA", b=y, o=y + nr))
     rel.term(-1, et, epa, pa, rel.add(c.zero(y + nr + nk, n)))
+    return rel
+
+
+def _input_scale(c: _Ctx, tr: Transcript) -> Relation:
+    """XS = rescale(k x), the step's ``x * c`` or ``x / c``: at a random point r of (t, b, i),
+    k x(r) - 2^s XS(r) - RXS(r) = 0 (with RXS range-checked as a remainder and XS as a value,
+    this is the rescale exactly), and XS, RXS are zero on x's padding. k is derived from the
+    statement's op and literal (:attr:`TrainingStatement.input_multiplier`), x is the batch the
+    batch commitment binds."""
+    tau, nb, nx = c.tau, c.arch.nb, bits_of(c.arch.x_width)
+    n = tau + nb + nx
+    r = tr.challenge_ext_list("scale.r", n)
+    rel = Relation("input_scale", n)
+    eq = rel.add(c.eq(0, r))
+
+    def t(name: str) -> int | None:
+        return rel.add(c.wit(name, b=tau, o=tau + nb))
+
+    rel.term(c.st.input_multiplier, eq, t("x"))
+    rel.rescaled(1, c.st.frac_bits, t("XS"), t("RXS"), eq)
+    c.padded(rel, tr, eq, ["XS", "RXS"], b=tau, o=tau + nb)
     return rel
 
 
@@ -631,6 +656,8 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
     """The unit's relations in transcript order; prover and verifier call the same list."""
     c = _Ctx(layout, stmt)
     out: list[Builder] = []
+    if layout.arch.scaled:
+        out.append(lambda tr: _input_scale(c, tr))
     if layout.arch.conv is not None:
         out.append(lambda tr: _im2col(c, tr))
     for g, layers in enumerate(layout.groups):

@@ -109,8 +109,13 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
             if kind == "signed" and (arr.min(initial=0) < -bound or arr.max(initial=0) >= bound):
                 fail("magnitude bound", name)
         acts = [t["x"]]
+        if tp.input_scale is not None:  # the step's x * c or x / c: XS = rescale(k x)
+            k = tp.input_scale.multiplier(s, tp.value_bits)
+            if not _rescaled(k * t["x"], t["XS"], t["RXS"], s):
+                fail("input scaling", "XS")
+            acts = [t["XS"]]
         if tp.conv is not None:  # layer 1 over the patch matrix, layer 2 through the Flatten
-            if not np.array_equal(t["PA"], im2col(t["x"], tp.conv)):
+            if not np.array_equal(t["PA"], im2col(acts[0], tp.conv)):
                 fail("im2col", "PA")
             acts = [t["PA"]]
 
