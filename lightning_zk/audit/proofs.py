@@ -551,17 +551,17 @@ def _check_graphs(stmt: TrainingStatement, records: Sequence[StepRecord], unit: 
             report.problems.append(f"step {s}: the graph its record shows does not hash to the "
                                    "graph digest it commits")
             return
-        key = (bool(stmt.momentum) and s > 0, stmt.input_scale)  # (the rest is the manifest's)
+        key = (bool(stmt.momentum) and s > 0, stmt.input_ops)  # (the rest is the manifest's)
         if key not in templates:
             templates[key] = provable_digests(
                 stmt.dims, stmt.batch_size, FixedPointConfig(stmt.frac_bits, stmt.value_bits),
                 lr=stmt.lr, momentum=stmt.momentum, weight_decay=stmt.weight_decay,
-                loss=stmt.loss, buffers=key[0], conv=stmt.conv, input_scale=stmt.input_scale)
+                loss=stmt.loss, buffers=key[0], conv=stmt.conv, input_ops=stmt.input_ops)
         if committed not in templates[key]:
             report.problems.append(
                 f"step {s}: its traced graph {committed[:16]}… is not the step the proof's "
                 f"relations stand for (the template for the statement's dims, loss, input "
-                "scaling and SGD constants): the proof does not speak of this training_step")
+                "ops and SGD constants): the proof does not speak of this training_step")
             return
 
 

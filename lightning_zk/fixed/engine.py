@@ -44,7 +44,7 @@ from .format import (
     rescale,
     rescale_owned,
 )
-from .scaling import InputScale
+from .scaling import InputOp, scale_of, view_of
 from .softmax import (
     LOSSES,
     onehot_targets,
@@ -87,9 +87,10 @@ class FixedPointMLP:
             (a run's first step, or torch's buffers not created yet).
         loss: ``"mse"`` (targets y (B, d_L)) or ``"xent"`` (softmax cross-entropy, mean over the
             batch; targets Yhot = 2^s onehot(labels), :func:`.softmax.onehot_targets`).
-        input_scale: the step scales its batch input by a public constant before the network
-            (``net(x / 16)``, :mod:`.scaling`): XS = rescale(k x) feeds layer 1, x stays the
-            committed batch. None: the network reads x.
+        input_ops: what the step does to its batch input before the network (:mod:`.scaling`):
+            a view (the batch (B, *sample) is flattened to (B, d0) first, the tape's x) and/or
+            a scaling by a public constant (``net(x / 16)``): XS = rescale(k x) feeds layer 1,
+            x stays the committed batch. (): the network reads x.
     Raises:
         ValueError: inconsistent shapes, or a fan-in that could overflow.
     """
@@ -106,7 +107,7 @@ class FixedPointMLP:
         velocity: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
         loss: str = "mse",
         conv: ConvSpec | None = None,
-        input_scale: InputScale | None = None,
+        input_ops: Sequence[InputOp] = (),
     ) -> None:
         if loss not in LOSSES:
             raise ValueError(f"FixedPointMLP(loss={loss!r}): supported losses are {LOSSES}")
@@ -117,7 +118,7 @@ class FixedPointMLP:
         if not self.weights or len(self.weights) != len(self.biases):
             raise ValueError("FixedPointMLP: need one bias per weight matrix and >= 1 layer")
         self.conv = conv
-        self.input_scale = input_scale
+        self.input_ops = tuple(input_ops)
         if conv is not None and (len(self.weights) < 2 or self.weights[0].shape != (
                 conv.filters, conv.patch)):
             raise ValueError(f"FixedPointMLP: conv {conv} needs weights[0] of shape "
@@ -176,7 +177,7 @@ class FixedPointMLP:
         weight_decay: float = 0.0,
         loss: str = "mse",
         conv: ConvSpec | None = None,
-        input_scale: InputScale | None = None,
+        input_ops: Sequence[InputOp] = (),
     ) -> FixedPointMLP:
         """Quantise float weights (round to nearest) and the SGD constants (as the lr); with
         ``conv``, weights[0] is the conv weight (F, C, k, k) or (F, C k k)."""
@@ -193,7 +194,7 @@ class FixedPointMLP:
             optimizer_constant("weight_decay", weight_decay, s),
             loss=loss,
             conv=conv,
-            input_scale=input_scale,
+            input_ops=input_ops,
         )
 
     @property
@@ -250,8 +251,8 @@ class FixedPointMLP:
         bsz = x.shape[0]
         conv = self.conv
         width = self.dims[0] if conv is None else conv.image
-        if conv is not None and x.ndim == 4:
-            x = x.reshape(bsz, -1)
+        if (conv is not None and x.ndim == 4) or view_of(self.input_ops) is not None:
+            x = x.reshape(bsz, -1)  # the images / the step's view: row-major, a relabelling
         if x.shape != (bsz, width) or y.shape != (bsz, self.dims[-1]):
             raise ValueError(f"step: batch shapes {x.shape}, {y.shape} do not fit dims {self.dims}")
         rows = bsz * conv.positions if conv is not None else bsz
@@ -278,8 +279,9 @@ class FixedPointMLP:
         put("x", x)
         put("y", y)
         acts = ["x"]
-        if self.input_scale is not None:  # the step's own x * c or x / c, exact (.scaling)
-            k = self.input_scale.multiplier(s, cfg.value_bits)
+        scale = scale_of(self.input_ops)
+        if scale is not None:  # the step's own x * c or x / c, exact (.scaling)
+            k = scale.multiplier(s, cfg.value_bits)
             xs, rxs = rescale_owned(k * x, s)
             put("XS", xs)
             put("RXS", rxs)
@@ -359,7 +361,7 @@ class FixedPointMLP:
             weight_decay=self.weight_decay,
             loss=self.loss,
             conv=conv,
-            input_scale=self.input_scale,
+            input_ops=self.input_ops,
         )
         for i in range(1, L + 1):
             self.weights[i - 1], self.biases[i - 1] = t[f"W{i}n"].copy(), t[f"b{i}n"].copy()

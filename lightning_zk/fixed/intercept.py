@@ -212,6 +212,7 @@ class FixedPointTracer(TorchDispatchMode):
         kwargs = kwargs or {}
         if self._paused or func.namespace == "profiler":  # metric logging; profiler markers
             return func(*args, **kwargs)
+        recorded = args  # a view of the batch names the batch (not an anonymous constant)
         if func in _PASSTHROUGH:
             if func is aten._to_copy.default and kwargs.get("dtype") not in (
                     None, torch.float32, torch.float64):
@@ -231,7 +232,7 @@ class FixedPointTracer(TorchDispatchMode):
                 return out
         else:
             raise UnsupportedOpError(str(func), user_location())
-        self._record(func, args, kwargs, out)
+        self._record(func, recorded, kwargs, out)
         if func is aten._log_softmax.default:
             self._logits[f"n{len(self.ops) - 1}"] = self._last_logits
         if func in _UPDATES or func in (aten.copy_.default, aten.zero_.default):

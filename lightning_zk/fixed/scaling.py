@@ -1,4 +1,11 @@
-"""A public constant the user's ``training_step`` scales its batch input by, before the network.
+"""What the user's ``training_step`` does to its batch input before the network: a view to the
+network's (B, d0) (``x.view(x.size(0), -1)``, ``x.flatten(1)``, ``nn.Flatten()``: all trace as one
+``aten.view``) and a scaling by a public constant, in either order.
+
+A view of a contiguous batch keeps the row-major order of its entries, so the flattened batch the
+proofs commit (x, (B, d0)) is the network's input as is: nothing to prove, only the graph
+differs, and the statement carries the view's size list and the sample shape so the verifier
+rebuilds that graph.
 
 ``net(x / 16)`` or ``net(x * 0.0625)`` (pixel values to [0, 1], the most common preprocessing
 inside a training step) is a product with a public constant, executed as every such product in
@@ -17,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["InputScale", "InputScaleError", "SCALE_OPS"]
+__all__ = ["InputScale", "InputView", "InputOp", "InputScaleError", "SCALE_OPS",
+           "check_input_ops", "input_ops_from_graph", "input_ops_json", "input_ops_from_json",
+           "scale_of", "view_of"]
 
 # the traced ops of ``x * c`` / ``x / c`` (Python scalars and 0-d tensors alike), by spelling
 SCALE_OPS = {"mul": "aten.mul.Tensor", "div": "aten.div.Tensor"}
@@ -90,26 +99,136 @@ class InputScale:
         return cls(v[0], v[1], v[2])
 
     @classmethod
-    def from_graph(cls, graph: Sequence[Mapping[str, Any]], frac_bits: int) -> InputScale | None:
-        """The scaling of the batch input a traced step starts with, or None: the first op that
-        reads ``batch:0`` is ``x * c`` or ``x / c`` with one recorded literal."""
-        for node in graph:
-            inputs = node.get("in", ())
-            if "batch:0" not in inputs:
-                continue
-            op = next((k for k, v in SCALE_OPS.items() if v == node.get("op")), None)
-            consts = node.get("consts")
-            if op is None or not isinstance(consts, list) or len(consts) != 1:
-                return None
-            c = consts[0]
-            if inputs == ["batch:0", "const"] and _is_int(c):
-                return cls(op, c, "tensor") if c else None
-            if inputs == ["batch:0"] and isinstance(c, dict) and _is_int(c.get("fixed")):
-                return cls(op, c["fixed"], "float") if c["fixed"] else None
-            if inputs == ["batch:0"] and _is_int(c) and 0 < abs(c) < 1 << 40:
-                return cls(op, c << frac_bits, "int")
+    def from_node(cls, node: Mapping[str, Any], source: str, frac_bits: int) -> InputScale | None:
+        """``source * c`` or ``source / c`` with one recorded literal, or None."""
+        op = next((k for k, v in SCALE_OPS.items() if v == node.get("op")), None)
+        consts, inputs = node.get("consts"), node.get("in")
+        if op is None or not isinstance(consts, list) or len(consts) != 1:
             return None
+        c = consts[0]
+        if inputs == [source, "const"] and _is_int(c):
+            return cls(op, c, "tensor") if c else None
+        if inputs == [source] and isinstance(c, dict) and _is_int(c.get("fixed")):
+            return cls(op, c["fixed"], "float") if c["fixed"] else None
+        if inputs == [source] and _is_int(c) and 0 < abs(c) < 1 << 40:
+            return cls(op, c << frac_bits, "int")
         return None
+
+
+VIEW_OP = "aten.view.default"  # x.view, x.reshape, x.flatten, torch.flatten, nn.Flatten alike
+_MAX_SAMPLE_DIMS = 8
+
+
+@dataclass(frozen=True)
+class InputView:
+    """``x.view(*sizes)`` of batch inputs of shape (B, *sample) to the network's (B, d0)."""
+
+    sizes: tuple[int, ...]
+    sample: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        sizes, sample = tuple(self.sizes), tuple(self.sample)
+        object.__setattr__(self, "sizes", sizes)
+        object.__setattr__(self, "sample", sample)
+        if (not 1 <= len(sample) <= _MAX_SAMPLE_DIMS or not all(_is_int(d) and d > 0 for d in sample)
+                or len(sizes) != 2 or not all(_is_int(d) and (d > 0 or d == -1) for d in sizes)
+                or sizes.count(-1) > 1):
+            raise InputScaleError(f"input view {list(sizes)} of samples {list(sample)}: need 2 "
+                                  "sizes (positive or one -1) and a sample shape of positive sizes")
+
+    def check(self, batch_size: int, width: int) -> None:
+        """The view must take (B, *sample) to exactly (B, width) (row-major: a relabelling)."""
+        total = batch_size
+        for d in self.sample:
+            total *= d
+        rows, cols = self.sizes
+        if rows == -1:
+            rows = total // cols if total % cols == 0 else -1
+        elif cols == -1:
+            cols = total // rows if total % rows == 0 else -1
+        if (rows, cols) != (batch_size, width) or rows * cols != total:
+            raise InputScaleError(
+                f"x.view({', '.join(map(str, self.sizes))}) of a batch ({batch_size}, "
+                f"{', '.join(map(str, self.sample))}) is not the network's ({batch_size}, {width})")
+
+    def as_list(self) -> list[Any]:
+        return ["view", list(self.sizes), list(self.sample)]
+
+
+InputOp = InputScale | InputView
+
+
+def input_ops_from_graph(graph: Sequence[Mapping[str, Any]], frac_bits: int,
+                         sample: Sequence[int]) -> tuple[InputOp, ...]:
+    """What a traced step does to ``batch:0`` before anything else reads it: at most one view
+    and one scaling, in order (each op reads the previous one's output); () if nothing."""
+    ops: list[InputOp] = []
+    source = "batch:0"
+    for i, node in enumerate(graph):
+        if source not in node.get("in", ()):
+            continue
+        scale = InputScale.from_node(node, source, frac_bits)
+        consts = node.get("consts")
+        if scale is not None and not any(isinstance(o, InputScale) for o in ops):
+            ops.append(scale)
+        elif (node.get("op") == VIEW_OP and node.get("in") == [source]
+              and not any(isinstance(o, InputView) for o in ops) and isinstance(consts, list)
+              and len(consts) == 2 and all(_is_int(c) for c in consts)):
+            try:  # (a scaling before it keeps the sample shape)
+                ops.append(InputView(tuple(consts), tuple(sample)))
+            except InputScaleError:
+                break
+        else:
+            break
+        source = f"n{i}"
+    return tuple(ops)
+
+
+def input_ops_json(ops: Sequence[InputOp]) -> list[list[Any]]:
+    """The statement's and the tape's encoding: [[op, ...], ...] in execution order."""
+    return [op.as_list() for op in ops]
+
+
+def input_ops_from_json(v: Any) -> tuple[InputOp, ...]:
+    """Strict inverse of :func:`input_ops_json` (at most one view and one scaling)."""
+    if not isinstance(v, list) or len(v) > 2:
+        raise InputScaleError(f"input ops must be a list of at most 2 ops, got {v!r:.80}")
+    ops: list[InputOp] = []
+    for item in v:
+        if isinstance(item, list) and len(item) == 3 and item[0] == "view":
+            if not isinstance(item[1], list) or not isinstance(item[2], list):
+                raise InputScaleError(f"input view must be ['view', sizes, sample], got {item!r:.80}")
+            ops.append(InputView(tuple(item[1]), tuple(item[2])))
+        else:
+            ops.append(InputScale.from_list(item))
+    if len({type(op) for op in ops}) != len(ops):
+        raise InputScaleError("input ops: at most one view and one scaling")
+    return tuple(ops)
+
+
+def check_input_ops(ops: Sequence[InputOp], frac_bits: int, value_bits: int, batch_size: int,
+                    width: int, conv: bool) -> None:
+    """Raise InputScaleError unless the ops are at most one view (to exactly (B, width), not in
+    front of a conv, which reads the images) and one exact scaling."""
+    kinds = [type(op) for op in ops]
+    if len(ops) > 2 or len(set(kinds)) != len(kinds):
+        raise InputScaleError("input ops: at most one view and one scaling")
+    for op in ops:
+        if isinstance(op, InputScale):
+            op.multiplier(frac_bits, value_bits)
+        else:
+            if conv:
+                raise InputScaleError("a view of the batch in front of a Conv2d is not provable "
+                                      "(the conv reads the images as the dataset holds them)")
+            op.check(batch_size, width)
+
+
+def scale_of(ops: Sequence[InputOp]) -> InputScale | None:
+    return next((op for op in ops if isinstance(op, InputScale)), None)
+
+
+def view_of(ops: Sequence[InputOp]) -> InputView | None:
+    return next((op for op in ops if isinstance(op, InputView)), None)
 
 
 def _is_int(v: Any) -> bool:

@@ -40,8 +40,9 @@ with UTF-8 JSON ``{"format": "lightning-zk/tape", "version": 1, "step", "dims", 
 ``"weight_decay"`` and ``"loss"`` (version 1 files are plain-SGD MSE tapes and still load);
 version 3 adds ``"conv"``: null, or the first Conv2d layer's public shape [C, H, W, F, k,
 stride, padding] (older files have no conv layer and still load); version 4 adds
-``"input_scale"``: null, or [op, const, form] of the step's scaling of its batch input (:mod:`.scaling`,
-older files have none and still load).
+``"input_ops"``: what the step does to its batch input before the network (:mod:`.scaling`:
+[] or a list of ["view", sizes, sample] and [op, const, form]; older files have none and still
+load).
 
 A tape whose step scales its input (``net(x / 16)``) has XS RXS (B, like x): XS = rescale(k x) with
 remainder RXS, the network's input (layer 1 reads XS, or the conv gathers its patches from it);
@@ -67,7 +68,15 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 from .conv import ConvSpec
-from .scaling import InputScale, InputScaleError
+from .scaling import (
+    InputOp,
+    InputScale,
+    InputScaleError,
+    check_input_ops,
+    input_ops_from_json,
+    input_ops_json,
+    scale_of,
+)
 from .softmax import LOSSES, SOFTMAX_TENSORS
 
 __all__ = [
@@ -130,7 +139,12 @@ class WitnessTape:
     weight_decay: int = 0
     loss: str = "mse"
     conv: ConvSpec | None = None  # a first Conv2d layer (layer 1 over its patch matrix)
-    input_scale: InputScale | None = None  # the step's x * c or x / c before the network
+    input_ops: tuple[InputOp, ...] = ()  # the step's view and/or x * c, x / c before the network
+
+    @property
+    def input_scale(self) -> InputScale | None:
+        """The scaling of the batch input (XS = rescale(k x)), if the step has one."""
+        return scale_of(self.input_ops)
 
     @property
     def num_layers(self) -> int:
@@ -156,7 +170,7 @@ class WitnessTape:
             "weight_decay": int(self.weight_decay),
             "loss": self.loss,
             "conv": list(self.conv.as_tuple()) if self.conv is not None else None,
-            "input_scale": self.input_scale.as_list() if self.input_scale is not None else None,
+            "input_ops": input_ops_json(self.input_ops),
             "names": self.names(),
         }
 
@@ -188,10 +202,10 @@ class WitnessTape:
                                                                           conv.filters)):
             raise TapeFormatError(f"tape for step {self.step}: dims {self.dims} do not start "
                                   f"with the conv's (C k k, F) = ({conv.patch}, {conv.filters})")
-        if self.input_scale is not None:
-            try:
-                self.input_scale.multiplier(self.frac_bits, self.value_bits)
-            except InputScaleError as exc:
+        try:
+            check_input_ops(self.input_ops, self.frac_bits, self.value_bits, self.batch_size,
+                            self.dims[0], conv is not None)
+        except InputScaleError as exc:
                 raise TapeFormatError(f"tape for step {self.step}: {exc}") from None
         for name in self.names():
             if name not in self.tensors:
@@ -239,15 +253,13 @@ class WitnessTape:
                                   "weight_decay, loss disagree")
         if ("conv" in head) != (version >= 3):
             raise TapeFormatError(f"tape {path}: version {version} and the field conv disagree")
-        if ("input_scale" in head) != (version >= 4):
+        if ("input_ops" in head) != (version >= 4):
             raise TapeFormatError(
-                f"tape {path}: version {version} and the field input_scale disagree")
-        scale = head.get("input_scale")
-        if scale is not None:
-            try:
-                scale = InputScale.from_list(scale)
-            except InputScaleError as exc:
-                raise TapeFormatError(f"tape {path}: {exc}") from None
+                f"tape {path}: version {version} and the field input_ops disagree")
+        try:
+            input_ops = input_ops_from_json(head.get("input_ops", []))
+        except InputScaleError as exc:
+            raise TapeFormatError(f"tape {path}: {exc}") from None
         conv = head.get("conv")
         if conv is not None:
             if not isinstance(conv, list) or len(conv) != 7:
@@ -273,7 +285,7 @@ class WitnessTape:
                 weight_decay=int(head.get("weight_decay", 0)),
                 loss=loss,
                 conv=conv,
-                input_scale=scale,
+                input_ops=input_ops,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise TapeFormatError(f"tape {path}: bad header field ({exc})") from exc

@@ -31,7 +31,7 @@ from torch.nn import functional as F
 from .conv import ConvSpec
 from .format import FixedPointConfig
 from .intercept import FixedPointTracer, graph_digest
-from .scaling import InputScale
+from .scaling import InputOp, InputScale, view_of
 
 __all__ = ["new_tracer", "template_graph", "template_network", "provable_digests",
            "FOREACH_CHOICES"]
@@ -60,11 +60,11 @@ def new_tracer(config: FixedPointConfig, step: int, net: nn.Module, x: torch.Ten
 def template_graph(net: nn.Module, x: torch.Tensor, y: torch.Tensor, config: FixedPointConfig,
                    *, lr: float, momentum: float = 0.0, weight_decay: float = 0.0,
                    foreach: bool | None = None, buffers: bool = False, loss: str = "mse",
-                   step: int = 0, input_scale: InputScale | None = None) -> list[dict[str, Any]]:
+                   step: int = 0, input_ops: Sequence[InputOp] = ()) -> list[dict[str, Any]]:
     """The canonical graph of the template step on a copy of ``net`` with batch (x, y):
     ``loss(net(x), y).backward(); SGD(...).step()``, with momentum buffers already held by
     torch iff ``buffers`` (step 0 clones new buffers, later steps update them in place), and
-    ``net(x * c)`` / ``net(x / c)`` for an ``input_scale``."""
+    the ``input_ops`` in front of the network (``net(x.view(B, -1) / 16)``)."""
     net = copy.deepcopy(net)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay,
                           foreach=foreach)
@@ -73,15 +73,18 @@ def template_graph(net: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Fix
             opt.state[p]["momentum_buffer"] = torch.zeros_like(p)
     tracer = new_tracer(config, step, net, x, y, opt)
     loss_fn = F.cross_entropy if loss == "xent" else F.mse_loss
-    c: Any = None
-    if input_scale is not None:  # the literal in the form the graph records it (a tensor is
-        c = input_scale.literal(config.frac_bits)  # made outside the step, else it is an op)
-        if input_scale.form == "tensor":
-            c = torch.tensor(c, dtype=torch.float64)
+    literals: dict[int, Any] = {}
+    for i, op in enumerate(input_ops):  # a literal in the form the graph records it (a tensor
+        if isinstance(op, InputScale):  # is made outside the step, else it is an op itself)
+            c = op.literal(config.frac_bits)
+            literals[i] = torch.tensor(c, dtype=torch.float64) if op.form == "tensor" else c
     with tracer:
         inputs = x
-        if input_scale is not None:
-            inputs = x * c if input_scale.op == "mul" else x / c
+        for i, op in enumerate(input_ops):
+            if isinstance(op, InputScale):
+                inputs = inputs * literals[i] if op.op == "mul" else inputs / literals[i]
+            else:
+                inputs = inputs.view(*op.sizes)
         loss_fn(net(inputs), y).backward()
         opt.step()
     outputs = list(net.parameters())
@@ -110,12 +113,14 @@ def template_network(dims: Sequence[int], conv: Sequence[int] = ()) -> nn.Sequen
 def provable_digests(dims: Sequence[int], batch_size: int, config: FixedPointConfig, *, lr: int,
                      momentum: int = 0, weight_decay: int = 0, loss: str = "mse",
                      buffers: bool = False, conv: Sequence[int] = (),
-                     input_scale: InputScale | None = None) -> set[str]:
+                     input_ops: Sequence[InputOp] = ()) -> set[str]:
     """Digests of the template graphs a step with these public constants may commit (one per
     SGD path): what a verifier derives from a statement by itself. The constants are the
     fixed-point integers of the statement (a float that rounds to them gives the same graph)."""
     scale = float(1 << config.frac_bits)
-    x = (torch.zeros(batch_size, *conv[:3]) if conv else torch.zeros(batch_size, dims[0]))
+    view = view_of(input_ops)
+    x = (torch.zeros(batch_size, *conv[:3]) if conv else
+         torch.zeros(batch_size, *view.sample) if view else torch.zeros(batch_size, dims[0]))
     y = (torch.zeros(batch_size, dtype=torch.long) if loss == "xent"
          else torch.zeros(batch_size, dims[-1]))
     with torch.random.fork_rng():  # the network's values do not shape the graph: keep the RNG
@@ -126,5 +131,5 @@ def provable_digests(dims: Sequence[int], batch_size: int, config: FixedPointCon
     return {graph_digest(template_graph(net, x, y, config, lr=lr / scale,
                                         momentum=momentum / scale,
                                         weight_decay=weight_decay / scale, foreach=foreach,
-                                        buffers=buffers, loss=loss, input_scale=input_scale))
+                                        buffers=buffers, loss=loss, input_ops=input_ops))
             for foreach in FOREACH_CHOICES}

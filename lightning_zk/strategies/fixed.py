@@ -4,8 +4,9 @@
 ``backward``) and the optimizer step under :class:`~lightning_zk.fixed.intercept.FixedPointTracer`,
 which executes every ATen op in exact fixed point and records the step's graph. A step whose
 graph is the provable template (Linear+ReLU MLP, MSE of the output against the batch target,
-SGD, with momentum and weight decay when configured; the network may read the batch input
-scaled by a public constant, ``net(x / 16)``, :mod:`..fixed.scaling`) gets its witness tape from the exact
+SGD, with momentum and weight decay when configured; the step may first flatten image-shaped
+samples and scale them by a public constant, ``net(x.view(len(x), -1) / 16)``,
+:mod:`..fixed.scaling`) gets its witness tape from the exact
 integer engine (:mod:`lightning_zk.fixed`),
 checked bit for bit against the weights the user's code produced, and kept for the zk prover
 (spilled to ``RUN/tapes/`` for offline proving); any other graph is refused
@@ -50,7 +51,13 @@ from torch import nn
 
 from ..fixed import FixedPointConfig, WitnessTape, dequantize
 from ..fixed.intercept import FixedPointTracer, graph_digest
-from ..fixed.scaling import InputScale, InputScaleError
+from ..fixed.scaling import (
+    InputOp,
+    InputScaleError,
+    check_input_ops,
+    input_ops_from_graph,
+    view_of,
+)
 from ..fixed.softmax import onehot_targets, xent_loss
 from ..fixed.template import new_tracer, template_graph, template_network
 from ..fixed.torch_bridge import (
@@ -359,14 +366,14 @@ class FixedPointSession(TrainingSession):
         return [b for b in momentum_buffers(optimizer, net).values() if b is not None]
 
     def _template(self, x: torch.Tensor, y: torch.Tensor,
-                  scale: InputScale | None = None) -> list[dict[str, Any]]:
+                  ops: tuple[InputOp, ...] = ()) -> list[dict[str, Any]]:
         """The graph of the provable template step (:mod:`..fixed.template`) with the run's SGD
         settings, on the canonical network the verifier rebuilds from a statement (so a network
         the verifier would not recognise is refused here, at step 0, not after the proofs);
         cached per batch shape, input scaling and whether SGD's momentum buffers exist yet
         (torch clones the first one, updates it in place later)."""
         buffers = self._had_buffers  # SGD momentum buffers before the step (from step 1 on)
-        key = (tuple(x.shape), tuple(y.shape), buffers, scale)
+        key = (tuple(x.shape), tuple(y.shape), buffers, ops)
         if key not in self._templates:
             group = self.optimizers[0].param_groups[0]
             conv = self.engine.conv.as_tuple() if self.engine.conv is not None else ()
@@ -379,21 +386,29 @@ class FixedPointSession(TrainingSession):
             self._templates[key] = template_graph(
                 canonical, x, y, self.config, lr=group["lr"], momentum=group["momentum"],
                 weight_decay=group["weight_decay"], foreach=group["foreach"], buffers=buffers,
-                loss=self.loss_kind, step=self.next_step, input_scale=scale)
+                loss=self.loss_kind, step=self.next_step, input_ops=ops)
         return self._templates[key]
 
-    def _check_provable(self, graph: list[dict[str, Any]], x, y) -> InputScale | None:
-        """Refuse a step whose graph is not the provable template; return the scaling of the
-        batch input the step starts with (``x / 16``), which the template then includes."""
-        scale = InputScale.from_graph(graph, self.config.frac_bits)
-        if scale is not None:
-            try:
-                scale.multiplier(self.config.frac_bits, self.config.value_bits)
-            except InputScaleError as exc:
-                raise NotProvableError(f"step {self.next_step}: {exc}; nothing was trained.") from None
-        template = self._template(x, y, scale)
+    def _check_provable(self, graph: list[dict[str, Any]], x, y) -> tuple[InputOp, ...]:
+        """Refuse a step whose graph is not the provable template; return what the step does to
+        its batch input first (``x.view(B, -1)``, ``x / 16``), which the template includes."""
+        cfg = self.config
+        ops = input_ops_from_graph(graph, cfg.frac_bits, tuple(x.shape[1:]))
+        try:
+            check_input_ops(ops, cfg.frac_bits, cfg.value_bits, x.shape[0], self.engine.dims[0],
+                            self.engine.conv is not None)
+        except InputScaleError as exc:
+            raise NotProvableError(f"step {self.next_step}: {exc}; nothing was trained.") from None
+        if self.engine.conv is None and view_of(ops) is None and tuple(x.shape[1:]) != (
+                self.engine.dims[0],):
+            raise NotProvableError(
+                f"step {self.next_step}: the batch inputs have shape {tuple(x.shape)} and the "
+                f"network reads ({x.shape[0]}, {self.engine.dims[0]}); the provable step flattens "
+                "them with one view first (x.view(x.size(0), -1), x.flatten(1)); nothing was "
+                "trained.")
+        template = self._template(x, y, ops)
         if graph == template:
-            return scale
+            return ops
         for i, (got, want) in enumerate(zip(graph, template, strict=False)):
             if got != want:
                 raise NotProvableError(
@@ -417,7 +432,7 @@ class FixedPointSession(TrainingSession):
         outputs = [tracer.ref(p) for p in [*params, *buffers]]
         graph = tracer.graph(outputs)
         try:
-            scale = self._check_provable(graph, x, y)
+            ops = self._check_provable(graph, x, y)
         except NotProvableError:
             self._write_back()  # the engine holds the weights (and buffers) before the step
             raise
@@ -428,7 +443,7 @@ class FixedPointSession(TrainingSession):
             yq = tracer.ints(y, "batch:1")
             if yq.ndim == 1:
                 yq = yq[:, None]
-        self.engine.input_scale = scale  # the step's own x * c or x / c (None: none)
+        self.engine.input_ops = ops  # the step's own view and/or x * c, x / c (): none)
         tape = self.engine.step(xq, yq)
         after = [tracer.ints(p, "check") for p in params]
         expect = [a for i in range(1, self.engine.num_layers + 1)

@@ -154,7 +154,7 @@ def test_tape_loss_field_round_trip_and_version_1(tmp_path):
         np.savez(path, __header__=arr, **tensors)
 
     old = {k: v for k, v in tape.header().items()
-           if k not in ("loss", "momentum", "weight_decay", "conv", "input_scale")} | {"version": 1}
+           if k not in ("loss", "momentum", "weight_decay", "conv", "input_ops")} | {"version": 1}
     write(tmp_path / "v1.npz", old, tape.tensors)
     assert WitnessTape.load(tmp_path / "v1.npz").loss == "mse"
     write(tmp_path / "x.npz", tape.header() | {"loss": "xent"}, tape.tensors)

@@ -118,7 +118,7 @@ def test_conv_tape_round_trip_and_older_versions(tmp_path):
 
     plain = FixedPointMLP.from_float([rng.normal(size=(4, 3))], [np.zeros(4)], lr=0.125)
     pt = plain.step_float(rng.normal(size=(2, 3)), rng.normal(size=(2, 4)))
-    v2 = {k: v for k, v in pt.header().items() if k not in ("conv", "input_scale")} | {"version": 2}
+    v2 = {k: v for k, v in pt.header().items() if k not in ("conv", "input_ops")} | {"version": 2}
     write(tmp_path / "v2.npz", v2, pt.tensors)
     assert WitnessTape.load(tmp_path / "v2.npz").conv is None
     for bad in ([1, 4, 4, 2, 3, 1], [1, 4, 4, 2, 3, 1, 5], [1, 4, 4, 2, 3, 1, "1"]):

@@ -64,7 +64,7 @@ def test_a_committed_graph_that_is_not_the_template_is_refused(tmp_path, monkeyp
                                         "shapes": [[4, 8]], "consts": [{"fixed": 131072}]}]
 
     monkeypatch.setattr(FixedPointTracer, "graph", another_step)
-    monkeypatch.setattr(fixed_mode.FixedPointSession, "_check_provable", lambda *a: None)
+    monkeypatch.setattr(fixed_mode.FixedPointSession, "_check_provable", lambda *a: ())
     path = tmp_path / "run"
     fit_classifier(path, steps=2, n=8, callbacks=[CommitCallback(), ProofCallback()])
     monkeypatch.undo()

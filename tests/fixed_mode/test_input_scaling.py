@@ -21,7 +21,7 @@ from lightning_zk.audit.proofs import _read_chain, verify_run
 from lightning_zk.fixed import FixedPointMLP, WitnessTape, quantize
 from lightning_zk.fixed.intercept import UnsupportedOpError
 from lightning_zk.fixed.reference import ref_rescale, reference_sgd_step
-from lightning_zk.fixed.scaling import InputScale, InputScaleError
+from lightning_zk.fixed.scaling import InputScale, InputScaleError, InputView
 from lightning_zk.fixed.tape import TapeFormatError
 from lightning_zk.strategies.fixed import NotProvableError
 from lightning_zk.zk.errors import ParameterError
@@ -83,7 +83,7 @@ def test_a_step_that_scales_its_input_trains_and_proves_the_scaled_computation(s
     report = verify_run(path)
     assert report.ok, report.problems
     statements, _, _ = _read_chain(RunDirectory(path))
-    assert {s.input_scale for s in statements} == {SIXTEENTH}
+    assert {s.input_ops for s in statements} == {(SIXTEENTH,)}
     assert statements[0].input_multiplier == 1 << (S - 4)
     # the scaled computation is what trained: the same network fed x / 16 (exact on these
     # pixels) outside the step ends with the very same weights
@@ -101,9 +101,9 @@ def test_the_proof_fails_for_the_unscaled_computation(scaled_run):
     statements, units, _ = _read_chain(RunDirectory(path))
     stmt, proof = statements[0], units[0]
     verify_unit(proof, stmt)
-    for other in (None, InputScale("div", 8 << S, "int"), InputScale("mul", 1 << (S - 4))):
+    for other in ((), (InputScale("div", 8 << S, "int"),), (InputScale("mul", 1 << (S - 4)),)):
         with pytest.raises(Exception):  # noqa: B017 - shape, chain or sumcheck: any rejection
-            verify_unit(proof, dataclasses.replace(stmt, input_scale=other))
+            verify_unit(proof, dataclasses.replace(stmt, input_ops=other))
 
 
 @pytest.mark.parametrize("spelling,scale", [
@@ -119,7 +119,7 @@ def test_every_spelling_of_the_scaling_trains_the_same_arithmetic(tmp_path, spel
     model = fit(tmp_path / "run", _make(step=spelling), steps=1)
     run = RunDirectory(tmp_path / "run")
     tape = WitnessTape.load(run.path / run.read_steps()[0].extra["tape"])
-    assert tape.input_scale == scale
+    assert tape.input_ops == (scale,)
     reference = fit(tmp_path / "ref", _make(), steps=1)  # x / 16
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
@@ -165,7 +165,7 @@ def test_the_engine_equals_the_integer_reference_with_a_scaled_input(scale):
     b = [quantize(rng.normal(size=5) * 0.1, S), quantize(rng.normal(size=3) * 0.1, S)]
     x = quantize(rng.normal(size=(4, 6)) * 3, S)
     y = quantize(rng.normal(size=(4, 3)), S)
-    engine = FixedPointMLP(w, b, lr=1 << (S - 4), input_scale=scale)
+    engine = FixedPointMLP(w, b, lr=1 << (S - 4), input_ops=(scale,))
     tape = engine.step(x, y)
     check_witness([tape], None)
     k = scale.multiplier(S, Q)
@@ -182,7 +182,7 @@ def scaled_tape():
     rng = np.random.default_rng(5)
     w = [quantize(rng.normal(size=(8, 16)) * 0.3, S), quantize(rng.normal(size=(4, 8)) * 0.3, S)]
     b = [np.zeros(8, np.int64), np.zeros(4, np.int64)]
-    engine = FixedPointMLP(w, b, lr=1 << (S - 3), input_scale=InputScale("mul", 3 << (S - 2)))
+    engine = FixedPointMLP(w, b, lr=1 << (S - 3), input_ops=(InputScale("mul", 3 << (S - 2)),))
     x = quantize(rng.integers(0, 17, size=(8, 16)).astype(float), S)
     return engine.step(x, quantize(rng.normal(size=(8, 4)), S)), (w, b)
 
@@ -229,22 +229,22 @@ def test_tapes_carry_the_scaling_and_older_tapes_still_load(scaled_tape, tmp_pat
     tape, _ = scaled_tape
     tape.save(tmp_path / "t.npz")
     back = WitnessTape.load(tmp_path / "t.npz")
-    assert back.input_scale == tape.input_scale and back.header()["version"] == 4
+    assert back.input_ops == tape.input_ops and back.header()["version"] == 4
     assert np.array_equal(back.tensors["XS"], tape.tensors["XS"])
     plain = FixedPointMLP([np.eye(3, dtype=np.int64) << S], [np.zeros(3, np.int64)], lr=1 << 12)
     pt = plain.step(np.ones((2, 3), np.int64) << S, np.zeros((2, 3), np.int64))
-    v3 = {k: v for k, v in pt.header().items() if k != "input_scale"} | {"version": 3}
+    v3 = {k: v for k, v in pt.header().items() if k != "input_ops"} | {"version": 3}
     np.savez(tmp_path / "v3.npz", **pt.tensors,
              __header__=np.frombuffer(json.dumps(v3).encode(), dtype=np.uint8))
-    assert WitnessTape.load(tmp_path / "v3.npz").input_scale is None  # version 3: no scaling
+    assert WitnessTape.load(tmp_path / "v3.npz").input_ops == ()  # version 3: none
     np.savez(tmp_path / "v3s.npz", **tape.tensors, __header__=np.frombuffer(
         json.dumps(tape.header() | {"version": 3}).encode(), dtype=np.uint8))
-    with pytest.raises(TapeFormatError, match="input_scale disagree"):
+    with pytest.raises(TapeFormatError, match="input_ops disagree"):
         WitnessTape.load(tmp_path / "v3s.npz")
-    bad = dataclasses.replace(tape, input_scale=InputScale("div", 3 << S))
+    bad = dataclasses.replace(tape, input_ops=(InputScale("div", 3 << S),))
     with pytest.raises(TapeFormatError, match="not exact"):
         bad.validate()
-    unscaled = dataclasses.replace(tape, input_scale=None, tensors={
+    unscaled = dataclasses.replace(tape, input_ops=(), tensors={
         k: v for k, v in tape.tensors.items() if k not in ("XS", "RXS")})
     with pytest.raises(TapeFormatError, match="unexpected tensors"):
         tape.tensors.update(unscaled.tensors)
@@ -257,16 +257,20 @@ def test_statements_parse_the_scaling_strictly(scaled_run):
     path, _ = scaled_run
     statements, _, _ = _read_chain(RunDirectory(path))
     doc = statements[0].to_json()
-    assert doc["version"] == 8 and doc["input_scale"] == ["div", 16 << S, "int"]
+    assert doc["version"] == 8 and doc["input_ops"] == [["div", 16 << S, "int"]]
     assert TrainingStatement.from_json(doc) == statements[0]
     for bad in (["div", 3 << S, "int"], ["pow", 2, "int"], ["mul", 1.5, "float"], "mul",
-                ["mul", 2], ["mul", True, "int"], ["mul", 2, "long"], ["mul", 3, "int"]):
-        with pytest.raises(ParameterError, match="input_scale"):
-            TrainingStatement.from_json({**doc, "input_scale": bad})
+                ["mul", 2], ["mul", True, "int"], ["mul", 2, "long"], ["mul", 3, "int"],
+                ["view", [4, -1], [3, 2]], ["view", [4, 5], [4]]):
+        with pytest.raises(ParameterError, match="input_ops"):
+            TrainingStatement.from_json({**doc, "input_ops": [bad]})
+    for bad in (None, [["div", 16 << S, "int"]] * 2, [["view", [4, 4], [4, 4]]], [["view", [4, 4], [4]], ["view", [4, -1], [4]]]):
+        with pytest.raises(ParameterError, match="input_ops"):
+            TrainingStatement.from_json({**doc, "input_ops": bad})
     with pytest.raises(ParameterError, match="version"):
         TrainingStatement.from_json({**doc, "version": 7})
     with pytest.raises(ParameterError, match="unknown fields|missing fields"):
-        TrainingStatement.from_json({k: v for k, v in doc.items() if k != "input_scale"})
+        TrainingStatement.from_json({k: v for k, v in doc.items() if k != "input_ops"})
 
 
 class ScaledCNN(CNN):
@@ -284,4 +288,57 @@ def test_a_cnn_that_scales_its_images_is_proved(tmp_path):
     report = verify_run(path)
     assert report.ok, report.problems
     statements, _, _ = _read_chain(RunDirectory(path))
-    assert statements[0].input_scale == InputScale("mul", 1 << (S - 1)) and statements[0].conv
+    assert statements[0].input_ops == (InputScale("mul", 1 << (S - 1)),) and statements[0].conv
+
+
+class FlatPixels(Pixels):
+    """An MLP on image-shaped samples (B, 2, 2): the step flattens them (and scales them)."""
+
+
+def image_pixels(n: int = 16) -> TensorDataset:
+    x, y = pixel_data(n).tensors
+    return TensorDataset(x.reshape(n, 2, 2), y)
+
+
+@pytest.mark.parametrize("spelling,ops", [
+    (lambda m, x, y: F.mse_loss(m.net(x.view(x.size(0), -1)), y),
+     (InputView((4, -1), (2, 2)),)),
+    (lambda m, x, y: F.mse_loss(m.net(x.flatten(1) / 16), y),
+     (InputView((4, 4), (2, 2)), SIXTEENTH)),
+    (lambda m, x, y: F.mse_loss(m.net((x / 16).reshape(len(x), -1)), y),
+     (SIXTEENTH, InputView((4, -1), (2, 2)))),
+])
+def test_a_step_that_flattens_its_images_trains_and_proves(tmp_path, spelling, ops):
+    path = tmp_path / "run"
+    L.seed_everything(0, verbose=False)
+    model = Pixels(step=spelling)
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=path, mode="fixed"), max_steps=2,
+                        callbacks=[CommitCallback(), ProofCallback()], **trainer_kwargs())
+    trainer.fit(model, train_dataloaders=DataLoader(image_pixels(), batch_size=4))
+    report = verify_run(path)
+    assert report.ok, report.problems
+    statements, units, _ = _read_chain(RunDirectory(path))
+    assert statements[0].input_ops == ops
+    tape = WitnessTape.load(path / RunDirectory(path).read_steps()[0].extra["tape"])
+    assert tape.tensors["x"].shape == (4, 4)  # the committed batch, flattened row-major
+    if len(ops) == 1:  # the same steps as the flat data fed to the plain network
+        flat = fit(tmp_path / "flat", _make(step=lambda m, x, y: F.mse_loss(m.net(x), y)),
+                   steps=2)
+        for a, b in zip(model.parameters(), flat.parameters(), strict=True):
+            assert torch.equal(a, b)
+    with pytest.raises(Exception):  # noqa: B017 - the proof is of the step with the view
+        verify_unit(units[0], dataclasses.replace(statements[0], input_ops=(
+            InputView((4, 4), (2, 2)), *[op for op in ops if isinstance(op, InputScale)])
+            if ops[0] != InputView((4, 4), (2, 2)) else ()))
+
+
+def test_a_view_the_batch_does_not_allow_is_refused(tmp_path):
+    twice = _make(step=lambda m, x, y: F.mse_loss(m.net(x.view(4, 2, 2).view(4, -1)), y))
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
+                        max_steps=1, **trainer_kwargs())
+    with pytest.raises(NotProvableError, match="one view first"):
+        trainer.fit(twice, train_dataloaders=DataLoader(image_pixels(), batch_size=4))
+    with pytest.raises(InputScaleError, match="is not the network"):
+        InputView((2, -1), (2, 2)).check(4, 4)
+    with pytest.raises(InputScaleError, match="not the network"):
+        InputView((4, 2), (2, 2)).check(4, 4)

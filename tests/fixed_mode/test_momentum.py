@@ -258,7 +258,8 @@ def test_tape_version_2_carries_the_constants_and_version_1_still_loads(tmp_path
     plain = FixedPointMLP.from_float([rng.normal(size=(3, 2))], [np.zeros(3)], lr=0.125)
     plain.step_float(rng.normal(size=(2, 2)), rng.normal(size=(2, 3))).save(tmp_path / "p.npz")
     old = WitnessTape.load(_with_header(tmp_path / "p.npz", {
-        "version": 1, "momentum": None, "weight_decay": None, "loss": None}), "version 1")
+        "version": 1, "momentum": None, "weight_decay": None, "loss": None, "input_ops": None}),
+        "version 1")
     assert (old.momentum, old.weight_decay) == (0, 0)
     with pytest.raises(TapeFormatError):  # a plain tape claiming momentum lacks its tensors
         WitnessTape.load(_with_header(tmp_path / "p.npz", {"momentum": 5}), "edited")

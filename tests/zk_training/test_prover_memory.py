@@ -12,7 +12,7 @@ byte for byte (checked when the two branches were merged). Re-recorded for state
 (issue 12, Conv2d: the transcript absorbs the conv shape) and version 7 (the steps' graph
 digests); absorbing version 5 without the conv and graph fields, the same prover gives the
 previous digests (150921d9…, 90e41532…) byte for byte (checked at the merge). Re-recorded for
-statement version 8 (the input scaling: the transcript absorbs it); absorbing version 7 without
+statement version 8 (the input ops: the transcript absorbs them); absorbing version 7 without
 it, the same prover gives the previous digests (4046604b…, f2db70c9…) byte for byte.
 """
 
@@ -28,8 +28,8 @@ import pytest
 
 from .seeded import seeded_proofs
 
-STEP_SHA256 = "07316f41c006f796f9552516b008e154d9935ac29d622df923f3b0b8c03bfbd8"
-EPOCH_SHA256 = "7eeccc7e2f0a49bc87ae8f0f9ebb47f933545b75285b3ad0f5069feb7d0b497a"
+STEP_SHA256 = "7c9688d7f293501a7b383ec0623c154d2a8fb04ca5ea38bbc84f78677084da38"
+EPOCH_SHA256 = "f21d3f6d99c33f80a0b9300ce12d763928e4be639dd7f12fb0541da5ee5ce2a1"
 
 
 def test_seeded_proofs_are_byte_identical_to_before():

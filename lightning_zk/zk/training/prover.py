@@ -105,7 +105,7 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
     for u, tp in enumerate(tapes):
         tp.validate()
         same = (tp.dims, tp.batch_size, tp.frac_bits, tp.value_bits, tp.lr, tp.mse_const,
-                tp.momentum, tp.weight_decay, tp.loss, tp.conv, tp.input_scale)
+                tp.momentum, tp.weight_decay, tp.loss, tp.conv, tp.input_ops)
         if same != (
             first.dims,
             first.batch_size,
@@ -117,7 +117,7 @@ def _check_tapes(tapes: Sequence[WitnessTape], prev: ChainLink | None) -> None:
             first.weight_decay,
             first.loss,
             first.conv,
-            first.input_scale,
+            first.input_ops,
         ):
             raise ParameterError(f"prove_unit: tape {u} (step {tp.step}) has other parameters")
         if tp.step != first.step + u:
@@ -200,7 +200,7 @@ def prove_unit(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, *_DUMMY_COMS,
         security_bits, blowup, momentum=first.momentum, weight_decay=first.weight_decay,
-        loss=first.loss, conv=_conv_tuple(first), input_scale=first.input_scale))
+        loss=first.loss, conv=_conv_tuple(first), input_ops=first.input_ops))
     layout = draft.layout
     state = [k for k, _ in layout.theta_leaves()]  # weights, biases (and momentum buffers)
     before = {k: first.tensors[k] for k in state}
@@ -224,7 +224,7 @@ def prove_unit(
         first.dims, first.batch_size, first.frac_bits, first.value_bits, first.lr,
         first.mse_const, first.step, len(tapes), prev is None, b_in_com, b_out_com, batch_com,
         security_bits, blowup, run_id, tuple(ledger_leaves), first.momentum, first.weight_decay,
-        first.loss, tuple(graphs), _conv_tuple(first), first.input_scale,
+        first.loss, tuple(graphs), _conv_tuple(first), first.input_ops,
     )
     shape = UnitShape(stmt)
     ml, wr, n = shape.masks, shape.ranges, layout.wit_vars

@@ -11,8 +11,9 @@ momentum and weight decay (fixed-point constants, 0 when off; version 4) and the
 layer ``conv`` = [C, H, W, F, k, stride, padding] (null without one; version 6), and the digest
 of each step's traced op graph (the user's ``training_step`` as executed,
 ``lightning_zk.fixed.template``; version 7), and the public scaling of the batch input that the
-step applies before its network, ``input_scale`` = [op, c 2^s, form] (``x * c`` or ``x / c``, null
-without one, :mod:`lightning_zk.fixed.scaling`; version 8). A proof
+step applies before its network, ``input_ops``: a view to (B, d0) (["view", sizes, sample]) and/or
+a scaling [op, c 2^s, form] (``x * c`` or ``x / c``), in execution order (:mod:`lightning_zk.fixed.
+scaling`; version 8). A proof
 therefore verifies only against the statement of *its* run and steps; which run and which
 ledger that is, is the caller's check (``lightning_zk.audit.proofs.verify_run`` compares every
 field with the run's manifest and Merkle ledger).
@@ -32,7 +33,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ...fixed.conv import ConvSpec
-from ...fixed.scaling import InputScale, InputScaleError
+from ...fixed.scaling import (
+    InputOp,
+    InputScale,
+    InputScaleError,
+    check_input_ops,
+    input_ops_from_json,
+    input_ops_json,
+    scale_of,
+)
 from ..errors import ParameterError
 from ..ligero import LigeroConfig
 from ..pcs import LAYOUT_MULTILINEAR, LAYOUT_VECTOR, Commitment
@@ -142,7 +151,7 @@ class TrainingStatement:
     loss: str = "mse"  # "mse" or "xent" (softmax cross-entropy): which output-gradient relations
     graphs: tuple[bytes, ...] = field(default=())  # one 32-byte traced-graph digest per step
     conv: tuple[int, ...] = ()  # a first Conv2d's (C, H, W, F, k, stride, padding); () = none
-    input_scale: InputScale | None = None  # the step's x * c or x / c before the network
+    input_ops: tuple[InputOp, ...] = ()  # the step's view and/or x * c, x / c before the network
 
     def __post_init__(self) -> None:
         conv = tuple(self.conv)
@@ -176,11 +185,12 @@ class TrainingStatement:
             )
         if self.loss not in LOSS_KINDS:
             raise ParameterError(f"TrainingStatement: loss {self.loss!r} is not one of {LOSS_KINDS}")
-        if self.input_scale is not None:
-            try:
-                self.input_scale.multiplier(self.frac_bits, self.value_bits)
-            except InputScaleError as exc:
-                raise ParameterError(f"TrainingStatement: input_scale: {exc}") from None
+        object.__setattr__(self, "input_ops", tuple(self.input_ops))
+        try:
+            check_input_ops(self.input_ops, self.frac_bits, self.value_bits, self.batch_size,
+                            self.dims[0], bool(self.conv))
+        except InputScaleError as exc:
+            raise ParameterError(f"TrainingStatement: input_ops: {exc}") from None
         for name, what in (("ledger_leaves", "ledger leaves"), ("graphs", "graph digests")):
             digests = tuple(bytes(x) for x in getattr(self, name))
             if digests and (len(digests) != self.num_steps or any(len(x) != 32 for x in digests)):
@@ -193,6 +203,10 @@ class TrainingStatement:
     def arch(self) -> Arch:
         return Arch(tuple(self.dims), self.batch_size, instances_for(self.num_steps),
                     ConvSpec(*self.conv) if self.conv else None, self.input_scale is not None)
+
+    @property
+    def input_scale(self) -> InputScale | None:
+        return scale_of(self.input_ops)
 
     @property
     def input_multiplier(self) -> int:
@@ -217,8 +231,7 @@ class TrainingStatement:
         for graph in self.graphs:
             tr.absorb_digest("stmt.graph", graph)
         tr.absorb_u64("stmt.conv", len(self.conv), *self.conv)
-        scale = self.input_scale.as_list() if self.input_scale is not None else None
-        tr.absorb_str("stmt.input_scale", json.dumps(scale))
+        tr.absorb_str("stmt.input_ops", json.dumps(input_ops_json(self.input_ops)))
         tr.absorb_u64("stmt.steps", self.step_start, self.num_steps, self.arch.num_instances)
         tr.absorb_u64("stmt.chain_start", int(self.chain_start))
         tr.absorb_u64("stmt.pcs", self.security_bits, self.blowup)
@@ -255,7 +268,7 @@ class TrainingStatement:
             "loss": self.loss,
             "graphs": [x.hex() for x in self.graphs],
             "conv": list(self.conv) if self.conv else None,
-            "input_scale": self.input_scale.as_list() if self.input_scale is not None else None,
+            "input_ops": input_ops_json(self.input_ops),
         }
 
     def to_bytes(self) -> bytes:
@@ -275,7 +288,7 @@ class TrainingStatement:
         if version != STATEMENT_VERSION or type(version) is not int:  # noqa: E721
             raise ParameterError(
                 f"training statement version {version!r:.20} unsupported (this build reads "
-                f"version {STATEMENT_VERSION}: version 7 has no input scaling, version 6 has no "
+                f"version {STATEMENT_VERSION}: version 7 has no input ops, version 6 has no "
                 "graph digests, version 5 no conv "
                 "field, version 4 no "
                 "loss kind, version 3 no momentum and weight decay fields, older statements are "
@@ -301,15 +314,10 @@ class TrainingStatement:
         conv = d["conv"]
         if conv is not None and (not isinstance(conv, list) or len(conv) != 7):
             raise _fail("conv", "expected null or a list [C, H, W, F, k, stride, padding]", conv)
-        scale = d["input_scale"]
-        if scale is not None:
-            if (not isinstance(scale, list) or len(scale) != 3 or type(scale[1]) is not int  # noqa: E721
-                    or not isinstance(scale[0], str) or not isinstance(scale[2], str)):
-                raise _fail("input_scale", "expected null or a list [op, const, form]", scale)
-            try:
-                scale = InputScale.from_list(scale)
-            except InputScaleError as exc:
-                raise _fail("input_scale", str(exc), d["input_scale"]) from None
+        try:
+            input_ops = input_ops_from_json(d["input_ops"])
+        except InputScaleError as exc:
+            raise _fail("input_ops", str(exc), d["input_ops"]) from None
         return cls(
             tuple(_int({"dims": w}, "dims", 1, 1 << 24) for w in dims),
             _int(d, "batch_size", 1, 1 << 24),
@@ -332,7 +340,7 @@ class TrainingStatement:
             loss,
             tuple(_hex32(x, "graphs[]") for x in graphs),
             tuple(_int({"conv": v}, "conv", 0, 1 << 24) for v in conv or ()),
-            scale,
+            input_ops,
         )
 
     @classmethod
