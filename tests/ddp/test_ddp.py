@@ -24,7 +24,7 @@ from lightning_zk.strategies.ddp import ShardedRunError, sharded_batch_digest
 from lightning_zk.testing import NondeterminismEmulator
 from tests.audit.test_dispute import _rebuild_ledger
 from tests.ddp.models import make
-from tests.models import CNN, make_data, trainer_kwargs
+from tests.models import make_data, trainer_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -107,7 +107,8 @@ def test_one_process_sharded_training_commits_the_same_steps(ddp_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def cnn4_run(tmp_path_factory) -> Path:
-    """A GroupNorm CNN run with 4 shards of 4 samples on 2 processes (2 shards each)."""
+    """A CNN run (GroupNorm and BatchNorm2d with running statistics) with 4 shards of 4 samples on
+    2 processes (2 shards each)."""
     base = tmp_path_factory.mktemp("cnn4")
     _launch(base / "out.json", "--kind", "cnn", "--devices", "2", "--shards", "4",
             "--batch-size", "4", "--run-dir", str(base / "run"))
@@ -124,8 +125,41 @@ def test_cnn_with_two_shards_per_process(cnn4_run, tmp_path):
               **trainer_kwargs()).fit(model, train_dataloaders=data)
     two, one = RunDirectory(cnn4_run), RunDirectory(tmp_path / "one")
     assert two.read_manifest()["hardware"]["shards_per_process"] == 2
+    assert two.read_manifest()["strategy"]["batch_norm"] == "per_shard"
+    assert one.read_manifest()["fingerprint"] == two.read_manifest()["fingerprint"]
     assert [r.state_digest for r in one.read_steps()] == [r.state_digest for r in two.read_steps()]
     assert [r.log_sha256 for r in one.read_steps()] == [r.log_sha256 for r in two.read_steps()]
+    assert int(model.bn.num_batches_tracked) == STEPS  # once per step (shard 0's update)
+    assert model.bn.running_mean.abs().sum() > 0
+
+
+def test_batchnorm_run_replays_under_emulated_nondeterminism(cnn4_run):
+    with NondeterminismEmulator(ulps=8, seed=5):
+        report = _audit(cnn4_run, kind="cnn", batch_size=4)
+    assert report.ok, report.summary()
+
+
+def test_manifest_claiming_another_batch_norm_mode_fails_the_replay(cnn4_run, tmp_path):
+    """The manifest records how BatchNorm statistics were kept; a replay whose module implies
+    another rule (here: a run claiming synchronised statistics, or no BatchNorm rule at all) fails
+    naming the field, even with the fingerprint recomputed."""
+    from lightning_zk.audit import AuditConfigError
+    from lightning_zk.ledger.rundir import RunDirectoryError
+    from lightning_zk.ledger.schema import IDENTITY_PARTS, run_fingerprint
+
+    shutil.copytree(cnn4_run, tmp_path / "run")
+    run = RunDirectory(tmp_path / "run")
+    honest = json.loads(run.manifest_path.read_text())
+    for claim, error in (("sync", RunDirectoryError), (None, AuditConfigError)):
+        manifest = json.loads(json.dumps(honest))
+        if claim is None:
+            del manifest["strategy"]["batch_norm"]
+        else:
+            manifest["strategy"]["batch_norm"] = claim
+        manifest["fingerprint"] = run_fingerprint({k: manifest[k] for k in IDENTITY_PARTS})
+        run.manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(error, match=r"strategy\.batch_norm"):
+            _audit(run.path, kind="cnn", batch_size=4)
 
 
 def test_transformer_on_two_processes_replays_on_one(tmp_path):
@@ -280,13 +314,6 @@ def _fit_sharded(tmp_path, model, data, **trainer_overrides):
     strategy = VerifiableShardedStrategy(run_dir=tmp_path / "run", shards=2)
     L.Trainer(strategy=strategy, max_steps=2, **trainer_kwargs(**trainer_overrides)).fit(
         model, train_dataloaders=data)
-
-
-def test_batchnorm_running_statistics_are_refused(tmp_path):
-    L.seed_everything(0, verbose=False)
-    data = DataLoader(make_data("cnn", n=32), batch_size=4, shuffle=True)
-    with pytest.raises(ShardedRunError, match="BatchNorm2d.*running statistics"):
-        _fit_sharded(tmp_path, CNN(), data)
 
 
 def test_accumulation_and_custom_samplers_are_refused(tmp_path):
