@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the strategy's seed")
     parser.add_argument("--skip-rank1-update-at", type=int, default=None,
                         help="(test) rank 1 skips its optimizer update at this step")
+    parser.add_argument("--start-method", default="popen", choices=("popen", "fork", "spawn"),
+                        help="Lightning's DDP launcher (fork: the ranks share this process's imports)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -66,7 +68,7 @@ def main() -> None:
             if args.devices > 1 else "auto"
     else:
         strategy = VerifiableDDPStrategy(run_dir=args.run_dir, shards=args.shards, seed=args.seed,
-                                         timeout=timedelta(seconds=120))
+                                         start_method=args.start_method, timeout=timedelta(seconds=120))
         if args.bad_shard_at is not None:
             from tests.ddp.models import misroute_shard
 

@@ -187,6 +187,34 @@ def test_four_shards_replayed_on_two_processes(cnn4_run, tmp_path):
     assert report["ok"] and report["steps_checked"] == STEPS
 
 
+@pytest.fixture(scope="module")
+def mlp4_run(tmp_path_factory) -> Path:
+    """An honest 4-process run of the MLP (4 shards of 8 samples, one per process); the ranks are
+    forked from one process (Lightning's ``fork`` launcher: one import, not four)."""
+    base = tmp_path_factory.mktemp("mlp4")
+    _launch(base / "out.json", "--devices", "4", "--run-dir", str(base / "run"), "--start-method", "fork")
+    return base / "run"
+
+
+def test_four_process_run_replays_on_one_and_two_processes(mlp4_run, tmp_path):
+    """N = 4 processes, replayed bit for bit on M = 1 (the shards in turn) and M = 2 processes (2
+    shards each); a one-process 4-shard run commits the same records."""
+    manifest = RunDirectory(mlp4_run).read_manifest()
+    assert manifest["strategy"]["shards"] == 4 and manifest["hardware"]["world_size"] == 4
+    assert "batch_norm" not in manifest["strategy"]  # no BatchNorm: recorded as before
+    report = _audit(mlp4_run)
+    assert report.ok and report.steps_checked == STEPS, report.summary()
+    two = _replay_on_processes(mlp4_run, tmp_path / "r.json")
+    assert two["ok"] and two["steps_checked"] == STEPS
+    model, data = make("mlp")
+    L.Trainer(strategy=VerifiableShardedStrategy(run_dir=tmp_path / "one", shards=4), max_steps=STEPS,
+              **trainer_kwargs()).fit(model, train_dataloaders=data)
+    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest", "extra")
+    for a, b in zip(RunDirectory(tmp_path / "one").read_steps(), RunDirectory(mlp4_run).read_steps(),
+                    strict=True):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+
+
 def test_tampered_rank_log_caught_by_a_two_process_replay(ddp_run, tmp_path):
     shutil.copytree(ddp_run, tmp_path / "run")
     _flip_shard(RunDirectory(tmp_path / "run"), 2, shard=1)
