@@ -1,8 +1,9 @@
 """Train a small model with (verifiable or plain) DDP on CPU; run as ``python -m tests.ddp._train``.
 
-Lightning's ``popen`` launcher re-runs this module for every rank > 0, so everything it needs is
-importable (``tests.models``, ``tests.ddp.models``). Rank 0 writes ``--out`` (JSON): the final
-weights as lists of float32 bit patterns, and the run directory for verifiable runs.
+Lightning's ``popen`` launcher re-runs this module for every rank > 0 (``--start-method fork``
+forks them from this process instead), so everything it needs is importable (``tests.models``,
+``tests.ddp.models``). Rank 0 writes ``--out`` (JSON): the final weights as lists of float32 bit
+patterns, and the run directory for verifiable runs.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ def main() -> None:
                         help="Lightning's DDP launcher (fork: the ranks share this process's imports)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.emulate and args.start_method == "fork":  # the rank is known only after the fork
+        parser.error("--emulate keys each rank's emulated hardware by LOCAL_RANK: use popen")
     torch.set_num_threads(1)
     model, data = make(args.kind, batch_size=args.batch_size, shuffle=bool(args.shuffle))
     callbacks = [CommitCallback(checkpoint_every_n_steps=2)] if args.ledger else []
