@@ -38,9 +38,13 @@ a step are shard 0's, on any number of processes (``strategy.batch_norm``: :mod:
 
 **Refused** (a clear error at ``fit``): fixed-point mode, manual optimization, gradient
 accumulation, validation during fit (Lightning shards it across ranks), ``SyncBatchNorm``, other
-buffers that change in the forward pass, ``broadcast_buffers=False``, resuming from a
-Lightning checkpoint (a crashed run restarts without one: the committed steps are recomputed and
-re-verified), ``background_commit``, and custom samplers or iterable datasets.
+buffers that change in the forward pass, ``broadcast_buffers=False``, ``background_commit``, and
+custom samplers or iterable datasets.
+
+**Resume** from a Lightning checkpoint (``ckpt_path``) works as on one device: rank 0's session
+checks the checkpoint against the records and tells the other ranks their next step and data
+position; a crashed run also restarts without one (the committed steps are recomputed and
+re-verified).
 """
 
 from __future__ import annotations
@@ -213,6 +217,15 @@ class ShardWorkerSession(_ShardedSession, TrainingSession):
         session._watch_updates()
         return session
 
+    def continue_at(self, point: tuple[int, tuple[int, int] | None] | None) -> None:
+        """Resume where rank 0 resumes from a Lightning checkpoint: ``(next step, (epoch, steps of
+        it done) or None)`` as rank 0's session found them in the records (``None``: a new run)."""
+        if point is None:
+            return
+        self.next_step, done = point
+        if done is not None:
+            self.batch_order.resume_at(*done)
+
     def _finish_open_step(self) -> None:
         grads = self._grads_live()
         self.mode.round_named(named_state_tensors(self.model, self.optimizers, grads=grads))
@@ -352,8 +365,6 @@ class _ShardedSteps:
         if trainer.accumulate_grad_batches != 1:
             problems.append(f"accumulate_grad_batches={trainer.accumulate_grad_batches}: raise "
                             "the shard count or batch_size instead")
-        if trainer.ckpt_path is not None:
-            problems.append("resuming from a checkpoint (not implemented for sharded runs yet)")
         if self.background_commit:
             problems.append("background_commit=True (not implemented for sharded runs yet)")
         if mf.trainer_section(trainer)["settings"]["validation"]:
@@ -398,12 +409,22 @@ class _ShardedSteps:
         except BaseException as err:  # every rank learns it: none waits in a collective
             error = err
         told = None if error is None else f"{type(error).__name__}: {error}"  # (a str always pickles)
-        failed = [(rank, e) for rank, e in enumerate(self.gather_objects(told)) if e is not None]
+        gathered = self.gather_objects((told, self._resume_point()))
+        failed = [(rank, e) for rank, (e, _) in enumerate(gathered) if e is not None]
         if error is not None:
             raise error
         if failed:
             raise RuntimeError(f"{type(self).__name__}: rank {failed[0][0]} could not start the run: "
                                f"{failed[0][1]}")
+        if isinstance(self.session, ShardWorkerSession):
+            self.session.continue_at(gathered[0][1])
+
+    def _resume_point(self) -> tuple[int, tuple[int, int] | None] | None:
+        """Rank 0's training session resumed from a checkpoint: where the other ranks continue."""
+        session = self.session
+        if not isinstance(session, ShardedTrainingSession) or not session.next_step:
+            return None
+        return session.next_step, session.batch_order.resume_point
 
     # --- one step ---------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:

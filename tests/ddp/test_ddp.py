@@ -319,6 +319,27 @@ def test_crashed_run_restarts_and_reverifies(ddp_run, tmp_path):
     assert _audit(run).ok
 
 
+def test_killed_run_resumes_from_a_lightning_checkpoint(ddp_run, tmp_path):
+    """Lightning checkpoints every 2 steps (written once their step is committed); every rank fails
+    when step 3 starts. ``fit(ckpt_path=...)`` on the newest checkpoint resumes every rank at step 2
+    (rank 0 re-verifies the committed step 2 against its record, the other ranks continue with rank
+    0's next step and data position) and finishes with the records of the uninterrupted run."""
+    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    args = ("--devices", "2", "--run-dir", str(run), "--ledger", "--ckpt-dir", str(ckpt),
+            "--start-method", "fork")
+    with pytest.raises(AssertionError, match="crash at step 3"):
+        _launch(tmp_path / "out.json", *args, "--crash-at", "3")
+    (saved,) = ckpt.glob("*.ckpt")
+    marker = torch.load(saved, weights_only=False)["lightning_zk"]
+    assert marker["step"] == 2 and len(RunDirectory(run).read_steps()) == 3  # never ahead of the records
+    _launch(tmp_path / "out.json", *args, "--resume")
+    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest", "extra")
+    again, honest = RunDirectory(run).read_steps(), RunDirectory(ddp_run).read_steps()
+    assert [[getattr(r, f) for f in fields] for r in again] == [[getattr(r, f) for f in fields] for r in honest]
+    assert RunDirectory(run).read_manifest()["final_state_digest"] is not None
+    assert _audit(run).ok
+
+
 def test_rank_0_failing_to_start_stops_every_rank(ddp_run, tmp_path):
     """Rank 0 refuses a run directory of another run (another seed): rank 1 learns it at once
     instead of waiting in a collective, and nothing in the directory changes."""
@@ -348,6 +369,26 @@ def test_accumulation_and_custom_samplers_are_refused(tmp_path):
 
     with pytest.raises(UnsupportedDataLoaderError, match="cannot shard"):
         _fit_sharded(tmp_path, make("mlp")[0], weighted)
+
+
+def test_one_process_sharded_run_resumes_from_a_lightning_checkpoint(tmp_path):
+    """The BatchNorm CNN, 4 shards on one process: a run stopped after 3 steps resumes from its
+    step-2 checkpoint (running statistics included) and commits the records of a straight run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(run: str, steps: int, ckpt_path=None) -> list:
+        model, data = make("cnn", batch_size=4)
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+        L.Trainer(strategy=VerifiableShardedStrategy(run_dir=tmp_path / run, shards=4),
+                  max_steps=steps, callbacks=[saver], **trainer_kwargs(enable_checkpointing=True)).fit(
+            model, train_dataloaders=data, ckpt_path=ckpt_path)
+        return RunDirectory(tmp_path / run).read_steps()
+
+    fit("run", 3)
+    resumed = fit("run", STEPS, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=2.ckpt")
+    straight = fit("straight", STEPS)
+    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest", "extra")
+    assert [[getattr(r, f) for f in fields] for r in resumed] == [[getattr(r, f) for f in fields] for r in straight]
 
 
 def test_sharded_batch_digest_depends_on_the_shard_order():
