@@ -330,7 +330,10 @@ STRATEGY = Tagged("mode", {
         "thresholds": Obj({"base": TAU, "per_kind": Map(TAU, 64), "per_op": Map(TAU, 4096)}),
         # data-parallel runs (VerifiableDDPStrategy): shards per step, whatever the world size
         "shards": Int(1, 1 << 16),
-    }, optional=("shards",), rules=[("mantissa_bits", lambda s: "float32 compute needs mantissa_bits < 23 (guard bits)"
+        # ... whose module has BatchNorm running statistics: batch statistics per shard, running
+        # statistics from shard 0 (lightning_zk.strategies.batchnorm); absent: no such layer
+        "batch_norm": Enum("per_shard"),
+    }, optional=("shards", "batch_norm"), rules=[("mantissa_bits", lambda s: "float32 compute needs mantissa_bits < 23 (guard bits)"
                if s["compute_dtype"] == "float32" and s["mantissa_bits"] == 23 else None)]),
     "fixed": Obj({"mode": Enum("fixed"), "frac_bits": Int(1, 30), "value_bits": Int(2, 40),
                   "seed": SEED},

@@ -396,6 +396,11 @@ class ShardedOrder:
         """The next pass over ``epoch`` starts after its first ``batches_done`` steps."""
         self._resume = (epoch, batches_done)
 
+    @property
+    def resume_point(self) -> tuple[int, int] | None:
+        """``(epoch, batches_done)`` of a pending :meth:`resume_at` (what the other ranks need)."""
+        return self._resume
+
     def to_json(self) -> dict[str, object]:
         return {"kind": self.kind, "length": self.sampler.length, "shuffle": self.sampler.shuffle,
                 "batch_size": self.batch_size, "drop_last": True}

@@ -33,11 +33,18 @@ referee, which replays through ``replay()``, too). It also trains: a one-process
 ``shards=S`` commits the same steps as an ``S``-process DDP run. ``replay(..., devices=M)`` (``M``
 dividing ``S``) replays on ``M`` DDP processes instead, each with its shards' part of the log.
 
+**BatchNorm** normalises each shard with its own batch statistics; its running statistics after
+a step are shard 0's, on any number of processes (``strategy.batch_norm``: :mod:`.batchnorm`).
+
 **Refused** (a clear error at ``fit``): fixed-point mode, manual optimization, gradient
-accumulation, validation during fit (Lightning shards it across ranks), modules whose buffers
-change in the forward pass (BatchNorm running statistics, ``SyncBatchNorm``), resuming from a
-Lightning checkpoint (a crashed run restarts without one: the committed steps are recomputed and
-re-verified), ``background_commit``, and custom samplers or iterable datasets.
+accumulation, validation during fit (Lightning shards it across ranks), ``SyncBatchNorm``, other
+buffers that change in the forward pass, ``broadcast_buffers=False``, ``background_commit``, and
+custom samplers or iterable datasets.
+
+**Resume** from a Lightning checkpoint (``ckpt_path``) works as on one device: rank 0's session
+checks the checkpoint against the records and tells the other ranks their next step and data
+position; a crashed run also restarts without one (the committed steps are recomputed and
+re-verified).
 """
 
 from __future__ import annotations
@@ -61,6 +68,7 @@ from ..ledger.state import batch_digest, named_state_tensors
 from ..rounding.log import LogEntry, StepLog
 from ..rounding.precision import round_values
 from . import manifest as mf
+from .batchnorm import ShardRunningStats, batch_norm_mode, sync_layers
 from .data import ShardedOrder, make_sharded
 from .replay import AuditInputError, ReplaySession
 from .session import TrainingSession
@@ -209,6 +217,15 @@ class ShardWorkerSession(_ShardedSession, TrainingSession):
         session._watch_updates()
         return session
 
+    def continue_at(self, point: tuple[int, tuple[int, int] | None] | None) -> None:
+        """Resume where rank 0 resumes from a Lightning checkpoint: ``(next step, (epoch, steps of
+        it done) or None)`` as rank 0's session found them in the records (``None``: a new run)."""
+        if point is None:
+            return
+        self.next_step, done = point
+        if done is not None:
+            self.batch_order.resume_at(*done)
+
     def _finish_open_step(self) -> None:
         grads = self._grads_live()
         self.mode.round_named(named_state_tensors(self.model, self.optimizers, grads=grads))
@@ -305,7 +322,14 @@ class _ShardedSteps:
         return self.global_rank * count, count
 
     def config_json(self) -> dict[str, object]:
-        return {**super().config_json(), "shards": self.shards}
+        """The arithmetic, the shard count and, for a module with BatchNorm running statistics,
+        their rule (``batch_norm``: see :mod:`.batchnorm`; absent otherwise, as in older runs)."""
+        config: dict[str, object] = {**super().config_json(), "shards": self.shards}
+        module = self.lightning_module
+        bn = batch_norm_mode(module) if module is not None else None
+        if bn is not None:
+            config["batch_norm"] = bn
+        return config
 
     @classmethod
     def from_manifest(cls, manifest, run_dir=None, device=None):
@@ -341,23 +365,22 @@ class _ShardedSteps:
         if trainer.accumulate_grad_batches != 1:
             problems.append(f"accumulate_grad_batches={trainer.accumulate_grad_batches}: raise "
                             "the shard count or batch_size instead")
-        if trainer.ckpt_path is not None:
-            problems.append("resuming from a checkpoint (not implemented for sharded runs yet)")
         if self.background_commit:
             problems.append("background_commit=True (not implemented for sharded runs yet)")
         if mf.trainer_section(trainer)["settings"]["validation"]:
             problems.append("validation during fit: Lightning shards the validation data across "
                             "ranks, which a one-process replay would not; set limit_val_batches=0 "
                             "and validate after fit")
-        if getattr(self, "_layer_sync", None) is not None:
-            problems.append("Trainer(sync_batchnorm=True): SyncBatchNorm all-reduces statistics "
-                            "in floating point")
-        for path, sub in module.named_modules():
-            if isinstance(sub, torch.nn.modules.batchnorm._BatchNorm) and sub.track_running_stats:
-                problems.append(f"{path or 'the module'} ({type(sub).__name__}) keeps running "
-                                "statistics, which each shard would update separately; use "
-                                "track_running_stats=False or GroupNorm/LayerNorm")
-                break
+        sync = sync_layers(module)
+        if getattr(self, "_layer_sync", None) is not None or sync:
+            what = (f"SyncBatchNorm layer{'s' * (len(sync) > 1)} {', '.join(sync)}" if sync
+                    else "Trainer(sync_batchnorm=True)")
+            problems.append(f"{what}: synchronised BatchNorm statistics (each shard runs its "
+                            "forward and backward pass to the end before the next, so no shard "
+                            "sees the global batch's statistics); use nn.BatchNorm layers, which "
+                            "normalise each shard with its own statistics and keep shard 0's "
+                            "running statistics (strategy.batch_norm='per_shard'), or "
+                            "GroupNorm/LayerNorm")
         if problems:
             raise ShardedRunError(f"{name} does not support " + "; ".join(problems) + ".")
 
@@ -386,12 +409,22 @@ class _ShardedSteps:
         except BaseException as err:  # every rank learns it: none waits in a collective
             error = err
         told = None if error is None else f"{type(error).__name__}: {error}"  # (a str always pickles)
-        failed = [(rank, e) for rank, e in enumerate(self.gather_objects(told)) if e is not None]
+        gathered = self.gather_objects((told, self._resume_point()))
+        failed = [(rank, e) for rank, (e, _) in enumerate(gathered) if e is not None]
         if error is not None:
             raise error
         if failed:
             raise RuntimeError(f"{type(self).__name__}: rank {failed[0][0]} could not start the run: "
                                f"{failed[0][1]}")
+        if isinstance(self.session, ShardWorkerSession):
+            self.session.continue_at(gathered[0][1])
+
+    def _resume_point(self) -> tuple[int, tuple[int, int] | None] | None:
+        """Rank 0's training session resumed from a checkpoint: where the other ranks continue."""
+        session = self.session
+        if not isinstance(session, ShardedTrainingSession) or not session.next_step:
+            return None
+        return session.next_step, session.batch_order.resume_point
 
     # --- one step ---------------------------------------------------------------------------------
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -417,11 +450,15 @@ class _ShardedSteps:
             session = self.session
             mode = session.mode
             params = [p for p in self.lightning_module.parameters() if p.requires_grad]
-            buffers = self._buffers()
+            running = ShardRunningStats(self.lightning_module)  # BatchNorm: see .batchnorm
+            buffers = self._buffers(skip=running.tensors)
             first, count = self._local_shards()
             shard_grads, loss = [], None
             self._shard_spans = []
             for k in range(first, first + count):
+                if k != first and running:
+                    with session.paused_ops():
+                        running.restore()  # every shard starts from the step's statistics
                 mode.begin_shard(k)
                 start = mode.position()
                 self._shard_batch = self._local_batches[k - first]
@@ -434,9 +471,12 @@ class _ShardedSteps:
                     shard_grads.append(_flat_grads(params))
                     for p in params:
                         p.grad = None
-                    self._check_buffers(buffers, k)
+                    self._check_buffers(buffers, k, skip=running.tensors)
+                    if k == 0 and running:
+                        running.keep()
             mode.end_shards()
             with session.paused_ops():
+                running.finish(self.world_size, holds_shard_0=first == 0)
                 self._combine(shard_grads, params)
             return loss
 
@@ -479,17 +519,20 @@ class _ShardedSteps:
             crc = zlib.crc32(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy(), crc)
         return crc
 
-    def _buffers(self) -> dict[str, torch.Tensor]:
-        return {name: b.detach().clone() for name, b in self.lightning_module.named_buffers()}
+    def _buffers(self, skip: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Copies of the buffers a shard must leave unchanged (all but BatchNorm's ``skip``)."""
+        return {name: b.detach().clone() for name, b in self.lightning_module.named_buffers()
+                if name not in skip}
 
-    def _check_buffers(self, before: dict[str, torch.Tensor], shard: int) -> None:
+    def _check_buffers(self, before: dict[str, torch.Tensor], shard: int,
+                       skip: dict[str, torch.Tensor]) -> None:
         for name, b in self.lightning_module.named_buffers():
-            if name not in before or not torch.equal(before[name], b):
+            if name not in skip and (name not in before or not torch.equal(before[name], b)):
                 raise ShardedRunError(
                     f"buffer {name!r} changed while shard {shard} ran: each shard would update it "
                     "separately, so the result would depend on how many processes ran the shards. "
-                    "HINT: keep buffers constant in training_step (BatchNorm: "
-                    "track_running_stats=False, or GroupNorm/LayerNorm).")
+                    "HINT: keep buffers constant in training_step (BatchNorm's running statistics "
+                    "are the exception the strategy handles: shard 0's are kept).")
 
     def _combine(self, shard_grads: list[torch.Tensor], params: list[torch.nn.Parameter]) -> None:
         """``round(ordered sum / S)`` of every shard's gradient; set as each parameter's gradient."""
@@ -586,6 +629,11 @@ class VerifiableDDPStrategy(_ShardedSteps, VerifiableStrategy, DDPStrategy):
         if background_commit:
             raise ShardedRunError("VerifiableDDPStrategy(background_commit=True) is not implemented "
                                   "for sharded runs yet. HINT: drop it (inline commits).")
+        if ddp_kwargs.get("broadcast_buffers", True) is not True:
+            raise ShardedRunError(
+                f"VerifiableDDPStrategy(broadcast_buffers={ddp_kwargs['broadcast_buffers']!r}): a "
+                "run commits one state, whose buffers every rank shares (BatchNorm running "
+                "statistics: shard 0's, what DDP's broadcast_buffers=True keeps). HINT: drop it.")
         self._ddp_init = dict(start_method=start_method, process_group_backend=process_group_backend,
                               timeout=timeout, **ddp_kwargs)
         self._init_sharding(shards)

@@ -1,8 +1,9 @@
 """Train a small model with (verifiable or plain) DDP on CPU; run as ``python -m tests.ddp._train``.
 
-Lightning's ``popen`` launcher re-runs this module for every rank > 0, so everything it needs is
-importable (``tests.models``, ``tests.ddp.models``). Rank 0 writes ``--out`` (JSON): the final
-weights as lists of float32 bit patterns, and the run directory for verifiable runs.
+Lightning's ``popen`` launcher re-runs this module for every rank > 0 (``--start-method fork``
+forks them from this process instead), so everything it needs is importable (``tests.models``,
+``tests.ddp.models``). Rank 0 writes ``--out`` (JSON): the final weights as lists of float32 bit
+patterns, and the run directory for verifiable runs.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import argparse
 import json
 import os
 from datetime import timedelta
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -44,8 +46,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the strategy's seed")
     parser.add_argument("--skip-rank1-update-at", type=int, default=None,
                         help="(test) rank 1 skips its optimizer update at this step")
+    parser.add_argument("--ckpt-dir", default=None,
+                        help="Lightning checkpoints (ModelCheckpoint) every 2 steps into this folder")
+    parser.add_argument("--resume", action="store_true",
+                        help="fit from the newest Lightning checkpoint in --ckpt-dir (ckpt_path)")
+    parser.add_argument("--start-method", default="popen", choices=("popen", "fork", "spawn"),
+                        help="Lightning's DDP launcher (fork: the ranks share this process's imports)")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.emulate and args.start_method == "fork":  # the rank is known only after the fork
+        parser.error("--emulate keys each rank's emulated hardware by LOCAL_RANK: use popen")
     torch.set_num_threads(1)
     model, data = make(args.kind, batch_size=args.batch_size, shuffle=bool(args.shuffle))
     callbacks = [CommitCallback(checkpoint_every_n_steps=2)] if args.ledger else []
@@ -61,23 +71,31 @@ def main() -> None:
         from tests.ddp.models import Rank1SkipsUpdate
 
         callbacks.append(Rank1SkipsUpdate(args.skip_rank1_update_at))
+    ckpt_path, kwargs = None, trainer_kwargs()
+    if args.ckpt_dir is not None:
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks.append(ModelCheckpoint(dirpath=args.ckpt_dir, every_n_train_steps=2, save_top_k=-1))
+        kwargs = trainer_kwargs(enable_checkpointing=True)
+        saved = sorted(Path(args.ckpt_dir).glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+        ckpt_path = str(saved[-1]) if args.resume and saved else None
     if args.plain:
         strategy = DDPStrategy(start_method="popen", timeout=timedelta(seconds=120)) \
             if args.devices > 1 else "auto"
     else:
         strategy = VerifiableDDPStrategy(run_dir=args.run_dir, shards=args.shards, seed=args.seed,
-                                         timeout=timedelta(seconds=120))
+                                         start_method=args.start_method, timeout=timedelta(seconds=120))
         if args.bad_shard_at is not None:
             from tests.ddp.models import misroute_shard
 
             misroute_shard(strategy, args.bad_shard_at)
     trainer = L.Trainer(strategy=strategy, devices=args.devices, max_steps=args.steps,
-                        callbacks=callbacks, **trainer_kwargs())
+                        callbacks=callbacks, **kwargs)
     if args.emulate:  # the launcher sets LOCAL_RANK for the ranks it starts (rank 0: unset)
         with NondeterminismEmulator(ulps=8, seed=100 + int(os.environ.get("LOCAL_RANK", "0"))):
-            trainer.fit(model, train_dataloaders=data)
+            trainer.fit(model, train_dataloaders=data, ckpt_path=ckpt_path)
     else:
-        trainer.fit(model, train_dataloaders=data)
+        trainer.fit(model, train_dataloaders=data, ckpt_path=ckpt_path)
     if trainer.is_global_zero:
         weights = {k: v.detach().to(torch.float32).contiguous().view(torch.int32).flatten().tolist()
                    for k, v in model.state_dict().items()}

@@ -12,24 +12,26 @@ from torch.utils.data import DataLoader
 from tests.models import MLP, TinyTransformer, ToyModule, make_data
 
 
-class GroupNormCNN(ToyModule):
-    """Convolutions, GroupNorm (no running statistics: shardable), GELU and dropout."""
+class NormCNN(ToyModule):
+    """Convolutions, GroupNorm, BatchNorm2d with running statistics (per shard, shard 0's kept),
+    GELU and dropout."""
 
     def __init__(self, optimizer: str = "sgd") -> None:
         super().__init__(optimizer)
         self.conv1 = nn.Conv2d(1, 6, 3, padding=1)
         self.norm = nn.GroupNorm(2, 6)
         self.conv2 = nn.Conv2d(6, 8, 3, stride=2)
+        self.bn = nn.BatchNorm2d(8)
         self.drop = nn.Dropout(0.1)
         self.head = nn.Linear(8 * 3 * 3, 4)
 
     def forward(self, x):
         h = F.relu(self.norm(self.conv1(x)))
-        h = self.drop(F.gelu(self.conv2(h)))
+        h = self.drop(F.gelu(self.bn(self.conv2(h))))
         return self.head(h.flatten(1))
 
 
-KINDS = {"mlp": (MLP, "mlp"), "cnn": (GroupNormCNN, "cnn"), "transformer": (TinyTransformer, "transformer")}
+KINDS = {"mlp": (MLP, "mlp"), "cnn": (NormCNN, "cnn"), "transformer": (TinyTransformer, "transformer")}
 
 
 def make(kind: str, batch_size: int = 8, shuffle: bool = True, seed: int = 0,

@@ -1,7 +1,11 @@
 """VerifiableDDPStrategy: 2-process CPU (gloo) runs replayed bit for bit on one process.
 
-The DDP runs are subprocesses (``python -m tests.ddp._train``): Lightning's ``popen`` launcher
-re-runs that module for rank 1. Each run is 4 steps of 2 shards of 8 samples.
+The DDP runs are subprocesses (``python -m tests.ddp._train``). The honest run every test compares
+with (``ddp_run``), the emulated-hardware run, the CLI run and the refused start use Lightning's
+default ``popen`` launcher, which re-runs that module for every other rank; the others fork their
+ranks from one process (``--start-method fork``: one import of Lightning per run, about half the
+time of a launch), the strategy being the same. Each run is 4 steps of 2 shards of 8 samples unless
+it says otherwise; a launch is shared by several checks wherever they fit one run.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from lightning_zk.strategies.ddp import ShardedRunError, sharded_batch_digest
 from lightning_zk.testing import NondeterminismEmulator
 from tests.audit.test_dispute import _rebuild_ledger
 from tests.ddp.models import make
-from tests.models import CNN, make_data, trainer_kwargs
+from tests.models import make_data, trainer_kwargs
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 4
@@ -81,12 +85,18 @@ def test_one_process_replay_under_emulated_nondeterminism(ddp_run):
     assert report.ok, report.summary()
 
 
-def test_ranks_on_emulated_different_hardware_replay_on_a_third(tmp_path):
-    """Rank 0 and rank 1 each emulate other hardware (seeded ulp perturbations of every reduction
-    and transcendental result); the one-process replay, a third machine, reproduces the run."""
-    _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"), "--emulate")
+def test_transformer_ranks_on_emulated_different_hardware_replay_on_one(tmp_path):
+    """Attention (MultiheadAttention, SDPA), LayerNorm, GELU and dropout in every shard, AdamW, with
+    rank 0 and rank 1 each emulating other hardware (seeded ulp perturbations of every reduction and
+    transcendental result): the one-process replay reproduces the run, on this machine and on a
+    third emulated one."""
+    _launch(tmp_path / "out.json", "--kind", "transformer", "--devices", "2",
+            "--run-dir", str(tmp_path / "run"), "--emulate")
+    report = _audit(tmp_path / "run", kind="transformer")
+    assert report.ok, report.summary()
+    assert report.logged_elements > 0
     with NondeterminismEmulator(ulps=8, seed=7):
-        report = _audit(tmp_path / "run")
+        report = _audit(tmp_path / "run", kind="transformer")
     assert report.ok, report.summary()
     assert report.corrections > 0  # the log decided roundings this machine would have taken otherwise
 
@@ -107,10 +117,11 @@ def test_one_process_sharded_training_commits_the_same_steps(ddp_run, tmp_path):
 
 @pytest.fixture(scope="module")
 def cnn4_run(tmp_path_factory) -> Path:
-    """A GroupNorm CNN run with 4 shards of 4 samples on 2 processes (2 shards each)."""
+    """A CNN run (GroupNorm and BatchNorm2d with running statistics) with 4 shards of 4 samples on
+    2 processes (2 shards each)."""
     base = tmp_path_factory.mktemp("cnn4")
     _launch(base / "out.json", "--kind", "cnn", "--devices", "2", "--shards", "4",
-            "--batch-size", "4", "--run-dir", str(base / "run"))
+            "--batch-size", "4", "--run-dir", str(base / "run"), "--start-method", "fork")
     return base / "run"
 
 
@@ -124,17 +135,41 @@ def test_cnn_with_two_shards_per_process(cnn4_run, tmp_path):
               **trainer_kwargs()).fit(model, train_dataloaders=data)
     two, one = RunDirectory(cnn4_run), RunDirectory(tmp_path / "one")
     assert two.read_manifest()["hardware"]["shards_per_process"] == 2
+    assert two.read_manifest()["strategy"]["batch_norm"] == "per_shard"
+    assert one.read_manifest()["fingerprint"] == two.read_manifest()["fingerprint"]
     assert [r.state_digest for r in one.read_steps()] == [r.state_digest for r in two.read_steps()]
     assert [r.log_sha256 for r in one.read_steps()] == [r.log_sha256 for r in two.read_steps()]
+    assert int(model.bn.num_batches_tracked) == STEPS  # once per step (shard 0's update)
+    assert model.bn.running_mean.abs().sum() > 0
 
 
-def test_transformer_on_two_processes_replays_on_one(tmp_path):
-    """Attention (MultiheadAttention, SDPA), LayerNorm, GELU and dropout in every shard, AdamW."""
-    _launch(tmp_path / "out.json", "--kind", "transformer", "--devices", "2",
-            "--run-dir", str(tmp_path / "run"))
-    report = _audit(tmp_path / "run", kind="transformer")
+def test_batchnorm_run_replays_under_emulated_nondeterminism(cnn4_run):
+    with NondeterminismEmulator(ulps=8, seed=5):
+        report = _audit(cnn4_run, kind="cnn", batch_size=4)
     assert report.ok, report.summary()
-    assert report.logged_elements > 0
+
+
+def test_manifest_claiming_another_batch_norm_mode_fails_the_replay(cnn4_run, tmp_path):
+    """The manifest records how BatchNorm statistics were kept; a replay whose module implies
+    another rule (here: a run claiming synchronised statistics, or no BatchNorm rule at all) fails
+    naming the field, even with the fingerprint recomputed."""
+    from lightning_zk.audit import AuditConfigError
+    from lightning_zk.ledger.rundir import RunDirectoryError
+    from lightning_zk.ledger.schema import IDENTITY_PARTS, run_fingerprint
+
+    shutil.copytree(cnn4_run, tmp_path / "run")
+    run = RunDirectory(tmp_path / "run")
+    honest = json.loads(run.manifest_path.read_text())
+    for claim, error in (("sync", RunDirectoryError), (None, AuditConfigError)):
+        manifest = json.loads(json.dumps(honest))
+        if claim is None:
+            del manifest["strategy"]["batch_norm"]
+        else:
+            manifest["strategy"]["batch_norm"] = claim
+        manifest["fingerprint"] = run_fingerprint({k: manifest[k] for k in IDENTITY_PARTS})
+        run.manifest_path.write_text(json.dumps(manifest))
+        with pytest.raises(error, match=r"strategy\.batch_norm"):
+            _audit(run.path, kind="cnn", batch_size=4)
 
 
 def _replay_on_processes(run: Path, out: Path, *args: str) -> dict:
@@ -151,6 +186,34 @@ def test_four_shards_replayed_on_two_processes(cnn4_run, tmp_path):
     """M = 2 processes replay an N = 4-shard run (2 shards each), bit for bit."""
     report = _replay_on_processes(cnn4_run, tmp_path / "r.json", "--kind", "cnn", "--batch-size", "4")
     assert report["ok"] and report["steps_checked"] == STEPS
+
+
+@pytest.fixture(scope="module")
+def mlp4_run(tmp_path_factory) -> Path:
+    """An honest 4-process run of the MLP (4 shards of 8 samples, one per process); the ranks are
+    forked from one process (Lightning's ``fork`` launcher: one import, not four)."""
+    base = tmp_path_factory.mktemp("mlp4")
+    _launch(base / "out.json", "--devices", "4", "--run-dir", str(base / "run"), "--start-method", "fork")
+    return base / "run"
+
+
+def test_four_process_run_replays_on_one_and_two_processes(mlp4_run, tmp_path):
+    """N = 4 processes, replayed bit for bit on M = 1 (the shards in turn) and M = 2 processes (2
+    shards each); a one-process 4-shard run commits the same records."""
+    manifest = RunDirectory(mlp4_run).read_manifest()
+    assert manifest["strategy"]["shards"] == 4 and manifest["hardware"]["world_size"] == 4
+    assert "batch_norm" not in manifest["strategy"]  # no BatchNorm: recorded as before
+    report = _audit(mlp4_run)
+    assert report.ok and report.steps_checked == STEPS, report.summary()
+    two = _replay_on_processes(mlp4_run, tmp_path / "r.json")
+    assert two["ok"] and two["steps_checked"] == STEPS
+    model, data = make("mlp")
+    L.Trainer(strategy=VerifiableShardedStrategy(run_dir=tmp_path / "one", shards=4), max_steps=STEPS,
+              **trainer_kwargs()).fit(model, train_dataloaders=data)
+    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest", "extra")
+    for a, b in zip(RunDirectory(tmp_path / "one").read_steps(), RunDirectory(mlp4_run).read_steps(),
+                    strict=True):
+        assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
 
 
 def test_tampered_rank_log_caught_by_a_two_process_replay(ddp_run, tmp_path):
@@ -211,7 +274,7 @@ def test_rank_that_trained_on_another_shard_is_caught(tmp_path):
     """Rank 1 loads shard 0's samples at step 3: the audit names that step and its batch, and the
     dispute's referee (replaying from the checkpoint of step 2) finds the trainer dishonest."""
     _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"),
-            "--ledger", "--bad-shard-at", str(BAD_STEP))
+            "--ledger", "--bad-shard-at", str(BAD_STEP), "--start-method", "fork")
     record = RunDirectory(tmp_path / "run").read_steps()[BAD_STEP]
     assert record.batch_indices[:8] == record.batch_indices[8:]  # what the ranks really loaded
     report = _audit(tmp_path / "run", audit_dir=tmp_path / "audit")
@@ -223,43 +286,46 @@ def test_rank_that_trained_on_another_shard_is_caught(tmp_path):
     assert verdict.first_disputed_step == BAD_STEP and verdict.dishonest == "trainer"
 
 
-def test_rank_whose_update_rounded_differently_takes_rank0_state(tmp_path):
+def test_ranks_whose_update_differs_take_rank0_state(ddp_run, tmp_path):
     """Rank 1's update of step 1 rounds a near-tie the other way (emulated): the ranks' logs of the
-    update differ, rank 1 takes rank 0's committed state, and the run still replays."""
+    update differ. Rank 1 skips the update of step 2: at that step's boundary its state differs from
+    rank 0's (the ranks compare CRC-32s of their states). Each time rank 1 takes rank 0's committed
+    state and the record says so; the run is the honest run, step for step, and replays."""
     _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"),
-            "--diverge-rank1-at", "1")
+            "--diverge-rank1-at", "1", "--skip-rank1-update-at", "2", "--start-method", "fork")
     records = RunDirectory(tmp_path / "run").read_steps()
-    assert [r.extra.get("resynced_ranks") for r in records] == [None, [1], None, None]
+    assert [r.extra.get("resynced_ranks") for r in records] == [None, [1], [1], None]
+    honest = RunDirectory(ddp_run).read_steps()
+    assert [r.state_digest for r in records] == [r.state_digest for r in honest]
     report = _audit(tmp_path / "run")
     assert report.ok, report.summary()
 
 
-def test_rank_that_skipped_its_update_is_caught_at_the_step(ddp_run, tmp_path):
-    """Rank 1 skips the update of step 1: at that step's boundary its state differs from rank 0's
-    (the ranks compare CRC-32s of their states), it takes rank 0's committed state, and the record
-    says so; the run is the honest run, step for step."""
-    _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(tmp_path / "run"),
-            "--skip-rank1-update-at", "1")
-    records = RunDirectory(tmp_path / "run").read_steps()
-    assert [r.extra.get("resynced_ranks") for r in records] == [None, [1], None, None]
-    honest = RunDirectory(ddp_run).read_steps()
-    assert [r.state_digest for r in records] == [r.state_digest for r in honest]
-
-
-def test_crashed_run_restarts_and_reverifies(ddp_run, tmp_path):
-    """Every rank fails at step 2 (2 steps committed, the run unfinished); the same command again
-    recomputes and re-verifies the committed steps on both ranks and finishes the run, with the
-    records of the uninterrupted run."""
-    run = tmp_path / "run"
+def test_crashed_run_restarts_or_resumes_from_a_lightning_checkpoint(ddp_run, tmp_path):
+    """Lightning checkpoints every 2 steps (each written once its step is committed, so never ahead
+    of the records). Every rank fails when step 2 starts (2 steps committed, the run unfinished);
+    the same command again, without a checkpoint, recomputes and re-verifies the committed steps on
+    both ranks and goes on, until every rank fails when step 3 starts. ``fit(ckpt_path=...)`` on
+    the newest checkpoint (step 2) then resumes every rank at step 2 (rank 0 re-verifies the
+    committed step 2, the other ranks continue at rank 0's next step and data position) and
+    finishes the run with the records of the uninterrupted run."""
+    run, ckpt = tmp_path / "run", tmp_path / "ckpt"
+    args = ("--devices", "2", "--run-dir", str(run), "--ledger", "--ckpt-dir", str(ckpt),
+            "--start-method", "fork")
     with pytest.raises(AssertionError, match="crash at step 2"):
-        _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(run), "--ledger",
-                "--crash-at", "2")
+        _launch(tmp_path / "out.json", *args, "--crash-at", "2")
     assert len(RunDirectory(run).read_steps()) == 2
     assert RunDirectory(run).read_manifest()["final_state_digest"] is None
-    _launch(tmp_path / "out.json", "--devices", "2", "--run-dir", str(run), "--ledger")
-    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest")
+    with pytest.raises(AssertionError, match="crash at step 3"):
+        _launch(tmp_path / "out.json", *args, "--crash-at", "3")  # a restart without checkpoint
+    assert len(RunDirectory(run).read_steps()) == 3
+    newest = max(ckpt.glob("*.ckpt"), key=lambda p: p.stat().st_mtime_ns)
+    assert torch.load(newest, weights_only=False)["lightning_zk"]["step"] == 2
+    _launch(tmp_path / "out.json", *args, "--resume")
+    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest", "extra")
     again, honest = RunDirectory(run).read_steps(), RunDirectory(ddp_run).read_steps()
     assert [[getattr(r, f) for f in fields] for r in again] == [[getattr(r, f) for f in fields] for r in honest]
+    assert RunDirectory(run).read_manifest()["final_state_digest"] is not None
     assert _audit(run).ok
 
 
@@ -282,13 +348,6 @@ def _fit_sharded(tmp_path, model, data, **trainer_overrides):
         model, train_dataloaders=data)
 
 
-def test_batchnorm_running_statistics_are_refused(tmp_path):
-    L.seed_everything(0, verbose=False)
-    data = DataLoader(make_data("cnn", n=32), batch_size=4, shuffle=True)
-    with pytest.raises(ShardedRunError, match="BatchNorm2d.*running statistics"):
-        _fit_sharded(tmp_path, CNN(), data)
-
-
 def test_accumulation_and_custom_samplers_are_refused(tmp_path):
     model, data = make("mlp")
     with pytest.raises(ShardedRunError, match="accumulate_grad_batches=2"):
@@ -299,6 +358,26 @@ def test_accumulation_and_custom_samplers_are_refused(tmp_path):
 
     with pytest.raises(UnsupportedDataLoaderError, match="cannot shard"):
         _fit_sharded(tmp_path, make("mlp")[0], weighted)
+
+
+def test_one_process_sharded_run_resumes_from_a_lightning_checkpoint(tmp_path):
+    """The BatchNorm CNN, 4 shards on one process: a run stopped after 3 steps resumes from its
+    step-2 checkpoint (running statistics included) and commits the records of a straight run."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    def fit(run: str, steps: int, ckpt_path=None) -> list:
+        model, data = make("cnn", batch_size=4)
+        saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=2, save_top_k=-1)
+        L.Trainer(strategy=VerifiableShardedStrategy(run_dir=tmp_path / run, shards=4),
+                  max_steps=steps, callbacks=[saver], **trainer_kwargs(enable_checkpointing=True)).fit(
+            model, train_dataloaders=data, ckpt_path=ckpt_path)
+        return RunDirectory(tmp_path / run).read_steps()
+
+    fit("run", 3)
+    resumed = fit("run", STEPS, ckpt_path=tmp_path / "ckpt" / "epoch=0-step=2.ckpt")
+    straight = fit("straight", STEPS)
+    fields = ("batch_indices", "batch_digest", "log_sha256", "state_digest", "extra")
+    assert [[getattr(r, f) for f in fields] for r in resumed] == [[getattr(r, f) for f in fields] for r in straight]
 
 
 def test_sharded_batch_digest_depends_on_the_shard_order():
