@@ -130,21 +130,26 @@ def _round_sums(vals, msks, prm, pc, tptr, tfac, tconst, xs, sx, lo, hi,
                 mext = m.shape[0] == 2
                 c0 = pc[k, 0]
                 c1 = pc[k, 1]
+                unit = c0 == 1 and c1 == 0  # c M made once by the caller (a short period)
                 for e in range(n):
                     j = (start + e) >> shift
                     a = j & mm
                     ma0 = m[0, a]
                     ma1 = m[1, a] if mext else np.uint64(0)
-                    s0, s1 = _emul(ma0, ma1, c0, c1)
+                    if unit:
+                        s0, s1 = ma0, ma1
+                    else:
+                        s0, s1 = _emul(ma0, ma1, c0, c1)
                     cur0[k, 0, e] = _add1(cur0[k, 0, e], s0)
                     cur1[k, 0, e] = _add1(cur1[k, 0, e], s1)
                     if moves:
                         b = (j + half) & mm
                         e0 = _sub1(m[0, b], ma0)
                         e1 = _sub1(m[1, b], ma1) if mext else np.uint64(0)
-                        s0, s1 = _emul(e0, e1, c0, c1)
-                        d0[e] = _add1(d0[e], s0)
-                        d1[e] = _add1(d1[e], s1)
+                        if not unit:
+                            e0, e1 = _emul(e0, e1, c0, c1)
+                        d0[e] = _add1(d0[e], e0)
+                        d1[e] = _add1(d1[e], e1)
             if varies[k]:
                 for x in range(1, nx):
                     if moves:
@@ -385,6 +390,34 @@ def _round_poly_sums(vals, msks, prm, tptr, tfac, lo, hi, acc):  # pragma: no co
                 acc[t, i, 1] += a1
                 acc[t, i, 2] += a2
                 acc[t, i, 3] += a3
+
+
+@numba.njit(types.void(_U64_1, _U64_1, _ARR1, _ARR1), cache=K._CACHE, nogil=True)
+def _eq_table(z0, z1, out0, out1):  # pragma: no cover - compiled
+    # multilinear.eq_table's doubling, entry by entry: entry i of the table of the first j
+    # variables becomes 2i (t - t z_j) and 2i + 1 (t z_j); from the last entry down, so nothing
+    # is overwritten before it is read
+    out0[0] = 1
+    out1[0] = 0
+    size = 1
+    for j in range(z0.shape[0]):
+        for i in range(size - 1, -1, -1):
+            t0 = out0[i]
+            t1 = out1[i]
+            h0, h1 = _emul(t0, t1, z0[j], z1[j])
+            out0[2 * i + 1] = h0
+            out1[2 * i + 1] = h1
+            out0[2 * i] = _sub1(t0, h0)
+            out1[2 * i] = _sub1(t1, h1)
+        size *= 2
+
+
+def eq_table(z0: np.ndarray, z1: np.ndarray) -> np.ndarray:
+    """eq(z, x) for every x as a (2, 2^n) table, z = z0 + z1 X (uint64 coordinate arrays)."""
+    out = np.empty((2, 1 << z0.shape[0]), dtype=np.uint64)
+    _eq_table(np.ascontiguousarray(z0, dtype=np.uint64), np.ascontiguousarray(z1, dtype=np.uint64),
+              out[0], out[1])
+    return out
 
 
 def _as2(a: np.ndarray) -> np.ndarray:

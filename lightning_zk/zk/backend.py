@@ -213,6 +213,10 @@ class Backend:
             a hiding sumcheck as a polynomial in X (1 - X)) and general fold, each in one fused
             pass (:mod:`._numba_sumcheck`), or ``None`` (the generic ``xp`` code of
             :mod:`.sumcheck`).
+        eq_table: ``(z0, z1) -> (2, 2^n)`` table of eq(z, x) (:func:`.multilinear.eq_table`) in
+            one kernel call, or ``None``.
+        twist_fold: Ligero's twist and fold of the message rows for one class of code columns
+            (``ligero._encode_class``) in one pass, or ``None``.
 
     With numba every kernel above cuts large inputs into pieces run by :func:`num_threads`
     threads (:mod:`._numba_parallel`), with results identical to one thread.
@@ -237,6 +241,8 @@ class Backend:
     round_sums: Callable[..., Any] | None = None
     round_poly_sums: Callable[..., Any] | None = None
     fold_table: Callable[..., Any] | None = None
+    twist_fold: Callable[..., Any] | None = None
+    eq_table: Callable[..., Any] | None = None
 
     def asarray(self, a: Any) -> Any:
         """Move ``a`` to this backend as a uint64 array (no copy when already there)."""
@@ -302,6 +308,8 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
             round_sums=nsc.round_sums,
             round_poly_sums=nsc.round_poly_sums,
             fold_table=nsc.fold_table,
+            twist_fold=par.twist_fold,
+            eq_table=nsc.eq_table,
         )
     else:
         be = Backend("numpy", np, _mul_limbs, "limbs")

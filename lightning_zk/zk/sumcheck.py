@@ -704,7 +704,12 @@ def _fused_sums(kernel: Any, poly: Any, groups: dict[int, list[Term]], tabs: lis
                 mode, m = MODE_ROUND, masks[k]
             elif t.mask is not None:
                 mode, m = MODE_PENDING, t.mask
-                coeffs[i] = (t.coeff.c0, t.coeff.c1)
+                if 4 * m.shape[-1] <= length:  # a short period: c M once, not per entry
+                    m, c = (e_scale(m, t.coeff) if m.ndim == 2 else
+                            _scale(m, t.coeff)), Fp2(1)
+                else:
+                    c = t.coeff
+                coeffs[i] = (c.c0, c.c1)
             else:
                 mode, m = MODE_NONE, None
             values.append(t.values)
