@@ -170,39 +170,6 @@ def _ntt_row(row, tw, rev, kinv, scale):  # pragma: no cover - compiled
             row[i] = row[j]
             row[j] = t
     h = 1
-    if k >= 4:
-        # stages h = 1 and 2 fused on blocks of 4 (a slice pair per butterfly costs more than
-        # the butterfly there); their twiddles are tw[0] = tw[1] = 1 and tw[2], multiplied
-        # only when not 1 (exact either way)
-        t0, t1, t2 = tw[0], tw[1], tw[2]
-        one = t0 == 1 and t1 == 1
-        for s in range(0, k, 4):
-            a = row[s]
-            b = row[s + 1]
-            c = row[s + 2]
-            d = row[s + 3]
-            if not one:
-                b = _mul1(b, t0)
-                d = _mul1(d, t0)
-            a, b = _add1(a, b), _sub1(a, b)
-            c, d = _add1(c, d), _sub1(c, d)
-            if not one:
-                c = _mul1(c, t1)
-            d = _mul1(d, t2)
-            row[s] = _add1(a, c)
-            row[s + 2] = _sub1(a, c)
-            row[s + 1] = _add1(b, d)
-            row[s + 3] = _sub1(b, d)
-        h = 4
-    while h < k and h < 16:  # short blocks: plain index loops
-        w = tw[h - 1 : 2 * h - 1]
-        for start in range(0, k, 2 * h):
-            for j in range(h):
-                u = row[start + j]
-                v = _mul1(row[start + h + j], w[j])
-                row[start + j] = _add1(u, v)
-                row[start + h + j] = _sub1(u, v)
-        h *= 2
     while h < k:
         w = tw[h - 1 : 2 * h - 1]
         for start in range(0, k, 2 * h):
