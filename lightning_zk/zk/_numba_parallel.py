@@ -232,6 +232,24 @@ def _hist(a, top, counts):  # pragma: no cover - compiled
         counts[v] += 1
 
 
+@numba.njit(types.void(K._U64_MAT_IN, _U64_IN, types.boolean, K._U64_ROWS, types.int64,
+                      types.int64), cache=K._CACHE, nogil=True)
+def _twist_fold(msg, tw, twist, block, r0, r1):  # pragma: no cover - compiled
+    # rows r0..r1-1 of ligero._encode_class's twist and fold: block[r, c mod L] = sum over the
+    # message entries c of msg[r, c] (times tw[c] when ``twist``), in order of c
+    length = block.shape[1]
+    for r in range(r0, r1):
+        for c in range(msg.shape[1]):
+            v = msg[r, c]
+            if twist:
+                v = K._mul1(v, tw[c])
+            if c < length:
+                block[r, c] = v
+            else:
+                j = c & (length - 1)
+                block[r, j] = K._add1(block[r, j], v)
+
+
 # ---- wrappers (what the backend calls) ------------------------------------------------------
 
 
@@ -369,6 +387,22 @@ def combine_rows(msg: np.ndarray, coeffs: np.ndarray) -> np.ndarray:
 
     run_ranges(block, msg.shape[1], msg.shape[0] * COST["combine"])
     return out
+
+
+def twist_fold(msg: np.ndarray, tw: np.ndarray | None, length: int) -> np.ndarray:
+    """(rows, length) block with block[r, c mod length] = sum_c msg[r, c] (tw[c] msg[r, c]
+    with a twist): the twisted message folded modulo ``length`` (a power of two <= msg_len)."""
+    msg = np.ascontiguousarray(msg, dtype=np.uint64)
+    rows, m = msg.shape
+    block = np.zeros((rows, length), dtype=np.uint64)
+    twist = tw is not None
+    t = np.ascontiguousarray(tw, dtype=np.uint64) if twist else np.zeros(1, dtype=np.uint64)
+    cost = COST["mul"] if twist else COST["add"]
+    if rows < 2 or not _go(rows * m, cost):
+        _twist_fold(msg, t, twist, block, 0, rows)
+    else:
+        run_ranges(lambda lo, hi: _twist_fold(msg, t, twist, block, lo, hi), rows, m * cost)
+    return block
 
 
 def ntt_rows(x: np.ndarray, tw: np.ndarray, rev: np.ndarray, kinv: int, scale: bool) -> None:

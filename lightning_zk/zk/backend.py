@@ -209,6 +209,14 @@ class Backend:
         batch_inverse: inverses of a 1-D array of nonzero elements (Montgomery's trick per
             chunk), or ``None`` (``field.batch_inverse``'s product tree).
         bincount: ``(values, size) -> int64 counts of min(v, size - 1)``, or ``None``.
+        round_sums, round_poly_sums, fold_table: the sumcheck prover's round sums (round 1 of
+            a hiding sumcheck as a polynomial in X (1 - X)) and general fold, each in one fused
+            pass (:mod:`._numba_sumcheck`), or ``None`` (the generic ``xp`` code of
+            :mod:`.sumcheck`).
+        eq_table: ``(z0, z1) -> (2, 2^n)`` table of eq(z, x) (:func:`.multilinear.eq_table`) in
+            one kernel call, or ``None``.
+        twist_fold: Ligero's twist and fold of the message rows for one class of code columns
+            (``ligero._encode_class``) in one pass, or ``None``.
 
     With numba every kernel above cuts large inputs into pieces run by :func:`num_threads`
     threads (:mod:`._numba_parallel`), with results identical to one thread.
@@ -230,6 +238,11 @@ class Backend:
     halves_sum: Callable[[Any], tuple[int, int]] | None = None
     batch_inverse: UnaryKernel | None = None
     bincount: Callable[[Any, int], Any] | None = None
+    round_sums: Callable[..., Any] | None = None
+    round_poly_sums: Callable[..., Any] | None = None
+    fold_table: Callable[..., Any] | None = None
+    twist_fold: Callable[..., Any] | None = None
+    eq_table: Callable[..., Any] | None = None
 
     def asarray(self, a: Any) -> Any:
         """Move ``a`` to this backend as a uint64 array (no copy when already there)."""
@@ -274,6 +287,7 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
     want = numba_available() if use_numba is None else use_numba
     if want:
         from . import _numba_parallel as par
+        from . import _numba_sumcheck as nsc
 
         be = Backend(
             "numpy",
@@ -291,6 +305,11 @@ def _numpy_backend(use_numba: bool | None) -> Backend:
             halves_sum=par.halves_sum,
             batch_inverse=par.batch_inverse,
             bincount=par.clipped_bincount,
+            round_sums=nsc.round_sums,
+            round_poly_sums=nsc.round_poly_sums,
+            fold_table=nsc.fold_table,
+            twist_fold=par.twist_fold,
+            eq_table=nsc.eq_table,
         )
     else:
         be = Backend("numpy", np, _mul_limbs, "limbs")
@@ -370,10 +389,11 @@ def compile_kernels() -> None:
     """
     if not numba_available():
         return
-    from . import _numba_parallel, _numba_sha256
+    from . import _numba_parallel, _numba_sha256, _numba_sumcheck
 
     _numpy_backend(None)
     _numba_parallel.compile_all()
+    _numba_sumcheck.compile_all()
     _numba_sha256.compile_all()
 
 

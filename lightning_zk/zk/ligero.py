@@ -395,8 +395,11 @@ def _encode_class(msg_rows: Any, code_len: int, a: int) -> Any:
     xp = array_module(msg_rows)
     rows, msg_len = msg_rows.shape
     L = _class_len(msg_len, code_len)
-    block = xp.zeros((rows, L), dtype=xp.uint64)
     tw = None if a == 0 else _twist(code_len, a, msg_len)
+    fused = backend_of(msg_rows).twist_fold
+    if fused is not None and xp is np:  # numba: multiply and fold in one pass over the rows
+        return ntt(fused(msg_rows, tw, L), overwrite=True)
+    block = xp.zeros((rows, L), dtype=xp.uint64)
     if tw is not None and xp is not np:
         tw = xp.asarray(tw)
     for r0 in range(0, rows, _ROW_CHUNK):

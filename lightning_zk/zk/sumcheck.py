@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 
 from . import field as F
-from .backend import P, array_module, to_numpy
+from .backend import P, array_module, backend_of, to_numpy
 from .errors import ParameterError, ShapeMismatchError, SumcheckError
 from .extension import Fp2, W, _raw, e_mul, e_mul_base, e_scale, e_sum
 from .ligero import Ligero, LigeroProof, Query
@@ -579,8 +579,13 @@ class _Table:
             self.length = half
             return
         t = self.values
+        fused = backend_of(t).fold_table
         if self.mask is None and t.ndim == 2 and t.shape[-1] == self.length:
             self.values = fold(t, r)  # the fused kernel
+        elif fused is not None:  # numba: read, subtract, scale and add in one pass
+            c = self.coeff
+            self.values = fused(t, self.mask, (c.c0, c.c1), self.length, (r.c0, r.c1))
+            self.mask, self.coeff = None, Fp2(0)
         else:  # low + r (high - low), chunk by chunk: a base table becomes an extension table
             xp = array_module(t)
             out = xp.empty((2, half), dtype=xp.uint64)
@@ -607,6 +612,10 @@ def _sums(spec: SumcheckSpec, tabs: list[_Table], masks: Sequence[Any], degree: 
     groups: dict[int, list[Term]] = {}
     for term in spec.terms:
         groups.setdefault(max(half[k] for k in term.factors), []).append(term)
+    fused = backend_of(tabs[0].values).round_sums
+    if fused is not None and not any(_is_device(t.values) for t in tabs):
+        poly = backend_of(tabs[0].values).round_poly_sums
+        return _fused_sums(fused, poly, groups, tabs, masks, half, moves, degree, free_vars)
     evals = [Fp2(0)] * (degree + 1)
     for length, terms in groups.items():
         ks = sorted({k for t in terms for k in t.factors})
@@ -667,6 +676,70 @@ def _sums(spec: SumcheckSpec, tabs: list[_Table], masks: Sequence[Any], degree: 
         for j, term in enumerate(terms):
             for x in range(degree + 1):
                 evals[x] = evals[x] + term.coeff * sums[j][x] * copies
+    return evals
+
+
+def _is_device(a: Any) -> bool:
+    return array_module(a) is not np
+
+
+def _fused_sums(kernel: Any, poly: Any, groups: dict[int, list[Term]], tabs: list[_Table],
+                masks: Sequence[Any], half: list[int], moves: list[bool], degree: int,
+                free_vars: int) -> list[Fp2]:
+    """:func:`_sums` by the backend's fused kernel (numba): every term of a group of one length
+    in one pass over its tables (:func:`._numba_sumcheck.round_sums`), the same sums exactly."""
+    from ._numba_sumcheck import MODE_NONE, MODE_PENDING, MODE_ROUND
+
+    sx = [x * (1 - x) % P for x in range(degree + 1)]
+    evals = [Fp2(0)] * (degree + 1)
+    for length, terms in groups.items():
+        ks = sorted({k for t in terms for k in t.factors})
+        local = {k: i for i, k in enumerate(ks)}
+        values, msks = [], []
+        params = np.zeros((len(ks), 6), dtype=np.int64)
+        coeffs = np.zeros((len(ks), 2), dtype=np.uint64)
+        for i, k in enumerate(ks):
+            t = tabs[k]
+            if masks[k] is not None:
+                mode, m = MODE_ROUND, masks[k]
+            elif t.mask is not None:
+                mode, m = MODE_PENDING, t.mask
+                if 4 * m.shape[-1] <= length:  # a short period: c M once, not per entry
+                    m, c = (e_scale(m, t.coeff) if m.ndim == 2 else
+                            _scale(m, t.coeff)), Fp2(1)
+                else:
+                    c = t.coeff
+                coeffs[i] = (c.c0, c.c1)
+            else:
+                mode, m = MODE_NONE, None
+            values.append(t.values)
+            msks.append(m)
+            params[i] = ((length // half[k]).bit_length() - 1, t.values.shape[-1], half[k],
+                         int(moves[k]), mode, 1 if m is None else m.shape[-1])
+        still = not any(moves[k] for k in ks)  # T(1) = T(0) (no mask at 0, 1)
+        copies = pow(2, free_vars - num_vars_of(length, "term"), P)
+        factors = [[local[k] for k in t.factors] for t in terms]
+        if still and any(masks[k] is not None for k in ks) and poly is not None:
+            # round 1 of a hiding sumcheck: each term is a polynomial in S = X (1 - X)
+            coeffs_s = poly(values, msks, params, factors, length)
+            for j, term in enumerate(terms):
+                cs = [_raw(*c) for c in coeffs_s[j]]
+                for x in range(degree + 1):
+                    s, acc, pw = Fp2(sx[x]), Fp2(0), Fp2(1)
+                    for c in cs:
+                        acc = acc + c * pw
+                        pw = pw * s
+                    evals[x] = evals[x] + term.coeff * acc * copies
+            continue
+        const = [all(not moves[k] and masks[k] is None for k in t.factors) for t in terms]
+        xs = [x for x in range(degree + 1) if not (x == 1 and still)]
+        sums = kernel(values, msks, params, coeffs, factors, const, xs, sx, length)
+        for j, term in enumerate(terms):
+            row = sums[j]
+            for x in range(degree + 1):
+                src = 0 if const[j] or (x == 1 and still) else x
+                s = _raw(*row[src])
+                evals[x] = evals[x] + term.coeff * s * copies
     return evals
 
 

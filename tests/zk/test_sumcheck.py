@@ -373,3 +373,50 @@ def test_period_must_divide_the_table(rng):
         prove_sumcheck(spec, [Periodic(t[:3])], Transcript(b"sc"), masks=[e_random(8, rng)])
     with pytest.raises(ParameterError, match="lists"):
         prove_sumcheck(spec, (t,), Transcript(b"sc"), masks=[e_random(8, rng)], consume=True)
+
+
+@pytest.mark.parametrize("hiding", [False, True])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_round_kernels_give_the_generic_proof(rng, monkeypatch, hiding, threads):
+    """numba's fused round sums (round 1 of a hiding sumcheck as a polynomial in X (1 - X))
+    and general fold give the messages of the generic ``xp`` path, bit for bit, on one thread
+    and cut into pieces on two: base, periodic and shorter tables, periodic and base masks."""
+    pytest.importorskip("numba")
+    from dataclasses import replace
+
+    import lightning_zk.zk.backend as be
+    from lightning_zk.zk import _numba_parallel, set_num_threads
+    from lightning_zk.zk.sumcheck import Periodic
+
+    n = 8
+    full = n - int(hiding)
+    a = rng.integers(0, P, 1 << full, dtype=np.uint64)
+    b = rng.integers(0, P, 1 << (full - 2), dtype=np.uint64)
+    c_period = rng.integers(0, P, 8, dtype=np.uint64)
+    d = e_random(1 << full, rng)
+    spec = SumcheckSpec.of(
+        n, 4, [(1, [0, 1, 2]), (Fp2(3, 2), [3, 0]), (5, [2]), (2, [1, 3]), (7, [3, 0, 2, 1])],
+        masked=(True, False, True, True), table_vars=(full, full - 2, full, full), hiding=hiding,
+    )
+    mlen = 1 << (full - int(not hiding))
+
+    def run():
+        masks = [e_random(4, np.random.default_rng(1)), None,
+                 np.random.default_rng(2).integers(0, P, 2, dtype=np.uint64),
+                 e_random(mlen, np.random.default_rng(3))]
+        return prove_sumcheck(spec, [a, b, Periodic(c_period), d], Transcript(b"sc"),
+                              masks=masks, rng=3)
+
+    numba_be = be.get_backend("numpy")
+    assert numba_be.round_sums is not None
+    monkeypatch.setattr(_numba_parallel, "PAR_MIN", 1)
+    set_num_threads(threads)
+    try:
+        fused, fused_claim = run()
+        generic = replace(numba_be, round_sums=None, round_poly_sums=None, fold_table=None)
+        monkeypatch.setattr(be, "_numpy_backend", lambda use_numba: generic)
+        ref, ref_claim = run()
+    finally:
+        set_num_threads(None)
+    assert fused.round_polys == ref.round_polys
+    assert fused.final_evals == ref.final_evals and fused_claim.point == ref_claim.point
