@@ -128,6 +128,49 @@ def run_f32(
     return out, positions[:count].copy(), away[:count].copy()
 
 
+_NO_POSITIONS = np.empty(0, dtype=np.int64)
+_NO_AWAY = np.empty(0, dtype=np.bool_)
+
+
+def round_inplace(values: np.ndarray, tau_units: float, drop: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Round the contiguous 1-D array ``values`` in place: float64 to float32 (``drop`` unused)
+    or float32 to ``23 - drop`` mantissa bits. Returns the logged positions and directions
+    (fresh arrays; shared empty ones when nothing is logged, the common case): the calls of
+    :func:`run`/:func:`run_f32` without their result array and their copies of empty buffers."""
+    positions, away = _candidates(values.size if tau_units > 0 else 0)
+    if values.dtype == np.float64:
+        count = round_f64_to_f32(values, values.view(np.int64), values, positions, away,
+                                 float(tau_units))
+    else:
+        bits = values.view(np.int32)
+        count = round_f32_bits(bits, bits, positions, away, int(drop), float(tau_units))
+    if not count:
+        return _NO_POSITIONS, _NO_AWAY
+    return positions[:count].copy(), away[:count].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _varint_bytes(v, out):  # pragma: no cover - JIT
+    n = 0
+    for i in range(v.size):
+        x = v[i]
+        while x >= 0x80:
+            out[n] = np.uint8((x & np.uint64(0x7F)) | np.uint64(0x80))
+            x >>= np.uint64(7)
+            n += 1
+        out[n] = np.uint8(x)
+        n += 1
+    return n
+
+
+def encode_varints(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 of every value of a contiguous uint64 array, in one pass: the bytes of
+    :func:`lightning_zk.rounding.log._encode_varints`' numpy path, which it is tested against."""
+    out = np.empty(values.size * 9, dtype=np.uint8)  # at most 9 bytes per value (< 2**63)
+    return out[: _varint_bytes(values, out)].tobytes()
+
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
