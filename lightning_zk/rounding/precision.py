@@ -324,8 +324,16 @@ def place_directions_(x: torch.Tensor, spec: GridSpec, positions: torch.Tensor,
     """``x`` rounded nearest-even with ``forced`` values (:func:`logged_directions`) at
     ``positions``: written into ``x`` where it is contiguous (then ``x`` is returned), else a
     rounded copy. In place, the one-pass rounding path replaces a new tensor copied back."""
-    if round_in_place(x, spec) is not None:  # x is one dense block, in any memory order
-        x.put_(positions, forced)  # (flat indices in row-major order, whatever the strides)
+    view = _storage_order(x)
+    if view is not None and round_in_place(x, spec) is not None:  # one dense block, in place
+        flat, perm = view
+        if perm is not None:  # row-major flat indices -> offsets in memory order
+            index, offsets = positions, torch.zeros_like(positions)
+            for d in range(x.dim() - 1, -1, -1):
+                offsets += (index % x.shape[d]) * x.stride(d)
+                index = index // x.shape[d]
+            positions = offsets
+        flat[positions] = forced
         return x
     if not x.is_contiguous():
         rounded = round_values(x, spec)
