@@ -8,7 +8,7 @@ Used by :func:`lightning_zk.rounding.precision.round_to_grid` when numba is impo
   separate torch ops;
 - float32 values rounded to ``b < 23`` mantissa bits (:func:`run_f32`, e.g. the bfloat16 grid of
   ``compute_dtype="float32", mantissa_bits=7``): nearest-even on the bit pattern, midpoint test and
-  direction in one pass over the int32 bits. Float32 has no range issue: subnormals share the
+  direction in one branch-free pass over the uint32 bits. Float32 has no range issue: subnormals share the
   grid's spacing below 2^-126 and a carry into the exponent is the correct next grid value (or
   infinity).
 """
@@ -91,26 +91,40 @@ def run(
 def round_f32_bits(xbits, out, positions, away, drop, tau_units):  # pragma: no cover - JIT
     """Round float32 bit patterns to ``23 - drop`` mantissa bits; return the logged count.
 
-    Non-finite values are copied unchanged and never logged. ``out`` may be ``xbits`` itself.
+    Branch-free per element, so that the plain rounding vectorises and the logging loop does not
+    mispredict at high logged densities: nearest-even is ``(mag + half - 1 + lsb)`` with the
+    dropped bits cleared (a carry moves to the next grid value, or to infinity); non-finite
+    values are kept and never logged. ``out`` may be ``xbits`` itself.
     """
-    mask = (1 << drop) - 1
-    half = 1 << (drop - 1)
+    mask = np.uint32((1 << drop) - 1)
+    keep = ~mask
+    half = np.int64(1 << (drop - 1))
+    bias = np.uint32((1 << (drop - 1)) - 1)
+    sign_bit = np.uint32(0x80000000)
+    n = xbits.size
+    bits = xbits.view(np.uint32)
+    obits = out.view(np.uint32)
+    if tau_units <= 0.0:
+        for i in range(n):
+            u = bits[i]
+            mag = u & np.uint32(0x7FFFFFFF)
+            lsb = (mag >> np.uint32(drop)) & np.uint32(1)
+            r = (mag + bias + lsb) & keep
+            obits[i] = (u & sign_bit) | (mag if mag >= np.uint32(0x7F800000) else r)
+        return 0
     count = 0
-    for i in range(xbits.size):
-        b = np.int64(xbits[i])
-        mag = b & 0x7FFFFFFF
-        if mag >= 0x7F800000:  # inf or nan
-            out[i] = xbits[i]
-            continue
-        low = mag & mask
-        trunc = mag - low
-        up = low > half or (low == half and ((trunc >> drop) & 1) == 1)
-        if tau_units > 0.0 and abs(low - half) < tau_units:
-            positions[count] = i
-            away[count] = up
-            count += 1
-        r = trunc + (mask + 1) if up else trunc
-        out[i] = r - 0x80000000 if b < 0 else r
+    for i in range(n):
+        u = bits[i]
+        mag = u & np.uint32(0x7FFFFFFF)
+        lsb = (mag >> np.uint32(drop)) & np.uint32(1)
+        r = (mag + bias + lsb) & keep
+        finite = mag < np.uint32(0x7F800000)
+        d = np.int64(mag & mask) - half
+        near = finite and abs(d) < tau_units
+        positions[count] = i
+        away[count] = r > mag
+        count += near
+        obits[i] = (u & sign_bit) | (r if finite else mag)
     return count
 
 
