@@ -162,6 +162,13 @@ def main() -> None:
         )
     print_table("Targets (issue 14, measured in this run)",
                 ["measure", "ratio", "target", "result"], target_rows)
+    print(f"\nτ used (the defaults, lightning_zk.rounding.threshold.default_tau): verifiable "
+          f"{_tau()} ulp; float32 compute/bf16 grid {_tau(**GPU_CONFIG)} ulp")
+
+
+def _tau(**config) -> str:
+    """The default τ of a configuration (what its runs record as ``thresholds.base``)."""
+    return f"{VerifiableStrategy(**config).thresholds.base:.3g}"
 
 
 def _target(name: str, ratio: float, target: float, values: list[float]) -> list[str]:

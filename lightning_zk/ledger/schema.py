@@ -513,13 +513,15 @@ MANIFEST = Obj({
     "final_state_digest": Maybe(DIGEST),
     # how every state digest of the run is computed (lightning_zk.ledger.state); absent: v1
     "state_digest_format": DigestFormat(),
+    # zlib level of the run's rounding logs (lightning_zk.rounding.log); absent: 6
+    "log_zlib_level": Int(1, 9),
     "ledger": Maybe(LEDGER),
     # an auditor's own run (replay with audit_dir)
     "role": Enum("audit"),
     "audited_run": Str(4096),
     "audit_result": Obj({"ok": Bool(), "first_mismatch_step": Maybe(COUNT)}),
 }, optional=("updated", "lightning_zk_version", "fixed", "ledger", "role", "audited_run",
-             "state_digest_format",
+             "state_digest_format", "log_zlib_level",
              "audit_result", "created", "versions", "hardware", "model_class",
              *LATER_IDENTITY_PARTS),
    rules=[("fingerprint", _fingerprint), ("fixed", _fixed_matches_strategy),

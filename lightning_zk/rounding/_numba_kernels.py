@@ -8,7 +8,7 @@ Used by :func:`lightning_zk.rounding.precision.round_to_grid` when numba is impo
   separate torch ops;
 - float32 values rounded to ``b < 23`` mantissa bits (:func:`run_f32`, e.g. the bfloat16 grid of
   ``compute_dtype="float32", mantissa_bits=7``): nearest-even on the bit pattern, midpoint test and
-  direction in one pass over the int32 bits. Float32 has no range issue: subnormals share the
+  direction in one branch-free pass over the uint32 bits. Float32 has no range issue: subnormals share the
   grid's spacing below 2^-126 and a carry into the exponent is the correct next grid value (or
   infinity).
 """
@@ -91,26 +91,40 @@ def run(
 def round_f32_bits(xbits, out, positions, away, drop, tau_units):  # pragma: no cover - JIT
     """Round float32 bit patterns to ``23 - drop`` mantissa bits; return the logged count.
 
-    Non-finite values are copied unchanged and never logged. ``out`` may be ``xbits`` itself.
+    Branch-free per element, so that the plain rounding vectorises and the logging loop does not
+    mispredict at high logged densities: nearest-even is ``(mag + half - 1 + lsb)`` with the
+    dropped bits cleared (a carry moves to the next grid value, or to infinity); non-finite
+    values are kept and never logged. ``out`` may be ``xbits`` itself.
     """
-    mask = (1 << drop) - 1
-    half = 1 << (drop - 1)
+    mask = np.uint32((1 << drop) - 1)
+    keep = ~mask
+    half = np.int64(1 << (drop - 1))
+    bias = np.uint32((1 << (drop - 1)) - 1)
+    sign_bit = np.uint32(0x80000000)
+    n = xbits.size
+    bits = xbits.view(np.uint32)
+    obits = out.view(np.uint32)
+    if tau_units <= 0.0:
+        for i in range(n):
+            u = bits[i]
+            mag = u & np.uint32(0x7FFFFFFF)
+            lsb = (mag >> np.uint32(drop)) & np.uint32(1)
+            r = (mag + bias + lsb) & keep
+            obits[i] = (u & sign_bit) | (mag if mag >= np.uint32(0x7F800000) else r)
+        return 0
     count = 0
-    for i in range(xbits.size):
-        b = np.int64(xbits[i])
-        mag = b & 0x7FFFFFFF
-        if mag >= 0x7F800000:  # inf or nan
-            out[i] = xbits[i]
-            continue
-        low = mag & mask
-        trunc = mag - low
-        up = low > half or (low == half and ((trunc >> drop) & 1) == 1)
-        if tau_units > 0.0 and abs(low - half) < tau_units:
-            positions[count] = i
-            away[count] = up
-            count += 1
-        r = trunc + (mask + 1) if up else trunc
-        out[i] = r - 0x80000000 if b < 0 else r
+    for i in range(n):
+        u = bits[i]
+        mag = u & np.uint32(0x7FFFFFFF)
+        lsb = (mag >> np.uint32(drop)) & np.uint32(1)
+        r = (mag + bias + lsb) & keep
+        finite = mag < np.uint32(0x7F800000)
+        d = np.int64(mag & mask) - half
+        near = finite and abs(d) < tau_units
+        positions[count] = i
+        away[count] = r > mag
+        count += near
+        obits[i] = (u & sign_bit) | (r if finite else mag)
     return count
 
 
@@ -126,6 +140,49 @@ def run_f32(
     count = round_f32_bits(x.reshape(-1).view(np.int32), out.reshape(-1).view(np.int32),
                            positions, away, int(drop), float(tau_units))
     return out, positions[:count].copy(), away[:count].copy()
+
+
+_NO_POSITIONS = np.empty(0, dtype=np.int64)
+_NO_AWAY = np.empty(0, dtype=np.bool_)
+
+
+def round_inplace(values: np.ndarray, tau_units: float, drop: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Round the contiguous 1-D array ``values`` in place: float64 to float32 (``drop`` unused)
+    or float32 to ``23 - drop`` mantissa bits. Returns the logged positions and directions
+    (fresh arrays; shared empty ones when nothing is logged, the common case): the calls of
+    :func:`run`/:func:`run_f32` without their result array and their copies of empty buffers."""
+    positions, away = _candidates(values.size if tau_units > 0 else 0)
+    if values.dtype == np.float64:
+        count = round_f64_to_f32(values, values.view(np.int64), values, positions, away,
+                                 float(tau_units))
+    else:
+        bits = values.view(np.int32)
+        count = round_f32_bits(bits, bits, positions, away, int(drop), float(tau_units))
+    if not count:
+        return _NO_POSITIONS, _NO_AWAY
+    return positions[:count].copy(), away[:count].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def _varint_bytes(v, out):  # pragma: no cover - JIT
+    n = 0
+    for i in range(v.size):
+        x = v[i]
+        while x >= 0x80:
+            out[n] = np.uint8((x & np.uint64(0x7F)) | np.uint64(0x80))
+            x >>= np.uint64(7)
+            n += 1
+        out[n] = np.uint8(x)
+        n += 1
+    return n
+
+
+def encode_varints(values: np.ndarray) -> bytes:
+    """Unsigned LEB128 of every value of a contiguous uint64 array, in one pass: the bytes of
+    :func:`lightning_zk.rounding.log._encode_varints`' numpy path, which it is tested against."""
+    out = np.empty(values.size * 9, dtype=np.uint8)  # at most 9 bytes per value (< 2**63)
+    return out[: _varint_bytes(values, out)].tobytes()
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

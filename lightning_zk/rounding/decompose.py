@@ -83,15 +83,25 @@ _RENAMED = {"scalars": "value", "tensors1": "end", "weights": "weight"}
 
 
 def _bind(func: torch._ops.OpOverload, args: tuple, kwargs: dict) -> dict[str, Any]:
-    bound: dict[str, Any] = {}
-    for i, arg in enumerate(func._schema.arguments):
-        if i < len(args):
-            bound[arg.name] = args[i]
-        elif arg.name in kwargs:
-            bound[arg.name] = kwargs[arg.name]
-        elif arg.has_default_value():
-            bound[arg.name] = arg.default_value
-    return bound
+    return _binder(func)(args, kwargs)
+
+
+def _binder(func: torch._ops.OpOverload) -> Callable[[tuple, dict], dict[str, Any]]:
+    """Maps a call's arguments to the schema's names (defaults filled in), with the schema read
+    once per overload instead of once per call."""
+    names = tuple(a.name for a in func._schema.arguments)
+    defaults = {a.name: a.default_value for a in func._schema.arguments if a.has_default_value()}
+
+    def bind(args: tuple, kwargs: dict) -> dict[str, Any]:
+        bound = dict(zip(names, args, strict=False))  # the positional arguments
+        for name in names[len(args):]:
+            if name in kwargs:
+                bound[name] = kwargs[name]
+            elif name in defaults:
+                bound[name] = defaults[name]
+        return bound
+
+    return bind
 
 
 def _tensors(bound: dict[str, Any]):
@@ -107,14 +117,22 @@ class Decomposition:
 
     def __init__(self, func: torch._ops.OpOverload, row: _Row, foreach: bool, inplace: bool) -> None:
         self.func, self.row, self.foreach, self.inplace = func, row, foreach, inplace
+        self.bind = _binder(func)
 
     def applies(self, args: tuple, kwargs: dict, dtype: torch.dtype) -> bool:
         """Only for tensors of the compute dtype: other dtypes keep the op as it is."""
-        bound = _bind(self.func, args, kwargs)
+        return self.applies_to(self.bind(args, kwargs), dtype)
+
+    @staticmethod
+    def applies_to(bound: dict[str, Any], dtype: torch.dtype) -> bool:
+        """:meth:`applies` on arguments already bound (:attr:`bind`)."""
         return all(t.dtype == dtype for t in _tensors(bound) if t.is_floating_point())
 
     def __call__(self, args: tuple, kwargs: dict):
-        bound = _bind(self.func, args, kwargs)
+        return self.call(self.bind(args, kwargs))
+
+    def call(self, bound: dict[str, Any]):
+        """The op on arguments already bound (:attr:`bind`)."""
         if not self.foreach:
             result = self.row(bound)
             if self.inplace:

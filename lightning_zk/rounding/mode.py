@@ -40,7 +40,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from .decompose import Decomposition, decomposition
 from .log import LogEntry, StepLog, StepLogBuilder
 from .ops import OpClass, classify
-from .precision import GridSpec, logged_directions, place_directions_, round_to_grid
+from .precision import (
+    GridSpec,
+    in_place_rounder,
+    logged_directions,
+    place_directions_,
+    round_to_grid,
+)
 from .rng import StepRandom
 from .taint import TaintTracker
 from .threshold import ResolvedThresholds
@@ -186,6 +192,7 @@ class RoundingMode(TorchDispatchMode):
         self._compute_dtype = spec.compute_dtype
         self._widens = spec.compute_dtype != torch.float32
         self._taus: dict[tuple[str, OpClass], float] = {}
+        self._rounder = in_place_rounder(spec)  # the one-pass kernel, or None
 
     # --- step lifecycle ----------------------------------------------------------------------
     def begin_step(self, step: int, replay_log: StepLog | None = None) -> None:
@@ -306,11 +313,21 @@ class RoundingMode(TorchDispatchMode):
         pending = state.pending
         builder = state.builder
         if pending is not None and pending.op_seq == seq and state.replay is not None:
-            rounded = self._replay_entry(state, op_name, index, t, pending, tau)
+            with torch.no_grad():
+                rounded = self._replay_entry(state, op_name, index, t, pending, tau)
             state.pending = next(state.replay, None)
         else:
-            result = round_to_grid(t, self.spec, tau if builder is not None else 0.0,
-                                   in_place=True)
+            if builder is None:
+                tau = 0.0
+            # the one-pass kernel where it applies: in place, logged elements as numpy arrays
+            fast = self._rounder(t, tau) if self._rounder is not None else None
+            if fast is not None:
+                if builder is not None:
+                    builder.count_rounded(numel)
+                    if fast[0].size:
+                        builder.add(seq, op_name, index, numel, fast[0], fast[1])
+                return
+            result = round_to_grid(t, self.spec, tau, in_place=True)
             rounded = result.rounded
             if builder is not None:
                 builder.count_rounded(numel)
@@ -320,7 +337,8 @@ class RoundingMode(TorchDispatchMode):
                         result.positions.cpu().numpy().astype(np.int64), result.away.cpu().numpy(),
                     )
         if rounded is not t:
-            t.copy_(rounded)
+            with torch.no_grad():
+                t.copy_(rounded)
 
     def _replay_entry(
         self, state: _StepState, op_name: str, index: int, t: torch.Tensor, entry: LogEntry,
@@ -381,8 +399,9 @@ class RoundingMode(TorchDispatchMode):
         if kind is OpClass.RANDOM:
             out = state.random.call(func, args, kwargs)
         elif (kind is not OpClass.IEEE and info.decompose is not None
-              and info.decompose.applies(args, kwargs, self.spec.compute_dtype)):
-            out = info.decompose(args, kwargs)
+              and info.decompose.applies_to(bound := info.decompose.bind(args, kwargs),
+                                            self._compute_dtype)):
+            out = info.decompose.call(bound)
             kind = OpClass.IEEE  # single IEEE operations: the same result on every device
         else:
             out = func(*args, **kwargs)
@@ -398,15 +417,12 @@ class RoundingMode(TorchDispatchMode):
         written = info.targets(args, kwargs, out)
         unrounded = []
         compute_dtype = self._compute_dtype
-        with torch.no_grad():
-            for index, t in enumerate(written):
-                if not t.is_floating_point():
-                    continue
-                if t.dtype != compute_dtype:
-                    if kind is not OpClass.IEEE:  # IEEE results are device-independent anyway
-                        unrounded.append(t)
-                    continue
-                self._round_into(state, info.name, index, t, tau)
+        for index, t in enumerate(written):
+            if t.dtype != compute_dtype:
+                if t.is_floating_point() and kind is not OpClass.IEEE:
+                    unrounded.append(t)  # (IEEE results are device-independent anyway)
+                continue
+            self._round_into(state, info.name, index, t, tau)
         if self.taint:
             self.taint.follow(info.name, args, kwargs, written, out)
         if unrounded:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from fractions import Fraction
 
+import numpy as np
 import torch
 
 try:  # optional one-pass CPU kernel (the ``fast`` extra); the torch path is always available
@@ -213,6 +214,81 @@ def round_to_grid(
     return RoundingResult(rounded, positions, away)
 
 
+def _storage_order(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...] | None] | None:
+    """A 1-D view of ``x``'s elements in the order they lie in memory, and the permutation of
+    ``x``'s dimensions that memory order follows (``None``: ``x`` is contiguous); ``None`` when
+    ``x`` is not a dense, non-overlapping block (then it needs a copy)."""
+    if x.is_contiguous():
+        return x.view(-1), None
+    perm = tuple(sorted(range(x.dim()), key=lambda d: (-x.stride(d), d)))
+    permuted = x.permute(perm)
+    if not permuted.is_contiguous():
+        return None
+    return permuted.view(-1), perm
+
+
+def _logical_positions(x: torch.Tensor, perm: tuple[int, ...], memory: np.ndarray,
+                       away: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Memory-order flat indices of ``x`` (laid out as ``x.permute(perm)``) as flat indices in
+    ``x``'s own row-major order, increasing, with their directions in the same order."""
+    shape = x.shape
+    contiguous = [1] * len(shape)
+    for d in range(len(shape) - 2, -1, -1):
+        contiguous[d] = contiguous[d + 1] * shape[d + 1]
+    coords = np.unravel_index(memory, tuple(shape[d] for d in perm))
+    logical = np.zeros(memory.shape, dtype=np.int64)
+    for axis, d in enumerate(perm):
+        logical += coords[axis].astype(np.int64) * contiguous[d]
+    order = np.argsort(logical, kind="stable")
+    return logical[order], away[order]
+
+
+def in_place_rounder(spec: GridSpec):
+    """The one-pass CPU kernel of ``spec``'s grid as ``rounder(x, tau)`` (see
+    :func:`round_in_place`), with every per-grid decision taken here once; ``None`` where no
+    kernel applies (no numba, or float64 values onto a grid narrower than float32)."""
+    if _kernels is None:
+        return None
+    if spec.compute_dtype == torch.float64 and spec.mantissa_bits != FLOAT32_MANTISSA_BITS:
+        return None
+    dtype, drop = spec.compute_dtype, spec.dropped_bits
+    scale = float(1 << drop)
+    kernel = _kernels.round_inplace
+
+    def rounder(x: torch.Tensor, tau: float) -> tuple[np.ndarray, np.ndarray] | None:
+        if x.dtype != dtype or not x.is_cpu:
+            return None
+        perm = None
+        if not x.is_contiguous():
+            view = _storage_order(x)
+            if view is None:
+                return None
+            x_flat, perm = view
+        else:
+            x_flat = x
+        values = (x_flat.detach() if x_flat.requires_grad else x_flat).numpy().reshape(-1)
+        positions, away = kernel(values, tau * scale if tau > 0 else 0.0, drop)
+        if perm is not None and positions.size:
+            positions, away = _logical_positions(x, perm, positions, away)
+        return positions, away
+
+    return rounder
+
+
+def round_in_place(x: torch.Tensor, spec: GridSpec, tau: float = 0.0
+                   ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Round ``x`` onto the grid in place with the one-pass CPU kernel, where it applies.
+
+    Returns the logged flat positions (int64, increasing, in ``x``'s row-major order) and their
+    directions as numpy arrays — exactly :func:`round_to_grid`'s ``positions`` and ``away`` — or
+    ``None`` (nothing done) where the kernel does not apply: no numba, another device or grid,
+    or a tensor that is not one dense block. A dense block in another memory order (a transposed
+    or permuted result) is rounded where it lies, without the copy in and out.
+    """
+    rounder = in_place_rounder(spec)
+    return None if rounder is None else rounder(x, tau)
+
+
 def apply_directions(
     x: torch.Tensor, spec: GridSpec, positions: torch.Tensor, away: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -248,6 +324,17 @@ def place_directions_(x: torch.Tensor, spec: GridSpec, positions: torch.Tensor,
     """``x`` rounded nearest-even with ``forced`` values (:func:`logged_directions`) at
     ``positions``: written into ``x`` where it is contiguous (then ``x`` is returned), else a
     rounded copy. In place, the one-pass rounding path replaces a new tensor copied back."""
+    view = _storage_order(x)
+    if view is not None and round_in_place(x, spec) is not None:  # one dense block, in place
+        flat, perm = view
+        if perm is not None:  # row-major flat indices -> offsets in memory order
+            index, offsets = positions, torch.zeros_like(positions)
+            for d in range(x.dim() - 1, -1, -1):
+                offsets += (index % x.shape[d]) * x.stride(d)
+                index = index // x.shape[d]
+            positions = offsets
+        flat[positions] = forced
+        return x
     if not x.is_contiguous():
         rounded = round_values(x, spec)
         rounded.reshape(-1)[positions] = forced

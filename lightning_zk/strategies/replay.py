@@ -332,7 +332,7 @@ class ReplaySession(TrainingSession):
 
 
 _COPIED = ("fingerprint", "strategy", "model", "data", "optimizers", "lr_schedulers", "trainer",
-           "hyperparameters", "initial_state", "state_digest_format")
+           "hyperparameters", "initial_state", "state_digest_format", "log_zlib_level")
 _HINTS = {
     "model": "build the replay's model from the same code and hyperparameters the trainer used "
              "(its import path may differ)",

@@ -72,7 +72,13 @@ from ..ledger.state import (
     save_snapshot,
     snapshot,
 )
-from ..rounding.log import StepLog, encode_step_log, step_log_path
+from ..rounding.log import (
+    DEFAULT_ZLIB_LEVEL,
+    LEGACY_ZLIB_LEVEL,
+    StepLog,
+    encode_step_log,
+    step_log_path,
+)
 from ..rounding.mode import RoundingMode
 from ..rounding.precision import round_values
 from . import manifest as mf
@@ -156,6 +162,7 @@ class TrainingSession:
         self._claim: dict[str, Any] | None = None  # a finished run's claims, while it is resumed
         self._after_commit: list[Callable[[], None]] = []  # writes waiting for the open step
         self.digest_format: str = getattr(strategy, "state_digest", None) or DEFAULT_STATE_DIGEST
+        self.log_zlib_level = DEFAULT_ZLIB_LEVEL  # a run's own, once it has a manifest
         self._digester = StateDigester(background=bool(getattr(strategy, "background_commit", False)))
         self._spare: list[StateSnapshot] = []  # committed snapshots nobody uses: reused buffers
         self._commit_failed = False  # committing a step raised: the session commits nothing more
@@ -311,6 +318,7 @@ class TrainingSession:
             "steps_committed": 0,
             "final_state_digest": None,
             "state_digest_format": self.digest_format,
+            "log_zlib_level": self.log_zlib_level,
             **self._manifest_sections(),
         }
         run.write_manifest(self.manifest)  # last: a manifest means the start is complete
@@ -326,6 +334,8 @@ class TrainingSession:
                 "VerifiableStrategy(state_digest=...) to continue the run in its own format."
             )
         self.digest_format = declared
+        # the same for the rounding logs' bytes (a resume re-verifies them against the records)
+        self.log_zlib_level = manifest.get("log_zlib_level", LEGACY_ZLIB_LEVEL)
 
     def _manifest_sections(self) -> dict[str, Any]:
         """Mode-specific manifest sections, written with the rest in one atomic write."""
@@ -489,7 +499,7 @@ class TrainingSession:
         the session closes).
         """
         step = self.next_step
-        data = encode_step_log(log)
+        data = encode_step_log(log, self.log_zlib_level)
         log_path = step_log_path(self.run.rounding_dir, step)
         pending = self._pending or {}
         fields = dict(

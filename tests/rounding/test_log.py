@@ -226,6 +226,31 @@ def test_varint_boundaries():
     assert r.varints(len(vals), "v").tolist() == vals and r.left == 0
 
 
+@pytest.mark.parametrize("bits", [1, 7, 8, 14, 15, 30, 62, 63])
+def test_varint_paths_agree(bits):
+    """The one-pass numba encoder (the ``fast`` extra) writes the numpy path's bytes."""
+    kernels = pytest.importorskip("lightning_zk.rounding._numba_kernels")
+    rng = np.random.default_rng(bits)
+    for n in (1, 65, 5000):
+        v = rng.integers(0, 2**bits, n, dtype=np.uint64) if bits < 63 else \
+            rng.integers(0, 2**63 - 1, n, dtype=np.uint64)
+        v[: min(n, 3)] = [0, 2**bits - 1, 2 ** (bits - 1)][: min(n, 3)]
+        assert kernels.encode_varints(v) == L._encode_varints_numpy(v) == L._encode_varints(v)
+
+
+def test_zlib_level_changes_bytes_not_content():
+    """The level is the run's (manifest ``log_zlib_level``): other bytes, the same log."""
+    rng = np.random.default_rng(5)
+    pos = np.unique(rng.integers(0, 10**6, 50000))
+    log = StepLog(1, [entry(0, pos, rng.random(len(pos)) < 0.5, numel=10**6)], 1, 10**6)
+    fast, legacy = encode_step_log(log, L.DEFAULT_ZLIB_LEVEL), encode_step_log(log)
+    assert legacy == encode_step_log(log, L.LEGACY_ZLIB_LEVEL) != fast
+    assert decode_step_log(fast) == decode_step_log(legacy) == log
+    for bad in (0, 10, True, 6.0):
+        with pytest.raises(RoundingLogError, match="zlib_level"):
+            encode_step_log(log, bad)
+
+
 def test_sparse_realistic_step():
     rng = np.random.default_rng(3)
     log = random_log(rng, nops=20, numel=10**5, total=100)
