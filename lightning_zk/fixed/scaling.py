@@ -190,7 +190,7 @@ def input_ops_json(ops: Sequence[InputOp]) -> list[list[Any]]:
 
 
 def input_ops_from_json(v: Any) -> tuple[InputOp, ...]:
-    """Strict inverse of :func:`input_ops_json` (at most one view and one scaling)."""
+    """Strict inverse of :func:`input_ops_json` (how many of each: :func:`check_input_ops`)."""
     if not isinstance(v, list) or len(v) > 2:
         raise InputScaleError(f"input ops must be a list of at most 2 ops, got {v!r:.80}")
     ops: list[InputOp] = []
@@ -201,8 +201,6 @@ def input_ops_from_json(v: Any) -> tuple[InputOp, ...]:
             ops.append(InputView(tuple(item[1]), tuple(item[2])))
         else:
             ops.append(InputScale.from_list(item))
-    if len({type(op) for op in ops}) != len(ops):
-        raise InputScaleError("input ops: at most one view and one scaling")
     return tuple(ops)
 
 

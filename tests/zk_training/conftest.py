@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from lightning_zk.fixed import FixedPointMLP
-from lightning_zk.zk.training import prove_epoch, prove_seal, prove_step
+from lightning_zk.zk import ParameterError, VerificationError
+from lightning_zk.zk.training import prove_epoch, prove_seal, prove_step, verify_unit
 
 DIMS = (4, 8, 3)
 BATCH = 3
@@ -23,6 +24,22 @@ def make_tapes(steps: int, seed: int = 0):
         mlp.step_float(rng.normal(size=(BATCH, DIMS[0])), rng.normal(size=(BATCH, DIMS[-1])))
         for _ in range(steps)
     ]
+
+
+def assert_cheat_rejected(tapes, prev=None, check: str | None = None) -> None:
+    """A cheating prover: prove without the strict witness check (one tape: a step unit, a list:
+    an epoch unit); the verifier must reject. Without ``check`` the prover giving up counts as a
+    rejection too; with it, the proof must be made and rejected naming ``check``."""
+    prove = prove_epoch if isinstance(tapes, list) else prove_step
+    try:
+        proof, stmt, _ = prove(tapes, prev, backend="numpy", rng=5, strict=False)
+    except (ParameterError, ValueError):
+        if check is not None:
+            raise
+        return  # the prover itself could not go on: also a rejection
+    with pytest.raises(VerificationError) as info:
+        verify_unit(proof, stmt)
+    assert check is None or check in str(info.value), str(info.value)
 
 
 @dataclass

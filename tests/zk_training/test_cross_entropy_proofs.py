@@ -25,6 +25,8 @@ from lightning_zk.zk.training import (
     verify_unit,
 )
 
+from .conftest import assert_cheat_rejected
+
 DIMS, BATCH = (4, 8, 3), 3
 
 
@@ -71,12 +73,7 @@ def test_every_softmax_tensor_altered_fails_proving(name):
 
 @pytest.mark.parametrize("name", ["H", "D", "BA", "FC", "XD", "E", "SS", "P", "QP", "G"])
 def test_altered_softmax_tensor_rejected_by_verifier(name):
-    try:
-        proof, stmt, _ = prove_step(_tampered(name), backend="numpy", rng=5, strict=False)
-    except (ParameterError, ValueError):
-        return  # the prover itself could not go on: also a rejection
-    with pytest.raises(VerificationError):
-        verify_unit(proof, stmt)
+    assert_cheat_rejected(_tampered(name))
 
 
 def test_another_row_maximum_is_rejected_by_the_range_check():
