@@ -1,7 +1,7 @@
 """Cost of committing each training step's state, inline and in the background, at 1 M-100 M params.
 
     python benchmarks/commit.py [--sizes 1M 10M 100M] [--steps 20 10 4] [--batch 64]
-                                [--modes plain legacy inline-v1 inline-v2 background-v1 background-v2]
+                                [--modes plain legacy copy-v2 inline-v1 inline-v2 background-v1 background-v2]
 
 Model: a stack of ``Linear(width, width)`` + ReLU layers sized to about 1 M, 10 M and 100 M
 parameters (widths 512, 1024, 4096), trained with Adam on random data in float32 on the CPU (a
@@ -16,16 +16,22 @@ functions, no copies of them):
   the baseline);
 - ``legacy``: the commit as before this benchmark existed (a freshly allocated copy of the state,
   SHA-256 over a second ``bytes`` copy of every tensor), inline;
-- ``inline-v1`` / ``inline-v2``: copy into the buffers of an earlier snapshot, digest in format
-  v1 (SHA-256) or v2 (BLAKE3) on the training thread, then the rounding log (atomic write) and the
-  step record (fsynced append);
-- ``background-v1`` / ``background-v2``: the same copy on the training thread, the digest on the
+- ``copy-v2``: the inline commit before live snapshots: copy into the buffers of an earlier
+  snapshot, digest in format v2 (BLAKE3) on the training thread, then the rounding log (atomic
+  write) and the step record (fsynced append);
+- ``inline-v1`` / ``inline-v2``: what the session does inline: digest the state in place (a live
+  snapshot, no copy: nothing trains until the step is committed) in format v1 (SHA-256) or v2
+  (BLAKE3), then the log and the record;
+- ``background-v1`` / ``background-v2``: a copy into reused buffers on the training thread, the digest on the
   worker thread (:class:`~lightning_zk.ledger.digester.StateDigester`, two in flight), records
   written in order once their digests are known; the final drain is part of the measured time.
 
 Columns: the per-step time (median of ``--steps`` steps after three warm-up steps, in which the
 snapshot buffers are allocated once and for all, plus the final
-drain spread over the steps), the commit's cost (mode − plain) and its ratio to the plain step.
+drain spread over the steps), the commit's cost (mode − plain) and its ratio to the plain step;
+then the same in CPU time (every thread of the process), which load from other processes
+disturbs less than wall-clock time; and the resident memory the commit keeps beyond the plain
+loop's (its snapshot buffers), read from the process after the timed steps.
 The machine may be shared: the plain step is measured again before every mode and the table
 shows their spread; compare ratios, and repeat a size when the spread is large. With ``--profile``, the
 inline phases of one commit: copy, digest v1, digest v2, log + record with fsync.
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import statistics
 import struct
 import sys
@@ -63,7 +70,7 @@ from lightning_zk.rounding.log import StepLog, encode_step_log  # noqa: E402
 SIZES = {"1M": (512, 4), "10M": (1024, 10), "100M": (4096, 6)}  # width, layers
 DEFAULT_STEPS = {"1M": 20, "10M": 10, "100M": 4}
 WARMUP = 3  # steps before timing: the snapshot buffers (up to four states) are allocated by then
-MODES = ("plain", "legacy", "inline-v1", "inline-v2", "background-v1", "background-v2")
+MODES = ("plain", "legacy", "copy-v2", "inline-v1", "inline-v2", "background-v1", "background-v2")
 
 
 def make(size: str, batch: int, seed: int = 0):
@@ -119,7 +126,8 @@ class Committer:
 
     def commit(self, model, opt) -> None:
         reuse = None if self.mode == "legacy" else (self.spare.pop() if self.spare else None)
-        snap = snapshot(model, [opt], torch.float32, digest_format=self.fmt, reuse=reuse)
+        snap = snapshot(model, [opt], torch.float32, digest_format=self.fmt, reuse=reuse,
+                        live=self.mode.startswith("inline"))  # digested below, before training on
         self.digester.submit(snap, self.step)
         self.step += 1
         self._write(self.digester.ready())
@@ -144,25 +152,40 @@ class Committer:
         self.digester.close()
 
 
-def run_mode(size: str, mode: str, steps: int, batch: int) -> float:
-    """Seconds per step (training + commit): the median over ``steps`` steps after ``WARMUP``
-    steps, plus the final drain of the queued digests spread over the steps (a median, so a burst
-    of load from another process on a shared machine does not decide the result)."""
+def _resident_bytes() -> int:
+    """The process's resident memory now (Linux; 0 where /proc is missing)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def run_mode(size: str, mode: str, steps: int, batch: int) -> tuple[float, float, int]:
+    """Seconds per step (training + commit), wall-clock and CPU (all of the process's threads):
+    the median over ``steps`` steps after ``WARMUP`` steps, plus the final drain of the queued
+    digests spread over the steps (a median, so a burst of load from another process on a shared
+    machine does not decide the result; CPU time is what such load disturbs least), and the
+    resident memory the commit keeps (the snapshot buffers) beside the plain loop's."""
     model, opt, x, y = make(size, batch)
-    times = []
+    train_step(model, opt, x, y)  # Adam's moments exist from here on
+    times, cpu = [], []
+    resident = _resident_bytes()
     with tempfile.TemporaryDirectory(prefix="lzk-commit-") as tmp:
         committer = None if mode == "plain" else Committer(Path(tmp) / "run", mode)
         for i in range(steps + WARMUP):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             train_step(model, opt, x, y)
             if committer is not None:
                 committer.commit(model, opt)
             if i >= WARMUP:
                 times.append(time.perf_counter() - start)
-        start = time.perf_counter()
+                cpu.append(time.process_time() - start_cpu)
+        kept = _resident_bytes() - resident
+        start, start_cpu = time.perf_counter(), time.process_time()
         if committer is not None:
             committer.finish()
-        return statistics.median(times) + (time.perf_counter() - start) / steps
+        return (statistics.median(times) + (time.perf_counter() - start) / steps,
+                statistics.median(cpu) + (time.process_time() - start_cpu) / steps, kept)
 
 
 def profile(size: str, batch: int) -> dict[str, float]:
@@ -224,14 +247,22 @@ def main() -> None:
             plain.append(run_mode(size, "plain", n, args.batch))
             times[m] = run_mode(size, m, n, args.batch)
         plain.append(run_mode(size, "plain", n, args.batch))
-        base = statistics.median(plain)
+        base = statistics.median(p[0] for p in plain)
+        base_cpu = statistics.median(p[1] for p in plain)
+        base_mem = statistics.median(p[2] for p in plain)
         print(f"\n{size}: {params / 1e6:.1f} M parameters, state {12 * params / 1e9:.2f} GB, "
-              f"{n} steps per mode; plain step {base * 1e3:.0f} ms "
-              f"(runs: {', '.join(f'{p * 1e3:.0f}' for p in plain)} ms)")
-        print(f"  {'mode':<15}{'step ms':>10}{'commit ms':>11}{'ratio':>9}")
+              f"{n} steps per mode; plain step {base * 1e3:.0f} ms, {base_cpu * 1e3:.0f} ms CPU "
+              f"(runs: {', '.join(f'{p[0] * 1e3:.0f}' for p in plain)} ms)")
+        print(f"  {'mode':<15}{'step ms':>10}{'commit ms':>11}{'ratio':>9}"
+              f"{'CPU ms':>10}{'commit CPU':>12}{'CPU ratio':>11}{'memory GB':>11}")
+        target = "  (target: commit <= +10 % of the step at 100 M)" if size == "100M" else ""
         for m in modes:
-            t = times[m]
-            print(f"  {m:<15}{t * 1e3:>10.0f}{(t - base) * 1e3:>11.0f}{(t - base) / base:>+9.1%}")
+            t, c, mem = times[m]
+            print(f"  {m:<15}{t * 1e3:>10.0f}{(t - base) * 1e3:>11.0f}{(t - base) / base:>+9.1%}"
+                  f"{c * 1e3:>10.0f}{(c - base_cpu) * 1e3:>12.0f}{(c - base_cpu) / base_cpu:>+11.1%}"
+                  f"{(mem - base_mem) / 1e9:>+11.2f}")
+        if target:
+            print(target)
         if args.profile:
             phases = profile(size, args.batch)
             print("  inline phases (ms): " + ", ".join(f"{k} {v * 1e3:.0f}" for k, v in phases.items()))

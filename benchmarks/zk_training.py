@@ -134,7 +134,8 @@ def _step_times(dims, batches, lr, reps: int, loss: str = "mse", momentum: float
             fixed.append(time.perf_counter() - t0)
             if rep == 0:
                 tapes.append(tape)
-    skip = len(batches)  # the first block warms up both (allocations, BLAS threads)
+    skip = len(batches) if reps > 1 else 0  # the first block warms up both (allocations, BLAS
+    # threads); with --reps 1 it is all there is, so it is reported (warm-up included)
     return 1e3 * float(np.median(f32[skip:])), 1e3 * float(np.median(fixed[skip:])), tapes
 
 
@@ -405,7 +406,7 @@ def main() -> None:
     ap.add_argument("--skip-zkdl", action="store_true", help="do not prove the full 8x1024")
     ap.add_argument("--memory-cap-gib", type=float, default=20.0,
                     help="address-space cap of each prover process")
-    ap.add_argument("--reps", type=int, default=5, help="repetitions of the step timings")
+    ap.add_argument("--reps", type=int, default=5, help="repetitions of the step timings (the first is warm-up, unless it is the only one)")
     ap.add_argument("--accuracy-epochs", type=int, default=10,
                     help="epochs of the digits classifier's accuracy comparison")
     args = ap.parse_args()

@@ -263,8 +263,10 @@ class FixedPointSession(TrainingSession):
     def _round_initial_state(self) -> None:
         """Nothing to round: the engine quantised the weights onto the 2^-s grid."""
 
-    def snapshot(self, grads: bool = False, reuse: StateSnapshot | None = None) -> StateSnapshot:
-        """The committed state: the engine's integer weights and biases, and the public constants."""
+    def snapshot(self, grads: bool = False, reuse: StateSnapshot | None = None,
+                 live: bool = False) -> StateSnapshot:
+        """The committed state: the engine's integer weights and biases, and the public constants
+        (always a copy: it is small)."""
         tensors = {}
         for i, (w, b) in enumerate(zip(self.engine.weights, self.engine.biases, strict=True)):
             tensors[f"fixed/W{i + 1}"] = torch.from_numpy(w.copy())

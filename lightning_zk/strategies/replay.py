@@ -266,7 +266,8 @@ class ReplaySession(TrainingSession):
         committed = self._trainer_record
         assert committed is not None
         pending = self._pending or {}
-        state = self.snapshot(grads=grads)
+        # digested and handed over before anything trains on: hashed in place where it can be
+        state = self.snapshot(grads=grads, reuse=self._spare.pop() if self._spare else None, live=True)
         mine = StepRecord(
             step=step, epoch=pending.get("epoch", -1), batch_idx=pending.get("batch_idx", -1),
             batch_indices=pending.get("batch_indices"), batch_digest=pending.get("batch_digest", ""),

@@ -23,8 +23,9 @@ Order of writes (crash safety; a kill anywhere leaves a consistent, resumable di
 - start: layout, initial state, ``config.yaml``, then ``manifest.json`` in one atomic write (every
   section, including fixed-point constants). A directory killed before its manifest holds nothing
   committed and a restart begins again there.
-- per step (at its boundary): a snapshot (copy) of the state is taken and digested — at once, or
-  with ``VerifiableStrategy(background_commit=True)`` on a worker thread while the next steps run
+- per step (at its boundary): the state is digested — at once, in place (no copy: nothing trains
+  until the step is committed), or with ``VerifiableStrategy(background_commit=True)`` from a
+  snapshot (copy) on a worker thread while the next steps run
   (:class:`~lightning_zk.ledger.digester.StateDigester`: at most two snapshots in flight, in
   order, a worker error raised here as ``DigestWorkerError``). Once the digest is known, in step
   order: the rounding log file (atomic), then the step record (fsynced append), then the listeners
@@ -95,8 +96,10 @@ class StepListener:
     def on_step_committed(self, session: TrainingSession, record: StepRecord, state: StateSnapshot) -> None:
         """``record`` was committed; ``state`` is the state it commits (its digest is the record's).
 
-        ``state`` is valid during this call (and as ``session.last_state`` until the next commit):
-        the session reuses its buffers for later snapshots, so copy what you keep.
+        ``state`` is valid during this call only: inline (the default) its tensors are the model's
+        and the optimizers' own (:attr:`StateSnapshot.live`), which the next step updates in place,
+        and in background mode the session reuses its buffers for later snapshots, so copy what
+        you keep. ``session.last_state`` after training ended (``on_session_close``) is a copy.
         """
 
     def on_session_close(self, session: TrainingSession) -> None:
@@ -467,11 +470,14 @@ class TrainingSession:
         }
 
     def end_of_training(self) -> None:
-        """Training ended (the first ``on_train_end`` hook): commit the open step."""
+        """Training ended (the first ``on_train_end`` hook): commit the open step, and keep a copy
+        of the last committed state (``last_state``) if it is the live model's."""
         if self.in_step and self._pending is not None:
             self._finish_open_step()
         elif self.in_step:
             self.mode.end_step_discard()
+        if self.last_state is not None:
+            self.last_state = self.last_state.materialized()
 
     def _grads_live(self) -> bool:
         """Are the gradients part of the state at this boundary?
@@ -517,8 +523,11 @@ class TrainingSession:
             global_step=pending.get("global_step"),
             extra=extra or {},
         )
-        # the copy: taken now, before the next step's in-place updates
-        state = self.snapshot(grads=grads, reuse=self._spare.pop() if self._spare else None)
+        # background: the copy, taken now, before the next step's in-place updates; inline: the
+        # state is digested and handed to the listeners below, before anything trains on, so what
+        # needs no conversion is hashed in place
+        state = self.snapshot(grads=grads, reuse=self._spare.pop() if self._spare else None,
+                              live=not self._digester.background)
         queued = _Queued(fields, log_path, data, self._after_commit)
         self.next_step = step + 1
         self._pending = None
@@ -554,7 +563,8 @@ class TrainingSession:
         if (previous is not None and previous is not state
                 and len(self._spare) < self._digester.max_in_flight):
             # its buffers hold a later snapshot: once as many buffers exist as are ever alive at
-            # once (in flight, the last state, the new one), no step allocates any more
+            # once (in flight, the last state, the new one), no step allocates any more (the
+            # tensors a live snapshot shares with the model are never reused)
             self._spare.append(previous)
         if writes is None:  # a subclass committing directly (the audit replay): the open step's
             self._pending = None
@@ -606,12 +616,14 @@ class TrainingSession:
         """
         return digest
 
-    def snapshot(self, grads: bool = False, reuse: StateSnapshot | None = None) -> StateSnapshot:
+    def snapshot(self, grads: bool = False, reuse: StateSnapshot | None = None,
+                 live: bool = False) -> StateSnapshot:
         """The current canonical state (model, optimizers, LR schedulers; live gradients), a copy
-        (into ``reuse``'s buffers where they fit), digested in the run's format."""
+        (into ``reuse``'s buffers where they fit; none with ``live``: the model's own tensors),
+        digested in the run's format."""
         return snapshot(self.model, self.optimizers, self.strategy.spec.compute_dtype,
                         schedulers=self.schedulers, grads=grads, digest_format=self.digest_format,
-                        reuse=reuse)
+                        reuse=reuse, live=live)
 
     # --- closing -----------------------------------------------------------------------------
     def close(self) -> None:

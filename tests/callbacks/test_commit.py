@@ -65,11 +65,11 @@ class CrashBefore(L.Callback):
 
 
 def fit(run_dir, steps=STEPS, callbacks=(), model=None, ckpt_dir=None, ckpt_path=None,
-        commit_first=True):
+        commit_first=True, **strategy_kwargs):
     commit = CommitCallback(checkpoint_every_n_steps=EVERY)
     extra = [ModelCheckpoint(dirpath=ckpt_dir, every_n_train_steps=3, save_top_k=-1)] if ckpt_dir else []
     cbs = [commit, *callbacks] if commit_first else [*callbacks, commit]
-    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir), max_steps=steps,
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=run_dir, **strategy_kwargs), max_steps=steps,
                         callbacks=[*cbs, *extra],
                         **trainer_kwargs(enable_checkpointing=ckpt_dir is not None))
     trainer.fit(model or make_model("mlp"), train_dataloaders=loader("mlp"), ckpt_path=ckpt_path)
@@ -149,6 +149,27 @@ def test_state_changed_after_the_batch_belongs_to_its_step(tmp_path):
     assert run.read_manifest()["final_state_digest"] == records[-1].state_digest
     final = load_snapshot(run.checkpoint_path(6)).tensors["model/net.0.bias"]
     assert torch.equal(final, model.net[0].bias.detach())  # the committed state is the user's model
+
+
+@pytest.mark.parametrize("compute", [{}, {"compute_dtype": torch.float32, "mantissa_bits": 7}],
+                         ids=["float64-compute", "float32-compute"])
+def test_the_last_checkpoint_holds_the_committed_state_when_on_train_end_changes_the_model(
+        tmp_path, compute):
+    """Inline commits digest in place what needs no conversion (all of a float32-compute state);
+    the last state is copied when training ends, so a change made after it (a callback's
+    ``on_train_end``) is not what the last checkpoint saves."""
+    class Late(L.Callback):
+        def on_train_end(self, trainer, pl_module):
+            pl_module.net[0].bias.data += 1.0
+
+    model = make_model("mlp")
+    fit(tmp_path / "run", steps=6, callbacks=[Late()], model=model, **compute)
+    run = RunDirectory(tmp_path / "run")
+    records = run.read_steps()
+    assert checkpoint_steps(tmp_path / "run") == [0, 4, 6]
+    last = load_snapshot(run.checkpoint_path(6))
+    assert last.digest() == records[-1].state_digest == run.read_manifest()["final_state_digest"]
+    assert torch.equal(last.tensors["model/net.0.bias"] + 1.0, model.net[0].bias.detach())
 
 
 # --- resume ---------------------------------------------------------------------------------------

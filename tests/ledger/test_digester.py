@@ -77,6 +77,49 @@ def test_snapshot_is_a_copy_and_reuse_writes_into_the_old_buffers():
     assert second.digest() == snapshot(model, [], torch.float32).digest()
 
 
+def test_a_live_snapshot_copies_nothing_and_digests_as_a_copy():
+    for model, opt, copy, _ in _adam_states(steps=2, reuse=False):
+        live = snapshot(model, [opt], torch.float32, digest_format=STATE_DIGEST_V2, live=True)
+        assert live.live and not copy.live
+        assert live.digest() == copy.digest()
+        state = dict(model.state_dict())
+        for name, t in state.items():  # the model's own memory, not a copy
+            assert live.tensors[f"model/{name}"].data_ptr() == t.data_ptr()
+        moment = opt.state_dict()["state"][0]["exp_avg"]
+        assert live.tensors["optim/0/state/0/exp_avg"].data_ptr() == moment.data_ptr()
+
+
+def test_a_materialized_live_snapshot_is_a_copy_later_updates_do_not_reach():
+    model = nn.BatchNorm1d(3)
+    live = snapshot(model, [], torch.float32, live=True)
+    kept = live.materialized()
+    before = kept.digest()
+    assert not kept.live and kept.digest() == live.digest()
+    for name, t in kept.tensors.items():
+        assert t.data_ptr() != live.tensors[name].data_ptr()
+    model(torch.randn(4, 3))  # running stats change in place: the live view sees it, the copy not
+    assert live.digest() != before and kept.digest() == before
+    assert kept.materialized() is kept
+
+
+def test_a_live_snapshot_converts_what_is_committed_in_another_dtype_into_reused_buffers():
+    model = nn.Linear(3, 2).double()  # computed in float64, committed as float32
+    model.register_buffer("count", torch.zeros((), dtype=torch.int64))  # committed as it is
+    first = snapshot(model, [], torch.float64, live=True)
+    assert first.shared == {"model/count"} and first.tensors["model/weight"].dtype == torch.float32
+    assert first.digest() == snapshot(model, [], torch.float64).digest()
+    with torch.no_grad():
+        model.weight += 1.0
+        model.count += 1
+    second = snapshot(model, [], torch.float64, reuse=first, live=True)
+    assert second.tensors["model/weight"].data_ptr() == first.tensors["model/weight"].data_ptr()
+    assert second.tensors["model/count"].data_ptr() == model.count.data_ptr()
+    assert second.digest() == snapshot(model, [], torch.float64).digest()
+    third = snapshot(model, [], torch.float64, reuse=second)  # a copy never writes into the model
+    assert third.tensors["model/count"].data_ptr() != model.count.data_ptr()
+    assert third.digest() == second.digest()
+
+
 def test_backpressure_bounds_the_snapshots_in_flight():
     gate, started = threading.Event(), []
 
