@@ -7,8 +7,19 @@ is executed in the fixed point of docs/fixed_point.md. Tensors keep their torch 
 to the integers x, computes the result in int64 with the one rounding rule
 (:func:`.format.rescale`), checks the magnitude bound and hands back the grid value. Every op is
 recorded (name, operands, shapes, constants) so that the step's graph can be compared with what
-the prover proves; an op outside the supported set raises :class:`UnsupportedOpError` naming
-the op and the user's source line. Nothing is replaced silently.
+the prover proves. Nothing is replaced silently.
+
+**Side computations.** An op outside the supported set (``argmax`` for an accuracy, ``abs`` for
+a logged error, a torchmetrics update) runs natively on the grid values, and its results are
+marked *unproved* with its name and the user's line; every op that reads an unproved value runs
+natively too and passes the mark on (autograd's backward ops read what the forward pass saved, so
+a gradient that depends on one is unproved as well). None of them is recorded: what is proved
+is the graph of the ops the trained state depends on. The moment an op would write an unproved
+value into a tensor of the traced step (an SGD update of a parameter, a momentum buffer), or an
+unsupported op would write one, :class:`UnsupportedOpError` names the first unsupported op the
+value came from and its line, before anything is written. An update of a tensor outside the step
+(a metric's state, a counter: nothing the step named) is a side computation too. A metric can
+therefore use any op; a loss cannot.
 
 torch only (no Lightning): the Lightning glue is :mod:`lightning_zk.strategies.fixed`.
 """
@@ -27,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from ..rounding.taint import user_location
+from ..rounding.taint import tensors_in, user_location
 from .conv import ConvSpec, im2col
 from .exact import exact_matmul
 from .format import FixedPointConfig, check_bound, fixed_constant, rescale
@@ -68,6 +79,8 @@ _ARITH |= _XENT
 _CONV = {aten.convolution.default, aten.convolution_backward.default}  # nn.Conv2d (im2col)
 _ARITH |= _CONV
 _INPLACE = {aten.copy_.default, aten.zero_.default}
+_ARITH_WRITES = {f for f in _ARITH if any(a.alias_info is not None and a.alias_info.is_write
+                                          for a in f._schema.arguments)}
 _SHAPE_ONLY = {  # outputs depend on the operand's shape, never its values
     aten.ones_like.default, aten.zeros_like.default, aten.empty_like.default,
     aten.new_empty_strided.default, aten.new_empty.default, aten.new_zeros.default,
@@ -109,6 +122,24 @@ def graph_digest(graph: list[dict[str, Any]]) -> str:
     return hashlib.sha256(json.dumps(graph, sort_keys=True).encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Unproved:
+    """Where an unproved value came from: the first unsupported op on its path."""
+
+    seq: int  # the order of the ops marked: the earliest origin is the one to name
+    op: str
+    where: str
+
+
+def _written(func, args: tuple, kwargs: dict) -> list[torch.Tensor]:
+    """The tensors an op writes in place (schema ``a!``: ``add_``, ``out=``, foreach updates)."""
+    written = []
+    for i, a in enumerate(func._schema.arguments):
+        if a.alias_info is not None and a.alias_info.is_write:
+            written += tensors_in(args[i] if i < len(args) else kwargs.get(a.name))
+    return written
+
+
 def _key(t: torch.Tensor) -> tuple:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape),
             tuple(t.stride()), t.dtype)
@@ -133,6 +164,7 @@ class FixedPointTracer(TorchDispatchMode):
         self._paused = 0
         self._logits: dict[str, np.ndarray] = {}  # log_softmax node -> the logits' integers
         self._last_logits: np.ndarray | None = None
+        self._unproved: dict[tuple, _Unproved] = {}  # side computations (module docstring)
 
     @contextlib.contextmanager
     def paused(self) -> Iterator[None]:
@@ -212,6 +244,11 @@ class FixedPointTracer(TorchDispatchMode):
         kwargs = kwargs or {}
         if self._paused or func.namespace == "profiler":  # metric logging; profiler markers
             return func(*args, **kwargs)
+        origin = self._origin(args, kwargs) if self._unproved else None
+        if (origin is not None or (func not in _PASSTHROUGH and func not in _ARITH)
+                or (func in _ARITH_WRITES and not any(map(self.ref, _written(func, args, kwargs))))):
+            return self._side(func, args, kwargs, origin)  # (or an update of a tensor outside
+            # the step: a metric's state, a counter)
         recorded = args  # a view of the batch names the batch (not an anonymous constant)
         if func in _PASSTHROUGH:
             if func is aten._to_copy.default and kwargs.get("dtype") not in (
@@ -240,6 +277,34 @@ class FixedPointTracer(TorchDispatchMode):
         if func in _FOREACH_UPDATES:
             for j, p in enumerate(args[0]):
                 self._refs[_key(p)] = f"n{len(self.ops) - 1}.{j}"
+        return out
+
+    # --- side computations (module docstring) -------------------------------------------------
+    def _origin(self, args: tuple, kwargs: dict) -> _Unproved | None:
+        """The earliest origin among the unproved tensors an op reads (None: it reads none)."""
+        marks = [m for m in (self._unproved.get(_key(t)) for t in tensors_in((args, kwargs)))
+                 if m is not None]
+        return min(marks, key=lambda m: m.seq) if marks else None
+
+    def _side(self, func, args: tuple, kwargs: dict, origin: _Unproved | None):
+        """Run ``func`` natively on grid values, unrecorded, and mark what it wrote unproved;
+        refuse (naming the origin) if it would write into a tensor of the traced step."""
+        step_tensors = [t for t in _written(func, args, kwargs) if self.ref(t)]
+        if origin is None:
+            if step_tensors:  # an unsupported op that updates the step's own tensors
+                raise UnsupportedOpError(str(func), user_location())
+            origin = _Unproved(len(self._unproved), str(func), user_location())
+        elif step_tensors:
+            names = ", ".join(sorted({self.ref(t) for t in step_tensors}))
+            raise UnsupportedOpError(
+                origin.op, origin.where,
+                f"its result reaches the trained computation ({func} would write it into "
+                f"{names}); an op outside the supported set may compute what is only logged "
+                "(a metric), never the loss, a gradient or an update")
+        out = func(*(self._on_grid(a) for a in args), **kwargs)
+        for t in (*_written(func, args, kwargs), *tensors_in(out)):
+            self._unproved[_key(t)] = origin
+            self._keep.append(t)  # alive until the step ends: its key stays its own
         return out
 
     def _on_grid(self, a):

@@ -62,15 +62,16 @@ def user_location() -> str:
     return "an unknown location"
 
 
-def _tensors(value) -> Iterable[torch.Tensor]:
+def tensors_in(value) -> Iterable[torch.Tensor]:
+    """Every tensor in a (nested) argument: tensors, lists, tuples, dict values."""
     if isinstance(value, torch.Tensor):
         yield value
     elif isinstance(value, (list, tuple)):
         for item in value:
-            yield from _tensors(item)
+            yield from tensors_in(item)
     elif isinstance(value, dict):
         for item in value.values():
-            yield from _tensors(item)
+            yield from tensors_in(item)
 
 
 class TaintTracker:
@@ -99,13 +100,13 @@ class TaintTracker:
     def follow(self, op: str, args: tuple, kwargs: dict, written: list[torch.Tensor], out) -> None:
         """Propagate marks from the inputs of ``op`` to what it wrote; warn if that is state."""
         read = args[1:] if op in _OVERWRITES else args  # an overwrite does not read its target
-        origin = next((self._marks[t] for t in _tensors((read, kwargs)) if t in self._marks), None)
+        origin = next((self._marks[t] for t in tensors_in((read, kwargs)) if t in self._marks), None)
         if origin is None:
             if op in _OVERWRITES:
                 for t in written:
                     self._marks.pop(t, None)
             return
-        for t in (*written, *_tensors(out)):
+        for t in (*written, *tensors_in(out)):
             self._marks[t] = origin
         if op in _SCALAR_OPS:
             self._warn(origin, f"becomes a Python number at {user_location()}, where it can steer "
