@@ -346,18 +346,27 @@ def _load_tape(run: RunDirectory, step: int, extra: Mapping[str, Any]) -> Witnes
 
 
 def plan_units(run: RunDirectory, aggregate: str) -> list[list[int]]:
-    """Step groups to prove: one per step, or one per epoch (FAC4DNN aggregation)."""
+    """Step groups to prove: one per step, or one per epoch (FAC4DNN aggregation; an epoch in
+    which a scheduler changed the learning rate is several units, one per rate)."""
     if aggregate not in ("step", "epoch"):
         raise ValueError(f"aggregate={aggregate!r}: use 'step' or 'epoch'")
     records = run.read_steps()
     if aggregate == "step":
         return [[r.step] for r in records]
+    return epoch_units(records, [r.step for r in records])
+
+
+def epoch_units(records: Sequence[StepRecord], steps: Sequence[int]) -> list[list[int]]:
+    """``steps`` (consecutive) in units of one epoch each, split where an LR scheduler changed
+    the rate inside an epoch: a unit's statement carries one learning rate."""
     units: list[list[int]] = []
-    for r in records:
-        if units and records[units[-1][-1]].epoch == r.epoch:
-            units[-1].append(r.step)
+    for step in steps:
+        r = records[step]
+        last = records[units[-1][-1]] if units else None
+        if last is not None and (last.epoch, step_lr(last, -1)) == (r.epoch, step_lr(r, -1)):
+            units[-1].append(step)
         else:
-            units.append([r.step])
+            units.append([step])
     return units
 
 
@@ -487,7 +496,7 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
         want = {
             "run_id": manifest["run_id"], "dims": list(fixed["dims"]),
             "frac_bits": fixed["frac_bits"], "value_bits": fixed["value_bits"],
-            "lr": fixed["lr"], "batch_size": fixed["batch_size"],
+            "lr": _committed_lr(records, stmt, fixed["lr"]), "batch_size": fixed["batch_size"],
             "loss": fixed.get("loss", "mse"),  # runs before the field trained MSE
             "mse_const": _mse_const(fixed), "security_bits": proof.get("security_bits"),
             "blowup": proof.get("blowup"),
@@ -502,7 +511,7 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
         for key in want:
             if got[key] != want[key]:
                 report.problems.append(f"{unit}: statement field {key} is {got[key]!r:.80}, the "
-                                       f"run's manifest says {want[key]!r:.80}")
+                                       f"run's manifest (and records) say {want[key]!r:.80}")
         steps = range(stmt.step_start, stmt.step_start + stmt.num_steps)
         if steps.stop > len(records):
             report.problems.append(f"{unit}: the run commits only {len(records)} steps")
@@ -522,6 +531,22 @@ def _check_against_run(manifest: Mapping[str, Any], records: Sequence[StepRecord
             report.problems.append(f"{unit}: the statement binds {len(stmt.ledger_leaves)} "
                                    f"ledger leaves for {len(leaves)} steps")
         _check_graphs(stmt, records, unit, report, templates)
+
+
+def step_lr(record: StepRecord, declared: int) -> object:
+    """The learning rate a fixed-point step record commits: the run's declared one, or the rate
+    an LR scheduler set for that step (``extra.lr``, written only when it differs)."""
+    return (record.extra or {}).get("lr", declared)
+
+
+def _committed_lr(records: Sequence[StepRecord], stmt: TrainingStatement, declared: int) -> object:
+    """The one learning rate the unit's records commit (what its statement must carry); the
+    list of them when they are several or not integers (never equal to a statement's: reported)."""
+    steps = range(stmt.step_start, min(stmt.step_start + stmt.num_steps, len(records)))
+    rates = [step_lr(records[s], declared) for s in steps]
+    if rates and all(type(r) is int for r in rates) and len(set(rates)) == 1:
+        return rates[0]
+    return rates
 
 
 def _check_graphs(stmt: TrainingStatement, records: Sequence[StepRecord], unit: str,
@@ -551,7 +576,7 @@ def _check_graphs(stmt: TrainingStatement, records: Sequence[StepRecord], unit: 
             report.problems.append(f"step {s}: the graph its record shows does not hash to the "
                                    "graph digest it commits")
             return
-        key = (bool(stmt.momentum) and s > 0, stmt.input_ops)  # (the rest is the manifest's)
+        key = (bool(stmt.momentum) and s > 0, stmt.input_ops, stmt.lr)  # (the rest: manifest's)
         if key not in templates:
             templates[key] = provable_digests(
                 stmt.dims, stmt.batch_size, FixedPointConfig(stmt.frac_bits, stmt.value_bits),

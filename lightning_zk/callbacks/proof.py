@@ -162,17 +162,12 @@ class ProofCallback(Callback):
 
     def _catch_up(self, trainer, first: int, stop: int) -> None:
         """Prove steps first..stop-1: committed before a restart, never proved, not recomputed."""
-        from ..audit.proofs import ProofRunError, load_tapes
+        from ..audit.proofs import ProofRunError, epoch_units, load_tapes
 
         run = trainer.strategy.session.run
-        records = run.read_steps()
-        units: list[list[int]] = []
-        for step in range(first, stop):
-            same_epoch = units and records[units[-1][-1]].epoch == records[step].epoch
-            if units and self.aggregate == "epoch" and same_epoch:
-                units[-1].append(step)
-            else:
-                units.append([step])
+        steps = range(first, stop)
+        units = epoch_units(run.read_steps(), steps) if self.aggregate == "epoch" else \
+            [[step] for step in steps]
         for steps in units:
             if self.background:
                 self._submit(run.path, steps)
@@ -189,7 +184,12 @@ class ProofCallback(Callback):
     def _flush(self, trainer, per_step: bool) -> None:
         if not self._pending:
             return
-        units = [[item] for item in self._pending] if per_step else [self._pending]
+        units: list[list] = []
+        for item in self._pending:  # per epoch: one unit per learning rate (a statement has one)
+            if units and not per_step and units[-1][-1][1].lr == item[1].lr:
+                units[-1].append(item)
+            else:
+                units.append([item])
         self._pending = []
         self._next = units[-1][-1][0] + 1
         run_dir = trainer.strategy.session.run.path

@@ -23,7 +23,8 @@ commitment parameters of the proofs (``ProofCallback(security_bits=..., blowup=.
 
 The LightningModule must hold the network as an ``nn.Sequential`` of Linear(+bias)/ReLU (its
 ``net`` attribute, or its only Sequential child) and configure one ``torch.optim.SGD`` (momentum
-and weight decay allowed, no Nesterov or dampening; its momentum buffers are committed state); its
+and weight decay allowed, no Nesterov or dampening; its momentum buffers are committed state; an
+LR schedule may move the rate, which each step reads as SGD applies it: ``_step_lr``); its
 ``training_step`` computes the MSE loss however it likes to spell it through ``aten.mse_loss``
 (``F.mse_loss``, ``nn.MSELoss``), or softmax cross-entropy on integer class targets
 (``F.cross_entropy``, ``nn.CrossEntropyLoss``; mean, no weights, smoothing or ignore_index).
@@ -50,6 +51,7 @@ import torch
 from torch import nn
 
 from ..fixed import FixedPointConfig, WitnessTape, dequantize
+from ..fixed.format import fixed_constant
 from ..fixed.intercept import FixedPointTracer, graph_digest
 from ..fixed.scaling import (
     InputOp,
@@ -149,13 +151,6 @@ class FixedPointSession(TrainingSession):
                     "HINT: value_bits <= 25, or module.double()")
         if trainer.gradient_clip_val:
             raise UnsupportedModelError("gradient clipping is not part of the fixed-point SGD step")
-        if self.schedulers:
-            raise UnsupportedModelError(
-                f"fixed-point mode proves SGD with one public learning rate, but "
-                f"configure_optimizers returns the LR scheduler "
-                f"{', '.join(type(s).__name__ for s in self.schedulers)}: a changed rate would be "
-                "refused at the step where it takes effect. HINT: drop the scheduler in fixed "
-                "mode, or train with mode='rounded'.")
         self.config = FixedPointConfig(frac_bits=strategy.frac_bits, value_bits=strategy.value_bits)
         shape = sample_shape(trainer)
         conv = conv_spec(self.net, shape) if shape is not None and len(shape) == 3 else None
@@ -272,7 +267,7 @@ class FixedPointSession(TrainingSession):
             tensors[f"fixed/W{i + 1}"] = torch.from_numpy(w.copy())
             tensors[f"fixed/b{i + 1}"] = torch.from_numpy(b.copy())
         meta = {"mode": "fixed", "frac_bits": self.config.frac_bits,
-                "value_bits": self.config.value_bits, "lr": self.engine.lr,
+                "value_bits": self.config.value_bits, "lr": self._run_lr(),
                 "dims": list(self.engine.dims)}
         if self.engine.conv is not None:
             meta["conv"] = list(self.engine.conv.as_tuple())
@@ -375,7 +370,7 @@ class FixedPointSession(TrainingSession):
         cached per batch shape, input scaling and whether SGD's momentum buffers exist yet
         (torch clones the first one, updates it in place later)."""
         buffers = self._had_buffers  # SGD momentum buffers before the step (from step 1 on)
-        key = (tuple(x.shape), tuple(y.shape), buffers, ops)
+        key = (tuple(x.shape), tuple(y.shape), buffers, ops, self.engine.lr)
         if key not in self._templates:
             group = self.optimizers[0].param_groups[0]
             conv = self.engine.conv.as_tuple() if self.engine.conv is not None else ()
@@ -390,6 +385,35 @@ class FixedPointSession(TrainingSession):
                 weight_decay=group["weight_decay"], foreach=group["foreach"], buffers=buffers,
                 loss=self.loss_kind, step=self.next_step, input_ops=ops)
         return self._templates[key]
+
+    def _run_lr(self) -> int:
+        """The run's declared learning rate (its manifest's: the rate at its start). A step's own
+        rate, set by an LR scheduler or by the user's ``optimizer_step``, is in its record
+        (``extra.lr``) when it differs, and in its proof's statement."""
+        fixed = self.manifest.get("fixed") or {}
+        return int(fixed.get("lr", self.engine.lr))
+
+    def _step_lr(self) -> int:
+        """This step's public learning rate, as SGD applied it (read after the user's
+        ``optimizer_step`` and the schedulers ran); momentum and weight decay must not move."""
+        lr, momentum, weight_decay = sgd_settings(self.optimizers[0])
+        s, engine = self.config.frac_bits, self.engine
+        moved = [f"{name}={value}" for name, value, fixed in (
+            ("momentum", momentum, engine.momentum), ("weight_decay", weight_decay, engine.weight_decay))
+            if fixed_constant(value, s) != fixed]
+        if moved:
+            raise NotProvableError(
+                f"step {self.next_step}: SGD's {' and '.join(moved)} differs from the run's "
+                f"({engine.momentum} and {engine.weight_decay} at 2^-{s}): a schedule may move the "
+                "learning rate only (e.g. OneCycleLR(cycle_momentum=False)); nothing was trained.")
+        k = fixed_constant(lr, s)
+        if not 0 < k < 1 << s:
+            raise NotProvableError(
+                f"step {self.next_step}: the learning rate {lr} rounds to {k}/2^{s} in fixed point; "
+                f"the proofs need 0 < lr < 1 at 2^-{s} (lr >= 2^-{s + 1}): nothing was trained. "
+                "HINT: a schedule whose rate stays in that range (a warm-up from a small rate, not "
+                "from 0), or a larger frac_bits.")
+        return k
 
     def _check_provable(self, graph: list[dict[str, Any]], x, y) -> tuple[InputOp, ...]:
         """Refuse a step whose graph is not the provable template; return what the step does to
@@ -434,6 +458,7 @@ class FixedPointSession(TrainingSession):
         outputs = [tracer.ref(p) for p in [*params, *buffers]]
         graph = tracer.graph(outputs)
         try:
+            self.engine.lr = self._step_lr()
             ops = self._check_provable(graph, x, y)
         except NotProvableError:
             self._write_back()  # the engine holds the weights (and buffers) before the step
@@ -466,6 +491,8 @@ class FixedPointSession(TrainingSession):
             self.last_loss = float(np.mean((output - dequantize(tape.tensors["y"], s)) ** 2))
         self.last_tape = tape
         extra: dict[str, Any] = {"loss": self.last_loss, "graph_sha256": graph_digest(graph)}
+        if self.engine.lr != self._run_lr():  # a scheduler's rate: public, in its statement too
+            extra["lr"] = self.engine.lr
         if self.next_step == 0 or self._graph_digest != extra["graph_sha256"]:
             extra["graph"] = graph  # the canonical op list, whenever it is new
         self._graph_digest = extra["graph_sha256"]

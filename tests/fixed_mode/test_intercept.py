@@ -13,7 +13,6 @@ from lightning_zk import ProofCallback, RunDirectory, VerifiableStrategy
 from lightning_zk.audit.proofs import verify_run
 from lightning_zk.fixed import FixedPointConfig, WitnessTape, rescale
 from lightning_zk.fixed.intercept import FixedPointTracer, UnsupportedOpError, graph_digest
-from lightning_zk.fixed.torch_bridge import UnsupportedModelError
 from lightning_zk.strategies.fixed import NotProvableError
 from tests.fixed_mode.models import regression_loader
 from tests.models import trainer_kwargs
@@ -111,18 +110,6 @@ def test_a_module_written_as_users_write_it_trains_like_the_plain_one_and_proves
     assert "train_loss" in trainer.callback_metrics and "val_loss" in trainer.callback_metrics
     report = verify_run(tmp_path / "run")
     assert report.ok and report.steps_proven == 4, report.problems
-
-
-class Scheduled(Natural):
-    def configure_optimizers(self):
-        opt = torch.optim.SGD(self.parameters(), lr=0.05)
-        return {"optimizer": opt, "lr_scheduler": torch.optim.lr_scheduler.StepLR(opt, 1)}
-
-
-def test_an_lr_scheduler_is_refused_before_training(tmp_path):
-    with pytest.raises(UnsupportedModelError, match="LR scheduler StepLR"):
-        _fit(tmp_path / "run", _make(Scheduled))
-    assert not (tmp_path / "run" / "steps.jsonl").exists()
 
 
 @pytest.mark.parametrize("step,what", [

@@ -308,12 +308,13 @@ def verify_chain(
                 )
             if stmt.weights_in != prev.weights_out:
                 raise ChainError("B_in of unit = B_out of previous unit", round=u)
+            # (the learning rate may change between units — an LR schedule —: each unit's
+            # relations use its own statement's; the chain links the weights, not the rate)
             keep = (
                 "dims",
                 "batch_size",
                 "frac_bits",
                 "value_bits",
-                "lr",
                 "mse_const",
                 "momentum",
                 "weight_decay",
