@@ -325,7 +325,7 @@ class RoundingMode(TorchDispatchMode):
                 if builder is not None:
                     builder.count_rounded(numel)
                     if fast[0].size:
-                        builder.add(seq, op_name, index, numel, fast[0], fast[1])
+                        builder.add(seq, op_name, index, numel, fast[0], fast[1], owned=True)
                 return
             result = round_to_grid(t, self.spec, tau, in_place=True)
             rounded = result.rounded
@@ -335,6 +335,7 @@ class RoundingMode(TorchDispatchMode):
                     builder.add(
                         seq, op_name, index, numel,
                         result.positions.cpu().numpy().astype(np.int64), result.away.cpu().numpy(),
+                        owned=True,
                     )
         if rounded is not t:
             with torch.no_grad():
