@@ -199,24 +199,6 @@ _NO_POSITIONS = np.empty(0, dtype=np.int64)
 _NO_AWAY = np.empty(0, dtype=np.bool_)
 
 
-def round_inplace(values: np.ndarray, tau_units: float, drop: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Round the contiguous 1-D array ``values`` in place: float64 to float32 (``drop`` unused)
-    or float32 to ``23 - drop`` mantissa bits. Returns the logged positions and directions
-    (fresh arrays; shared empty ones when nothing is logged, the common case): the calls of
-    :func:`run`/:func:`run_f32` without their result array and their copies of empty buffers."""
-    positions, away = _candidates(values.size if tau_units > 0 else 0)
-    if values.dtype == np.float64:
-        count = round_f64_to_f32(values, values.view(np.int64), values, positions, away,
-                                 float(tau_units))
-    else:
-        bits = values.view(np.int32)
-        count = round_f32_bits(bits, bits, positions, away, int(drop), float(tau_units))
-    if not count:
-        return _NO_POSITIONS, _NO_AWAY
-    return positions[:count].copy(), away[:count].copy()
-
-
 @intrinsic
 def _pointer(typingctx, address):  # pragma: no cover - compile time
     """The integer ``address`` as a ``void*`` (for :func:`numba.carray`)."""
@@ -243,10 +225,11 @@ def _round_at(address, n, f64, positions_at, away_at, capacity, tau_units, drop
 
 def round_inplace_at(address: int, n: int, f64: bool, tau_units: float, drop: int = 0
                      ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`round_inplace` of the ``n`` contiguous values at ``address`` (float64 if ``f64``,
-    else float32): a CPU tensor's ``data_ptr()``, which the caller keeps alive. Every argument
-    is a scalar: a numba call with array arguments, and a tensor's ``.numpy()`` view, cost more
-    than rounding a small tensor."""
+    """Round the ``n`` contiguous values at ``address`` in place (float64 to float32 if ``f64``,
+    else float32 to ``23 - drop`` mantissa bits): a CPU tensor's ``data_ptr()``, which the caller
+    keeps alive. Returns the logged positions and directions (fresh arrays; shared empty ones
+    when nothing is logged, the common case). Every argument is a scalar: a numba call with
+    array arguments, and a tensor's ``.numpy()`` view, cost more than rounding a small tensor."""
     _candidates(n if tau_units > 0 else 0)
     capacity, positions_at, away_at = _scratch.addresses
     count = _round_at(address, n, f64, positions_at, away_at, capacity, tau_units, drop)
