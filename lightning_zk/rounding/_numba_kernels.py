@@ -19,6 +19,9 @@ import threading
 
 import numba
 import numpy as np
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
 _LOW_MASK = (1 << 29) - 1
 _HALF = 1 << 28
@@ -34,7 +37,57 @@ def _candidates(size: int) -> tuple[np.ndarray, np.ndarray]:
     if positions is None or positions.size < size:
         positions = _scratch.positions = np.empty(max(size, 1 << 12), dtype=np.int64)
         _scratch.away = np.empty(positions.size, dtype=np.bool_)
+        _scratch.addresses = (positions.size, positions.ctypes.data, _scratch.away.ctypes.data)
     return positions, _scratch.away
+
+
+_BLOCK = 256
+# Above this τ (2^-11 ulp, in units of the 29 dropped bits) most 256-element blocks hold a
+# candidate, and the block test would only add to the element-by-element scan.
+_BLOCK_TAU_UNITS = float(1 << 18)
+_ABS_MASK = np.uint64(0x7FFFFFFFFFFFFFFF)
+_INF_BITS = np.uint64(0x7FF0000000000000)
+_BELOW_MIN_NORMAL_F32 = np.uint64(0x380FFFFFFFFFFFFF)  # bits of 2^-126, minus one
+
+
+@numba.njit(cache=True, nogil=True)
+def _any_candidate(xbits, lo, width):  # pragma: no cover - JIT
+    """Does the block hold an element the scan could log: finite with its dropped bits within
+    the τ window around the midpoint (unsigned ``low - lo < width``), or nonzero below 2^-126
+    (where the scan computes the dropped bits differently)? Integer-only, so it vectorises."""
+    hits = np.uint64(0)
+    for i in range(xbits.size):
+        u = np.uint64(xbits[i]) & _ABS_MASK
+        near = (((u & np.uint64(_LOW_MASK)) - lo) < width) & (u < _INF_BITS)
+        tiny = (u - np.uint64(1)) < _BELOW_MIN_NORMAL_F32
+        hits += np.uint64(near | tiny)
+    return hits != 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _cast_block(x, out):  # pragma: no cover - JIT
+    for i in range(x.size):
+        out[i] = np.float64(np.float32(x[i]))
+
+
+@numba.njit(cache=True, nogil=True)
+def _scan_f64(x, xbits, positions, away, tau_units, start, stop, count):  # pragma: no cover
+    """Log the elements ``start..stop`` within τ of a midpoint (reading ``x`` only)."""
+    for i in range(start, stop):
+        v = x[i]
+        a = abs(v)
+        if a < _MIN_NORMAL_F32:
+            # a + 2^-126 lies in [2^-126, 2^-125]: its mantissa bits are exactly
+            # (m - 2^-126) * 2^178 (Sterbenz: the subtraction is exact), bit 52 for 2^-125
+            m = a + _MIN_NORMAL_F32
+            low = np.int64((m - _MIN_NORMAL_F32) * 2.0**178) & _LOW_MASK
+        else:
+            low = xbits[i] & _LOW_MASK
+        if a == a and a != np.inf and abs(low - _HALF) < tau_units:
+            positions[count] = i
+            away[count] = abs(np.float64(np.float32(v))) > a
+            count += 1
+    return count
 
 
 @numba.njit(cache=True, nogil=True)
@@ -45,29 +98,29 @@ def round_f64_to_f32(x, xbits, out, positions, away, tau_units):  # pragma: no c
     midpoint distance is that of the torch path bit for bit: the low 29 bits of ``|x|``, or below
     2^-126 (where the dropped bits are not at the float32 rounding position) of
     ``|x| + 2^-126`` computed in float64 (:func:`lightning_zk.rounding.precision._split`).
-    Without logging (``tau_units == 0``) the loop is the plain cast, which vectorises.
+    Without logging (``tau_units == 0``) the loop is the plain cast, which vectorises. With a
+    small τ the array goes in blocks of 256: a vectorised test finds the rare blocks holding a
+    candidate, only those are scanned element by element (before the block is written), and
+    every block is cast by the vectorised loop.
     """
+    n = x.size
     if tau_units <= 0.0:
-        for i in range(x.size):
-            out[i] = np.float64(np.float32(x[i]))
+        _cast_block(x, out)
         return 0
+    if tau_units > _BLOCK_TAU_UNITS:
+        count = _scan_f64(x, xbits, positions, away, tau_units, 0, n, 0)
+        _cast_block(x, out)
+        return count
+    # |low - HALF| < τ over integers is |low - HALF| <= ceil(τ) - 1
+    t = np.int64(np.ceil(tau_units))
+    lo = np.uint64(_HALF - t + 1)
+    width = np.uint64(2 * t - 1)
     count = 0
-    for i in range(x.size):
-        v = x[i]
-        a = abs(v)
-        if a < _MIN_NORMAL_F32:
-            # a + 2^-126 lies in [2^-126, 2^-125]: its mantissa bits are exactly
-            # (m - 2^-126) * 2^178 (Sterbenz: the subtraction is exact), bit 52 for 2^-125
-            m = a + _MIN_NORMAL_F32
-            low = np.int64((m - _MIN_NORMAL_F32) * 2.0**178) & _LOW_MASK
-        else:
-            low = xbits[i] & _LOW_MASK  # read before writing: ``out`` may be ``x`` itself
-        r = np.float64(np.float32(v))
-        if a == a and a != np.inf and abs(low - _HALF) < tau_units:
-            positions[count] = i
-            away[count] = abs(r) > a
-            count += 1
-        out[i] = r
+    for start in range(0, n, _BLOCK):
+        stop = min(start + _BLOCK, n)
+        if _any_candidate(xbits[start:stop], lo, width):
+            count = _scan_f64(x, xbits, positions, away, tau_units, start, stop, count)
+        _cast_block(x[start:stop], out[start:stop])
     return count
 
 
@@ -146,22 +199,43 @@ _NO_POSITIONS = np.empty(0, dtype=np.int64)
 _NO_AWAY = np.empty(0, dtype=np.bool_)
 
 
-def round_inplace(values: np.ndarray, tau_units: float, drop: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray]:
-    """Round the contiguous 1-D array ``values`` in place: float64 to float32 (``drop`` unused)
-    or float32 to ``23 - drop`` mantissa bits. Returns the logged positions and directions
-    (fresh arrays; shared empty ones when nothing is logged, the common case): the calls of
-    :func:`run`/:func:`run_f32` without their result array and their copies of empty buffers."""
-    positions, away = _candidates(values.size if tau_units > 0 else 0)
-    if values.dtype == np.float64:
-        count = round_f64_to_f32(values, values.view(np.int64), values, positions, away,
-                                 float(tau_units))
-    else:
-        bits = values.view(np.int32)
-        count = round_f32_bits(bits, bits, positions, away, int(drop), float(tau_units))
+@intrinsic
+def _pointer(typingctx, address):  # pragma: no cover - compile time
+    """The integer ``address`` as a ``void*`` (for :func:`numba.carray`)."""
+    if not isinstance(address, types.Integer):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], cgutils.voidptr_t)
+
+    return types.voidptr(address), codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def _round_at(address, n, f64, positions_at, away_at, capacity, tau_units, drop
+              ):  # pragma: no cover - JIT
+    positions = numba.carray(_pointer(positions_at), capacity, np.int64)
+    away = numba.carray(_pointer(away_at), capacity, np.bool_)
+    if f64:
+        x = numba.carray(_pointer(address), n, np.float64)
+        return round_f64_to_f32(x, x.view(np.int64), x, positions, away, tau_units)
+    bits = numba.carray(_pointer(address), n, np.int32)
+    return round_f32_bits(bits, bits, positions, away, drop, tau_units)
+
+
+def round_inplace_at(address: int, n: int, f64: bool, tau_units: float, drop: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Round the ``n`` contiguous values at ``address`` in place (float64 to float32 if ``f64``,
+    else float32 to ``23 - drop`` mantissa bits): a CPU tensor's ``data_ptr()``, which the caller
+    keeps alive. Returns the logged positions and directions (fresh arrays; shared empty ones
+    when nothing is logged, the common case). Every argument is a scalar: a numba call with
+    array arguments, and a tensor's ``.numpy()`` view, cost more than rounding a small tensor."""
+    _candidates(n if tau_units > 0 else 0)
+    capacity, positions_at, away_at = _scratch.addresses
+    count = _round_at(address, n, f64, positions_at, away_at, capacity, tau_units, drop)
     if not count:
         return _NO_POSITIONS, _NO_AWAY
-    return positions[:count].copy(), away[:count].copy()
+    return _scratch.positions[:count].copy(), _scratch.away[:count].copy()
 
 
 @numba.njit(cache=True, nogil=True)
@@ -183,6 +257,35 @@ def encode_varints(values: np.ndarray) -> bytes:
     :func:`lightning_zk.rounding.log._encode_varints`' numpy path, which it is tested against."""
     out = np.empty(values.size * 9, dtype=np.uint8)  # at most 9 bytes per value (< 2**63)
     return out[: _varint_bytes(values, out)].tobytes()
+
+
+@numba.njit(cache=True, nogil=True)
+def _gap_varint_bytes(positions, counts, out):  # pragma: no cover - JIT
+    n = 0
+    k = 0
+    for e in range(counts.size):
+        previous = np.int64(-1)  # the first position of an entry is coded as itself
+        for _ in range(counts[e]):
+            p = positions[k]
+            k += 1
+            x = np.uint64(p - previous - 1)
+            previous = p
+            while x >= 0x80:
+                out[n] = np.uint8((x & np.uint64(0x7F)) | np.uint64(0x80))
+                x >>= np.uint64(7)
+                n += 1
+            out[n] = np.uint8(x)
+            n += 1
+    return n
+
+
+def encode_position_gaps(positions: np.ndarray, counts: np.ndarray) -> bytes:
+    """The log's position column in one pass: ``positions`` (contiguous int64, the entries'
+    strictly increasing positions one after the other, ``counts[i]`` of entry ``i``) as LEB128
+    varints of each entry's first position, then of the gaps ``p[j] - p[j-1] - 1``: the bytes of
+    :func:`lightning_zk.rounding.log._encode_varints` of the gap column, without building it."""
+    out = np.empty(positions.size * 9, dtype=np.uint8)
+    return out[: _gap_varint_bytes(positions, counts, out)].tobytes()
 
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -29,10 +29,11 @@ import numpy as np
 
 from ..atomic import atomic_write_bytes
 
-try:  # optional one-pass varint encoder (the ``fast`` extra: numba); decoding needs numpy only
+try:  # optional one-pass varint encoders (the ``fast`` extra: numba); decoding needs numpy only
+    from ._numba_kernels import encode_position_gaps as _fast_gaps
     from ._numba_kernels import encode_varints as _fast_varints
 except ImportError:  # pragma: no cover - depends on the installation
-    _fast_varints = None
+    _fast_gaps = _fast_varints = None
 
 __all__ = [
     "DEFAULT_ZLIB_LEVEL",
@@ -113,11 +114,18 @@ def _check_int(value: object, what: str, *, minimum: int = 0) -> int:
 def _check_name(name: object) -> str:
     if not isinstance(name, str):
         raise RoundingLogError(f"op_name must be a str, got {type(name).__name__}")
+    if name in _VALID_NAMES:  # a step checks the same few hundred names over and over
+        return name
     if not name or len(name) > _MAX_NAME_BYTES or not all(" " <= c <= "~" for c in name):
         raise RoundingLogError(
             f"op_name must be 1..{_MAX_NAME_BYTES} printable ASCII characters, got {name!r}"
         )
+    if len(_VALID_NAMES) < 1 << 16:
+        _VALID_NAMES.add(name)
     return name
+
+
+_VALID_NAMES: set[str] = set()  # names that passed :func:`_check_name` (bounded)
 
 
 def _frozen_copy(arr: np.ndarray) -> np.ndarray:
@@ -142,6 +150,30 @@ class LogEntry:
     away: np.ndarray
 
     def __post_init__(self) -> None:
+        self._validate()
+        object.__setattr__(self, "positions", _frozen_copy(self.positions))
+        object.__setattr__(self, "away", _frozen_copy(self.away))
+
+    @classmethod
+    def _owning(cls, op_seq: int, op_name: str, output_index: int, numel: int,
+                positions: np.ndarray, away: np.ndarray) -> LogEntry:
+        """An entry that keeps ``positions`` and ``away`` themselves (made read-only), validated
+        like any other: for arrays nobody else holds or writes (fresh from the rounding kernel,
+        or views of a decoded log's read-only columns), where the copy would only cost time."""
+        if not (isinstance(positions, np.ndarray) and isinstance(away, np.ndarray)
+                and positions.flags.c_contiguous and away.flags.c_contiguous):
+            return cls(op_seq, op_name, output_index, numel, positions, away)
+        entry = object.__new__(cls)
+        for name, value in (("op_seq", op_seq), ("op_name", op_name),
+                            ("output_index", output_index), ("numel", numel),
+                            ("positions", positions), ("away", away)):
+            object.__setattr__(entry, name, value)
+        entry._validate()
+        positions.flags.writeable = False
+        away.flags.writeable = False
+        return entry
+
+    def _validate(self) -> None:
         object.__setattr__(self, "op_seq", _check_int(self.op_seq, "op_seq"))
         object.__setattr__(self, "op_name", _check_name(self.op_name))
         object.__setattr__(self, "output_index", _check_int(self.output_index, "output_index"))
@@ -169,8 +201,6 @@ class LogEntry:
                 f"{where}: positions must lie in [0, numel={self.numel}), "
                 f"got range [{int(pos[0])}, {int(pos[-1])}]"
             )
-        object.__setattr__(self, "positions", _frozen_copy(pos))
-        object.__setattr__(self, "away", _frozen_copy(away))
 
     @property
     def key(self) -> tuple[int, int]:
@@ -388,11 +418,6 @@ def _encode_body(log: StepLog) -> bytes:
     if entries:
         seq_delta = op_seq.copy()
         seq_delta[1:] = op_seq[1:] - op_seq[:-1]
-        pos = np.concatenate([e.positions for e in entries]).astype(np.uint64)
-        gaps = pos.copy()
-        gaps[1:] = pos[1:] - pos[:-1] - np.uint64(1)
-        firsts = np.cumsum(counts) - counts
-        gaps[firsts] = pos[firsts]
         away = np.concatenate([e.away for e in entries])
         parts += [
             _encode_varints(seq_delta),
@@ -400,10 +425,28 @@ def _encode_body(log: StepLog) -> bytes:
             _encode_varints(out_idx),
             _encode_varints(numel),
             _encode_varints(counts.astype(np.uint64)),
-            _encode_varints(gaps),
+            _encode_positions(entries, counts),
             np.packbits(away).tobytes(),
         ]
     return b"".join(parts)
+
+
+def _encode_positions(entries: list[LogEntry], counts: np.ndarray) -> bytes:
+    """Varints of each entry's first position and of the gaps ``p[j] - p[j-1] - 1`` after it
+    (in one compiled pass where numba is installed, else :func:`_encode_gaps_numpy`)."""
+    pos = np.concatenate([e.positions for e in entries])
+    if _fast_gaps is not None and pos.size > 64:
+        return _fast_gaps(pos, counts)
+    return _encode_gaps_numpy(pos, counts)
+
+
+def _encode_gaps_numpy(positions: np.ndarray, counts: np.ndarray) -> bytes:
+    pos = positions.astype(np.uint64)
+    gaps = pos.copy()
+    gaps[1:] = pos[1:] - pos[:-1] - np.uint64(1)
+    firsts = np.cumsum(counts) - counts
+    gaps[firsts] = pos[firsts]
+    return _encode_varints(gaps)
 
 
 def encode_step_log(log: StepLog, zlib_level: int = LEGACY_ZLIB_LEVEL) -> bytes:
@@ -609,6 +652,8 @@ def _decode_body(body: bytes, step: int, where: str) -> StepLog:
         raise r.fail(f"{r.left} trailing bytes after the direction bits")
     away = np.unpackbits(bits, count=total).astype(bool)
     pos64 = pos.astype(np.int64)
+    pos64.flags.writeable = False  # the entries keep read-only views of both columns
+    away.flags.writeable = False
 
     entries = []
     bounds = np.append(firsts, total).tolist()
@@ -617,7 +662,8 @@ def _decode_body(body: bytes, step: int, where: str) -> StepLog:
     for i in range(n):
         a, b = bounds[i], bounds[i + 1]
         entries.append(
-            LogEntry(seq_l[i], names[nidx_l[i]], out_l[i], numel_l[i], pos64[a:b], away[a:b])
+            LogEntry._owning(seq_l[i], names[nidx_l[i]], out_l[i], numel_l[i], pos64[a:b],
+                             away[a:b])
         )
     try:
         return StepLog(step, entries, ops_rounded, elements_rounded)
@@ -728,8 +774,14 @@ class StepLogBuilder:
         numel: int,
         positions: np.ndarray,
         away: np.ndarray,
+        *,
+        owned: bool = False,
     ) -> None:
-        """Record the logged elements of one op output; an empty ``positions`` is a no-op."""
+        """Record the logged elements of one op output; an empty ``positions`` is a no-op.
+
+        ``owned=True``: ``positions`` (int64) and ``away`` (bool) are the caller's to give away
+        (fresh arrays it never touches again): the entry keeps them, read-only, instead of a copy.
+        """
         op_seq = _check_int(op_seq, "op_seq")
         op_name = _check_name(op_name)
         output_index = _check_int(output_index, "output_index")
@@ -757,9 +809,11 @@ class StepLogBuilder:
             return
         if positions.dtype == np.uint64 and int(positions.max()) >= _INT_LIMIT:
             raise RoundingLogError(f"op_seq {op_seq}: position >= 2**63")
-        entry = LogEntry(
-            op_seq, op_name, output_index, numel, positions.astype(np.int64), away.astype(bool)
-        )
+        if owned and positions.dtype == np.int64 and away.dtype == np.bool_:
+            entry = LogEntry._owning(op_seq, op_name, output_index, numel, positions, away)
+        else:  # (LogEntry copies: no conversion copy before that)
+            entry = LogEntry(op_seq, op_name, output_index, numel,
+                             positions.astype(np.int64, copy=False), away.astype(bool, copy=False))
         if self._entries:
             _check_order(self._entries[-1], entry, f"step {self.step}: add")
         self._entries.append(entry)

@@ -106,6 +106,9 @@ class OpInfo:
     decompose: Decomposition | None = None  # single-IEEE-op form of a fused elementwise op
     # the common shape of a call, decided once: writes nothing but one fresh return
     single_fresh: bool = False
+    # every call has the op's own kind (no ``alpha``, no ``accumulate`` flag), asks for no dtype,
+    # is not decomposed and draws nothing: dispatched without the per-call checks
+    plain: bool = False
 
     @classmethod
     def of(cls, func: torch._ops.OpOverload) -> OpInfo:
@@ -115,19 +118,26 @@ class OpInfo:
             if a.alias_info is not None and a.alias_info.is_write
         )
         fresh = tuple(i for i, r in enumerate(schema.returns) if r.alias_info is None)
+        kind = classify(func, {})
+        has_alpha = any(a.name == "alpha" for a in schema.arguments)
+        accumulate_at = next(
+            (i for i, a in enumerate(schema.arguments) if a.name == "accumulate"), None
+        )
+        dtype_at = next((i for i, a in enumerate(schema.arguments) if a.name == "dtype"), None)
+        decompose = decomposition(func)
         return cls(
             single_fresh=not mutated and len(schema.returns) == 1 and fresh == (0,),
+            plain=(not has_alpha and accumulate_at is None and dtype_at is None
+                   and decompose is None and kind is not OpClass.RANDOM),
             name=str(func),
-            kind=classify(func, {}),
-            has_alpha=any(a.name == "alpha" for a in schema.arguments),
-            accumulate_at=next(
-                (i for i, a in enumerate(schema.arguments) if a.name == "accumulate"), None
-            ),
+            kind=kind,
+            has_alpha=has_alpha,
+            accumulate_at=accumulate_at,
             mutated=mutated,
             n_returns=len(schema.returns),
             fresh_returns=fresh,
-            dtype_at=next((i for i, a in enumerate(schema.arguments) if a.name == "dtype"), None),
-            decompose=decomposition(func),
+            dtype_at=dtype_at,
+            decompose=decompose,
         )
 
     def requested_dtype(self, args: tuple, kwargs: dict) -> torch.dtype | None:
@@ -323,9 +333,10 @@ class RoundingMode(TorchDispatchMode):
             fast = self._rounder(t, tau) if self._rounder is not None else None
             if fast is not None:
                 if builder is not None:
-                    builder.count_rounded(numel)
+                    builder.ops_rounded += 1  # count_rounded(numel), numel being an int
+                    builder.elements_rounded += numel
                     if fast[0].size:
-                        builder.add(seq, op_name, index, numel, fast[0], fast[1])
+                        builder.add(seq, op_name, index, numel, fast[0], fast[1], owned=True)
                 return
             result = round_to_grid(t, self.spec, tau, in_place=True)
             rounded = result.rounded
@@ -335,6 +346,7 @@ class RoundingMode(TorchDispatchMode):
                     builder.add(
                         seq, op_name, index, numel,
                         result.positions.cpu().numpy().astype(np.int64), result.away.cpu().numpy(),
+                        owned=True,
                     )
         if rounded is not t:
             with torch.no_grad():
@@ -388,25 +400,15 @@ class RoundingMode(TorchDispatchMode):
         info = self._ops.get(func)
         if info is None:
             info = self._ops[func] = OpInfo.of(func)
-        kind = info.kind_of_call(args, kwargs)
-        if self._widens and info.requested_dtype(args, kwargs) is torch.float32:
-            if kind is OpClass.EXACT:  # a conversion or factory: float32 values, compute dtype
-                return self._exact(info, args, kwargs, _widened(func(*args, **kwargs), self.spec))
-            kwargs = {**kwargs, "dtype": self.spec.compute_dtype}  # accumulate in the compute dtype
-            if info.dtype_at is not None and info.dtype_at < len(args):
-                args = (*args[: info.dtype_at], self.spec.compute_dtype, *args[info.dtype_at + 1:])
-                kwargs.pop("dtype")
-        if kind is OpClass.RANDOM:
-            out = state.random.call(func, args, kwargs)
-        elif (kind is not OpClass.IEEE and info.decompose is not None
-              and info.decompose.applies_to(bound := info.decompose.bind(args, kwargs),
-                                            self._compute_dtype)):
-            out = info.decompose.call(bound)
-            kind = OpClass.IEEE  # single IEEE operations: the same result on every device
-        else:
+        if info.plain:  # most calls: what the general path below does for them, without checks
+            kind = info.kind
             out = func(*args, **kwargs)
             if kind is OpClass.EXACT:
                 return self._exact(info, args, kwargs, out)
+        else:
+            kind, args, kwargs, out = self._general_call(state, func, info, args, kwargs)
+            if kind is None:
+                return out
         # IEEE results are identical on every device: rounded onto the grid, never logged.
         if kind is OpClass.IEEE:
             tau = 0.0
@@ -428,6 +430,31 @@ class RoundingMode(TorchDispatchMode):
         if unrounded:
             self.taint.mark(unrounded, info.name)
         return out
+
+    def _general_call(self, state: _StepState, func, info: OpInfo, args: tuple, kwargs: dict):
+        """Run a call that may widen a float32 request, draw random numbers or be decomposed:
+        ``(kind, args, kwargs, out)``, with kind ``None`` when ``out`` needs no rounding."""
+        kind = info.kind_of_call(args, kwargs)
+        if self._widens and info.requested_dtype(args, kwargs) is torch.float32:
+            if kind is OpClass.EXACT:  # a conversion or factory: float32 values, compute dtype
+                out = self._exact(info, args, kwargs, _widened(func(*args, **kwargs), self.spec))
+                return None, args, kwargs, out
+            kwargs = {**kwargs, "dtype": self.spec.compute_dtype}  # accumulate in the compute dtype
+            if info.dtype_at is not None and info.dtype_at < len(args):
+                args = (*args[: info.dtype_at], self.spec.compute_dtype, *args[info.dtype_at + 1:])
+                kwargs.pop("dtype")
+        if kind is OpClass.RANDOM:
+            out = state.random.call(func, args, kwargs)
+        elif (kind is not OpClass.IEEE and info.decompose is not None
+              and info.decompose.applies_to(bound := info.decompose.bind(args, kwargs),
+                                            self._compute_dtype)):
+            out = info.decompose.call(bound)
+            kind = OpClass.IEEE  # single IEEE operations: the same result on every device
+        else:
+            out = func(*args, **kwargs)
+            if kind is OpClass.EXACT:
+                return None, args, kwargs, self._exact(info, args, kwargs, out)
+        return kind, args, kwargs, out
 
     def _exact(self, info: OpInfo, args: tuple, kwargs: dict, out):
         if self.taint:

@@ -253,7 +253,8 @@ def in_place_rounder(spec: GridSpec):
         return None
     dtype, drop = spec.compute_dtype, spec.dropped_bits
     scale = float(1 << drop)
-    kernel = _kernels.round_inplace
+    f64 = dtype == torch.float64
+    kernel = _kernels.round_inplace_at
 
     def rounder(x: torch.Tensor, tau: float) -> tuple[np.ndarray, np.ndarray] | None:
         if x.dtype != dtype or not x.is_cpu:
@@ -266,8 +267,9 @@ def in_place_rounder(spec: GridSpec):
             x_flat, perm = view
         else:
             x_flat = x
-        values = (x_flat.detach() if x_flat.requires_grad else x_flat).numpy().reshape(-1)
-        positions, away = kernel(values, tau * scale if tau > 0 else 0.0, drop)
+        # by address: ``x_flat`` is one dense block, alive until the kernel returns
+        positions, away = kernel(x_flat.data_ptr(), x_flat.numel(), f64,
+                                 tau * scale if tau > 0 else 0.0, drop)
         if perm is not None and positions.size:
             positions, away = _logical_positions(x, perm, positions, away)
         return positions, away

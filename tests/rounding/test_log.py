@@ -238,6 +238,33 @@ def test_varint_paths_agree(bits):
         assert kernels.encode_varints(v) == L._encode_varints_numpy(v) == L._encode_varints(v)
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_position_gap_paths_agree(seed):
+    """The one-pass gap encoder (numba) writes the varints of the numpy gap column: entries of
+    one position, consecutive positions (gap 0), first positions 0 and near 2**63."""
+    kernels = pytest.importorskip("lightning_zk.rounding._numba_kernels")
+    rng = np.random.default_rng(seed)
+    last = 2**63 - 2  # the largest position an entry can hold (numel < 2**63)
+    columns = [np.array([0], dtype=np.int64), np.array([last], dtype=np.int64),
+               np.arange(5, 80, dtype=np.int64), np.array([0, 1, 2**62, last - 1, last])]
+    for _ in range(20):
+        n = int(rng.integers(1, 400))
+        top = int(rng.choice([200, 2**20, 2**40, 2**63 - 1]))
+        columns.append(np.unique(rng.integers(0, top, n, dtype=np.int64)))
+    rng.shuffle(columns)
+    for k in (1, 3, len(columns)):
+        pos = np.concatenate(columns[:k])
+        counts = np.array([len(c) for c in columns[:k]], dtype=np.int64)
+        expected = L._encode_gaps_numpy(pos, counts)
+        assert kernels.encode_position_gaps(pos, counts) == expected
+        entries = [entry(i, c, numel=2**63 - 1) for i, c in enumerate(columns[:k])]
+        assert L._encode_positions(entries, counts) == expected
+    # the numpy column of a hand-made case: firsts as themselves, gaps minus one
+    pos, counts = np.array([3, 4, 10, 0, 200], dtype=np.int64), np.array([3, 2], dtype=np.int64)
+    assert L._encode_gaps_numpy(pos, counts) == bytes([3, 0, 5, 0, 199, 1])
+    assert kernels.encode_position_gaps(pos, counts) == bytes([3, 0, 5, 0, 199, 1])
+
+
 def test_zlib_level_changes_bytes_not_content():
     """The level is the run's (manifest ``log_zlib_level``): other bytes, the same log."""
     rng = np.random.default_rng(5)
@@ -553,6 +580,45 @@ def test_builder():
     assert [e.key for e in log.entries] == [(1, 0), (1, 1)]
     assert log.entries[0].positions.dtype == np.int64
     roundtrip(log)
+
+
+def test_builder_owned_arrays_are_kept_read_only_and_still_validated():
+    """``owned=True`` (the rounding mode's fresh kernel output): the entry keeps the arrays
+    themselves, read-only, after the same checks as a copied entry."""
+    b = StepLogBuilder(0)
+    pos, away = np.array([1, 4], dtype=np.int64), np.array([True, False])
+    b.add(1, MM, 0, 10, pos, away, owned=True)
+    b.count_rounded(10)
+    e = b.build().entries[0]
+    assert e.positions is pos and e.away is away
+    assert not pos.flags.writeable and not away.flags.writeable
+    assert e == entry(1, [1, 4], [True, False], numel=10)
+    strided = np.arange(0, 8, dtype=np.int64)[::2]  # not one block: copied instead
+    b.add(2, MM, 0, 10, strided, np.ones(4, dtype=bool), owned=True)
+    b.count_rounded(10)
+    assert b.build().entries[1].positions is not strided and strided.flags.writeable
+    narrow = np.array([3], dtype=np.int32)  # another dtype: converted (a copy)
+    b.add(3, MM, 0, 10, narrow, np.array([True]), owned=True)
+    b.count_rounded(10)
+    assert b.build().entries[2].positions.dtype == np.int64
+    for bad, message in (([2, 1], "strictly increasing"), ([1, 10], "numel=10"),
+                         ([-1, 1], "numel=10")):
+        with pytest.raises(RoundingLogError, match=message):
+            b.add(9, MM, 0, 10, np.array(bad, dtype=np.int64), np.array([True, True]),
+                  owned=True)
+    with pytest.raises(RoundingLogError, match="op_name"):
+        b.add(9, "aten.mm\n", 0, 10, np.array([1], dtype=np.int64), np.array([True]),
+              owned=True)
+
+
+def test_decoded_entries_are_read_only():
+    log = decode_step_log(encode_step_log(StepLog(0, [entry(1, [1, 5]), entry(2, [0])], 2, 20)))
+    for e in log.entries:
+        with pytest.raises(ValueError):
+            e.positions[0] = 3
+        with pytest.raises(ValueError):
+            e.away[0] = True
+    assert log.entries == [entry(1, [1, 5]), entry(2, [0])]
 
 
 @pytest.mark.parametrize(

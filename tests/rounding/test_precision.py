@@ -167,7 +167,7 @@ def test_fast_and_generic_paths_agree_on_logging():
     assert torch.equal(fast.positions, slow_pos)
 
 
-@pytest.mark.parametrize("tau", [0.0, 2**-16, 2**-6, 0.49])
+@pytest.mark.parametrize("tau", [0.0, 2**-16, 2**-11, 2**-6, 0.49])
 def test_numba_kernel_agrees_with_torch_path(tau, monkeypatch):
     """The optional JIT kernel and the torch path give identical results (incl. tiny values)."""
     import lightning_zk.rounding.precision as P
@@ -242,3 +242,77 @@ def test_float32_kernel_agrees_with_torch_path(bits, tau, monkeypatch):
     result = round_to_grid(strided, spec, tau, in_place=True)
     assert torch.equal(as_bits(result.rounded.contiguous()), as_bits(slow_values.reshape(200, 200).t().contiguous()))
     assert torch.equal(as_bits(strided.contiguous()), as_bits(before.contiguous()))
+
+
+@pytest.mark.parametrize("spec", [F64, GridSpec(torch.float32, 7), GridSpec(torch.float32, 16)],
+                         ids=["f64", "f32-b7", "f32-b16"])
+@pytest.mark.parametrize("tau", [0.0, 2**-16, 2**-11, 0.25, 0.49])
+def test_round_in_place_by_address_matches_torch_path(spec, tau, monkeypatch):
+    """The in-place kernel is handed the tensor's address (no ``.numpy()`` view): the values it
+    leaves (bit for bit: signed zeros, NaN, ±inf, subnormal results, ties), its positions and
+    directions equal the generic torch path's, also for a view at a storage offset, a tensor
+    that requires grad and an empty tensor; nothing outside the view is written."""
+    import lightning_zk.rounding.precision as P
+
+    if P._kernels is None:
+        pytest.skip("numba is not installed: the optional kernel is not used here")
+    if spec.compute_dtype == torch.float64:
+        x = _wide_values(30000, seed=5)
+        x[::97] = 0.0
+        x[1::97] = -0.0
+        x[5], x[6], x[7] = float("nan"), float("inf"), float("-inf")
+        x[8:40] = (torch.arange(32, dtype=torch.float64) + 0.5) * 2.0**-149  # float32 subnormal ties
+        x[40:80] = torch.arange(40, dtype=torch.float64) * 2.0**-24 + 1  # float32 ties near 1
+        bits_view = torch.int64
+    else:
+        x = _f32_bit_patterns(seed=3)
+        bits_view = torch.int32
+    monkeypatch.setattr(P, "_kernels", None)
+    reference = {offset: round_to_grid(x[offset:], spec, tau) for offset in (0, 3, 11)}
+    monkeypatch.undo()
+    for offset in (0, 3, 11):
+        base = x.clone()
+        view = base[offset:]  # data_ptr() past the storage's start
+        got = round_in_place(view, spec, tau)
+        ref = reference[offset]
+        assert torch.equal(view.view(bits_view), ref.rounded.view(bits_view))
+        assert torch.equal(base[:offset].view(bits_view), x[:offset].view(bits_view))
+        assert got[0].tolist() == ref.positions.tolist() and got[1].tolist() == ref.away.tolist()
+        if tau > 0:
+            assert got[0].size > 0
+    leaf = x[:1000].clone().requires_grad_()
+    got = round_in_place(leaf, spec, tau)
+    assert torch.equal(leaf.detach().view(bits_view), reference[0].rounded[:1000].view(bits_view))
+    empty = torch.empty(0, dtype=spec.compute_dtype)
+    assert [a.size for a in round_in_place(empty, spec, tau)] == [0, 0]
+
+
+@pytest.mark.parametrize("tau", [2**-29, 2**-16, 2**-11, 2**-10])
+def test_float64_kernel_blocks(tau, monkeypatch):
+    """With a small τ the float64 kernel tests blocks of 256 elements and scans only the blocks
+    holding a candidate: candidates on both sides of block edges, in the last partial block,
+    alone below 2^-126, exact ties, next to NaN and ±inf, and elements just outside the τ
+    window are logged (or not) exactly as by the torch path."""
+    import lightning_zk.rounding.precision as P
+
+    if P._kernels is None:
+        pytest.skip("numba is not installed: the optional kernel is not used here")
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(1000, generator=g).double()  # float32 values: on the grid, never logged
+    ulp = 2.0**-52  # float64 ulp of values in [1, 2): 2^-29 committed ulp
+    for i, d in ((0, 0), (255, 1), (256, -1), (511, 2**29 * tau - 1), (512, 2**29 * tau),
+                 (767, -(2**29) * tau), (999, 0)):  # offsets from the midpoint, in float64 ulps
+        x[i] = 1.0 + 2.0**-24 + d * ulp  # the midpoint between 1 and 1 + 2^-23
+    x[300], x[301], x[302] = float("nan"), float("inf"), -float("inf")
+    x[700] = 3.0 * 2.0**-140  # alone below 2^-126 in its block
+    x[701] = -0.0
+    monkeypatch.setattr(P, "_kernels", None)
+    slow = round_to_grid(x, F64, tau)
+    monkeypatch.undo()
+    fast = round_to_grid(x, F64, tau)
+    assert torch.equal(fast.rounded.view(torch.int64), slow.rounded.view(torch.int64))
+    assert fast.positions.tolist() == slow.positions.tolist()
+    assert fast.away.tolist() == slow.away.tolist()
+    logged = set(slow.positions.tolist())
+    assert {0, 511, 999} <= logged and ({255, 256} <= logged) == (tau > 2**-29)
+    assert 512 not in slow.positions.tolist()  # exactly τ away: outside the window
