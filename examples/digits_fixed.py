@@ -14,6 +14,7 @@ step records) is the accuracy baseline.
     python -m examples.digits_fixed --full      # the whole training split, 10 epochs (minutes)
     python -m examples.digits_fixed --loss mse  # regress the one-hot labels instead
     python -m examples.digits_fixed --model cnn # Conv2d(1, 4, 3, padding=1) on the 8×8 images first
+    python -m examples.digits_fixed --model cnn --pool 2  # ... then AvgPool2d(2): 64 → 32 → 10
 """
 
 from __future__ import annotations
@@ -59,13 +60,17 @@ class DigitsClassifier(L.LightningModule):
 
 
 class DigitsCNN(DigitsClassifier):
-    """Conv2d(1→4, 3×3, padding 1) + ReLU on the 8×8 images, Flatten, then 256 → hidden → 10:
-    fixed mode proves the conv as a matmul over im2col patches (docs/zk_training.md)."""
+    """Conv2d(1→4, 3×3, padding 1) + ReLU on the 8×8 images, optionally AvgPool2d(pool), Flatten,
+    then 256 (64 with pool 2) → hidden → 10: fixed mode proves the conv as a matmul over im2col
+    patches and the pooling as rounded window means (docs/zk_training.md)."""
 
-    def __init__(self, hidden: int = 32, filters: int = 4, **kwargs) -> None:
+    def __init__(self, hidden: int = 32, filters: int = 4, pool: int = 0, **kwargs) -> None:
         super().__init__(hidden=hidden, **kwargs)
-        self.net = nn.Sequential(nn.Conv2d(1, filters, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                                 nn.Linear(filters * 64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        pooling = [nn.AvgPool2d(pool)] if pool else []
+        side = 8 // pool if pool else 8
+        self.net = nn.Sequential(nn.Conv2d(1, filters, 3, padding=1), nn.ReLU(), *pooling,
+                                 nn.Flatten(), nn.Linear(filters * side * side, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 10))
 
 
 class DigitsRegressor(DigitsClassifier):
@@ -129,6 +134,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--loss", choices=("xent", "mse"), default="xent")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    parser.add_argument("--pool", type=int, choices=(0, 2, 4), default=0,
+                        help="--model cnn: average-pool the conv's output with this kernel")
     parser.add_argument("--full", action="store_true",
                         help="the whole training split (1400 images), batch 32, 10 epochs")
     args = parser.parse_args()
@@ -137,8 +144,10 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     if args.model == "cnn" and args.loss == "mse":
         parser.error("--model cnn trains with cross-entropy (--loss xent)")
-    model = (DigitsCNN if args.model == "cnn" else
-             DigitsRegressor if args.loss == "mse" else DigitsClassifier)()
+    if args.pool and args.model != "cnn":
+        parser.error("--pool needs --model cnn")
+    model = (DigitsCNN(pool=args.pool) if args.model == "cnn" else
+             DigitsRegressor() if args.loss == "mse" else DigitsClassifier())
     baseline = copy.deepcopy(model)  # the same initial weights, trained in float32
     data = _train_data(args)
 

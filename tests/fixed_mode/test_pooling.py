@@ -86,6 +86,34 @@ def test_engine_step_pools_as_the_reference():
     assert t["W2"].shape == (6, 8)  # fan-in F H'' W'' = 2 * 2 * 2
 
 
+def test_pooled_tape_round_trips_and_its_header_is_checked(tmp_path):
+    import json
+
+    from lightning_zk.fixed.tape import TapeFormatError
+
+    rng = np.random.default_rng(5)
+    mlp = FixedPointMLP.from_float(
+        [rng.normal(size=(2, 9)) * 0.5, rng.normal(size=(3, 8)) * 0.5], [np.zeros(2), np.zeros(3)],
+        lr=0.25, conv=SPEC)
+    tape = mlp.step_float(rng.normal(size=(2, 16)), rng.normal(size=(2, 3)))
+    tape.save(tmp_path / "t.npz")
+    again = WitnessTape.load(tmp_path / "t.npz")
+    assert again.conv == SPEC and again.header()["conv"] == [1, 4, 4, 2, 3, 1, 1, 2]
+    assert {"PL", "RPL", "GPL", "RGPL"} <= set(again.tensors)
+
+    def write(head, tensors):
+        np.savez(tmp_path / "b.npz", __header__=np.frombuffer(json.dumps(head).encode(),
+                                                             dtype=np.uint8), **tensors)
+
+    for bad in ([1, 4, 4, 2, 3, 1, 1, 0], [1, 4, 4, 2, 3, 1, 1, 3], [1, 4, 4, 2, 3, 1, 1, 8]):
+        write(tape.header() | {"conv": bad}, tape.tensors)
+        with pytest.raises(TapeFormatError, match="conv"):
+            WitnessTape.load(tmp_path / "b.npz")
+    write(tape.header() | {"conv": [1, 4, 4, 2, 3, 1, 1]}, tape.tensors)  # unpooled: extra PL...
+    with pytest.raises(TapeFormatError):
+        WitnessTape.load(tmp_path / "b.npz")
+
+
 @pytest.mark.parametrize("spelling", ["module", "functional"])
 def test_tracer_executes_pooling_as_the_engine(spelling):
     net = _cnn()

@@ -85,9 +85,13 @@ def test_pool_epoch_with_mse_momentum_and_odd_batch_verifies():
     assert verify_chain([stmt], [proof], prove_seal(link)) == 2
 
 
-def test_pool_kernel_four_verifies():
-    spec = ConvSpec(1, 8, 8, 2, 3, 1, 1, pool=4)  # conv 8x8, pooled 2x2
-    tape = make_pool_tapes(1, seed=7, spec=spec)[0]
+@pytest.mark.parametrize(("spec", "batch"), [
+    (ConvSpec(1, 8, 8, 2, 3, 1, 1, pool=4), 2),  # kernel 4: conv 8x8, pooled 2x2
+    (ConvSpec(1, 4, 4, 2, 3, 1, 1, pool=4), 2),  # one window per image: pooled 1x1
+    (ConvSpec(2, 8, 4, 3, 3, 1, 1, pool=2), 3),  # non-square, 3 filters, 3 rows: padded axes
+])
+def test_other_pool_shapes_verify(spec, batch):
+    tape = make_pool_tapes(1, seed=7, spec=spec, batch=batch)[0]
     proof, stmt, _ = prove_step(tape, backend="numpy", rng=34)
     verify_unit(proof, stmt)
 
