@@ -14,6 +14,7 @@ step records) is the accuracy baseline.
     python -m examples.digits_fixed --full      # the whole training split, 10 epochs (minutes)
     python -m examples.digits_fixed --loss mse  # regress the one-hot labels instead
     python -m examples.digits_fixed --model cnn # Conv2d(1, 4, 3, padding=1) on the 8×8 images first
+    python -m examples.digits_fixed --model cnn --pool 2  # ... then AvgPool2d(2): 64 → 32 → 10
 """
 
 from __future__ import annotations
@@ -45,11 +46,20 @@ class DigitsClassifier(L.LightningModule):
         return self.net(x / 16)  # pixels 0..16 to [0, 1]: proved from the committed pixels
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(self(x), y)
+        return self.criterion(self(x), y)
+
+    def criterion(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(logits, y)
 
     def training_step(self, batch, batch_idx):  # fixed mode runs it, every op intercepted
-        loss = self.loss(*batch)
+        x, y = batch
+        logits = self(x)
+        loss = self.criterion(logits, y)
         self.log("train_loss", loss, prog_bar=True)
+        # a metric: argmax has no fixed-point execution, so it runs natively, unproved (it never
+        # reaches the weights; the proofs cover exactly the step without it)
+        labels = y if y.dim() == 1 else y.argmax(1)
+        self.log("train_acc", (logits.argmax(1) == labels).float().mean(), prog_bar=True)
         return loss
 
     def configure_optimizers(self):
@@ -59,20 +69,24 @@ class DigitsClassifier(L.LightningModule):
 
 
 class DigitsCNN(DigitsClassifier):
-    """Conv2d(1→4, 3×3, padding 1) + ReLU on the 8×8 images, Flatten, then 256 → hidden → 10:
-    fixed mode proves the conv as a matmul over im2col patches (docs/zk_training.md)."""
+    """Conv2d(1→4, 3×3, padding 1) + ReLU on the 8×8 images, optionally AvgPool2d(pool), Flatten,
+    then 256 (64 with pool 2) → hidden → 10: fixed mode proves the conv as a matmul over im2col
+    patches and the pooling as rounded window means (docs/zk_training.md)."""
 
-    def __init__(self, hidden: int = 32, filters: int = 4, **kwargs) -> None:
+    def __init__(self, hidden: int = 32, filters: int = 4, pool: int = 0, **kwargs) -> None:
         super().__init__(hidden=hidden, **kwargs)
-        self.net = nn.Sequential(nn.Conv2d(1, filters, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                                 nn.Linear(filters * 64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
+        pooling = [nn.AvgPool2d(pool)] if pool else []
+        side = 8 // pool if pool else 8
+        self.net = nn.Sequential(nn.Conv2d(1, filters, 3, padding=1), nn.ReLU(), *pooling,
+                                 nn.Flatten(), nn.Linear(filters * side * side, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 10))
 
 
 class DigitsRegressor(DigitsClassifier):
     """The same network regressing one-hot labels with MSE (fixed mode's other provable loss)."""
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.mse_loss(self(x), y)
+    def criterion(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.mse_loss(output, y)
 
 
 def digits(split: str, n: int | None = None, onehot: bool = False,
@@ -129,6 +143,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--loss", choices=("xent", "mse"), default="xent")
     parser.add_argument("--model", choices=("mlp", "cnn"), default="mlp")
+    parser.add_argument("--pool", type=int, choices=(0, 2, 4), default=0,
+                        help="--model cnn: average-pool the conv's output with this kernel")
     parser.add_argument("--full", action="store_true",
                         help="the whole training split (1400 images), batch 32, 10 epochs")
     args = parser.parse_args()
@@ -137,8 +153,10 @@ def main() -> None:
     L.seed_everything(0, verbose=False)
     if args.model == "cnn" and args.loss == "mse":
         parser.error("--model cnn trains with cross-entropy (--loss xent)")
-    model = (DigitsCNN if args.model == "cnn" else
-             DigitsRegressor if args.loss == "mse" else DigitsClassifier)()
+    if args.pool and args.model != "cnn":
+        parser.error("--pool needs --model cnn")
+    model = (DigitsCNN(pool=args.pool) if args.model == "cnn" else
+             DigitsRegressor() if args.loss == "mse" else DigitsClassifier())
     baseline = copy.deepcopy(model)  # the same initial weights, trained in float32
     data = _train_data(args)
 

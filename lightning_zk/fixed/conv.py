@@ -7,6 +7,16 @@ weights flattened to (F, C k k). Gathering only copies values, so PA is exact; t
 the forward, weight-gradient and bias-gradient relations of a Linear layer with batch axis
 (b, oh, ow). The zk relation PA = Gather(A) uses the public 0/1 selection of :func:`gather_index`.
 
+The conv's ReLU output may be average-pooled (``nn.AvgPool2d(k)``, kernel = stride = k a power
+of two, no padding) before the Flatten: with c = 2^s / k^2 (an integer, k^2 <= 2^s)
+
+    PL, RPL = rescale(c * sum_window A1)            (:func:`avg_pool`, pooled rows (b, ph, pw))
+    GA1, RGA1 = spread(rescale(c * GPL))           (:func:`avg_pool_backward`)
+
+i.e. round-to-nearest of the window mean with the one rescale rule (the quotient is
+floor((sum + k^2/2) / k^2)), and the gradient of the pooled output divided by k^2 the same way
+and copied to every entry of its window.
+
 numpy only (no torch, no Lightning).
 """
 
@@ -16,13 +26,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ConvSpec", "gather_index", "im2col", "rows_to_flat", "flat_to_rows"]
+from .format import rescale_owned
+
+__all__ = ["ConvSpec", "gather_index", "im2col", "rows_to_flat", "flat_to_rows", "avg_pool",
+           "avg_pool_backward", "pool_constant", "pool_sum", "pool_spread"]
 
 
 @dataclass(frozen=True)
 class ConvSpec:
     """Public shape of a first Conv2d layer: input (C, H, W), F filters of k x k, stride,
-    zero padding (groups 1, dilation 1, bias on)."""
+    zero padding (groups 1, dilation 1, bias on), and the kernel of an average pooling after its
+    ReLU (``pool``; 0: none; else a power of two >= 2 dividing H' and W', stride = kernel)."""
 
     channels: int
     height: int
@@ -31,20 +45,29 @@ class ConvSpec:
     kernel: int
     stride: int = 1
     padding: int = 0
+    pool: int = 0
 
     def __post_init__(self) -> None:
         vals = self.as_tuple()
-        if any(type(v) is not int for v in vals):  # noqa: E721
+        if any(type(v) is not int for v in (*vals, self.pool)):  # noqa: E721
             raise ValueError(f"ConvSpec{vals}: every field must be an int")
         if min(vals[:6]) < 1 or self.padding < 0 or self.padding >= self.kernel:
             raise ValueError(f"ConvSpec{vals}: need positive sizes and 0 <= padding < kernel")
         if self.out_height < 1 or self.out_width < 1:
             raise ValueError(f"ConvSpec{vals}: the kernel does not fit the padded image")
+        if self.pool and (self.pool < 2 or self.pool & (self.pool - 1) or self.out_height
+                          % self.pool or self.out_width % self.pool):
+            raise ValueError(
+                f"ConvSpec{vals}: average pooling kernel {self.pool} must be a power of two >= 2 "
+                f"dividing the conv's output {self.out_height}x{self.out_width}")
 
     def as_tuple(self) -> tuple[int, ...]:
-        """(C, H, W, F, k, stride, padding): the statement's and the manifest's encoding."""
-        return (self.channels, self.height, self.width, self.filters, self.kernel, self.stride,
+        """(C, H, W, F, k, stride, padding), and the pooling kernel as an 8th entry when the
+        conv is pooled: the statement's, the tape's and the manifest's encoding (an unpooled
+        conv keeps its 7 entries, so its statements and digests are unchanged)."""
+        base = (self.channels, self.height, self.width, self.filters, self.kernel, self.stride,
                 self.padding)
+        return (*base, self.pool) if self.pool else base
 
     @property
     def out_height(self) -> int:
@@ -58,6 +81,12 @@ class ConvSpec:
     def positions(self) -> int:
         """H' W': rows of the patch matrix per image."""
         return self.out_height * self.out_width
+
+    @property
+    def flat_positions(self) -> int:
+        """Spatial positions per filter that the Flatten sees: H' W', or (H'/k)(W'/k) after an
+        average pooling of kernel k (then the pooled rows (b, ph, pw))."""
+        return self.positions // (self.pool * self.pool) if self.pool else self.positions
 
     @property
     def patch(self) -> int:
@@ -98,12 +127,49 @@ def im2col(x: np.ndarray, spec: ConvSpec) -> np.ndarray:
 
 
 def rows_to_flat(a: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """Conv output in patch rows (B H' W', F) -> torch's Flatten order (B, F H' W')."""
-    b = a.shape[0] // spec.positions
-    return a.reshape(b, spec.positions, -1).transpose(0, 2, 1).reshape(b, -1)
+    """What the Flatten reads, in rows (B P, F) -> torch's Flatten order (B, F P), with P =
+    ``spec.flat_positions`` (the conv output's H' W', or the pooled output's)."""
+    p = spec.flat_positions
+    b = a.shape[0] // p
+    return a.reshape(b, p, -1).transpose(0, 2, 1).reshape(b, -1)
 
 
 def flat_to_rows(a: np.ndarray, spec: ConvSpec) -> np.ndarray:
-    """Inverse of :func:`rows_to_flat`: (B, F H' W') -> (B H' W', F)."""
-    b = a.shape[0]
-    return a.reshape(b, -1, spec.positions).transpose(0, 2, 1).reshape(b * spec.positions, -1)
+    """Inverse of :func:`rows_to_flat`: (B, F P) -> (B P, F)."""
+    p, b = spec.flat_positions, a.shape[0]
+    return a.reshape(b, -1, p).transpose(0, 2, 1).reshape(b * p, -1)
+
+
+def pool_constant(spec: ConvSpec, frac_bits: int) -> int:
+    """c = 2^s / k^2, the public multiplier of both pooling rescales (k^2 <= 2^s needed)."""
+    k2 = spec.pool * spec.pool
+    if not spec.pool or k2 > 1 << frac_bits:
+        raise ValueError(f"average pooling {spec.pool}x{spec.pool} needs k^2 <= 2^{frac_bits}")
+    return (1 << frac_bits) // k2
+
+
+def pool_sum(a: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """Window sums of conv-shaped rows (B H' W', F) -> pooled rows (B H'' W'', F) (exact)."""
+    k, f = spec.pool, a.shape[1]
+    hp, wp = spec.out_height // k, spec.out_width // k
+    return np.asarray(a, dtype=np.int64).reshape(-1, hp, k, wp, k, f).sum(axis=(2, 4)).reshape(-1, f)
+
+
+def pool_spread(g: np.ndarray, spec: ConvSpec) -> np.ndarray:
+    """Pooled rows (B H'' W'', F) copied to every entry of their window: (B H' W', F)."""
+    k, f = spec.pool, g.shape[1]
+    hp, wp = spec.out_height // k, spec.out_width // k
+    g = np.asarray(g, dtype=np.int64).reshape(-1, hp, 1, wp, 1, f)
+    return np.broadcast_to(g, (g.shape[0], hp, k, wp, k, f)).reshape(-1, f).copy()
+
+
+def avg_pool(a: np.ndarray, spec: ConvSpec, frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """PL, RPL = rescale(c sum_window A1), c = 2^s / k^2 (rows (b, ph, pw))."""
+    return rescale_owned(pool_constant(spec, frac_bits) * pool_sum(a, spec), frac_bits)
+
+
+def avg_pool_backward(g: np.ndarray, spec: ConvSpec,
+                      frac_bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """GA1, RGA1 = spread(rescale(c GPL)): the pooled gradient over k^2, copied to its window."""
+    q, r = rescale_owned(pool_constant(spec, frac_bits) * np.asarray(g, dtype=np.int64), frac_bits)
+    return pool_spread(q, spec), pool_spread(r, spec)

@@ -32,7 +32,15 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from .conv import ConvSpec, flat_to_rows, im2col, rows_to_flat
+from .conv import (
+    ConvSpec,
+    avg_pool,
+    avg_pool_backward,
+    flat_to_rows,
+    im2col,
+    pool_constant,
+    rows_to_flat,
+)
 from .exact import exact_matmul
 from .format import (
     FixedPointConfig,
@@ -123,6 +131,8 @@ class FixedPointMLP:
                 conv.filters, conv.patch)):
             raise ValueError(f"FixedPointMLP: conv {conv} needs weights[0] of shape "
                              f"({conv.filters}, {conv.patch}) and a Linear layer after it")
+        if conv is not None and conv.pool:
+            pool_constant(conv, self.config.frac_bits)  # c = 2^s / k^2 must be an integer
         dims = [self.weights[0].shape[1]]
         for i, (w, b) in enumerate(zip(self.weights, self.biases, strict=True)):
             if w.ndim != 2 or w.shape[1] != dims[-1] * self.spatial(i) or b.shape != (
@@ -204,7 +214,7 @@ class FixedPointMLP:
     def spatial(self, i: int) -> int:
         """H' W' for the Linear layer (0-based index i) right after the conv (its Flatten
         multiplies the fan-in), else 1."""
-        return self.conv.positions if self.conv is not None and i == 1 else 1
+        return self.conv.flat_positions if self.conv is not None and i == 1 else 1
 
     def _layer_input(self, a: np.ndarray, i: int) -> np.ndarray:
         """Layer i's (0-based) input matrix: the conv's patches, the Flatten of its output
@@ -212,6 +222,8 @@ class FixedPointMLP:
         if self.conv is not None and i == 0:
             return im2col(a, self.conv)
         if self.conv is not None and i == 1:
+            if self.conv.pool:
+                a, _ = avg_pool(a, self.conv, self.config.frac_bits)
             return rows_to_flat(a, self.conv)
         return a
 
@@ -291,10 +303,12 @@ class FixedPointMLP:
             acts = ["PA"]
 
         def inputs(i: int) -> str:
-            """Layer i's input on the tape; the Flatten after the conv as a temporary view."""
+            """Layer i's input on the tape; the Flatten after the conv (or after its pooling,
+            PL) as a temporary view."""
             if conv is not None and i == 2:
-                t["_X2"] = rows_to_flat(t["A1"], conv)
-                top["_X2"] = top["A1"]
+                src = "PL" if conv.pool else "A1"
+                t["_X2"] = rows_to_flat(t[src], conv)
+                top["_X2"] = top[src]
                 return "_X2"
             return acts[i - 1]
 
@@ -312,6 +326,10 @@ class FixedPointMLP:
                 put(f"V{i}", 2 * sign * z - z - sign)
                 put(f"A{i}", z * sign)
                 acts.append(f"A{i}")
+                if conv is not None and conv.pool and i == 1:  # PL = rescale(c sum_window A1)
+                    pl, rpl = avg_pool(t["A1"], conv, s)
+                    put("PL", pl)
+                    put("RPL", rpl)
         if self.loss == "xent":  # softmax witness: unsigned or remainder-like, checked by design
             t.update(softmax_witness(t[f"Z{L}"], s, cfg.value_bits))
             c = xent_constant(bsz, s)
@@ -331,6 +349,10 @@ class FixedPointMLP:
                 ga, rga = rescale_owned(matmul(gz, f"W{i}"), s)
                 if conv is not None and i == 2:  # back to the conv's rows (exact permutation)
                     ga, rga = flat_to_rows(ga, conv), flat_to_rows(rga, conv)
+                    if conv.pool:  # the pooled output's gradient, / k^2 and spread
+                        put("GPL", ga)
+                        put("RGPL", rga)
+                        ga, rga = avg_pool_backward(ga, conv, s)
                 put(f"GA{i - 1}", ga)
                 put(f"RGA{i - 1}", rga)
                 put(f"GZ{i - 1}", ga * t[f"S{i - 1}"])

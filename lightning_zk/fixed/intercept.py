@@ -39,7 +39,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..rounding.taint import tensors_in, user_location
-from .conv import ConvSpec, im2col
+from .conv import ConvSpec, avg_pool, avg_pool_backward, im2col
 from .exact import exact_matmul
 from .format import FixedPointConfig, check_bound, fixed_constant, rescale
 from .softmax import onehot_targets, softmax_witness, xent_constant, xent_loss
@@ -78,6 +78,14 @@ _XENT = {
 _ARITH |= _XENT
 _CONV = {aten.convolution.default, aten.convolution_backward.default}  # nn.Conv2d (im2col)
 _ARITH |= _CONV
+_POOL = {aten.avg_pool2d.default, aten.avg_pool2d_backward.default}  # nn.AvgPool2d after the conv
+_ARITH |= _POOL
+_POOL_RULE = ("average pooling is supported as nn.AvgPool2d(k) / F.avg_pool2d(x, k) with kernel "
+              "= stride = k a power of two (2, 4, ...), no padding, ceil_mode=False and no "
+              "divisor_override, on the first Conv2d's ReLU output before the Flatten")
+_MAX_POOL = {"aten.max_pool2d_with_indices.default", "aten.max_pool2d_with_indices_backward.default",
+             "aten.max_pool2d.default", "aten.adaptive_avg_pool2d.default",
+             "aten._adaptive_avg_pool2d.default"}
 _INPLACE = {aten.copy_.default, aten.zero_.default}
 _ARITH_WRITES = {f for f in _ARITH if any(a.alias_info is not None and a.alias_info.is_write
                                           for a in f._schema.arguments)}
@@ -129,6 +137,7 @@ class _Unproved:
     seq: int  # the order of the ops marked: the earliest origin is the one to name
     op: str
     where: str
+    why: str = ""  # what is supported instead, where there is something to say
 
 
 def _written(func, args: tuple, kwargs: dict) -> list[torch.Tensor]:
@@ -267,8 +276,10 @@ class FixedPointTracer(TorchDispatchMode):
                 self._refs[_key(out)] = self._identity
                 self._keep.append(out)
                 return out
-        else:
-            raise UnsupportedOpError(str(func), user_location())
+        else:  # (unsupported ops are side computations: _side)
+            raise AssertionError(f"{func} reached the fixed-point dispatch")
+        if func in _POOL:  # one canonical node for every spelling of the same pooling
+            recorded, kwargs = self._pool_canonical(args), {}
         self._record(func, recorded, kwargs, out)
         if func is aten._log_softmax.default:
             self._logits[f"n{len(self.ops) - 1}"] = self._last_logits
@@ -291,16 +302,18 @@ class FixedPointTracer(TorchDispatchMode):
         refuse (naming the origin) if it would write into a tensor of the traced step."""
         step_tensors = [t for t in _written(func, args, kwargs) if self.ref(t)]
         if origin is None:
+            why = f"not supported; {_POOL_RULE}" if str(func) in _MAX_POOL else ""
             if step_tensors:  # an unsupported op that updates the step's own tensors
-                raise UnsupportedOpError(str(func), user_location())
-            origin = _Unproved(len(self._unproved), str(func), user_location())
+                raise UnsupportedOpError(str(func), user_location(), why)
+            origin = _Unproved(len(self._unproved), str(func), user_location(), why)
         elif step_tensors:
             names = ", ".join(sorted({self.ref(t) for t in step_tensors}))
             raise UnsupportedOpError(
                 origin.op, origin.where,
-                f"its result reaches the trained computation ({func} would write it into "
-                f"{names}); an op outside the supported set may compute what is only logged "
-                "(a metric), never the loss, a gradient or an update")
+                f"{origin.why + '; ' if origin.why else ''}its result reaches the trained "
+                f"computation ({func} would write it into {names}); an op outside the supported "
+                "set may compute what is only logged (a metric), never the loss, a gradient or "
+                "an update")
         out = func(*(self._on_grid(a) for a in args), **kwargs)
         for t in (*_written(func, args, kwargs), *tensors_in(out)):
             self._unproved[_key(t)] = origin
@@ -336,6 +349,8 @@ class FixedPointTracer(TorchDispatchMode):
             return self._xent(func, args, kwargs)
         if func in _CONV:
             return self._conv(func, args)
+        if func in _POOL:
+            return self._pool(func, args, kwargs)
         for a in [*args, *kwargs.values()]:
             for item in (a if isinstance(a, (list, tuple)) else [a]):
                 if isinstance(item, torch.Tensor) and self.ref(item) in self._logits:
@@ -494,6 +509,73 @@ class FixedPointTracer(TorchDispatchMode):
         gw_t = self._checked(gw.reshape(w.shape), w, name) if mask[1] else None
         gb_t = self._checked(gz.sum(axis=0), w, name) if mask[2] else None
         return None, gw_t, gb_t
+
+    # --- average pooling (after the first conv) -----------------------------------------------
+    @staticmethod
+    def _pool_args(func, args, kwargs) -> tuple[Any, ...]:
+        """(kernel, stride, padding, ceil_mode, count_include_pad, divisor_override) of an
+        avg_pool2d(_backward) call, torch's defaults filled in."""
+        rest = list(args[2:] if func is aten.avg_pool2d_backward.default else args[1:])
+        names = ("kernel_size", "stride", "padding", "ceil_mode", "count_include_pad",
+                 "divisor_override")
+        defaults = ([], [], [0, 0], False, True, None)
+        vals = [rest[i] if i < len(rest) else kwargs.get(n, d)
+                for i, (n, d) in enumerate(zip(names, defaults, strict=True))]
+        return tuple(vals)
+
+    def _pool_spec(self, name: str, x: torch.Tensor, func, args, kwargs) -> tuple[int, int]:
+        """(kernel k, frac_bits) of a supported average pooling of x (B, F, H', W'), or refuse
+        naming what is not supported."""
+        kernel, stride, padding, ceil_mode, _, divisor = self._pool_args(func, args, kwargs)
+        kernel = [int(v) for v in kernel] * (2 if len(kernel) == 1 else 1)
+        stride = [int(v) for v in stride] * (2 if len(stride) == 1 else 1) or kernel
+        padding = [int(v) for v in padding] * (2 if len(padding) == 1 else 1)
+        k = kernel[0]
+        why = ""
+        if x.dim() != 4:
+            why = "only 2-D pooling of (B, C, H, W) tensors"
+        elif len(set(kernel)) != 1 or k < 2 or k & (k - 1):
+            why = f"kernel_size={kernel} (a square kernel k, k a power of two >= 2)"
+        elif stride != kernel:
+            why = f"stride={stride} differs from kernel_size={kernel}"
+        elif any(padding):
+            why = f"padding={padding}"
+        elif ceil_mode:
+            why = "ceil_mode=True"
+        elif divisor is not None:
+            why = f"divisor_override={divisor}"
+        elif x.shape[2] % k or x.shape[3] % k:
+            why = f"a {x.shape[2]}x{x.shape[3]} input is not a whole number of {k}x{k} windows"
+        elif k * k > 1 << self.config.frac_bits:
+            why = f"k^2 = {k * k} > 2^frac_bits"
+        if why:
+            raise UnsupportedOpError(name, user_location(), f"{why}; {_POOL_RULE}")
+        return k, self.config.frac_bits
+
+    def _pool_canonical(self, args) -> tuple[Any, ...]:
+        """The recorded operands: tensors, then (kernel, stride = kernel, padding 0, ceil_mode
+        False, count_include_pad True (no padding: no difference), divisor None)."""
+        tensors = [a for a in args[:2] if isinstance(a, torch.Tensor)]
+        k = int(args[len(tensors)][0])
+        return (*tensors, [k, k], [k, k], [0, 0], False, True, None)
+
+    def _pool(self, func, args, kwargs):
+        """avg_pool2d: PL = rescale(c sum_window A), c = 2^s / k^2 (:func:`.conv.avg_pool`);
+        avg_pool2d_backward: rescale(c g) copied to the window (:func:`.conv.avg_pool_backward`)."""
+        name = str(func)
+        x = args[1] if func is aten.avg_pool2d_backward.default else args[0]
+        k, s = self._pool_spec(name, x, func, args, kwargs)
+        b, f, h, w = x.shape
+        spec = ConvSpec(1, h, w, f, 1, 1, 0, k)  # (only its output grid and pooling matter)
+        if func is aten.avg_pool2d.default:
+            rows = self.ints(x).transpose(0, 2, 3, 1).reshape(-1, f)
+            q, _ = avg_pool(rows, spec, s)
+            q = q.reshape(b, h // k, w // k, f).transpose(0, 3, 1, 2)
+            return self._checked(np.ascontiguousarray(q), x, name)
+        g = self.ints(args[0]).transpose(0, 2, 3, 1).reshape(-1, f)
+        q, _ = avg_pool_backward(g, spec, s)
+        q = q.reshape(b, h, w, f).transpose(0, 3, 1, 2)
+        return self._checked(np.ascontiguousarray(q), x, name)
 
     # --- softmax cross-entropy ---------------------------------------------------------------
     def _labels(self, target: torch.Tensor, classes: int, name: str) -> np.ndarray:

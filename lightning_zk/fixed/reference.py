@@ -6,7 +6,8 @@ engine against it exactly. Only for small models: O(B * d^2) Python operations.
 
 from __future__ import annotations
 
-__all__ = ["ref_rescale", "reference_step", "reference_sgd_step", "ref_sgd_update"]
+__all__ = ["ref_rescale", "reference_step", "reference_sgd_step", "ref_sgd_update", "ref_avg_pool",
+           "ref_avg_pool_backward"]
 
 Matrix = list[list[int]]
 
@@ -100,3 +101,46 @@ def reference_sgd_step(
                 [ga[n][k] * signs[i - 1][n][k] for k in range(len(ga[0]))] for n in range(len(ga))
             ]
     return new_w, new_b, out, new_vw, new_vb
+
+
+def ref_avg_pool(a: Matrix, height: int, width: int, k: int, s: int) -> tuple[Matrix, Matrix]:
+    """Average pooling of conv rows a[(b, oh, ow)][f] (H' = ``height``, W' = ``width``) with
+    kernel = stride = k (a power of two, k^2 <= 2^s): per window, (q, r) = rescale((2^s / k^2)
+    * sum of its k^2 entries), pooled rows (b, ph, pw). Returns (q rows, r rows)."""
+    c = (1 << s) // (k * k)
+    hp, wp, f = height // k, width // k, len(a[0])
+    out_q: Matrix = []
+    out_r: Matrix = []
+    for b in range(len(a) // (height * width)):
+        for ph in range(hp):
+            for pw in range(wp):
+                qs, rs = [], []
+                for j in range(f):
+                    total = 0
+                    for kh in range(k):
+                        for kw in range(k):
+                            total += a[(b * height + ph * k + kh) * width + pw * k + kw][j]
+                    q, r = ref_rescale(c * total, s)
+                    qs.append(q)
+                    rs.append(r)
+                out_q.append(qs)
+                out_r.append(rs)
+    return out_q, out_r
+
+
+def ref_avg_pool_backward(g: Matrix, height: int, width: int, k: int,
+                          s: int) -> tuple[Matrix, Matrix]:
+    """The pooling's backward: every conv row (b, oh, ow) gets rescale((2^s / k^2) *
+    g[(b, oh // k, ow // k)]) (quotient rows, remainder rows)."""
+    c = (1 << s) // (k * k)
+    hp, wp = height // k, width // k
+    out_q: Matrix = []
+    out_r: Matrix = []
+    for b in range(len(g) // (hp * wp)):
+        for oh in range(height):
+            for ow in range(width):
+                row = g[(b * hp + oh // k) * wp + ow // k]
+                pairs = [ref_rescale(c * v, s) for v in row]
+                out_q.append([q for q, _ in pairs])
+                out_r.append([r for _, r in pairs])
+    return out_q, out_r

@@ -52,6 +52,12 @@ A tape with a first Conv2d layer (:mod:`.conv`) has dims = (C k k, F, d2, ..., d
 Linear layer over the patch matrix, so x is (B, C H W) (the flattened images), PA (B H' W', C k k)
 = im2col(x) is the layer's input, layer 1's tensors Z1 ... GZ1 have the rows (b, oh, ow) of PA,
 W1 is the flattened conv weight (F, C k k) and W2 is (d2, F H' W') in torch's Flatten order.
+A conv followed by an average pooling of kernel k (the conv's 8th entry, :mod:`.conv`) also has
+PL RPL (the pooled activations and their remainder) and GPL RGPL (layer 2's input gradient, the
+pooled output's gradient and its remainder), each (B H'' W'', F) with H'' = H'/k, W'' = W'/k in
+rows (b, ph, pw); W2 is then (d2, F H'' W''), and GA1 RGA1 (conv rows) hold the pooling's
+backward spread(rescale(c GPL)), c = 2^s / k^2. The header's conv then has 8 entries (no new
+tape version: an unpooled conv keeps 7).
 """
 
 from __future__ import annotations
@@ -95,12 +101,14 @@ class TapeFormatError(ValueError):
 
 
 def tensor_names(num_layers: int, momentum: bool = False, decay: bool = False,
-                 loss: str = "mse", conv: bool = False, scaled: bool = False) -> list[str]:
+                 loss: str = "mse", conv: bool = False, scaled: bool = False,
+                 pooled: bool = False) -> list[str]:
     """All tape tensor names for an MLP with ``num_layers`` Linear layers, in canonical order
     (with the tensors of SGD momentum and weight decay when those are on, the softmax
     witness of a cross-entropy tape, the scaled input XS RXS of a step that scales its input,
-    and the patch matrix PA of a first conv layer)."""
+    and the patch matrix PA of a first conv layer, with the pooling tensors when it is pooled)."""
     names = ["x", "y"] + (["XS", "RXS"] if scaled else []) + (["PA"] if conv else [])
+    names += ["PL", "RPL", "GPL", "RGPL"] if pooled else []
     for layer in range(1, num_layers + 1):
         names += [f"W{layer}", f"b{layer}", f"Z{layer}", f"RZ{layer}"]
         if layer < num_layers:
@@ -153,7 +161,8 @@ class WitnessTape:
     def names(self) -> list[str]:
         """The tensor names this tape holds (by its optimizer settings)."""
         return tensor_names(self.num_layers, self.momentum != 0, self.weight_decay != 0,
-                            self.loss, self.conv is not None, self.input_scale is not None)
+                            self.loss, self.conv is not None, self.input_scale is not None,
+                            self.conv is not None and self.conv.pool != 0)
 
     def header(self) -> dict:
         return {
@@ -185,10 +194,12 @@ class WitnessTape:
             return (b, d[0] if conv is None else conv.image)
         if name == "PA" and conv is not None:
             return (b * conv.positions, conv.patch)
+        if name in ("PL", "RPL", "GPL", "RGPL") and conv is not None:
+            return (b * conv.flat_positions, conv.filters)
         if name in ("y", "G", "RG"):
             return (b, d[-1])
         if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
-            return (d[layer], d[layer - 1] * (conv.positions if conv and layer == 2 else 1))
+            return (d[layer], d[layer - 1] * (conv.flat_positions if conv and layer == 2 else 1))
         if kind in ("b", "Gb", "Ub", "RUb", *_OPT_B):
             return (d[layer],)
         return (b * (conv.positions if conv and layer == 1 else 1), d[layer])
@@ -262,8 +273,9 @@ class WitnessTape:
             raise TapeFormatError(f"tape {path}: {exc}") from None
         conv = head.get("conv")
         if conv is not None:
-            if not isinstance(conv, list) or len(conv) != 7:
-                raise TapeFormatError(f"tape {path}: conv must be null or 7 integers")
+            if not isinstance(conv, list) or len(conv) not in (7, 8) or conv[7:] == [0]:
+                raise TapeFormatError(f"tape {path}: conv must be null or 7 integers (8 with "
+                                      "the pooling kernel)")
             try:
                 conv = ConvSpec(*conv)
             except (TypeError, ValueError) as exc:

@@ -1,8 +1,8 @@
 """The provable template step as a traced graph: what the trainer's step must be, and what the
 verifier checks the committed graphs against.
 
-The zk relations prove one step shape: a Linear/ReLU MLP (optionally behind one Conv2d, ReLU and
-Flatten), ``F.mse_loss(net(x), y)`` or
+The zk relations prove one step shape: a Linear/ReLU MLP (optionally behind one Conv2d, ReLU,
+an optional AvgPool2d, and Flatten), ``F.mse_loss(net(x), y)`` or
 ``F.cross_entropy(net(x), y)`` on the batch, optionally with the input scaled by a public
 constant first (``net(x / 16)``, ``net(x * 0.0625)``: :mod:`.scaling`), ``torch.optim.SGD``
 (momentum, weight decay). The
@@ -95,16 +95,19 @@ def template_graph(net: nn.Module, x: torch.Tensor, y: torch.Tensor, config: Fix
 
 def template_network(dims: Sequence[int], conv: Sequence[int] = ()) -> nn.Sequential:
     """The network a statement describes (its weights do not shape the graph): the Linear/ReLU
-    MLP of widths ``dims``, or with ``conv`` = (C, H, W, F, k, stride, padding) a first
-    ``Conv2d``, ReLU and ``Flatten`` in front of the Linear layers (dims[0] = C k k and dims[1] =
-    F then describe the conv as a matmul over patches)."""
+    MLP of widths ``dims``, or with ``conv`` = (C, H, W, F, k, stride, padding[, pool]) a first
+    ``Conv2d``, ReLU[, ``AvgPool2d(pool)``] and ``Flatten`` in front of the Linear layers
+    (dims[0] = C k k and dims[1] = F then describe the conv as a matmul over patches)."""
     layers: list[nn.Module] = []
     widths = list(dims)
     if conv:
         spec = ConvSpec(*conv)
         layers += [nn.Conv2d(spec.channels, spec.filters, spec.kernel, stride=spec.stride,
-                             padding=spec.padding), nn.ReLU(), nn.Flatten()]
-        widths = [spec.filters * spec.positions, *widths[2:]]
+                             padding=spec.padding), nn.ReLU()]
+        if spec.pool:
+            layers.append(nn.AvgPool2d(spec.pool))
+        layers.append(nn.Flatten())
+        widths = [spec.filters * spec.flat_positions, *widths[2:]]
     for i in range(len(widths) - 1):
         layers += [nn.Linear(widths[i], widths[i + 1]), nn.ReLU()]
     return nn.Sequential(*layers[:-1])

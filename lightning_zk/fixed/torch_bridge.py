@@ -4,7 +4,8 @@ Kept apart so that :mod:`lightning_zk.fixed` itself never imports torch.
 Supported: ``Linear`` (with bias) layers separated by single ``ReLU`` layers, no final ReLU
 (the MSE or cross-entropy loss sees the last Linear's output), optionally after a first
 ``Conv2d`` (bias, groups 1, dilation 1, square kernel, equal stride and zero padding on both
-axes), its ``ReLU`` and ``Flatten()``.
+axes), its ``ReLU``, optionally ``AvgPool2d(k)`` (kernel = stride = k a power of two, no
+padding, no ceil_mode, no divisor_override), and ``Flatten()``.
 """
 
 from __future__ import annotations
@@ -31,8 +32,43 @@ class UnsupportedModelError(ValueError):
     """The module contains a layer, loss or optimizer that fixed-point mode cannot prove."""
 
 
+POOL_HINT = ("HINT: use nn.AvgPool2d(k) with k a power of two (2 or 4), stride = kernel (the "
+             "default), no padding, ceil_mode=False, divisor_override=None, right after the "
+             "conv's ReLU and before the Flatten")
+
+
+def _pool_kernel(layer: nn.Module, index: int) -> int:
+    """The kernel k of a supported average pooling layer (refusing any other pooling by name)."""
+    if not isinstance(layer, nn.AvgPool2d):
+        raise UnsupportedModelError(
+            f"layer {index} ({type(layer).__name__}) is not supported: the only pooling "
+            f"fixed-point mode proves is average pooling. {POOL_HINT}")
+
+    def pair(v) -> tuple[int, ...]:
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+    kernel = pair(layer.kernel_size)
+    stride = pair(layer.stride if layer.stride is not None else layer.kernel_size)
+    padding, k = pair(layer.padding), kernel[0]
+    why = ""
+    if len(set(kernel)) != 1 or k < 2 or k & (k - 1):
+        why = f"kernel_size={layer.kernel_size!r}: the kernel must be square, a power of two >= 2"
+    elif stride != kernel:
+        why = f"stride={layer.stride!r} differs from kernel_size={layer.kernel_size!r}"
+    elif any(padding):
+        why = f"padding={layer.padding!r}: only padding 0"
+    elif layer.ceil_mode:
+        why = "ceil_mode=True"
+    elif layer.divisor_override is not None:
+        why = f"divisor_override={layer.divisor_override!r}"
+    if why:
+        raise UnsupportedModelError(f"layer {index} (AvgPool2d) {why}. {POOL_HINT}")
+    return int(k)
+
+
 def _conv_head(layers: list[nn.Module]) -> tuple[nn.Conv2d | None, int]:
-    """A leading Conv2d, ReLU, Flatten (checked, each refusal by name) and how many modules."""
+    """A leading Conv2d, ReLU, [AvgPool2d,] Flatten (checked, each refusal by name) and how many
+    modules."""
     if not layers or not isinstance(layers[0], nn.Conv2d):
         return None, 0
     conv = layers[0]
@@ -51,21 +87,29 @@ def _conv_head(layers: list[nn.Module]) -> tuple[nn.Conv2d | None, int]:
         why = "must have a square kernel and equal stride and padding on both axes"
     if why:
         raise UnsupportedModelError(f"layer 0 (Conv2d) {why}")
-    ok = (len(layers) > 3 and isinstance(layers[1], nn.ReLU) and isinstance(layers[2], nn.Flatten)
-          and layers[2].start_dim == 1 and layers[2].end_dim == -1)
+    flat = 2
+    if len(layers) > 2 and isinstance(layers[1], nn.ReLU) and not isinstance(layers[2], (
+            nn.Flatten, nn.Linear, nn.ReLU)):
+        _pool_kernel(layers[2], 2)
+        flat = 3
+    ok = (len(layers) > flat + 1 and isinstance(layers[1], nn.ReLU)
+          and isinstance(layers[flat], nn.Flatten) and layers[flat].start_dim == 1
+          and layers[flat].end_dim == -1)
     if not ok:
         raise UnsupportedModelError(
-            "a Conv2d layer is supported as the first layer, followed by nn.ReLU(), nn.Flatten() "
-            "and the Linear/ReLU layers (one conv layer; pooling and further convs are not yet)")
-    return conv, 3
+            "a Conv2d layer is supported as the first layer, followed by nn.ReLU(), optionally "
+            "nn.AvgPool2d(k), then nn.Flatten() and the Linear/ReLU layers (one conv layer; "
+            "further convs are not yet)")
+    return conv, flat + 1
 
 
 def conv_spec(module: nn.Module, input_shape: tuple[int, ...]) -> ConvSpec | None:
     """The first Conv2d's public shape for inputs of ``input_shape`` (C, H, W), or None."""
     layers = list(module.children()) if isinstance(module, nn.Sequential) else [module]
-    conv, _ = _conv_head(layers)
+    conv, skip = _conv_head(layers)
     if conv is None:
         return None
+    pool = _pool_kernel(layers[2], 2) if skip == 4 else 0
     if len(input_shape) != 3 or input_shape[0] != conv.in_channels:
         raise UnsupportedModelError(
             f"the Conv2d expects inputs (C={conv.in_channels}, H, W), the data has samples of "
@@ -73,9 +117,10 @@ def conv_spec(module: nn.Module, input_shape: tuple[int, ...]) -> ConvSpec | Non
     try:
         return ConvSpec(int(conv.in_channels), int(input_shape[1]), int(input_shape[2]),
                         int(conv.out_channels), int(conv.kernel_size[0]), int(conv.stride[0]),
-                        int(conv.padding[0]))
+                        int(conv.padding[0]), pool)
     except ValueError as err:
-        raise UnsupportedModelError(f"layer 0 (Conv2d): {err}") from None
+        where = "layer 2 (AvgPool2d)" if pool and "pooling" in str(err) else "layer 0 (Conv2d)"
+        raise UnsupportedModelError(f"{where}: {err}") from None
 
 
 def _linears(module: nn.Module) -> list[nn.Module]:
@@ -103,7 +148,7 @@ def _linears(module: nn.Module) -> list[nn.Module]:
             raise UnsupportedModelError(
                 f"layer {i + start} ({type(layer).__name__}) is not supported here: fixed-point "
                 "mode proves Linear(+bias) layers separated by ReLU, ending with a Linear (after "
-                "an optional first Conv2d, ReLU, Flatten)"
+                "an optional first Conv2d, ReLU, [AvgPool2d,] Flatten)"
             )
     if not linears:
         raise UnsupportedModelError("the model has no Linear layer")

@@ -348,8 +348,9 @@ FIXED = Obj({"dims": List(Int(1, 1 << 24), 2, 64), "frac_bits": Int(1, 30),
              "batch_size": Int(1, 1 << 24),
              # the loss whose gradient the steps take (absent in runs before it: "mse")
              "loss": Enum("mse", "xent"),
-             # a first Conv2d's public shape [C, H, W, F, k, stride, padding] (absent: none)
-             "conv": List(Int(0, 1 << 24), 7, 7),
+             # a first Conv2d's public shape [C, H, W, F, k, stride, padding], and the kernel
+             # of an average pooling after it as an 8th entry (absent: none)
+             "conv": List(Int(0, 1 << 24), 7, 8),
              "proof": Obj({"security_bits": Int(1, 128), "blowup": Int(1, 16)}),
              # the records' state and batch digests are keyed (lightning_zk.ledger.hiding)
              "digests": Obj({"scheme": Enum("hmac-sha256/v1"), "key_commitment": DIGEST})},

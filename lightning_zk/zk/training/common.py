@@ -57,7 +57,7 @@ class UnitShape:
     def layout(self) -> Layout:
         st = self.stmt  # SGD momentum / weight decay add their tensors (and Theta's buffers)
         names = tensor_names(len(st.dims) - 1, st.momentum != 0, st.weight_decay != 0, st.loss,
-                             bool(st.conv), st.input_scale is not None)
+                             bool(st.conv), st.input_scale is not None, len(st.conv) == 8)
         return build_layout(st.arch, names)
 
     @cached_property

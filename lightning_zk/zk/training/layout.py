@@ -80,8 +80,26 @@ class Arch:
         return bits_of(self.rows(layer))
 
     def fan(self, layer: int) -> int:
-        """Fan-in of layer ``layer``'s weight: the Flatten after the conv multiplies it."""
-        return self.dims[layer - 1] * (self.conv.positions if self.conv and layer == 2 else 1)
+        """Fan-in of layer ``layer``'s weight: the Flatten after the conv (or after its
+        pooling) multiplies it."""
+        return self.dims[layer - 1] * (self.conv.flat_positions if self.conv and layer == 2
+                                       else 1)
+
+    @property
+    def pool(self) -> int:
+        """The average pooling kernel after the conv (0: none)."""
+        return self.conv.pool if self.conv is not None else 0
+
+    @property
+    def pool_bits(self) -> int:
+        """log2 k of the pooling kernel (0: none)."""
+        return self.pool.bit_length() - 1 if self.pool else 0
+
+    @property
+    def prows(self) -> int:
+        """Row bits of the pooled tensors PL RPL GPL RGPL (b, ph, pw): the conv rows' bits less
+        the 2 log2 k window bits."""
+        return self.nrows(1) - 2 * self.pool_bits
 
     def nk(self, layer: int) -> int:
         return bits_of(self.fan(layer))
@@ -155,6 +173,8 @@ def _sizes(name: str, arch: Arch) -> tuple[int, ...]:
         return (arch.batch_size, arch.x_width)
     if name == "PA":
         return (arch.rows(1), d[0])
+    if name in POOL_TENSORS:
+        return (arch.batch_size * arch.conv.flat_positions, d[1])
     if name in ("y", "G", "RG"):
         return (arch.batch_size, d[L])
     if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
@@ -174,6 +194,8 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
         return (("b", arch.nb), ("o", bits_of(arch.x_width)))
     if name == "PA":
         return (("b", arch.nrows(1)), ("o", arch.nd(0)))
+    if name in POOL_TENSORS:
+        return (("b", arch.prows), ("o", arch.nd(1)))
     if name in ("y", "G", "RG"):
         return (("b", arch.nb), ("o", arch.nd(L)))
     if kind in ("W", "GW", "RGW", "UW", "RUW", *_OPT_W):
@@ -183,9 +205,12 @@ def _axes(name: str, arch: Arch) -> tuple[tuple[str, int], ...]:
     return (("b", arch.nrows(layer)), ("o", arch.nd(layer)))
 
 
+# the average pooling after a first conv: pooled activations, their gradient, both remainders
+POOL_TENSORS = ("PL", "RPL", "GPL", "RGPL")
 # tensors outside any layer group: the batch, the output gradient, the (B, d_L) softmax
-# witness of a cross-entropy unit, the scaled input and the patch matrix of a first conv layer
-GLOBAL_TENSORS = ("x", "y", "G", "RG", "XS", "RXS", "PA", *SOFTMAX_TENSORS)
+# witness of a cross-entropy unit, the scaled input, the patch matrix of a first conv layer and
+# its pooling tensors
+GLOBAL_TENSORS = ("x", "y", "G", "RG", "XS", "RXS", "PA", *POOL_TENSORS, *SOFTMAX_TENSORS)
 
 
 def split_name(name: str) -> tuple[str, int | None]:

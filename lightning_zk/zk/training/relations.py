@@ -26,6 +26,10 @@ Relations per layer l (stacked over t and over the layers of a layer group, see
 * im2col (first Conv2d, :func:`_im2col`): PA(r) = sum_{b, i} eq(r_b, b) Sel(r_p, r_k, i) x(b, i)
   with Sel the public 0/1 patch selection; the conv is then layer 1 over PA's rows (b, oh, ow),
   and layer 2 reads A1 through the Flatten (a relabelling of variables, :meth:`_Ctx.flat`)
+* average pooling after the conv's ReLU (:func:`_pool_forward`, :func:`_pool_backward`;
+  c = 2^s / k^2): c sum_window A1 - 2^s PL - RPL = 0 (window sums as sums over A1's window
+  variables kh, kw); c GPL(pooled(x)) - 2^s GA1(x) - RGA1(x) = 0; layer 2 then reads PL through
+  the Flatten and its input gradient is GPL, RGPL
 * chain: Theta_out(t) = Theta_in(t+1) inside the unit; Theta_in(0) = B_in; Theta_out(last) = B_out
   (Theta: weights, biases and, with momentum, the momentum buffers, which are 0 before step 0)
 * zero padding: every tensor is 0 outside its true shape (and an unused layer slot entirely),
@@ -267,15 +271,16 @@ class _Ctx:
         if self.arch.conv is not None and i == 1:
             return self.wit("PA", b=b, o=k)
         if self.arch.conv is not None and i == 2:
-            return self.flat("A1", b, k)
+            return self.flat("PL" if self.arch.pool else "A1", b, k)
         return self.wit(self.act(i - 1), b=b, o=k)
 
     def flat(self, name: str, b: int | Sequence[Fp2], k: int | Sequence[Fp2]) -> Committed:
         """A conv-shaped tensor (rows (b, p), column f) seen as torch's Flatten (b, (f, p)):
         with H' W' = 2^m its row bits are (b, p) and the flat column bits (f, p), so the
-        Flatten is a relabelling of variables (no relation, nothing to prove)."""
+        Flatten is a relabelling of variables (no relation, nothing to prove). With an average
+        pooling the Flatten reads the pooled tensors (rows (b, ph, pw), H'' W'' = 2^m)."""
         nb, nf = self.arch.nb, self.arch.nd(1)
-        m = self.arch.nrows(1) - nb
+        m = (self.arch.prows if self.arch.pool else self.arch.nrows(1)) - nb
 
         def spec(v: int | Sequence[Fp2], bits: int) -> list[Var]:
             return [Free(v + j) for j in range(bits)] if isinstance(v, int) else list(v)
@@ -416,7 +421,8 @@ def _input_grad(c: _Ctx, tr: Transcript, g: int) -> Relation:
         i = layers[pos]
         sel = rel.add(c.select(tau, r_l, [pos]))
         if c.arch.conv is not None and i == 2:  # GA1 has the conv's rows: via the Flatten
-            ga, rga = rel.add(c.flat("GA1", y, y + nb)), rel.add(c.flat("RGA1", y, y + nb))
+            g_, r_ = ("GPL", "RGPL") if c.arch.pool else ("GA1", "RGA1")  # (pooled: its input)
+            ga, rga = rel.add(c.flat(g_, y, y + nb)), rel.add(c.flat(r_, y, y + nb))
         else:
             ga = rel.add(c.wit(f"GA{i - 1}", b=y, o=y + nb))
             rga = rel.add(c.wit(f"RGA{i - 1}", b=y, o=y + nb))
@@ -649,6 +655,66 @@ def _input_scale(c: _Ctx, tr: Transcript) -> Relation:
     return rel
 
 
+def _pool_vars(c: _Ctx) -> tuple[list[int], list[int], int]:
+    """The variables of A1's sumcheck domain (t, rows (b, ph, kh, pw, kw), f) split into the
+    pooled ones (t, b, ph, pw, f: the pooled tensors' variables, in their order) and the window
+    ones (kh, kw); H' = 2^a, W' = 2^w, k = 2^mu with row index ((b H' + oh) W' + ow), oh = ph k
+    + kh, ow = pw k + kw. Returns (pooled vars, window vars, number of variables)."""
+    conv, mu, tau = c.arch.conv, c.arch.pool_bits, c.tau
+    a, w = conv.out_height.bit_length() - 1, conv.out_width.bit_length() - 1
+    nr, nf = c.arch.nrows(1), c.arch.nd(1)
+    b0 = tau + nr - a - w  # first variable of oh
+    rows_pooled = list(range(tau, b0)) + list(range(b0, b0 + a - mu)) + list(
+        range(b0 + a, b0 + a + w - mu))
+    window = list(range(b0 + a - mu, b0 + a)) + list(range(b0 + a + w - mu, b0 + a + w))
+    pooled = list(range(tau)) + rows_pooled + list(range(tau + nr, tau + nr + nf))
+    return pooled, window, tau + nr + nf
+
+
+def _pool_forward(c: _Ctx, tr: Transcript) -> Relation:
+    """PL = rescale(c sum_window A1), c = 2^s / k^2 (the average pooling after the conv's ReLU):
+    at a random point r of the pooled domain (t, b, ph, pw, f), one sumcheck over A1's domain,
+
+        sum_x eq(r, pooled(x)) (c A1(x) - eq(0, window(x)) (2^s PL + RPL)(pooled(x))) = 0,
+
+    i.e. c sum_window A1 - 2^s PL - RPL = 0 at r. RPL is range-checked as a remainder and PL as
+    a value, so PL is the rounded window mean exactly; on padding (A1 = 0 there) the identity
+    forces PL = RPL = 0, so they need no padding term."""
+    pooled, window, n = _pool_vars(c)
+    r = tr.challenge_ext_list("pool.r", len(pooled))
+    rel = Relation("pool_forward", n)
+    eq = rel.add(PubEq(tuple(pooled), tuple(r)))
+    a1 = rel.add(Committed("wit", "A1", tuple(Free(i) for i in range(n))))
+    on = tuple(Free(i) for i in pooled)
+    zw = rel.add(PubEq(tuple(window), (Fp2(0),) * len(window)))
+    pl = rel.add(Committed("wit", "PL", on))
+    rpl = rel.add(Committed("wit", "RPL", on))
+    rel.term(c.st.pool_multiplier, eq, a1)
+    rel.rescaled(1, c.st.frac_bits, pl, rpl, eq, zw)
+    return rel
+
+
+def _pool_backward(c: _Ctx, tr: Transcript) -> Relation:
+    """GA1 = spread(rescale(c GPL)): at a random point r of A1's domain,
+
+        sum_x eq(r, x) (c GPL(pooled(x)) - 2^s GA1(x) - RGA1(x)) = 0,
+
+    so every entry of a window gets the pooled gradient's rescale (RGA1 range-checked as a
+    remainder, GA1 as a value); GA1 and RGA1 are zero on their padding by the elementwise
+    relation, GPL and RGPL by the input-gradient relation of layer 2 that defines them."""
+    pooled, _, n = _pool_vars(c)
+    r = tr.challenge_ext_list("pool_back.r", n)
+    rel = Relation("pool_backward", n)
+    eq = rel.add(c.eq(0, r))
+    full = tuple(Free(i) for i in range(n))
+    gpl = rel.add(Committed("wit", "GPL", tuple(Free(i) for i in pooled)))
+    ga = rel.add(Committed("wit", "GA1", full))
+    rga = rel.add(Committed("wit", "RGA1", full))
+    rel.term(c.st.pool_multiplier, eq, gpl)
+    rel.rescaled(1, c.st.frac_bits, ga, rga, eq)
+    return rel
+
+
 Builder = Callable[[Transcript], Relation]
 
 
@@ -660,6 +726,9 @@ def relation_builders(layout: Layout, stmt: TrainingStatement) -> list[Builder]:
         out.append(lambda tr: _input_scale(c, tr))
     if layout.arch.conv is not None:
         out.append(lambda tr: _im2col(c, tr))
+    if layout.arch.pool:  # (the pooling relations read A1 and GA1 of the conv layer)
+        out.append(lambda tr: _pool_forward(c, tr))
+        out.append(lambda tr: _pool_backward(c, tr))
     for g, layers in enumerate(layout.groups):
         out.append(lambda tr, g=g: _forward(c, tr, g))
         out.append(lambda tr, g=g: _elementwise(c, tr, g))

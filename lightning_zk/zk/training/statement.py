@@ -13,7 +13,9 @@ of each step's traced op graph (the user's ``training_step`` as executed,
 ``lightning_zk.fixed.template``; version 7), and the public scaling of the batch input that the
 step applies before its network, ``input_ops``: a view to (B, d0) (["view", sizes, sample]) and/or
 a scaling [op, c 2^s, form] (``x * c`` or ``x / c``), in execution order (:mod:`lightning_zk.fixed.
-scaling`; version 8). A proof
+scaling`; version 8). A conv followed by an average pooling (``nn.AvgPool2d(k)``) has the kernel
+k as ``conv``'s 8th entry (still version 8: an unpooled conv keeps 7 entries and is absorbed and
+hashed as before; a build without pooling refuses 8 entries). A proof
 therefore verifies only against the statement of *its* run and steps; which run and which
 ledger that is, is the caller's check (``lightning_zk.audit.proofs.verify_run`` compares every
 field with the run's manifest and Merkle ledger).
@@ -150,7 +152,7 @@ class TrainingStatement:
     weight_decay: int = 0
     loss: str = "mse"  # "mse" or "xent" (softmax cross-entropy): which output-gradient relations
     graphs: tuple[bytes, ...] = field(default=())  # one 32-byte traced-graph digest per step
-    conv: tuple[int, ...] = ()  # a first Conv2d's (C, H, W, F, k, stride, padding); () = none
+    conv: tuple[int, ...] = ()  # a first Conv2d's (C, H, W, F, k, stride, padding[, pool]); ()
     input_ops: tuple[InputOp, ...] = ()  # the step's view and/or x * c, x / c before the network
 
     def __post_init__(self) -> None:
@@ -166,6 +168,13 @@ class TrainingStatement:
                     f"TrainingStatement: conv {conv} has {spec.positions * spec.patch} patch "
                     f"entries per image, more than {MAX_PATCH_ENTRIES} (prover and verifier "
                     "evaluate the im2col selection entry by entry)")
+            if spec.pool and spec.pool * spec.pool > 1 << self.frac_bits:
+                raise ParameterError(
+                    f"TrainingStatement: conv {conv}: average pooling {spec.pool}x{spec.pool} "
+                    f"needs k^2 <= 2^frac_bits = 2^{self.frac_bits}")
+            if len(conv) == 8 and not spec.pool:
+                raise ParameterError(f"TrainingStatement: conv {conv}: a pooling kernel of 0 "
+                                     "is written as no 8th entry")
             if len(self.dims) < 3 or self.dims[0] != spec.patch or self.dims[1] != spec.filters:
                 raise ParameterError(
                     f"TrainingStatement: conv {conv} needs dims (C k k = {spec.patch}, F = "
@@ -213,6 +222,12 @@ class TrainingStatement:
         """k of XS = rescale(k x), derived from the statement's op and literal (0: no scaling)."""
         scale = self.input_scale
         return 0 if scale is None else scale.multiplier(self.frac_bits, self.value_bits)
+
+    @property
+    def pool_multiplier(self) -> int:
+        """c = 2^s / k^2 of the average pooling after the conv (conv's 8th entry; 0: none)."""
+        k = self.conv[7] if len(self.conv) == 8 else 0
+        return (1 << self.frac_bits) // (k * k) if k else 0
 
     @property
     def pcs_config(self) -> LigeroConfig:
@@ -312,8 +327,9 @@ class TrainingStatement:
         if not isinstance(loss, str) or loss not in LOSS_KINDS:
             raise _fail("loss", f"expected one of {LOSS_KINDS}", loss)
         conv = d["conv"]
-        if conv is not None and (not isinstance(conv, list) or len(conv) != 7):
-            raise _fail("conv", "expected null or a list [C, H, W, F, k, stride, padding]", conv)
+        if conv is not None and (not isinstance(conv, list) or len(conv) not in (7, 8)):
+            raise _fail("conv", "expected null or a list [C, H, W, F, k, stride, padding] "
+                        "(and the average pooling kernel as an 8th entry)", conv)
         try:
             input_ops = input_ops_from_json(d["input_ops"])
         except InputScaleError as exc:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ...fixed.conv import im2col, rows_to_flat
+from ...fixed.conv import im2col, pool_constant, pool_spread, pool_sum, rows_to_flat
 from ...fixed.engine import loss_constant
 from ...fixed.softmax import SoftmaxWitnessError, check_softmax_witness
 from ...fixed.tape import WitnessTape
@@ -119,11 +119,19 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
                 fail("im2col", "PA")
             acts = [t["PA"]]
 
+        pool = tp.conv is not None and tp.conv.pool != 0
+
         def layer_in(i: int, acts: list[np.ndarray] = acts, tp: WitnessTape = tp) -> np.ndarray:
-            if tp.conv is not None and i == 2:
-                return rows_to_flat(acts[1], tp.conv)
+            if tp.conv is not None and i == 2:  # through the Flatten (of the pooled output)
+                return rows_to_flat(tp.tensors["PL"] if tp.conv.pool else acts[1], tp.conv)
             return acts[i - 1]
 
+        if pool:  # PL = rescale(c sum_window A1); GA1 = spread(rescale(c GPL)), c = 2^s / k^2
+            c = pool_constant(tp.conv, s)
+            if not _rescaled(c * pool_sum(t["A1"], tp.conv), t["PL"], t["RPL"], s):
+                fail("pool forward", "PL")
+            if not _rescaled(c * pool_spread(t["GPL"], tp.conv), t["GA1"], t["RGA1"], s):
+                fail("pool backward", "GA1")
         for i in range(1, L + 1):
             raw = layer_in(i) @ t[f"W{i}"].T + (t[f"b{i}"] << s)[None, :]
             if not _rescaled(raw, t[f"Z{i}"], t[f"RZ{i}"], s):
@@ -153,10 +161,11 @@ def check_witness(tapes: Sequence[WitnessTape], prev_params: dict[str, np.ndarra
             if not np.array_equal(gz.sum(axis=0), t[f"Gb{i}"]):
                 fail("bias gradient", f"Gb{i}")
             ga, rga = t[f"GA{i - 1}"] if i >= 2 else None, t[f"RGA{i - 1}"] if i >= 2 else None
-            if tp.conv is not None and i == 2:
+            if tp.conv is not None and i == 2:  # (pooled: the pooled output's gradient)
+                ga, rga = (t["GPL"], t["RGPL"]) if pool else (ga, rga)
                 ga, rga = rows_to_flat(ga, tp.conv), rows_to_flat(rga, tp.conv)
             if i >= 2 and not _rescaled(gz @ t[f"W{i}"], ga, rga, s):
-                fail("input gradient", f"GA{i - 1}")
+                fail("input gradient", "GPL" if pool and i == 2 else f"GA{i - 1}")
             for u_, r_, p_ in (("UW", "RUW", "W"), ("Ub", "RUb", "b")):
                 direction = _sgd_direction(tp, p_, i, fail)
                 if not _rescaled(tp.lr * direction, t[f"{u_}{i}"], t[f"{r_}{i}"], s):
