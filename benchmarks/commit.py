@@ -31,7 +31,9 @@ snapshot buffers are allocated once and for all, plus the final
 drain spread over the steps), the commit's cost (mode − plain) and its ratio to the plain step;
 then the same in CPU time (every thread of the process), which load from other processes
 disturbs less than wall-clock time; and the resident memory the commit keeps beyond the plain
-loop's (its snapshot buffers), read from the process after the timed steps.
+loop's (its snapshot buffers), read from the process after the timed steps; and the commit
+call alone (median), which the spread of the training step between runs does not blur — the
+step-time difference also shows what a commit costs the *next* step (a copy evicts caches).
 The machine may be shared: the plain step is measured again before every mode and the table
 shows their spread; compare ratios, and repeat a size when the spread is large. With ``--profile``, the
 inline phases of one commit: copy, digest v1, digest v2, log + record with fsync.
@@ -160,32 +162,38 @@ def _resident_bytes() -> int:
         return 0
 
 
-def run_mode(size: str, mode: str, steps: int, batch: int) -> tuple[float, float, int]:
+def run_mode(size: str, mode: str, steps: int, batch: int) -> tuple[float, float, int, float]:
     """Seconds per step (training + commit), wall-clock and CPU (all of the process's threads):
     the median over ``steps`` steps after ``WARMUP`` steps, plus the final drain of the queued
     digests spread over the steps (a median, so a burst of load from another process on a shared
     machine does not decide the result; CPU time is what such load disturbs least), and the
-    resident memory the commit keeps (the snapshot buffers) beside the plain loop's."""
+    resident memory the commit keeps (the snapshot buffers) beside the plain loop's, and the
+    median time of the commit call alone (the part of the cost no run-to-run spread of the
+    training step blurs)."""
     model, opt, x, y = make(size, batch)
     train_step(model, opt, x, y)  # Adam's moments exist from here on
-    times, cpu = [], []
+    times, cpu, phase = [], [], []
     resident = _resident_bytes()
     with tempfile.TemporaryDirectory(prefix="lzk-commit-") as tmp:
         committer = None if mode == "plain" else Committer(Path(tmp) / "run", mode)
         for i in range(steps + WARMUP):
             start, start_cpu = time.perf_counter(), time.process_time()
             train_step(model, opt, x, y)
+            trained = time.perf_counter()
             if committer is not None:
                 committer.commit(model, opt)
             if i >= WARMUP:
                 times.append(time.perf_counter() - start)
                 cpu.append(time.process_time() - start_cpu)
+                phase.append(time.perf_counter() - trained)
         kept = _resident_bytes() - resident
         start, start_cpu = time.perf_counter(), time.process_time()
         if committer is not None:
             committer.finish()
-        return (statistics.median(times) + (time.perf_counter() - start) / steps,
-                statistics.median(cpu) + (time.process_time() - start_cpu) / steps, kept)
+        drain = (time.perf_counter() - start) / steps
+        return (statistics.median(times) + drain,
+                statistics.median(cpu) + (time.process_time() - start_cpu) / steps, kept,
+                statistics.median(phase) + drain)
 
 
 def profile(size: str, batch: int) -> dict[str, float]:
@@ -249,18 +257,19 @@ def main() -> None:
         plain.append(run_mode(size, "plain", n, args.batch))
         base = statistics.median(p[0] for p in plain)
         base_cpu = statistics.median(p[1] for p in plain)
-        base_mem = statistics.median(p[2] for p in plain)
+        base_mem = statistics.median(p[2] for p in plain)  # (p[3]: no commit call in plain)
         print(f"\n{size}: {params / 1e6:.1f} M parameters, state {12 * params / 1e9:.2f} GB, "
               f"{n} steps per mode; plain step {base * 1e3:.0f} ms, {base_cpu * 1e3:.0f} ms CPU "
               f"(runs: {', '.join(f'{p[0] * 1e3:.0f}' for p in plain)} ms)")
         print(f"  {'mode':<15}{'step ms':>10}{'commit ms':>11}{'ratio':>9}"
-              f"{'CPU ms':>10}{'commit CPU':>12}{'CPU ratio':>11}{'memory GB':>11}")
+              f"{'CPU ms':>10}{'commit CPU':>12}{'CPU ratio':>11}{'memory GB':>11}"
+              f"{'call ms':>9}{'call/plain':>11}")
         target = "  (target: commit <= +10 % of the step at 100 M)" if size == "100M" else ""
         for m in modes:
-            t, c, mem = times[m]
+            t, c, mem, call = times[m]
             print(f"  {m:<15}{t * 1e3:>10.0f}{(t - base) * 1e3:>11.0f}{(t - base) / base:>+9.1%}"
                   f"{c * 1e3:>10.0f}{(c - base_cpu) * 1e3:>12.0f}{(c - base_cpu) / base_cpu:>+11.1%}"
-                  f"{(mem - base_mem) / 1e9:>+11.2f}")
+                  f"{(mem - base_mem) / 1e9:>+11.2f}{call * 1e3:>9.0f}{call / base:>+11.1%}")
         if target:
             print(target)
         if args.profile:
