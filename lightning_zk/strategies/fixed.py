@@ -175,6 +175,12 @@ class FixedPointSession(TrainingSession):
                 "batch_size (no batch_sampler): every step of a proof chain has the same public "
                 "batch size. HINT: DataLoader(dataset, batch_size=B, drop_last=True)."
             )
+        conv = self.engine.conv
+        if conv is not None and (self.batch_size < 2 or conv.filters < 2):
+            raise UnsupportedModelError(
+                f"fixed-point proofs of a Conv2d network need a batch size of 2 or more and 2 or "
+                f"more filters (batch size {self.batch_size}, {conv.filters} filters): nothing "
+                "was trained. HINT: DataLoader(..., batch_size=B >= 2), Conv2d(C, F >= 2, k).")
         self.last_tape: WitnessTape | None = None
         self.last_loss: float | None = None
         self._key: DigestKey | None = None

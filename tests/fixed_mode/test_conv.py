@@ -312,3 +312,18 @@ def test_resumed_cnn_run_keeps_its_conv_buffers_and_chain(tmp_path):
     fit(5, [CommitCallback()], path=tmp_path / "straight")
     assert [r.extra["tape_sha256"] for r in RunDirectory(run).read_steps()] == [
         r.extra["tape_sha256"] for r in RunDirectory(tmp_path / "straight").read_steps()]
+
+
+@pytest.mark.parametrize(("filters", "batch_size"), [(2, 1), (1, 4)])
+def test_a_cnn_the_relations_cannot_prove_is_refused_before_training(tmp_path, filters, batch_size):
+    """A batch of one image or a single filter: the conv relations' layout cannot hold it (found
+    by proving such a step), so the run is refused at its start rather than failing to prove."""
+    L.seed_everything(0, verbose=False)
+    model = CNN(padding=0)
+    model.net[0] = nn.Conv2d(1, filters, 3)
+    model.net[3] = nn.Linear(filters * 16, 8)
+    trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
+                        max_steps=2, **trainer_kwargs())
+    with pytest.raises(UnsupportedModelError, match="batch size of 2 or more and 2 or more filters"):
+        trainer.fit(model, train_dataloaders=DataLoader(image_data(), batch_size=batch_size))
+    assert not (tmp_path / "run" / "steps.jsonl").exists()

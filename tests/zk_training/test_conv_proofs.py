@@ -148,3 +148,10 @@ def test_statement_conv_field_is_parsed_strictly(step_unit):
     missing = {k: v for k, v in d.items() if k != "conv"}
     with pytest.raises(ParameterError):
         TrainingStatement.from_json(missing)
+    # one image per batch, or one filter: the relations' layout cannot hold them (refused here,
+    # and at the run's start, instead of failing in the prover)
+    with pytest.raises(ParameterError, match="batch of 2 or more"):
+        TrainingStatement.from_json({**d, "batch_size": 1})
+    with pytest.raises(ParameterError, match="2 or more filters"):
+        TrainingStatement.from_json({**d, "conv": [1, 4, 4, 1, 3, 1, 1],
+                                     "dims": [9, 1, *d["dims"][2:]]})

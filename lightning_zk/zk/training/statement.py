@@ -163,6 +163,12 @@ class TrainingStatement:
                 spec = ConvSpec(*conv)
             except (TypeError, ValueError) as err:
                 raise ParameterError(f"TrainingStatement: conv {conv}: {err}") from None
+            if self.batch_size < 2 or spec.filters < 2:  # (a 1-wide axis still takes one bit of
+                # the layout, and the Flatten's relabelling of (b, p) and (f, p) needs it exact)
+                raise ParameterError(
+                    f"TrainingStatement: conv {conv} with batch size {self.batch_size} and "
+                    f"{spec.filters} filters: the conv relations need a batch of 2 or more and 2 "
+                    "or more filters")
             if spec.positions * spec.patch > MAX_PATCH_ENTRIES:
                 raise ParameterError(
                     f"TrainingStatement: conv {conv} has {spec.positions * spec.patch} patch "
