@@ -43,6 +43,7 @@ from pymerkle import (
     SqliteTree,
 )
 
+from ..atomic import fsync_dir
 from . import safeio
 from .errors import RunDirectoryError
 from .rundir import StepRecord
@@ -220,6 +221,23 @@ def _check_ledger_file(path: Path) -> None:
                               f"make {pages * page_size}: truncated or with bytes appended")
 
 
+def _create(path: Path) -> None:
+    """Create an empty ledger that appears whole or not at all: SQLite makes the file before its
+    'leaf' table, so it is built under a temporary name (leftovers of a killed creation are
+    removed first), fsynced and renamed into place."""
+    tmp = path.with_name(path.name + ".new")
+    for leftover in (tmp, *(tmp.with_name(tmp.name + s) for s in _COMPANIONS)):
+        leftover.unlink(missing_ok=True)
+    try:
+        SqliteTree(str(tmp), algorithm=ALGORITHM).close()
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+    except (sqlite3.Error, OSError) as err:
+        raise LedgerFileError(f"cannot create the ledger {path}: {err}") from err
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
 class Ledger:
     """A run's append-only Merkle log over step records (pymerkle ``SqliteTree``, SHA-256).
 
@@ -240,6 +258,8 @@ class Ledger:
         self.path = path
         if not create:
             _check_ledger_file(path)
+        elif not os.path.lexists(path):
+            _create(path)
         try:
             self.tree = SqliteTree(str(path), algorithm=ALGORITHM)
             self._check_schema()

@@ -325,3 +325,27 @@ def test_proofs_property(tmp_path_factory, n, data):
         if old < n:
             with pytest.raises(ProofError):
                 verify_consistency(ledger.prove_consistency(old), old, ledger.root(n), n, ledger.root())
+
+
+def test_a_ledger_killed_while_it_is_created_leaves_no_file_without_its_table(tmp_path, monkeypatch):
+    """SQLite makes the file before the 'leaf' table: a kill in between must not leave a file
+    that readers refuse as "not a lightning-zk ledger" (found by the random-kill test)."""
+    from lightning_zk.ledger import merkle
+
+    real = merkle.SqliteTree
+
+    def killed(dbfile, **kwargs):
+        sqlite3.connect(dbfile).execute("CREATE TABLE other(x)")  # the file, but no 'leaf' table
+        raise KeyboardInterrupt  # the process dies here
+
+    path = tmp_path / "ledger.sqlite"
+    monkeypatch.setattr(merkle, "SqliteTree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        Ledger(path, create=True)
+    assert not path.exists()  # readers see no ledger yet (a run killed before its first leaf)
+    monkeypatch.setattr(merkle, "SqliteTree", real)
+    with Ledger(path, create=True) as ledger:  # the next writer creates it, leftovers removed
+        assert ledger.size == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger.sqlite"]
+    with Ledger(path) as ledger:
+        assert ledger.size == 0
