@@ -370,7 +370,9 @@ def save_snapshot(path: Path, snap: StateSnapshot) -> str:
     if snap.digest_format != STATE_DIGEST_V1:  # v1 files stay as they always were
         stored["digest_format"] = snap.digest_format
     meta = {_META_KEY: json.dumps(stored, sort_keys=True)}
-    tensors = {k: v.contiguous() for k, v in snap.tensors.items()}
+    # (a live snapshot holds the model's own tensors: tied weights are one tensor under two
+    # names, which safetensors refuses; its copy holds them apart)
+    tensors = {k: v.contiguous() for k, v in snap.materialized().tensors.items()}
     tmp = Path(path).with_name(f".{Path(path).name}.partial")
     save_file(tensors, str(tmp), metadata=meta)
     data = tmp.read_bytes()

@@ -102,6 +102,15 @@ def test_a_materialized_live_snapshot_is_a_copy_later_updates_do_not_reach():
     assert kept.materialized() is kept
 
 
+def test_a_live_snapshot_of_tied_weights_is_saved_as_its_copy(tmp_path):
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5, bias=False))
+    model[1].weight = model[0].weight  # one tensor under two names (tied embeddings)
+    live = snapshot(model, [], torch.float32, digest_format=STATE_DIGEST_V2, live=True)
+    assert live.shared == {"model/0.weight", "model/1.weight"}
+    digest = save_snapshot(tmp_path / "tied.safetensors", live)  # safetensors refuses aliases
+    assert digest == live.digest() == load_snapshot(tmp_path / "tied.safetensors").digest()
+
+
 def test_a_live_snapshot_converts_what_is_committed_in_another_dtype_into_reused_buffers():
     model = nn.Linear(3, 2).double()  # computed in float64, committed as float32
     model.register_buffer("count", torch.zeros((), dtype=torch.int64))  # committed as it is
