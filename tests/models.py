@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
+
 import lightning as L
 import torch
 import torch.nn.functional as F
@@ -121,11 +125,17 @@ def loader(kind: str, batch_size: int = 16, shuffle: bool = True, n: int = 96) -
     return DataLoader(make_data(kind, n=n), batch_size=batch_size, shuffle=shuffle)
 
 
+_ROOT = tempfile.mkdtemp(prefix="lzk-tests-")  # Lightning's files never in the working directory
+atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+
 def trainer_kwargs(**overrides) -> dict:
-    """Quiet, fast Trainer settings for tests."""
+    """Quiet, fast Trainer settings for tests (a checkpoint without its own ``dirpath`` goes to
+    a temporary directory, not to ``./checkpoints``)."""
     kwargs = dict(
         logger=False, enable_checkpointing=False, enable_progress_bar=False,
         enable_model_summary=False, num_sanity_val_steps=0, accelerator="cpu",
+        default_root_dir=_ROOT,
     )
     kwargs.update(overrides)
     return kwargs

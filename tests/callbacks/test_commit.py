@@ -127,8 +127,8 @@ def test_invalid_interval(value):
 
 
 def test_requires_verifiable_strategy(tmp_path):
-    trainer = L.Trainer(max_steps=2, callbacks=[CommitCallback()], default_root_dir=tmp_path,
-                        **trainer_kwargs())
+    trainer = L.Trainer(max_steps=2, callbacks=[CommitCallback()],
+                        **trainer_kwargs(default_root_dir=tmp_path))
     with pytest.raises(TypeError, match="VerifiableStrategy"):
         trainer.fit(make_model("mlp"), train_dataloaders=loader("mlp"))
 

@@ -125,7 +125,7 @@ def test_manifest_contents(tmp_path):
 
 def test_strategy_registered_by_name(tmp_path):
     model = make_model("mlp")
-    trainer = L.Trainer(strategy="verifiable", max_steps=1, default_root_dir=tmp_path, **trainer_kwargs())
+    trainer = L.Trainer(strategy="verifiable", max_steps=1, **trainer_kwargs(default_root_dir=tmp_path))
     assert isinstance(trainer.strategy, VerifiableStrategy)
     trainer.fit(model, train_dataloaders=loader("mlp"))
     assert (tmp_path / "verifiable" / "run_0" / "manifest.json").is_file()
