@@ -140,6 +140,32 @@ def flat_to_rows(a: np.ndarray, spec: ConvSpec) -> np.ndarray:
     return a.reshape(b, -1, p).transpose(0, 2, 1).reshape(b * p, -1)
 
 
+def pooling_refusal(kernel_size, stride, padding, ceil_mode: bool, divisor_override) -> str:
+    """Why an average pooling is not the provable one, or "" when it is: a square kernel k, k a
+    power of two >= 2, stride = kernel, no padding, no ceil_mode or divisor_override. Arguments
+    as ``nn.AvgPool2d`` / ``aten.avg_pool2d`` take them (an int or a pair; a stride of None or
+    [] is the kernel). The one rule for the layer check and the op check."""
+    def pair(v) -> list[int]:
+        out = [int(x) for x in v] if isinstance(v, (tuple, list)) else [int(v)]
+        return out * 2 if len(out) == 1 else out
+
+    kernel = pair(kernel_size)
+    strides = kernel if stride is None or (isinstance(stride, (tuple, list)) and not stride) \
+        else pair(stride)
+    k = kernel[0]
+    if len(set(kernel)) != 1 or k < 2 or k & (k - 1):
+        return f"kernel_size={kernel_size!r}: the kernel must be square, a power of two >= 2"
+    if strides != kernel:
+        return f"stride={stride!r} differs from kernel_size={kernel_size!r}"
+    if any(pair(padding)):
+        return f"padding={padding!r}: only padding 0"
+    if ceil_mode:
+        return "ceil_mode=True"
+    if divisor_override is not None:
+        return f"divisor_override={divisor_override!r}"
+    return ""
+
+
 def pool_constant(spec: ConvSpec, frac_bits: int) -> int:
     """c = 2^s / k^2, the public multiplier of both pooling rescales (k^2 <= 2^s needed)."""
     k2 = spec.pool * spec.pool

@@ -39,7 +39,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from ..rounding.taint import tensors_in, user_location
-from .conv import ConvSpec, avg_pool, avg_pool_backward, im2col
+from .conv import ConvSpec, avg_pool, avg_pool_backward, im2col, pooling_refusal
 from .exact import exact_matmul
 from .format import FixedPointConfig, check_bound, fixed_constant, rescale
 from .softmax import onehot_targets, softmax_witness, xent_constant, xent_loss
@@ -527,26 +527,14 @@ class FixedPointTracer(TorchDispatchMode):
         """(kernel k, frac_bits) of a supported average pooling of x (B, F, H', W'), or refuse
         naming what is not supported."""
         kernel, stride, padding, ceil_mode, _, divisor = self._pool_args(func, args, kwargs)
-        kernel = [int(v) for v in kernel] * (2 if len(kernel) == 1 else 1)
-        stride = [int(v) for v in stride] * (2 if len(stride) == 1 else 1) or kernel
-        padding = [int(v) for v in padding] * (2 if len(padding) == 1 else 1)
-        k = kernel[0]
-        why = ""
+        k = int(kernel[0])
         if x.dim() != 4:
             why = "only 2-D pooling of (B, C, H, W) tensors"
-        elif len(set(kernel)) != 1 or k < 2 or k & (k - 1):
-            why = f"kernel_size={kernel} (a square kernel k, k a power of two >= 2)"
-        elif stride != kernel:
-            why = f"stride={stride} differs from kernel_size={kernel}"
-        elif any(padding):
-            why = f"padding={padding}"
-        elif ceil_mode:
-            why = "ceil_mode=True"
-        elif divisor is not None:
-            why = f"divisor_override={divisor}"
-        elif x.shape[2] % k or x.shape[3] % k:
+        else:
+            why = pooling_refusal(kernel, stride, padding, ceil_mode, divisor)
+        if not why and (x.shape[2] % k or x.shape[3] % k):
             why = f"a {x.shape[2]}x{x.shape[3]} input is not a whole number of {k}x{k} windows"
-        elif k * k > 1 << self.config.frac_bits:
+        if not why and k * k > 1 << self.config.frac_bits:
             why = f"k^2 = {k * k} > 2^frac_bits"
         if why:
             raise UnsupportedOpError(name, user_location(), f"{why}; {_POOL_RULE}")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .conv import ConvSpec
+from .conv import ConvSpec, pooling_refusal
 from .engine import FixedPointMLP
 from .format import FixedPointConfig, dequantize, fixed_constant, optimizer_constant, quantize
 
@@ -44,26 +44,12 @@ def _pool_kernel(layer: nn.Module, index: int) -> int:
             f"layer {index} ({type(layer).__name__}) is not supported: the only pooling "
             f"fixed-point mode proves is average pooling. {POOL_HINT}")
 
-    def pair(v) -> tuple[int, ...]:
-        return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-
-    kernel = pair(layer.kernel_size)
-    stride = pair(layer.stride if layer.stride is not None else layer.kernel_size)
-    padding, k = pair(layer.padding), kernel[0]
-    why = ""
-    if len(set(kernel)) != 1 or k < 2 or k & (k - 1):
-        why = f"kernel_size={layer.kernel_size!r}: the kernel must be square, a power of two >= 2"
-    elif stride != kernel:
-        why = f"stride={layer.stride!r} differs from kernel_size={layer.kernel_size!r}"
-    elif any(padding):
-        why = f"padding={layer.padding!r}: only padding 0"
-    elif layer.ceil_mode:
-        why = "ceil_mode=True"
-    elif layer.divisor_override is not None:
-        why = f"divisor_override={layer.divisor_override!r}"
+    why = pooling_refusal(layer.kernel_size, layer.stride, layer.padding, layer.ceil_mode,
+                          layer.divisor_override)
     if why:
         raise UnsupportedModelError(f"layer {index} (AvgPool2d) {why}. {POOL_HINT}")
-    return int(k)
+    k = layer.kernel_size
+    return int(k[0] if isinstance(k, (tuple, list)) else k)
 
 
 def _conv_head(layers: list[nn.Module]) -> tuple[nn.Conv2d | None, int]:

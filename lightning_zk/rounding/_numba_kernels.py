@@ -238,17 +238,22 @@ def round_inplace_at(address: int, n: int, f64: bool, tau_units: float, drop: in
     return _scratch.positions[:count].copy(), _scratch.away[:count].copy()
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _put_varint(x, out, n):  # pragma: no cover - JIT
+    """Unsigned LEB128 of the uint64 ``x`` at ``out[n:]``; returns the next free index."""
+    while x >= 0x80:
+        out[n] = np.uint8((x & np.uint64(0x7F)) | np.uint64(0x80))
+        x >>= np.uint64(7)
+        n += 1
+    out[n] = np.uint8(x)
+    return n + 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _varint_bytes(v, out):  # pragma: no cover - JIT
     n = 0
     for i in range(v.size):
-        x = v[i]
-        while x >= 0x80:
-            out[n] = np.uint8((x & np.uint64(0x7F)) | np.uint64(0x80))
-            x >>= np.uint64(7)
-            n += 1
-        out[n] = np.uint8(x)
-        n += 1
+        n = _put_varint(np.uint64(v[i]), out, n)
     return n
 
 
@@ -268,14 +273,8 @@ def _gap_varint_bytes(positions, counts, out):  # pragma: no cover - JIT
         for _ in range(counts[e]):
             p = positions[k]
             k += 1
-            x = np.uint64(p - previous - 1)
+            n = _put_varint(np.uint64(p - previous - 1), out, n)
             previous = p
-            while x >= 0x80:
-                out[n] = np.uint8((x & np.uint64(0x7F)) | np.uint64(0x80))
-                x >>= np.uint64(7)
-                n += 1
-            out[n] = np.uint8(x)
-            n += 1
     return n
 
 
