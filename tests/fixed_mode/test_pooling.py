@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from lightning_zk import CommitCallback, ProofCallback, RunDirectory, VerifiableStrategy
 from lightning_zk.audit.proofs import _read_chain, verify_run
@@ -23,6 +23,7 @@ from lightning_zk.fixed.reference import ref_avg_pool, ref_avg_pool_backward, re
 from lightning_zk.fixed.softmax import onehot_targets
 from lightning_zk.fixed.template import template_network
 from lightning_zk.fixed.torch_bridge import UnsupportedModelError, mlp_from_torch, write_back
+from tests.fixed_mode.test_conv import CNN, image_data
 from tests.models import trainer_kwargs
 
 S = 16
@@ -204,28 +205,15 @@ def test_template_network_has_the_pooling():
 
 
 # --- Lightning ---------------------------------------------------------------------------------
-class PooledCNN(L.LightningModule):
+class PooledCNN(CNN):
+    """test_conv's CNN (its training_step and SGD) with an average pooling after the conv, on
+    4x4 images: conv 4x4, pooled 2x2."""
+
     def __init__(self, pool: nn.Module | None = None, momentum: float = 0.0) -> None:
-        super().__init__()
+        super().__init__(momentum=momentum)
         pool = pool if pool is not None else nn.AvgPool2d(2)
         self.net = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), pool, nn.Flatten(),
                                  nn.Linear(2 * 4, 8), nn.ReLU(), nn.Linear(8, 3))
-        self.momentum = momentum
-
-    def training_step(self, batch, batch_idx):
-        x, y = batch
-        loss = F.cross_entropy(self.net(x), y)
-        self.log("train_loss", loss)
-        return loss
-
-    def configure_optimizers(self):
-        return torch.optim.SGD(self.parameters(), lr=0.25, momentum=self.momentum)
-
-
-def image_data(n=8, side=4) -> TensorDataset:
-    g = torch.Generator().manual_seed(2)
-    return TensorDataset(torch.rand(n, 1, side, side, generator=g),
-                         torch.randint(0, 3, (n,), generator=g))
 
 
 def test_lightning_pooled_cnn_trains_bit_identically_and_its_proofs_verify(tmp_path):
@@ -235,7 +223,7 @@ def test_lightning_pooled_cnn_trains_bit_identically_and_its_proofs_verify(tmp_p
     start = [p.detach().clone() for p in model.parameters()]
     trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=path, mode="fixed"), max_steps=3,
                         callbacks=[CommitCallback(), ProofCallback()], **trainer_kwargs())
-    trainer.fit(model, train_dataloaders=DataLoader(image_data(), batch_size=2, shuffle=True))
+    trainer.fit(model, train_dataloaders=DataLoader(image_data(side=4), batch_size=2, shuffle=True))
     run = RunDirectory(path)
     assert run.read_manifest()["fixed"]["conv"] == [1, 4, 4, 2, 3, 1, 1, 2]
     tapes = [WitnessTape.load(run.path / r.extra["tape"]) for r in run.read_steps()]
@@ -266,6 +254,6 @@ def test_unsupported_pooling_is_refused_at_step_0(tmp_path, pool, match):
     trainer = L.Trainer(strategy=VerifiableStrategy(run_dir=tmp_path / "run", mode="fixed"),
                         max_steps=1, **trainer_kwargs())
     with pytest.raises(UnsupportedModelError, match=match):
-        trainer.fit(model, train_dataloaders=DataLoader(image_data(), batch_size=2))
+        trainer.fit(model, train_dataloaders=DataLoader(image_data(side=4), batch_size=2))
     for p, b in zip(model.parameters(), before, strict=True):  # nothing was trained
         assert torch.equal(p.detach(), b)

@@ -31,18 +31,23 @@ SPEC = ConvSpec(1, 4, 4, 2, 3, stride=1, padding=1)  # output 4x4: rows (b, oh, 
 BATCH, HIDDEN, CLASSES = 2, 4, 3
 
 
-def make_conv_tapes(steps: int, seed: int = 0, loss: str = "xent", momentum: float = 0.0):
+def make_conv_tapes(steps: int, seed: int = 0, loss: str = "xent", momentum: float = 0.0,
+                    spec: ConvSpec = SPEC, batch: int = BATCH, scale2: float = 0.3,
+                    conv_bias: float = 0.0):
+    """Tapes of a conv (spec) → HIDDEN → CLASSES network on random data; ``scale2`` and
+    ``conv_bias`` shape the activations (a pooled network wants more of its ReLUs open)."""
     rng = np.random.default_rng(seed)
-    ws = [rng.normal(size=(SPEC.filters, SPEC.channels, SPEC.kernel, SPEC.kernel)) * 0.5,
-          rng.normal(size=(HIDDEN, SPEC.filters * SPEC.positions)) * 0.3,
+    ws = [rng.normal(size=(spec.filters, spec.channels, spec.kernel, spec.kernel)) * 0.5,
+          rng.normal(size=(HIDDEN, spec.filters * spec.flat_positions)) * scale2,
           rng.normal(size=(CLASSES, HIDDEN)) * 0.5]
-    bs = [rng.normal(size=SPEC.filters) * 0.1, rng.normal(size=HIDDEN) * 0.1, np.zeros(CLASSES)]
-    mlp = FixedPointMLP.from_float(ws, bs, lr=0.25, loss=loss, conv=SPEC, momentum=momentum)
+    bs = [rng.normal(size=spec.filters) * 0.1 + conv_bias, rng.normal(size=HIDDEN) * 0.1,
+          np.zeros(CLASSES)]
+    mlp = FixedPointMLP.from_float(ws, bs, lr=0.25, loss=loss, conv=spec, momentum=momentum)
     tapes = []
     for _ in range(steps):
-        x = rng.normal(size=(BATCH, SPEC.image))
-        y = (rng.integers(0, CLASSES, BATCH) if loss == "xent"
-             else rng.normal(size=(BATCH, CLASSES)))
+        x = rng.normal(size=(batch, spec.image))
+        y = (rng.integers(0, CLASSES, batch) if loss == "xent"
+             else rng.normal(size=(batch, CLASSES)))
         tapes.append(mlp.step_float(x, y))
     return tapes
 

@@ -13,7 +13,6 @@ import json
 import numpy as np
 import pytest
 
-from lightning_zk.fixed import FixedPointMLP
 from lightning_zk.fixed.conv import ConvSpec
 from lightning_zk.fixed.format import rescale
 from lightning_zk.zk import ParameterError, VerificationError
@@ -29,27 +28,16 @@ from lightning_zk.zk.training import (
 )
 
 from .conftest import assert_cheat_rejected
+from .test_conv_proofs import make_conv_tapes
 
 SPEC = ConvSpec(1, 4, 4, 2, 3, stride=1, padding=1, pool=2)  # conv 4x4, pooled 2x2
-BATCH, HIDDEN, CLASSES = 2, 4, 3
+BATCH = 2
 
 
 def make_pool_tapes(steps: int, seed: int = 0, loss: str = "xent", momentum: float = 0.0,
                     spec: ConvSpec = SPEC, batch: int = BATCH):
-    rng = np.random.default_rng(seed)
-    ws = [rng.normal(size=(spec.filters, spec.channels, spec.kernel, spec.kernel)) * 0.5,
-          rng.normal(size=(HIDDEN, spec.filters * spec.flat_positions)) * 0.5,
-          rng.normal(size=(CLASSES, HIDDEN)) * 0.5]
-    bs = [rng.normal(size=spec.filters) * 0.1 + 0.2, rng.normal(size=HIDDEN) * 0.1,
-          np.zeros(CLASSES)]
-    mlp = FixedPointMLP.from_float(ws, bs, lr=0.25, loss=loss, conv=spec, momentum=momentum)
-    tapes = []
-    for _ in range(steps):
-        x = rng.normal(size=(batch, spec.image))
-        y = (rng.integers(0, CLASSES, batch) if loss == "xent"
-             else rng.normal(size=(batch, CLASSES)))
-        tapes.append(mlp.step_float(x, y))
-    return tapes
+    return make_conv_tapes(steps, seed, loss, momentum, spec=spec, batch=batch, scale2=0.5,
+                           conv_bias=0.2)
 
 
 TAPES = make_pool_tapes(2, seed=3)
